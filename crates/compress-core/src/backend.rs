@@ -1,0 +1,179 @@
+//! Run-time backend selection.
+//!
+//! burn 0.22 carries no backend in the tensor type: the [`Device`] a tensor lives on picks the
+//! backend. This module names the backends `compress` supports, tells which were compiled into
+//! this build, and builds their devices. Selection is always explicit (an argument, never an
+//! environment variable read deep inside the library).
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::Device;
+
+/// A burn backend `compress` can run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// burn-flex: pure-Rust CPU backend (rayon + SIMD). The CPU default; see `docs/backends.md`
+    /// for the measurements behind that choice.
+    Flex,
+    /// burn-ndarray: CPU backend on the `ndarray` crate (deprecated upstream, kept for comparison).
+    NdArray,
+    /// CubeCL on wgpu (Vulkan, Metal, DX12; Mesa's lavapipe on machines without a GPU).
+    /// Needs the `wgpu` feature.
+    Wgpu,
+    /// CubeCL on CUDA. Needs the `cuda` feature and a CUDA toolkit.
+    Cuda,
+    /// libtorch through `tch`, CPU device. Needs the `tch` feature and libtorch.
+    LibTorch,
+}
+
+/// A backend that was asked for but cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BackendError {
+    /// The name matches no backend.
+    #[error("unknown backend `{0}` (expected one of: flex, ndarray, wgpu, cuda, tch)")]
+    Unknown(String),
+    /// The backend exists but this build was compiled without its cargo feature.
+    #[error(
+        "backend `{kind}` is not compiled into this build: rebuild with `--features {feature}`"
+    )]
+    NotCompiled {
+        /// The backend asked for.
+        kind: BackendKind,
+        /// The cargo feature that enables it.
+        feature: &'static str,
+    },
+}
+
+impl BackendKind {
+    /// Every backend kind, compiled in or not.
+    pub const ALL: [BackendKind; 5] = [
+        BackendKind::Flex,
+        BackendKind::NdArray,
+        BackendKind::Wgpu,
+        BackendKind::Cuda,
+        BackendKind::LibTorch,
+    ];
+
+    /// The short name used on command lines (`flex`, `ndarray`, `wgpu`, `cuda`, `tch`).
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Flex => "flex",
+            BackendKind::NdArray => "ndarray",
+            BackendKind::Wgpu => "wgpu",
+            BackendKind::Cuda => "cuda",
+            BackendKind::LibTorch => "tch",
+        }
+    }
+
+    /// The cargo feature of `compress` (and `compress-core`) that compiles this backend in.
+    /// The CPU backends are always compiled.
+    pub fn feature(self) -> Option<&'static str> {
+        match self {
+            BackendKind::Flex | BackendKind::NdArray => None,
+            BackendKind::Wgpu => Some("wgpu"),
+            BackendKind::Cuda => Some("cuda"),
+            BackendKind::LibTorch => Some("tch"),
+        }
+    }
+
+    /// Whether this build can create a device of this kind.
+    pub fn is_compiled(self) -> bool {
+        match self {
+            BackendKind::Flex | BackendKind::NdArray => true,
+            BackendKind::Wgpu => cfg!(feature = "wgpu"),
+            BackendKind::Cuda => cfg!(feature = "cuda"),
+            BackendKind::LibTorch => cfg!(feature = "tch"),
+        }
+    }
+
+    /// The backends compiled into this build.
+    pub fn compiled() -> Vec<BackendKind> {
+        Self::ALL.into_iter().filter(|k| k.is_compiled()).collect()
+    }
+
+    /// The default device of this backend (the first GPU for wgpu/cuda, the CPU otherwise).
+    pub fn device(self) -> Result<Device, BackendError> {
+        match self {
+            BackendKind::Flex => Ok(Device::flex()),
+            #[allow(deprecated)] // ndarray is deprecated upstream; we keep it for comparison.
+            BackendKind::NdArray => Ok(Device::ndarray()),
+            #[cfg(feature = "wgpu")]
+            BackendKind::Wgpu => Ok(Device::wgpu(Default::default())),
+            #[cfg(feature = "cuda")]
+            BackendKind::Cuda => Ok(Device::cuda(0)),
+            #[cfg(feature = "tch")]
+            #[allow(deprecated)]
+            BackendKind::LibTorch => Ok(Device::libtorch()),
+            #[allow(unreachable_patterns)] // reachable only when a backend feature is off
+            other => Err(BackendError::NotCompiled {
+                kind: other,
+                feature: other.feature().unwrap_or("<none>"),
+            }),
+        }
+    }
+}
+
+impl Default for BackendKind {
+    /// The CPU default: [`BackendKind::Flex`] (measured faster than ndarray on this project's
+    /// model forward; numbers in `docs/backends.md`).
+    fn default() -> Self {
+        BackendKind::Flex
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = BackendError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "flex" | "cpu" => Ok(BackendKind::Flex),
+            "ndarray" => Ok(BackendKind::NdArray),
+            "wgpu" | "vulkan" => Ok(BackendKind::Wgpu),
+            "cuda" => Ok(BackendKind::Cuda),
+            "tch" | "libtorch" | "torch" => Ok(BackendKind::LibTorch),
+            _ => Err(BackendError::Unknown(s.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for kind in BackendKind::ALL {
+            assert_eq!(kind.name().parse::<BackendKind>(), Ok(kind));
+        }
+        assert_eq!(
+            "metal3".parse::<BackendKind>(),
+            Err(BackendError::Unknown("metal3".into()))
+        );
+    }
+
+    #[test]
+    fn cpu_backends_are_always_compiled() {
+        assert!(BackendKind::Flex.device().is_ok());
+        assert!(BackendKind::NdArray.device().is_ok());
+        assert!(BackendKind::compiled().contains(&BackendKind::Flex));
+    }
+
+    #[test]
+    fn missing_backend_names_its_feature() {
+        for kind in BackendKind::ALL.into_iter().filter(|k| !k.is_compiled()) {
+            let err = kind.device().unwrap_err();
+            let feature = kind.feature().unwrap();
+            assert!(
+                err.to_string().contains(&format!("--features {feature}")),
+                "{err}"
+            );
+        }
+    }
+}

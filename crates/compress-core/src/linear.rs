@@ -1,0 +1,230 @@
+//! The replaceable linear layer.
+//!
+//! Every projection of a `compress` model is a [`CompressedLinear`]: the model code calls
+//! [`CompressedLinear::forward`] and never looks at how the weight is stored. Compressors swap the
+//! storage — a low-rank factorization today, packed low-bit codes with the quantization crates —
+//! without touching the model.
+//!
+//! Weights follow the PyTorch / GGUF convention `[out_features, in_features]`, so row `o` holds the
+//! weights of output `o`; `y = x Wᵀ + b`.
+
+use burn::module::{Module, Param};
+use burn::tensor::Tensor;
+
+/// A dense `y = x Wᵀ + b` layer, `W` of shape `[out, in]`.
+#[derive(Module, Debug)]
+pub struct DenseLinear {
+    /// Weight, `[out_features, in_features]`.
+    pub weight: Param<Tensor<2>>,
+    /// Optional bias, `[out_features]`.
+    pub bias: Option<Param<Tensor<1>>>,
+}
+
+impl DenseLinear {
+    /// A dense layer from a `[out, in]` weight and an optional `[out]` bias.
+    ///
+    /// # Panics
+    /// If the bias length differs from the weight's output dimension (a programming error; loaders
+    /// validate shapes from files before calling this).
+    pub fn new(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
+        if let Some(b) = &bias {
+            assert_eq!(
+                b.dims()[0],
+                weight.dims()[0],
+                "bias length must equal out_features"
+            );
+        }
+        Self {
+            weight: Param::from_tensor(weight),
+            bias: bias.map(Param::from_tensor),
+        }
+    }
+}
+
+/// A rank-`r` factorized layer `y = U (V x) + b`, with `U: [out, r]` and `V: [r, in]`.
+///
+/// Stores `r·(in + out)` weights instead of `in·out`; it is the storage that the low-rank crate's
+/// truncated and activation-aware SVDs produce.
+#[derive(Module, Debug)]
+pub struct LowRankLinear {
+    /// Left factor `U`, `[out_features, rank]`.
+    pub up: Param<Tensor<2>>,
+    /// Right factor `V`, `[rank, in_features]`.
+    pub down: Param<Tensor<2>>,
+    /// Optional bias, `[out_features]`.
+    pub bias: Option<Param<Tensor<1>>>,
+}
+
+impl LowRankLinear {
+    /// A low-rank layer from `U: [out, r]`, `V: [r, in]` and an optional `[out]` bias.
+    ///
+    /// # Panics
+    /// If the inner dimensions of `U` and `V` differ or the bias length is not `out`.
+    pub fn new(up: Tensor<2>, down: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
+        assert_eq!(
+            up.dims()[1],
+            down.dims()[0],
+            "U is [out, r] and V is [r, in]: ranks differ"
+        );
+        if let Some(b) = &bias {
+            assert_eq!(
+                b.dims()[0],
+                up.dims()[0],
+                "bias length must equal out_features"
+            );
+        }
+        Self {
+            up: Param::from_tensor(up),
+            down: Param::from_tensor(down),
+            bias: bias.map(Param::from_tensor),
+        }
+    }
+
+    /// The rank `r` of the factorization.
+    pub fn rank(&self) -> usize {
+        self.up.dims()[1]
+    }
+}
+
+/// How one linear layer of a model is stored, and how it computes `y = f(x)`.
+#[derive(Module, Debug)]
+pub enum CompressedLinear {
+    /// Uncompressed weights.
+    Dense(DenseLinear),
+    /// A low-rank factorization `U V`.
+    LowRank(LowRankLinear),
+}
+
+impl CompressedLinear {
+    /// Applies the layer to `x` of shape `[..., in_features]`, giving `[..., out_features]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            CompressedLinear::Dense(l) => {
+                let y = matmul_wt(x, l.weight.val());
+                add_bias(y, &l.bias)
+            }
+            CompressedLinear::LowRank(l) => {
+                let h = matmul_wt(x, l.down.val());
+                add_bias(matmul_wt(h, l.up.val()), &l.bias)
+            }
+        }
+    }
+
+    /// Number of input features.
+    pub fn in_features(&self) -> usize {
+        match self {
+            CompressedLinear::Dense(l) => l.weight.dims()[1],
+            CompressedLinear::LowRank(l) => l.down.dims()[1],
+        }
+    }
+
+    /// Number of output features.
+    pub fn out_features(&self) -> usize {
+        match self {
+            CompressedLinear::Dense(l) => l.weight.dims()[0],
+            CompressedLinear::LowRank(l) => l.up.dims()[0],
+        }
+    }
+
+    /// The dense `[out, in]` weight this layer is equivalent to (`U V` for a low-rank layer).
+    /// Compressors use it to read the current weight whatever the storage.
+    pub fn dense_weight(&self) -> Tensor<2> {
+        match self {
+            CompressedLinear::Dense(l) => l.weight.val(),
+            CompressedLinear::LowRank(l) => l.up.val().matmul(l.down.val()),
+        }
+    }
+
+    /// The bias, if any.
+    pub fn bias(&self) -> Option<Tensor<1>> {
+        match self {
+            CompressedLinear::Dense(l) => l.bias.as_ref().map(|b| b.val()),
+            CompressedLinear::LowRank(l) => l.bias.as_ref().map(|b| b.val()),
+        }
+    }
+}
+
+/// `x Wᵀ` for `x: [..., in]`, `W: [out, in]`: folds the leading dimensions into rows so the
+/// backend sees one 2-D matmul (one pass over `W`, whatever the batch shape).
+fn matmul_wt<const D: usize>(x: Tensor<D>, w: Tensor<2>) -> Tensor<D> {
+    let dims = x.dims();
+    let d_in = dims[D - 1];
+    let rows: usize = dims[..D - 1].iter().product();
+    let d_out = w.dims()[0];
+    let y = x.reshape([rows, d_in]).matmul(w.transpose());
+    let mut out_dims = dims;
+    out_dims[D - 1] = d_out;
+    y.reshape(out_dims)
+}
+
+fn add_bias<const D: usize>(y: Tensor<D>, bias: &Option<Param<Tensor<1>>>) -> Tensor<D> {
+    match bias {
+        Some(b) => y + b.val().unsqueeze::<D>(),
+        None => y,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendKind;
+    use burn::tensor::{Distribution, TensorData};
+
+    fn close(a: &[f32], b: &[f32], tol: f32) {
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= tol, "element {i}: {x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn dense_matches_hand_computation_with_bias() {
+        let device = BackendKind::Flex.device().unwrap();
+        // W = [[1,2],[3,4],[5,6]], b = [0.5, -1, 2], x = [[1, -1], [2, 0.5]]
+        let w = Tensor::<2>::from_data(
+            TensorData::new(vec![1f32, 2., 3., 4., 5., 6.], [3, 2]),
+            &device,
+        );
+        let b = Tensor::<1>::from_data(TensorData::new(vec![0.5f32, -1., 2.], [3]), &device);
+        let layer = CompressedLinear::Dense(DenseLinear::new(w, Some(b)));
+        let x = Tensor::<3>::from_data(
+            TensorData::new(vec![1f32, -1., 2., 0.5], [1, 2, 2]),
+            &device,
+        );
+        let y = layer.forward(x);
+        assert_eq!(y.dims(), [1, 2, 3]);
+        let y: Vec<f32> = y.into_data().try_to_vec::<f32>().unwrap();
+        close(&y, &[-0.5, -2.0, 1.0, 3.5, 7.0, 15.0], 0.0);
+        assert_eq!((layer.in_features(), layer.out_features()), (2, 3));
+    }
+
+    #[test]
+    fn low_rank_forward_equals_u_of_v_x() {
+        let device = BackendKind::Flex.device().unwrap();
+        burn::tensor::Device::seed(&device, 7);
+        let (out, r, inp) = (12, 3, 9);
+        let u = Tensor::<2>::random([out, r], Distribution::Normal(0.0, 1.0), &device);
+        let v = Tensor::<2>::random([r, inp], Distribution::Normal(0.0, 1.0), &device);
+        let x = Tensor::<2>::random([5, inp], Distribution::Normal(0.0, 1.0), &device);
+        let layer = CompressedLinear::LowRank(LowRankLinear::new(u.clone(), v.clone(), None));
+        let expected = u
+            .clone()
+            .matmul(v.clone().matmul(x.clone().transpose()))
+            .transpose();
+        let got: Vec<f32> = layer
+            .forward(x.clone())
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let want: Vec<f32> = expected.into_data().try_to_vec::<f32>().unwrap();
+        // Two f32 matmuls over 9 and 3 terms of O(1) values: 1e-4 is ~100 ulps of the results.
+        close(&got, &want, 1e-4);
+        // And the equivalent dense weight gives the same outputs.
+        let dense = CompressedLinear::Dense(DenseLinear::new(layer.dense_weight(), None));
+        let via_dense: Vec<f32> = dense.forward(x).into_data().try_to_vec::<f32>().unwrap();
+        close(&via_dense, &want, 1e-4);
+        if let CompressedLinear::LowRank(l) = &layer {
+            assert_eq!(l.rank(), r);
+        }
+    }
+}

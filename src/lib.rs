@@ -1,0 +1,30 @@
+//! # compress
+//!
+//! Make large language models smaller and faster — quantization, pruning, low-rank factorization,
+//! distillation, Matryoshka slicing — and measure what each method costs in quality and buys in
+//! speed. Built on [burn](https://burn.dev) 0.22: a tensor's device picks the backend (flex or
+//! ndarray on the CPU, wgpu, CUDA, libtorch), and every pipeline runs on all of them.
+//!
+//! This facade re-exports the workspace crates:
+//!
+//! - [`core`] — backend selection and the replaceable linear layer.
+//! - [`model`] — llama-family models, GGUF / safetensors loading, tokenizers, generation.
+//!
+//! ```no_run
+//! use compress::core::backend::BackendKind;
+//! use compress::model::generate::{generate, GenerateOptions, Sampling};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let device = BackendKind::default().device()?;
+//! let m = compress::model::load("../shared/models/stories260K.gguf", &device)?;
+//! let prompt = m.tokenizer.encode("Once upon a time", true)?;
+//! let options = GenerateOptions { max_new_tokens: 32, sampling: Sampling::Greedy, stop_token: m.tokenizer.eos_id() };
+//! let out = generate(&m.model, &prompt, &options, |_| {})?;
+//! println!("{}", m.tokenizer.decode(&out.tokens)?);
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+pub use compress_core as core;
+pub use compress_model as model;
