@@ -1,0 +1,111 @@
+//! Grouped-query causal self-attention (Ainslie et al. 2023, arXiv:2305.13245).
+//!
+//! `num_heads` query heads share `num_kv_heads` key/value heads, each serving a contiguous group
+//! of `num_heads / num_kv_heads` query heads (llama.cpp and HF use the same grouping).
+
+use burn::module::Module;
+use burn::tensor::activation::softmax;
+use burn::tensor::{Bool, FloatDType, Int, Tensor};
+use compress_core::linear::CompressedLinear;
+
+use super::cache::LayerCache;
+use super::rope::Rope;
+
+/// Value written into blocked attention scores before the softmax. Finite (not −∞) so that a row
+/// with every key blocked — a padding query — gives a uniform, NaN-free distribution whose output
+/// is ignored anyway.
+const MASKED: f32 = -1.0e30;
+
+/// Numeric precision of the attention products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttentionPrecision {
+    /// Queries, keys, values and attention weights in f32 (the default).
+    #[default]
+    F32,
+    /// llama.cpp's default on CPU: keys and values are rounded to f16 as they enter the KV cache,
+    /// and the query and the attention weights are rounded to f16 before the two products (ggml
+    /// converts the f32 operand of a mat-mul with an f16 matrix to f16). Products and sums stay
+    /// f32. Use it to compare with llama.cpp's output; the cache still stores f32 tensors.
+    F16KvCache,
+}
+
+/// Rounds every element to the nearest f16 value (ties to even), keeping the f32 dtype.
+fn round_to_f16(x: Tensor<4>) -> Tensor<4> {
+    x.cast(FloatDType::F16).cast(FloatDType::F32)
+}
+
+/// The attention sub-layer of a decoder block.
+#[derive(Module, Debug)]
+pub struct Attention {
+    /// Query projection, `[num_heads · head_dim, hidden]`.
+    pub q_proj: CompressedLinear,
+    /// Key projection, `[num_kv_heads · head_dim, hidden]`.
+    pub k_proj: CompressedLinear,
+    /// Value projection, `[num_kv_heads · head_dim, hidden]`.
+    pub v_proj: CompressedLinear,
+    /// Output projection, `[hidden, num_heads · head_dim]`.
+    pub o_proj: CompressedLinear,
+    #[module(skip)]
+    pub(crate) num_heads: usize,
+    #[module(skip)]
+    pub(crate) num_kv_heads: usize,
+    #[module(skip)]
+    pub(crate) head_dim: usize,
+    #[module(skip)]
+    pub(crate) precision: AttentionPrecision,
+}
+
+impl Attention {
+    /// Attention of `x: [batch, seq, hidden]` whose tokens sit at `positions: [batch, seq]`.
+    ///
+    /// `mask: [batch, 1, seq, keys]` is true where a query must not see a key (causality and
+    /// padding). With a `cache`, the new keys/values are appended to it and attention runs over
+    /// every cached key (`keys = cached + seq`).
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        positions: Tensor<2, Int>,
+        mask: Tensor<4, Bool>,
+        cache: Option<&mut LayerCache>,
+    ) -> Tensor<3> {
+        let [b, t, _] = x.dims();
+        let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let split = |y: Tensor<3>, heads: usize| y.reshape([b, t, heads, hd]).swap_dims(1, 2);
+
+        let q = rope.apply(split(self.q_proj.forward(x.clone()), h), positions.clone());
+        let k = rope.apply(split(self.k_proj.forward(x.clone()), kvh), positions);
+        let v = split(self.v_proj.forward(x), kvh);
+        let (q, k, v) = match self.precision {
+            AttentionPrecision::F32 => (q, k, v),
+            AttentionPrecision::F16KvCache => (round_to_f16(q), round_to_f16(k), round_to_f16(v)),
+        };
+        let (k, v) = match cache {
+            Some(cache) => cache.append(k, v),
+            None => (k, v),
+        };
+
+        let group = h / kvh;
+        let k = repeat_kv(k, group);
+        let v = repeat_kv(v, group);
+        let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
+        let scores = scores.mask_fill(mask, MASKED);
+        let probs = match self.precision {
+            AttentionPrecision::F32 => softmax(scores, 3),
+            AttentionPrecision::F16KvCache => round_to_f16(softmax(scores, 3)),
+        };
+        let out = probs.matmul(v).swap_dims(1, 2).reshape([b, t, h * hd]);
+        self.o_proj.forward(out)
+    }
+}
+
+/// `[b, kv_heads, t, d]` → `[b, kv_heads · group, t, d]`, each kv head repeated for its group.
+fn repeat_kv(x: Tensor<4>, group: usize) -> Tensor<4> {
+    if group == 1 {
+        return x;
+    }
+    let [b, kvh, t, d] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, kvh, group, t, d])
+        .reshape([b, kvh * group, t, d])
+}

@@ -1,0 +1,204 @@
+//! Building a [`LlamaModel`] from a [`WeightSource`], validating every tensor on the way.
+
+use burn::module::Param;
+use burn::tensor::{Device, Tensor, TensorData};
+use compress_core::linear::{CompressedLinear, DenseLinear};
+
+use super::{Attention, AttentionPrecision, Block, LlamaModel, Mlp, RmsNorm, Rope};
+use crate::config::LlamaConfig;
+use crate::error::ModelError;
+use crate::weights::{HostTensor, Proj, WeightName, WeightSource};
+
+impl LlamaModel {
+    /// Builds the model from `source` on `device`.
+    ///
+    /// Every tensor's shape is checked against the config and every value for NaN/Inf; errors name
+    /// the tensor. Only one tensor is held in host memory at a time besides the device copies.
+    pub fn from_source(source: &dyn WeightSource, device: &Device) -> Result<Self, ModelError> {
+        let config = source.config().clone();
+        config.validate().map_err(ModelError::InvalidConfig)?;
+        let c = &config;
+        let d = c.hidden_size;
+        let q_out = c.num_heads * c.head_dim;
+        let kv_out = c.num_kv_heads * c.head_dim;
+
+        let loader = Loader { source, device };
+        let embedding = loader.required(WeightName::TokenEmbedding, &[c.vocab_size, d])?;
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for l in 0..c.num_layers {
+            let shape = |p: Proj| match p {
+                Proj::Q => [q_out, d],
+                Proj::K | Proj::V => [kv_out, d],
+                Proj::O => [d, q_out],
+                Proj::Gate | Proj::Up => [c.intermediate_size, d],
+                Proj::Down => [d, c.intermediate_size],
+            };
+            let linear = |p: Proj| -> Result<CompressedLinear, ModelError> {
+                let [out, inp] = shape(p);
+                let weight = loader.required(WeightName::Weight(l, p), &[out, inp])?;
+                let bias = match p {
+                    Proj::Q | Proj::K | Proj::V if c.attention_bias => {
+                        Some(loader.required(WeightName::Bias(l, p), &[out])?)
+                    }
+                    _ => None,
+                };
+                Ok(CompressedLinear::Dense(DenseLinear::new(weight, bias)))
+            };
+            layers.push(Block {
+                attn_norm: RmsNorm::new(
+                    loader.required(WeightName::AttnNorm(l), &[d])?,
+                    c.rms_norm_eps,
+                ),
+                attn: Attention {
+                    q_proj: linear(Proj::Q)?,
+                    k_proj: linear(Proj::K)?,
+                    v_proj: linear(Proj::V)?,
+                    o_proj: linear(Proj::O)?,
+                    num_heads: c.num_heads,
+                    num_kv_heads: c.num_kv_heads,
+                    head_dim: c.head_dim,
+                    precision: AttentionPrecision::default(),
+                },
+                ffn_norm: RmsNorm::new(
+                    loader.required(WeightName::FfnNorm(l), &[d])?,
+                    c.rms_norm_eps,
+                ),
+                mlp: Mlp {
+                    gate_proj: linear(Proj::Gate)?,
+                    up_proj: linear(Proj::Up)?,
+                    down_proj: linear(Proj::Down)?,
+                },
+            });
+        }
+        let norm = RmsNorm::new(
+            loader.required(WeightName::OutputNorm, &[d])?,
+            c.rms_norm_eps,
+        );
+        let head = if c.tie_word_embeddings {
+            embedding.clone()
+        } else {
+            loader.required(WeightName::Output, &[c.vocab_size, d])?
+        };
+        let rope = Rope::new(
+            c.head_dim,
+            c.max_seq_len,
+            c.rope_theta,
+            c.rope_layout,
+            device,
+        );
+        Ok(LlamaModel {
+            embedding: Param::from_tensor(embedding),
+            layers,
+            norm,
+            lm_head: CompressedLinear::Dense(DenseLinear::new(head, None)),
+            rope,
+            config,
+        })
+    }
+}
+
+struct Loader<'a> {
+    source: &'a dyn WeightSource,
+    device: &'a Device,
+}
+
+impl Loader<'_> {
+    /// Reads `name`, checks its shape and values, and moves it to the device.
+    fn required<const D: usize>(
+        &self,
+        name: WeightName,
+        shape: &[usize; D],
+    ) -> Result<Tensor<D>, ModelError> {
+        let t: HostTensor = self
+            .source
+            .tensor(name)?
+            .ok_or_else(|| ModelError::MissingTensor(self.source.file_name(name)))?;
+        if t.shape != shape.as_slice() {
+            return Err(ModelError::ShapeMismatch {
+                tensor: self.source.file_name(name),
+                expected: shape.to_vec(),
+                found: t.shape,
+            });
+        }
+        t.check_finite(&self.source.file_name(name))?;
+        Ok(Tensor::from_data(
+            TensorData::new(t.data, *shape),
+            self.device,
+        ))
+    }
+}
+
+/// Builds a model from a config with every weight drawn from `N(0, 0.02²)` and norms set to 1.
+///
+/// For unit tests of pure maths only (invariances, cache consistency): every quality or parity
+/// test in this project runs on real weights.
+pub fn random_model(
+    config: &LlamaConfig,
+    seed: u64,
+    device: &Device,
+) -> Result<LlamaModel, ModelError> {
+    struct Random<'a> {
+        config: &'a LlamaConfig,
+        seed: u64,
+    }
+    impl WeightSource for Random<'_> {
+        fn config(&self) -> &LlamaConfig {
+            self.config
+        }
+        fn tensor(&self, name: WeightName) -> Result<Option<HostTensor>, ModelError> {
+            let c = self.config;
+            let (d, q, kv, f) = (
+                c.hidden_size,
+                c.num_heads * c.head_dim,
+                c.num_kv_heads * c.head_dim,
+                c.intermediate_size,
+            );
+            let shape = match name {
+                WeightName::TokenEmbedding | WeightName::Output => vec![c.vocab_size, d],
+                WeightName::OutputNorm | WeightName::AttnNorm(_) | WeightName::FfnNorm(_) => {
+                    return Ok(Some(HostTensor {
+                        shape: vec![d],
+                        data: vec![1.0; d],
+                    }))
+                }
+                WeightName::Weight(_, p) => match p {
+                    Proj::Q => vec![q, d],
+                    Proj::K | Proj::V => vec![kv, d],
+                    Proj::O => vec![d, q],
+                    Proj::Gate | Proj::Up => vec![f, d],
+                    Proj::Down => vec![d, f],
+                },
+                WeightName::Bias(_, p) => vec![if p == Proj::Q { q } else { kv }],
+            };
+            let n: usize = shape.iter().product();
+            // A per-tensor stream from a splitmix64 hash of (seed, name): deterministic and
+            // independent of the order tensors are read in.
+            let mut state = self.seed ^ hash_name(&name.to_string());
+            let data = (0..n).map(|_| 0.02 * approx_normal(&mut state)).collect();
+            Ok(Some(HostTensor { shape, data }))
+        }
+    }
+    LlamaModel::from_source(&Random { config, seed }, device)
+}
+
+fn hash_name(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Sum of 12 uniforms minus 6: mean 0, variance 1 (Irwin–Hall), good enough for test weights.
+fn approx_normal(state: &mut u64) -> f32 {
+    let s: f64 = (0..12)
+        .map(|_| (splitmix(state) >> 11) as f64 / (1u64 << 53) as f64)
+        .sum();
+    (s - 6.0) as f32
+}

@@ -1,0 +1,204 @@
+//! The llama-family decoder on burn tensors.
+//!
+//! `tokens → embedding → N × [x + attn(norm(x)); x + mlp(norm(x))] → norm → head → logits`,
+//! the pre-norm transformer of Llama (Touvron et al. 2023, arXiv:2302.13971) with RMSNorm, RoPE,
+//! grouped-query attention and a SwiGLU MLP. Every projection is a
+//! [`CompressedLinear`](compress_core::linear::CompressedLinear), so compressed layers drop in.
+
+mod attention;
+mod build;
+mod cache;
+mod mlp;
+mod norm;
+mod rope;
+
+pub use attention::{Attention, AttentionPrecision};
+pub use build::random_model;
+pub use cache::{KvCache, LayerCache};
+pub use mlp::Mlp;
+pub use norm::RmsNorm;
+pub use rope::Rope;
+
+use burn::module::{Module, Param};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use compress_core::linear::CompressedLinear;
+
+use crate::config::LlamaConfig;
+use crate::error::ModelError;
+
+/// One pre-norm decoder block.
+#[derive(Module, Debug)]
+pub struct Block {
+    /// Norm before attention.
+    pub attn_norm: RmsNorm,
+    /// Self-attention.
+    pub attn: Attention,
+    /// Norm before the MLP.
+    pub ffn_norm: RmsNorm,
+    /// Feed-forward network.
+    pub mlp: Mlp,
+}
+
+impl Block {
+    /// `x + attn(norm(x))`, then `h + mlp(norm(h))`, for `x: [batch, seq, hidden]`.
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        positions: Tensor<2, Int>,
+        mask: Tensor<4, Bool>,
+        cache: Option<&mut LayerCache>,
+    ) -> Tensor<3> {
+        let h = x.clone()
+            + self
+                .attn
+                .forward(self.attn_norm.forward(x), rope, positions, mask, cache);
+        h.clone() + self.mlp.forward(self.ffn_norm.forward(h))
+    }
+}
+
+/// A llama-family causal language model.
+#[derive(Module, Debug)]
+pub struct LlamaModel {
+    /// Token embedding, `[vocab, hidden]`.
+    pub embedding: Param<Tensor<2>>,
+    /// The decoder blocks, in order.
+    pub layers: Vec<Block>,
+    /// Final norm.
+    pub norm: RmsNorm,
+    /// Output head, `[vocab, hidden]` (a copy of the embedding when tied).
+    pub lm_head: CompressedLinear,
+    /// RoPE tables shared by every block.
+    pub rope: Rope,
+    #[module(skip)]
+    config: LlamaConfig,
+}
+
+impl LlamaModel {
+    /// The hyper-parameters the model was built with.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// Sets the numeric precision of every attention layer (see [`AttentionPrecision`]).
+    pub fn set_attention_precision(&mut self, precision: AttentionPrecision) {
+        for layer in &mut self.layers {
+            layer.attn.precision = precision;
+        }
+    }
+
+    /// The numeric precision of the attention layers.
+    pub fn attention_precision(&self) -> AttentionPrecision {
+        self.layers
+            .first()
+            .map_or_else(AttentionPrecision::default, |l| l.attn.precision)
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> Device {
+        self.embedding.val().device()
+    }
+
+    /// Logits `[batch, seq, vocab]` for a batch of token ids `[batch, seq]`.
+    ///
+    /// `padding: [batch, seq]` is true for real tokens and false for padding (left or right):
+    /// padded keys are never attended to and each real token's position counts only the real
+    /// tokens before it, so a padded row gives the same logits as the row alone. Logits at padded
+    /// positions are meaningless.
+    pub fn forward(
+        &self,
+        tokens: Tensor<2, Int>,
+        padding: Option<Tensor<2, Bool>>,
+    ) -> Result<Tensor<3>, ModelError> {
+        let [b, t] = tokens.dims();
+        self.check_len(t)?;
+        let device = tokens.device();
+        let causal = causal_mask(t, 0, &device)
+            .unsqueeze_dims::<4>(&[0, 1])
+            .expand([b, 1, t, t]);
+        let (positions, mask) = match padding {
+            None => (positions_from(0, b, t, &device), causal),
+            Some(pad) => {
+                let positions = (pad.clone().int().cumsum(1) - 1).clamp_min(0);
+                let blocked_keys = pad
+                    .bool_not()
+                    .unsqueeze_dims::<4>(&[1, 2])
+                    .expand([b, 1, t, t]);
+                (positions, causal.bool_or(blocked_keys))
+            }
+        };
+        let mut x = self.embed(tokens);
+        for layer in &self.layers {
+            x = layer.forward(x, &self.rope, positions.clone(), mask.clone(), None);
+        }
+        Ok(self.lm_head.forward(self.norm.forward(x)))
+    }
+
+    /// Logits `[batch, seq, vocab]` for `tokens` that continue the sequences in `cache` (no
+    /// padding); appends their keys and values to the cache.
+    pub fn forward_cached(
+        &self,
+        tokens: Tensor<2, Int>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor<3>, ModelError> {
+        let [b, t] = tokens.dims();
+        let offset = cache.len();
+        self.check_len(offset + t)?;
+        if cache.layers.len() != self.layers.len() {
+            return Err(ModelError::InvalidInput(format!(
+                "cache has {} layers, model has {}",
+                cache.layers.len(),
+                self.layers.len()
+            )));
+        }
+        let device = tokens.device();
+        let mask = causal_mask(t, offset, &device)
+            .unsqueeze_dims::<4>(&[0, 1])
+            .expand([b, 1, t, offset + t]);
+        let positions = positions_from(offset, b, t, &device);
+        let mut x = self.embed(tokens);
+        for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            x = layer.forward(x, &self.rope, positions.clone(), mask.clone(), Some(lc));
+        }
+        Ok(self.lm_head.forward(self.norm.forward(x)))
+    }
+
+    /// A fresh cache for [`Self::forward_cached`].
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
+    /// Embeds token ids `[batch, seq]` into `[batch, seq, hidden]`.
+    pub fn embed(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        let [b, t] = tokens.dims();
+        let d = self.config.hidden_size;
+        self.embedding
+            .val()
+            .select(0, tokens.reshape([b * t]))
+            .reshape([b, t, d])
+    }
+
+    fn check_len(&self, len: usize) -> Result<(), ModelError> {
+        let max = self.rope.max_positions();
+        if len > max {
+            return Err(ModelError::ContextTooLong { len, max });
+        }
+        Ok(())
+    }
+}
+
+/// `[seq, offset + seq]`, true where query `i` (at position `offset + i`) must not see key `j`.
+fn causal_mask(seq: usize, offset: usize, device: &Device) -> Tensor<2, Bool> {
+    let keys = offset + seq;
+    let data: Vec<bool> = (0..seq)
+        .flat_map(|i| (0..keys).map(move |j| j > offset + i))
+        .collect();
+    Tensor::from_data(TensorData::new(data, [seq, keys]), device)
+}
+
+/// Positions `offset..offset + seq` for every row of a batch.
+fn positions_from(offset: usize, batch: usize, seq: usize, device: &Device) -> Tensor<2, Int> {
+    Tensor::<1, Int>::arange(offset as i64..(offset + seq) as i64, device)
+        .unsqueeze_dim::<2>(0)
+        .expand([batch, seq])
+}

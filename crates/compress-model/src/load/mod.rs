@@ -1,0 +1,52 @@
+//! Model loaders: GGUF files and Hugging Face checkpoint directories.
+
+mod gguf;
+mod hf;
+
+pub use gguf::GgufModel;
+pub use hf::HfModel;
+
+use std::path::Path;
+
+use burn::tensor::Device;
+
+use crate::error::ModelError;
+use crate::llama::LlamaModel;
+use crate::tokenizer::LlmTokenizer;
+use crate::weights::WeightSource;
+
+/// A model ready to run: weights on a device plus its tokenizer.
+pub struct LoadedModel {
+    /// The decoder.
+    pub model: LlamaModel,
+    /// The tokenizer that came with it.
+    pub tokenizer: LlmTokenizer,
+}
+
+/// Loads a model from a GGUF file or a Hugging Face checkpoint directory onto `device`.
+///
+/// ```no_run
+/// # fn main() -> Result<(), compress_model::ModelError> {
+/// let device = compress_core::backend::BackendKind::default().device().unwrap();
+/// let loaded = compress_model::load("model.gguf", &device)?;
+/// let ids = loaded.tokenizer.encode("Once upon a time", true)?;
+/// # Ok(()) }
+/// ```
+pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<LoadedModel, ModelError> {
+    let path = path.as_ref();
+    if path.is_dir() {
+        let source = HfModel::open(path)?;
+        let tokenizer = source.tokenizer()?;
+        Ok(LoadedModel {
+            model: LlamaModel::from_source(&source as &dyn WeightSource, device)?,
+            tokenizer,
+        })
+    } else {
+        let source = GgufModel::open(path)?;
+        let tokenizer = source.tokenizer()?;
+        Ok(LoadedModel {
+            model: LlamaModel::from_source(&source as &dyn WeightSource, device)?,
+            tokenizer,
+        })
+    }
+}

@@ -1,0 +1,128 @@
+//! SentencePiece-BPE vocabularies (`tokenizer.ggml.model = "llama"`) as a `tokenizers` BPE.
+//!
+//! SentencePiece's BPE mode (Kudo & Richardson, 2018, <https://arxiv.org/abs/1808.06226>) stores
+//! no merge list: it repeatedly joins the adjacent pair of pieces whose concatenation is the
+//! vocabulary entry with the highest score (ties: leftmost pair first), and after merging
+//! spells any character that is not in the vocabulary as `<0xNN>` byte tokens. llama.cpp
+//! implements exactly this (`llm_tokenizer_spm`).
+//!
+//! A rank-ordered merge list reproduces it: for every vocabulary entry `t` and every split of
+//! `t` into two entries `l + r`, emit the merge `(l, r)`, ordered by the score of `t`
+//! (highest first). A BPE that always applies the lowest-ranked available merge then makes
+//! the same choices as the score-driven loop. Text is normalized the way llama.cpp does it:
+//! a leading space (when `add_space_prefix`, the default) and every space replaced by `▁`.
+
+use std::collections::HashMap;
+
+use tokenizers::decoders::byte_fallback::ByteFallback;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::strip::Strip;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
+use tokenizers::{DecoderWrapper, NormalizerWrapper, Tokenizer};
+
+use super::{GgufVocab, TokenizerError};
+
+/// The SentencePiece word-boundary marker that stands for a space.
+pub const SPACE_MARKER: &str = "\u{2581}";
+
+/// Derives the rank-ordered merge list from SentencePiece scores (see the module docs).
+pub fn merges_from_scores(tokens: &[String], scores: &[f32]) -> Vec<(String, String)> {
+    let ids: HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
+    // (score of the merged token, merged id, left id, left, right)
+    let mut merges: Vec<(f32, usize, usize, &str, &str)> = Vec::new();
+    for (id, piece) in tokens.iter().enumerate() {
+        for (split, _) in piece.char_indices().skip(1) {
+            let (l, r) = piece.split_at(split);
+            if let (Some(&li), Some(_)) = (ids.get(l), ids.get(r)) {
+                merges.push((scores[id], id, li, l, r));
+            }
+        }
+    }
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    merges
+        .into_iter()
+        .map(|(_, _, _, l, r)| (l.to_string(), r.to_string()))
+        .collect()
+}
+
+/// Builds the tokenizer for a SentencePiece-BPE GGUF vocabulary.
+pub fn build(vocab: &GgufVocab) -> Result<Tokenizer, TokenizerError> {
+    let lib = TokenizerError::lib;
+    let scores = vocab.scores.as_ref().ok_or_else(|| {
+        TokenizerError::InvalidVocab("a `llama` vocabulary needs `tokenizer.ggml.scores`".into())
+    })?;
+    let map: Vocab = vocab
+        .tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    if map.len() != vocab.tokens.len() {
+        return Err(TokenizerError::InvalidVocab(
+            "duplicate token strings".into(),
+        ));
+    }
+    let merges = merges_from_scores(&vocab.tokens, scores);
+    let mut builder = BPE::builder()
+        .vocab_and_merges(map, merges)
+        .byte_fallback(true)
+        .fuse_unk(true);
+    if let Some(unk) = vocab.unk_id {
+        builder = builder.unk_token(vocab.tokens[unk as usize].clone());
+    }
+    let model = builder.build().map_err(lib)?;
+
+    let prefix = vocab.add_space_prefix.unwrap_or(true);
+    let mut normalizers: Vec<NormalizerWrapper> = Vec::new();
+    if prefix {
+        normalizers.push(Prepend::new(SPACE_MARKER.into()).into());
+    }
+    normalizers.push(Replace::new(" ", SPACE_MARKER).map_err(lib)?.into());
+    let mut decoders: Vec<DecoderWrapper> = vec![
+        Replace::new(SPACE_MARKER, " ").map_err(lib)?.into(),
+        ByteFallback::new().into(),
+        Fuse::new().into(),
+    ];
+    if prefix {
+        decoders.push(Strip::new(' ', 1, 0).into());
+    }
+
+    let mut tok = Tokenizer::new(model);
+    tok.with_normalizer(Some(NormalizerSequence::new(normalizers)))
+        .map_err(lib)?;
+    tok.with_decoder(Some(DecoderSequence::new(decoders)));
+    Ok(tok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merges_are_ordered_by_merged_score() {
+        let tokens: Vec<String> = ["a", "b", "c", "ab", "bc", "abc"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let scores = [0.0, 0.0, 0.0, -3.0, -1.0, -2.0];
+        let m = merges_from_scores(&tokens, &scores);
+        let pairs: Vec<(&str, &str)> = m.iter().map(|(l, r)| (l.as_str(), r.as_str())).collect();
+        assert_eq!(
+            pairs,
+            vec![("b", "c"), ("a", "bc"), ("ab", "c"), ("a", "b")]
+        );
+    }
+
+    #[test]
+    fn multibyte_pieces_split_on_char_boundaries() {
+        let tokens: Vec<String> = ["é", "▁", "▁é"].iter().map(|s| s.to_string()).collect();
+        let m = merges_from_scores(&tokens, &[0.0, 0.0, -1.0]);
+        assert_eq!(m, vec![("▁".to_string(), "é".to_string())]);
+    }
+}

@@ -1,0 +1,116 @@
+//! Format-independent access to a model's weights.
+//!
+//! Loaders ([`crate::load`]) translate the canonical names below to their file's names (GGUF's
+//! `blk.0.attn_q.weight`, HF's `model.layers.0.self_attn.q_proj.weight`) and return f32 data;
+//! [`crate::llama::LlamaModel::from_source`] checks every shape against the config and every value
+//! for NaN/Inf before a tensor reaches the device.
+
+use std::fmt;
+
+use crate::config::LlamaConfig;
+use crate::error::ModelError;
+
+/// A tensor in host memory: f32 values in row-major order, `shape` outermost first
+/// (a linear weight is `[out_features, in_features]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostTensor {
+    /// Dimensions, outermost first.
+    pub shape: Vec<usize>,
+    /// Values, row-major.
+    pub data: Vec<f32>,
+}
+
+impl HostTensor {
+    /// Fails with [`ModelError::NonFinite`] naming `name` and the first bad index if any value is
+    /// NaN or infinite.
+    pub fn check_finite(&self, name: &str) -> Result<(), ModelError> {
+        match self.data.iter().position(|v| !v.is_finite()) {
+            None => Ok(()),
+            Some(index) => Err(ModelError::NonFinite {
+                tensor: name.to_string(),
+                index,
+                value: self.data[index],
+            }),
+        }
+    }
+}
+
+/// The linear projections of a decoder block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Proj {
+    /// Attention query projection.
+    Q,
+    /// Attention key projection.
+    K,
+    /// Attention value projection.
+    V,
+    /// Attention output projection.
+    O,
+    /// MLP gate projection.
+    Gate,
+    /// MLP up projection.
+    Up,
+    /// MLP down projection.
+    Down,
+}
+
+impl Proj {
+    /// Every projection of a block, in the order the block computes them.
+    pub const ALL: [Proj; 7] = [
+        Proj::Q,
+        Proj::K,
+        Proj::V,
+        Proj::O,
+        Proj::Gate,
+        Proj::Up,
+        Proj::Down,
+    ];
+}
+
+/// Canonical name of one tensor of a llama-family model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WeightName {
+    /// Token embedding, `[vocab, hidden]`.
+    TokenEmbedding,
+    /// Final RMSNorm gain, `[hidden]`.
+    OutputNorm,
+    /// Output head, `[vocab, hidden]` (absent when tied to the embedding).
+    Output,
+    /// Pre-attention RMSNorm gain of block `l`.
+    AttnNorm(usize),
+    /// Pre-MLP RMSNorm gain of block `l`.
+    FfnNorm(usize),
+    /// Weight of a projection of block `l`, `[out, in]`.
+    Weight(usize, Proj),
+    /// Bias of a projection of block `l`, `[out]` (q/k/v of Qwen2).
+    Bias(usize, Proj),
+}
+
+impl fmt::Display for WeightName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WeightName::TokenEmbedding => write!(f, "token_embedding"),
+            WeightName::OutputNorm => write!(f, "output_norm"),
+            WeightName::Output => write!(f, "output"),
+            WeightName::AttnNorm(l) => write!(f, "layers.{l}.attn_norm"),
+            WeightName::FfnNorm(l) => write!(f, "layers.{l}.ffn_norm"),
+            WeightName::Weight(l, p) => write!(f, "layers.{l}.{p:?}.weight"),
+            WeightName::Bias(l, p) => write!(f, "layers.{l}.{p:?}.bias"),
+        }
+    }
+}
+
+/// A source of model weights: a parsed config plus tensors by canonical name.
+pub trait WeightSource {
+    /// The model's hyper-parameters.
+    fn config(&self) -> &LlamaConfig;
+
+    /// Reads one tensor as f32, or `Ok(None)` when the file does not hold it (an untied output
+    /// head, absent biases). Errors name the tensor as the file calls it.
+    fn tensor(&self, name: WeightName) -> Result<Option<HostTensor>, ModelError>;
+
+    /// The name the file gives `name` (used in error messages); the canonical name by default.
+    fn file_name(&self, name: WeightName) -> String {
+        name.to_string()
+    }
+}

@@ -1,0 +1,137 @@
+//! Helpers shared by the integration tests: locating the shared assets and comparing a model's
+//! output with llama.cpp's reference output.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::PathBuf;
+
+use burn::tensor::{Int, Tensor, TensorData};
+use compress_model::LlamaModel;
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A file under `../shared` (beside the workspace), or `None` with a printed reason when it is
+/// absent. Under `CI=true` an absent asset is a failure, never a skip.
+pub fn shared(rel: &str) -> Option<PathBuf> {
+    let path = workspace().join("../shared").join(rel);
+    asset(path, "the shared test assets (../shared)")
+}
+
+/// The SmolLM2-135M GGUF fetched by `scripts/fetch-models`, or `None` with a printed reason.
+pub fn smollm2() -> Option<PathBuf> {
+    let dir = std::env::var_os("COMPRESS_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join(".cache/models"));
+    asset(
+        dir.join("SmolLM2-135M-Instruct.Q4_1.gguf"),
+        "SmolLM2 (run scripts/fetch-models)",
+    )
+}
+
+fn asset(path: PathBuf, what: &str) -> Option<PathBuf> {
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "{} is missing under CI=true: {what} must be present",
+            path.display()
+        );
+    }
+    eprintln!("SKIPPED: {} not found ({what})", path.display());
+    None
+}
+
+/// llama.cpp's output on a fixed input, as stored in `../shared/reference/*.json`.
+pub struct Reference {
+    pub json: serde_json::Value,
+}
+
+impl Reference {
+    pub fn load(rel: &str) -> Option<Self> {
+        let path = shared(rel)?;
+        let json = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        Some(Self { json })
+    }
+
+    pub fn tokens(&self) -> Vec<u32> {
+        self.json["tokens_first_65"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect()
+    }
+
+    /// `(position, top-5 ids, top-5 logits)` for each recorded position.
+    pub fn top5(&self) -> Vec<(usize, Vec<u32>, Vec<f32>)> {
+        self.json["top5_logits_positions_0_to_63"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let ids = p["ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap() as u32)
+                    .collect();
+                let logits = p["logits"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap() as f32)
+                    .collect();
+                (p["pos"].as_u64().unwrap() as usize, ids, logits)
+            })
+            .collect()
+    }
+
+    /// The mean NLL entry, whichever window length its key names.
+    pub fn mean_nll(&self) -> f64 {
+        let obj = self.json.as_object().unwrap();
+        let (_, v) = obj.iter().find(|(k, _)| k.starts_with("mean_nll")).unwrap();
+        v.as_f64().unwrap()
+    }
+}
+
+/// Logits `[seq, vocab]` of one sequence, flattened row-major.
+pub fn logits(model: &LlamaModel, ids: &[u32]) -> Vec<f32> {
+    let device = model.device();
+    let data: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+    let x = Tensor::<2, Int>::from_data(TensorData::new(data, [1, ids.len()]), &device);
+    model
+        .forward(x, None)
+        .unwrap()
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap()
+}
+
+/// Top-5 ids of one row (ties to the lower id, as llama.cpp's sort does for distinct values).
+pub fn top5(row: &[f32]) -> Vec<u32> {
+    let mut idx: Vec<u32> = (0..row.len() as u32).collect();
+    idx.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
+    idx.truncate(5);
+    idx
+}
+
+/// Mean negative log-likelihood of `ids[1..]` given the logits of `ids[..n-1]`, accumulated in f64.
+pub fn mean_nll(logits: &[f32], ids: &[u32], vocab: usize) -> f64 {
+    let n = ids.len();
+    let mut total = 0.0f64;
+    for t in 0..n - 1 {
+        let row = &logits[t * vocab..(t + 1) * vocab];
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let lse = max
+            + row
+                .iter()
+                .map(|&v| (v as f64 - max).exp())
+                .sum::<f64>()
+                .ln();
+        total += lse - row[ids[t + 1] as usize] as f64;
+    }
+    total / (n - 1) as f64
+}

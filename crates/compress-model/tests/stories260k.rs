@@ -1,0 +1,265 @@
+//! stories260K (../shared/models/stories260K.gguf) against llama.cpp's reference output and the
+//! documented greedy continuation.
+
+mod common;
+
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use common::{logits, mean_nll, shared, top5, Reference};
+use compress_core::backend::BackendKind;
+use compress_model::generate::{generate, GenerateOptions, Sampling};
+use compress_model::llama::AttentionPrecision;
+use compress_model::{load, LoadedModel};
+
+fn model(kind: BackendKind) -> Option<LoadedModel> {
+    let path = shared("models/stories260K.gguf")?;
+    Some(load(path, &kind.device().unwrap()).unwrap())
+}
+
+#[test]
+fn greedy_continuation_matches_the_documented_text() {
+    let Some(m) = model(BackendKind::Flex) else {
+        return;
+    };
+    let prompt = m.tokenizer.encode("Once upon a time", true).unwrap();
+    let options = GenerateOptions {
+        max_new_tokens: 40,
+        sampling: Sampling::Greedy,
+        stop_token: m.tokenizer.eos_id(),
+    };
+    let out = generate(&m.model, &prompt, &options, |_| {}).unwrap();
+    let text = m.tokenizer.decode(&out.tokens).unwrap();
+    let expected = ", there was a little girl named Lily. She loved to play outside in the park.";
+    assert!(text.starts_with(expected), "got {text:?}");
+}
+
+/// The reference input: the first 2000 bytes of TinyStories validation text with BOS.
+fn reference_input(m: &LoadedModel, reference: &Reference) -> Vec<u32> {
+    let text = std::fs::read(shared("data/tinystories/val.txt").unwrap()).unwrap();
+    let text = std::str::from_utf8(&text[..2000]).unwrap();
+    let ids = m.tokenizer.encode(text, true).unwrap();
+    assert_eq!(
+        &ids[..65],
+        reference.tokens().as_slice(),
+        "token ids differ from llama.cpp's"
+    );
+    ids[..128].to_vec()
+}
+
+/// Largest |Δlogit| over the reference's top-5 entries, and the number of positions whose five
+/// logits are all within `tight`; panics if a top-5 id list differs.
+fn compare_top5(logits: &[f32], vocab: usize, reference: &Reference, tight: f32) -> (f32, usize) {
+    let mut worst = 0.0f32;
+    let mut within = 0;
+    for (pos, ids_ref, logits_ref) in reference.top5() {
+        let row = &logits[pos * vocab..(pos + 1) * vocab];
+        assert_eq!(top5(row), ids_ref, "top-5 ids differ at position {pos}");
+        let d = ids_ref
+            .iter()
+            .zip(&logits_ref)
+            .map(|(id, want)| (row[*id as usize] - want).abs())
+            .fold(0.0, f32::max);
+        worst = worst.max(d);
+        within += usize::from(d <= tight);
+    }
+    (worst, within)
+}
+
+/// llama.cpp keeps its KV cache in f16 and rounds the query and attention weights to f16 for the
+/// two attention products; `AttentionPrecision::F16KvCache` does the same. The reference file's
+/// tolerance (0.002, "only summation order differs") then holds at 62 of the 64 positions: where
+/// our f32 value and llama.cpp's straddle an f16 rounding boundary they round one f16 ulp apart
+/// (2^-11 relative, ~0.002 for activations of magnitude 4), which moves a logit by up to ~0.004
+/// (measured worst 0.0033). So: every logit within 0.005, ≥ 60 positions within 0.002, ids
+/// identical, mean NLL within the file's 1e-4.
+#[test]
+fn logits_and_nll_match_llama_cpp() {
+    let Some(mut m) = model(BackendKind::Flex) else {
+        return;
+    };
+    let reference = Reference::load("reference/stories260K_llamacpp.json").unwrap();
+    let ids = reference_input(&m, &reference);
+    let vocab = m.model.config().vocab_size;
+    m.model
+        .set_attention_precision(AttentionPrecision::F16KvCache);
+    let logits = logits(&m.model, &ids);
+    let (worst, within) = compare_top5(&logits, vocab, &reference, 0.002);
+    let nll = mean_nll(&logits, &ids, vocab);
+    eprintln!("f16 KV: max |Δlogit| {worst:.2e}, {within}/64 positions within 0.002, mean NLL {nll:.6} vs llama.cpp {:.6}", reference.mean_nll());
+    assert!(worst <= 0.005, "max |Δlogit| {worst}");
+    assert!(within >= 60, "only {within} of 64 positions within 0.002");
+    assert!(
+        (nll - reference.mean_nll()).abs() <= 1e-4,
+        "mean NLL {nll} vs {}",
+        reference.mean_nll()
+    );
+}
+
+/// The default all-f32 attention differs from llama.cpp's f16 KV cache by more (measured worst
+/// 0.013): every logit within 0.02, ids identical, mean NLL still within the file's 1e-4.
+#[test]
+fn f32_attention_stays_close_to_llama_cpp() {
+    let Some(m) = model(BackendKind::Flex) else {
+        return;
+    };
+    let reference = Reference::load("reference/stories260K_llamacpp.json").unwrap();
+    let ids = reference_input(&m, &reference);
+    let vocab = m.model.config().vocab_size;
+    assert_eq!(m.model.attention_precision(), AttentionPrecision::F32);
+    let logits = logits(&m.model, &ids);
+    let (worst, _) = compare_top5(&logits, vocab, &reference, 0.002);
+    let nll = mean_nll(&logits, &ids, vocab);
+    eprintln!(
+        "f32: max |Δlogit| {worst:.2e}, mean NLL {nll:.6} vs llama.cpp {:.6}",
+        reference.mean_nll()
+    );
+    assert!(worst <= 0.02, "max |Δlogit| {worst}");
+    assert!(
+        (nll - reference.mean_nll()).abs() <= 1e-4,
+        "mean NLL {nll} vs {}",
+        reference.mean_nll()
+    );
+}
+
+#[test]
+fn backends_agree() {
+    let (Some(flex), Some(nd)) = (model(BackendKind::Flex), model(BackendKind::NdArray)) else {
+        return;
+    };
+    let ids = flex
+        .tokenizer
+        .encode("Once upon a time, there was a little dog.", true)
+        .unwrap();
+    let a = logits(&flex.model, &ids);
+    let b = logits(&nd.model, &ids);
+    // Same f32 maths with different summation orders: logits of magnitude ~20 agree to ~1e-5;
+    // 1e-3 leaves room for a different GEMM blocking without hiding a real bug (those are O(1)).
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst <= 1e-3, "flex vs ndarray max |Δlogit| = {worst}");
+}
+
+#[test]
+fn kv_cache_gives_the_same_logits_as_a_full_forward() {
+    let Some(m) = model(BackendKind::Flex) else {
+        return;
+    };
+    let ids = m
+        .tokenizer
+        .encode("Once upon a time, there was a big red ball.", true)
+        .unwrap();
+    let vocab = m.model.config().vocab_size;
+    let full = logits(&m.model, &ids);
+    let device = m.model.device();
+    let mut cache = m.model.new_cache();
+    // Feed a 5-token prefix, then one token at a time.
+    let mut stepped: Vec<f32> = Vec::new();
+    let mut start = 0;
+    for len in std::iter::once(5).chain(std::iter::repeat(1)) {
+        if start >= ids.len() {
+            break;
+        }
+        let end = (start + len).min(ids.len());
+        let chunk: Vec<i64> = ids[start..end].iter().map(|&t| t as i64).collect();
+        let x = Tensor::<2, Int>::from_data(TensorData::new(chunk, [1, end - start]), &device);
+        let out: Vec<f32> = m
+            .model
+            .forward_cached(x, &mut cache)
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        stepped.extend(out);
+        start = end;
+    }
+    assert_eq!(cache.len(), ids.len());
+    assert_eq!(stepped.len(), ids.len() * vocab);
+    let worst = full
+        .iter()
+        .zip(&stepped)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst <= 1e-3, "cached vs full max |Δlogit| = {worst}");
+}
+
+#[test]
+fn padded_rows_match_unpadded_rows() {
+    let Some(m) = model(BackendKind::Flex) else {
+        return;
+    };
+    let a = m
+        .tokenizer
+        .encode("Once upon a time, there was a cat.", true)
+        .unwrap();
+    let b = m.tokenizer.encode("The sun was hot.", true).unwrap();
+    let vocab = m.model.config().vocab_size;
+    let t = a.len().max(b.len());
+    // Row 0 is right-padded, row 1 left-padded; pad id 0 must not matter.
+    let pad = |ids: &[u32], left: bool| {
+        let fill = vec![0u32; t - ids.len()];
+        let (mut v, mut mask) = (Vec::<u32>::new(), Vec::<bool>::new());
+        if left {
+            v.extend(&fill);
+            mask.extend(vec![false; fill.len()]);
+        }
+        v.extend(ids);
+        mask.extend(vec![true; ids.len()]);
+        if !left {
+            v.extend(&fill);
+            mask.extend(vec![false; fill.len()]);
+        }
+        (v, mask)
+    };
+    let (ra, ma) = pad(&a, false);
+    let (rb, mb) = pad(&b, true);
+    let device = m.model.device();
+    let ids: Vec<i64> = ra.iter().chain(&rb).map(|&x| x as i64).collect();
+    let mask: Vec<bool> = ma.into_iter().chain(mb).collect();
+    let x = Tensor::<2, Int>::from_data(TensorData::new(ids, [2, t]), &device);
+    let pm = Tensor::<2, Bool>::from_data(TensorData::new(mask, [2, t]), &device);
+    let out: Vec<f32> = m
+        .model
+        .forward(x, Some(pm))
+        .unwrap()
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    let alone_a = logits(&m.model, &a);
+    let alone_b = logits(&m.model, &b);
+    let row = |r: usize, pos: usize| &out[(r * t + pos) * vocab..(r * t + pos + 1) * vocab];
+    let mut worst = 0.0f32;
+    for p in 0..a.len() {
+        for (x, y) in row(0, p).iter().zip(&alone_a[p * vocab..(p + 1) * vocab]) {
+            worst = worst.max((x - y).abs());
+        }
+    }
+    let off = t - b.len();
+    for p in 0..b.len() {
+        for (x, y) in row(1, off + p)
+            .iter()
+            .zip(&alone_b[p * vocab..(p + 1) * vocab])
+        {
+            worst = worst.max((x - y).abs());
+        }
+    }
+    assert!(worst <= 1e-3, "padded vs alone max |Δlogit| = {worst}");
+}
+
+#[test]
+fn context_overflow_is_an_error() {
+    let Some(m) = model(BackendKind::Flex) else {
+        return;
+    };
+    let max = m.model.config().max_seq_len;
+    let ids = vec![1u32; max + 1];
+    let device = m.model.device();
+    let data: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+    let x = Tensor::<2, Int>::from_data(TensorData::new(data, [1, max + 1]), &device);
+    let err = m.model.forward(x, None).unwrap_err();
+    assert!(
+        err.to_string().contains("exceeds the model's context"),
+        "{err}"
+    );
+}

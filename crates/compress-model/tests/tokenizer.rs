@@ -1,0 +1,95 @@
+//! Tokenizers built from GGUF metadata: llama.cpp's ids on the reference texts (the parity
+//! checks themselves live in `stories260k.rs` and `smollm2.rs`), round trips, byte fallback,
+//! special tokens and the `tokenizer.json` export.
+
+mod common;
+
+use common::{shared, smollm2, Reference};
+use compress_model::load::GgufModel;
+use compress_model::LlmTokenizer;
+
+fn stories() -> Option<LlmTokenizer> {
+    Some(
+        GgufModel::open(shared("models/stories260K.gguf")?)
+            .unwrap()
+            .tokenizer()
+            .unwrap(),
+    )
+}
+
+fn smol() -> Option<LlmTokenizer> {
+    Some(GgufModel::open(smollm2()?).unwrap().tokenizer().unwrap())
+}
+
+const TEXTS: &[&str] = &[
+    "Once upon a time, there was a little girl named Lily.",
+    "  two leading spaces, a\ttab and\nnew lines\n\n",
+    "Unicode outside the vocabulary: café, naïve, 東京, 🦀 — byte fallback.",
+    "Numbers 12345 and 3.14159; punctuation!?",
+];
+
+#[test]
+fn stories260k_reference_prefix_and_round_trips() {
+    let Some(tok) = stories() else { return };
+    let reference = Reference::load("reference/stories260K_llamacpp.json").unwrap();
+    let text = std::fs::read(shared("data/tinystories/val.txt").unwrap()).unwrap();
+    let ids = tok
+        .encode(std::str::from_utf8(&text[..2000]).unwrap(), true)
+        .unwrap();
+    assert_eq!(&ids[..65], reference.tokens().as_slice());
+    assert_eq!(tok.bos_id(), Some(1));
+    assert_eq!(tok.eos_id(), Some(2));
+    assert!(tok.add_bos_default());
+    for t in TEXTS {
+        let ids = tok.encode(t, true).unwrap();
+        assert_eq!(ids[0], 1);
+        assert_eq!(tok.decode(&ids).unwrap(), *t, "round trip of {t:?}");
+    }
+    // A 512-token vocabulary has no "東": each of its three UTF-8 bytes is a <0xNN> token.
+    let ids = tok.encode("東", false).unwrap();
+    let pieces: Vec<String> = ids.iter().map(|&i| tok.token_text(i).unwrap()).collect();
+    assert!(
+        pieces.ends_with(&["<0xE6>".to_string(), "<0x9D>".into(), "<0xB1>".into()]),
+        "{pieces:?}"
+    );
+}
+
+#[test]
+fn smollm2_round_trips_and_special_tokens() {
+    let Some(tok) = smol() else { return };
+    for t in TEXTS {
+        let ids = tok.encode(t, false).unwrap();
+        assert_eq!(tok.decode(&ids).unwrap(), *t, "round trip of {t:?}");
+    }
+    // SmolLM2 splits every digit (pre-tokenizer "smollm").
+    let digits = tok.encode("2024", false).unwrap();
+    assert_eq!(digits.len(), 4, "{digits:?}");
+    // Chat-template markers are single control tokens and are skipped on decode.
+    let im_start = tok
+        .inner()
+        .token_to_id("<|im_start|>")
+        .expect("SmolLM2 has <|im_start|>");
+    let ids = tok.encode("<|im_start|>user\nHi", false).unwrap();
+    assert_eq!(ids[0], im_start);
+    assert_eq!(tok.decode(&ids).unwrap(), "user\nHi");
+}
+
+#[test]
+fn tokenizer_json_export_round_trips() {
+    let Some(tok) = stories() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    tok.inner().save(&path, false).unwrap();
+    let back = LlmTokenizer::from_file(&path).unwrap();
+    assert_eq!(back.bos_id(), Some(1));
+    assert_eq!(back.eos_id(), Some(2));
+    for t in TEXTS {
+        assert_eq!(
+            back.encode(t, true).unwrap(),
+            tok.encode(t, true).unwrap(),
+            "{t:?}"
+        );
+    }
+    let e = LlmTokenizer::from_file(dir.path().join("absent.json")).unwrap_err();
+    assert!(e.to_string().contains("absent.json"), "{e}");
+}
