@@ -43,6 +43,14 @@ pub enum BackendError {
         /// The cargo feature that enables it.
         feature: &'static str,
     },
+    /// The backend is compiled in but its device does not work here (no GPU or driver).
+    #[error("backend `{kind}` is unavailable on this machine: {reason}")]
+    Unavailable {
+        /// The backend asked for.
+        kind: BackendKind,
+        /// What went wrong when a first tensor was created on it.
+        reason: String,
+    },
 }
 
 impl BackendKind {
@@ -93,7 +101,19 @@ impl BackendKind {
     }
 
     /// The default device of this backend (the first GPU for wgpu/cuda, the CPU otherwise).
+    ///
+    /// GPU devices are checked by running a tiny computation on them first, so a machine
+    /// without a usable adapter gets [`BackendError::Unavailable`] here instead of a panic in
+    /// the middle of the first model call.
     pub fn device(self) -> Result<Device, BackendError> {
+        let device = self.unchecked_device()?;
+        match self {
+            BackendKind::Wgpu | BackendKind::Cuda => probe(self, device),
+            _ => Ok(device),
+        }
+    }
+
+    fn unchecked_device(self) -> Result<Device, BackendError> {
         match self {
             BackendKind::Flex => Ok(Device::flex()),
             #[allow(deprecated)] // ndarray is deprecated upstream; we keep it for comparison.
@@ -110,6 +130,33 @@ impl BackendKind {
                 kind: other,
                 feature: other.feature().unwrap_or("<none>"),
             }),
+        }
+    }
+}
+
+/// Runs a two-element sum on `device`; a panic (how burn reports a missing adapter) becomes
+/// [`BackendError::Unavailable`].
+fn probe(kind: BackendKind, device: Device) -> Result<Device, BackendError> {
+    let d = device.clone();
+    let run = std::panic::AssertUnwindSafe(move || {
+        burn::tensor::Tensor::<1>::from_floats([1.0, 2.0], &d)
+            .sum()
+            .into_data()
+            .try_to_vec::<f32>()
+    });
+    match std::panic::catch_unwind(run) {
+        Ok(Ok(v)) if v == [3.0] => Ok(device),
+        Ok(other) => Err(BackendError::Unavailable {
+            kind,
+            reason: format!("1 + 2 gave {other:?}"),
+        }),
+        Err(payload) => {
+            let reason = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "the device panicked".into());
+            Err(BackendError::Unavailable { kind, reason })
         }
     }
 }

@@ -263,3 +263,48 @@ fn context_overflow_is_an_error() {
         "{err}"
     );
 }
+
+/// The wgpu backend (Mesa lavapipe in CI) against flex: same f32 maths, different summation
+/// order and GPU kernels, so the same bound as flex vs ndarray (1e-3 on logits of magnitude
+/// ~20); the KV-cached decode path must agree too.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_matches_flex() {
+    if let Err(e) = BackendKind::Wgpu.device() {
+        // A wgpu build on a machine without Vulkan (install mesa-vulkan-drivers for lavapipe).
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI must run the wgpu backend: {e}"
+        );
+        eprintln!("SKIPPED: {e}");
+        return;
+    }
+    let (Some(flex), Some(gpu)) = (model(BackendKind::Flex), model(BackendKind::Wgpu)) else {
+        return;
+    };
+    let ids = flex
+        .tokenizer
+        .encode("Once upon a time, there was a little dog.", true)
+        .unwrap();
+    let a = logits(&flex.model, &ids);
+    let b = logits(&gpu.model, &ids);
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    eprintln!("wgpu vs flex max |Δlogit| = {worst:.2e}");
+    assert!(worst <= 1e-3, "wgpu vs flex max |Δlogit| = {worst}");
+
+    let options = GenerateOptions {
+        max_new_tokens: 24,
+        sampling: Sampling::Greedy,
+        stop_token: None,
+    };
+    let on_flex = generate(&flex.model, &ids, &options, |_| {}).unwrap();
+    let on_gpu = generate(&gpu.model, &ids, &options, |_| {}).unwrap();
+    assert_eq!(
+        on_flex.tokens, on_gpu.tokens,
+        "greedy continuations differ between flex and wgpu"
+    );
+}
