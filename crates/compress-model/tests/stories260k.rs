@@ -4,7 +4,7 @@
 mod common;
 
 use burn::tensor::{Bool, Int, Tensor, TensorData};
-use common::{logits, mean_nll, shared, top5, Reference};
+use common::{logits, max_abs_diff, mean_nll, shared, top5, Reference};
 use compress_core::backend::BackendKind;
 use compress_model::generate::{generate, GenerateOptions, Sampling};
 use compress_model::llama::AttentionPrecision;
@@ -122,23 +122,28 @@ fn f32_attention_stays_close_to_llama_cpp() {
 
 #[test]
 fn backends_agree() {
-    let (Some(flex), Some(nd)) = (model(BackendKind::Flex), model(BackendKind::NdArray)) else {
+    // Same f32 maths with different summation orders: logits of magnitude ~20 agree to ~1e-5;
+    // 1e-3 leaves room for a different GEMM blocking without hiding a real bug (those are O(1)).
+    let Some(worst) = compare_backends_models(BackendKind::Flex, BackendKind::NdArray).map(|r| r.0)
+    else {
         return;
     };
-    let ids = flex
+    assert!(worst <= 1e-3, "flex vs ndarray max |Δlogit| = {worst}");
+}
+
+/// Loads stories260K on two backends; max |Δlogit| over a fixed sentence, and both models.
+fn compare_backends_models(
+    a: BackendKind,
+    b: BackendKind,
+) -> Option<(f32, Vec<u32>, LoadedModel, LoadedModel)> {
+    let (ma, mb) = (model(a)?, model(b)?);
+    let ids = ma
         .tokenizer
         .encode("Once upon a time, there was a little dog.", true)
         .unwrap();
-    let a = logits(&flex.model, &ids);
-    let b = logits(&nd.model, &ids);
-    // Same f32 maths with different summation orders: logits of magnitude ~20 agree to ~1e-5;
-    // 1e-3 leaves room for a different GEMM blocking without hiding a real bug (those are O(1)).
-    let worst = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max);
-    assert!(worst <= 1e-3, "flex vs ndarray max |Δlogit| = {worst}");
+    let worst = max_abs_diff(&logits(&ma.model, &ids), &logits(&mb.model, &ids));
+    eprintln!("{b} vs {a} max |Δlogit| = {worst:.2e}");
+    Some((worst, ids, ma, mb))
 }
 
 #[test]
@@ -176,11 +181,7 @@ fn kv_cache_gives_the_same_logits_as_a_full_forward() {
     }
     assert_eq!(cache.len(), ids.len());
     assert_eq!(stepped.len(), ids.len() * vocab);
-    let worst = full
-        .iter()
-        .zip(&stepped)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max);
+    let worst = max_abs_diff(&full, &stepped);
     assert!(worst <= 1e-3, "cached vs full max |Δlogit| = {worst}");
 }
 
@@ -279,21 +280,11 @@ fn wgpu_matches_flex() {
         eprintln!("SKIPPED: {e}");
         return;
     }
-    let (Some(flex), Some(gpu)) = (model(BackendKind::Flex), model(BackendKind::Wgpu)) else {
+    let Some((worst, ids, flex, gpu)) =
+        compare_backends_models(BackendKind::Flex, BackendKind::Wgpu)
+    else {
         return;
     };
-    let ids = flex
-        .tokenizer
-        .encode("Once upon a time, there was a little dog.", true)
-        .unwrap();
-    let a = logits(&flex.model, &ids);
-    let b = logits(&gpu.model, &ids);
-    let worst = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max);
-    eprintln!("wgpu vs flex max |Δlogit| = {worst:.2e}");
     assert!(worst <= 1e-3, "wgpu vs flex max |Δlogit| = {worst}");
 
     let options = GenerateOptions {

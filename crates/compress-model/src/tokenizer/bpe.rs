@@ -8,7 +8,7 @@
 //! ones below are the ones llama.cpp uses for those names.
 
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
-use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
@@ -82,17 +82,7 @@ pub fn build(vocab: &GgufVocab) -> Result<Tokenizer, TokenizerError> {
         })?;
         merges.push((l.to_string(), r.to_string()));
     }
-    let map: Vocab = vocab
-        .tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), i as u32))
-        .collect();
-    if map.len() != vocab.tokens.len() {
-        return Err(TokenizerError::InvalidVocab(
-            "duplicate token strings".into(),
-        ));
-    }
+    let map = vocab.vocab_map()?;
     let pre = pre_tokenizer(vocab.pre.as_deref())?;
     let ignore_merges = matches!(
         vocab.pre.as_deref(),

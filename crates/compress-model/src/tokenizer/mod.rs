@@ -156,6 +156,22 @@ impl GgufVocab {
         Ok(())
     }
 
+    /// Token string → id, as the `tokenizers` BPE model wants it; duplicate strings are an error.
+    fn vocab_map(&self) -> Result<tokenizers::models::bpe::Vocab, TokenizerError> {
+        let map: tokenizers::models::bpe::Vocab = self
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        if map.len() != self.tokens.len() {
+            return Err(TokenizerError::InvalidVocab(
+                "duplicate token strings".into(),
+            ));
+        }
+        Ok(map)
+    }
+
     /// Control and user-defined tokens, registered with the `tokenizers` crate as added tokens
     /// so that decode can skip control tokens and encode matches user-defined ones verbatim.
     fn added_tokens(&self) -> Vec<tokenizers::AddedToken> {

@@ -18,7 +18,7 @@ use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::fuse::Fuse;
 use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::decoders::strip::Strip;
-use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::models::bpe::BPE;
 use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
 use tokenizers::{DecoderWrapper, NormalizerWrapper, Tokenizer};
 
@@ -57,17 +57,7 @@ pub fn build(vocab: &GgufVocab) -> Result<Tokenizer, TokenizerError> {
     let scores = vocab.scores.as_ref().ok_or_else(|| {
         TokenizerError::InvalidVocab("a `llama` vocabulary needs `tokenizer.ggml.scores`".into())
     })?;
-    let map: Vocab = vocab
-        .tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), i as u32))
-        .collect();
-    if map.len() != vocab.tokens.len() {
-        return Err(TokenizerError::InvalidVocab(
-            "duplicate token strings".into(),
-        ));
-    }
+    let map = vocab.vocab_map()?;
     let merges = merges_from_scores(&vocab.tokens, scores);
     let mut builder = BPE::builder()
         .vocab_and_merges(map, merges)

@@ -135,3 +135,12 @@ pub fn mean_nll(logits: &[f32], ids: &[u32], vocab: usize) -> f64 {
     }
     total / (n - 1) as f64
 }
+
+/// Largest element-wise |a − b| (the slices must have equal length).
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "comparing slices of different lengths");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max)
+}
