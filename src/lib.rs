@@ -9,6 +9,7 @@
 //!
 //! - [`core`] — backend selection and the replaceable linear layer.
 //! - [`model`] — llama-family models, GGUF / safetensors loading, tokenizers, generation.
+//! - [`eval`] — perplexity (both protocols) and, as they land, the other quality metrics.
 //!
 //! ```no_run
 //! use compress::core::backend::BackendKind;
@@ -27,4 +28,5 @@
 #![warn(missing_docs)]
 
 pub use compress_core as core;
+pub use compress_eval as eval;
 pub use compress_model as model;

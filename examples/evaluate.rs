@@ -1,0 +1,124 @@
+//! Evaluate a model: perplexity on a text file with either or both protocols.
+//!
+//! ```text
+//! cargo run --release --example evaluate                                  # embedded stories260K on ../shared TinyStories
+//! cargo run --release --example evaluate -- --model .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf \
+//!     --text ../shared/data/wikitext-2/wiki.test.raw --context 2048 --scoring both --limit 8
+//! ```
+//! Zero-shot tasks and KL divergence come with the rest of issue #3.
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use compress::core::backend::BackendKind;
+use compress::eval::perplexity::{perplexity, PerplexityConfig, Scoring};
+use compress::model::gguf::GgufFile;
+use compress::model::llama::LlamaModel;
+use compress::model::load::{GgufModel, LoadedModel};
+
+static EMBEDDED: &[u8] = include_bytes!("../assets/stories260K.gguf");
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum Protocol {
+    /// Every prediction of every window (GPTQ/SparseGPT/Wanda).
+    All,
+    /// llama.cpp's `perplexity`: BOS first, second half of each window.
+    Half,
+    /// Both, one after the other.
+    Both,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "Perplexity of a llama-family model on a text file.")]
+struct Args {
+    /// GGUF file or Hugging Face checkpoint directory [default: embedded stories260K].
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Text file to score.
+    #[arg(long, default_value = "../shared/data/tinystories/val.txt")]
+    text: PathBuf,
+    /// Window length in tokens.
+    #[arg(long, default_value_t = 256)]
+    context: usize,
+    /// Scoring protocol.
+    #[arg(long, value_enum, default_value_t = Protocol::Both)]
+    scoring: Protocol,
+    /// Evaluate at most this many windows.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Backend: flex, ndarray, wgpu, cuda, tch.
+    #[arg(long, default_value_t = BackendKind::default())]
+    backend: BackendKind,
+    /// Print the reports as JSON lines instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let device = args.backend.device()?;
+    let m = match &args.model {
+        Some(path) => compress::model::load(path, &device)?,
+        None => {
+            let source = GgufModel::from_file(GgufFile::from_bytes(EMBEDDED.to_vec())?)?;
+            LoadedModel {
+                tokenizer: source.tokenizer()?,
+                model: LlamaModel::from_source(&source, &device)?,
+            }
+        }
+    };
+    let text = std::fs::read_to_string(&args.text)
+        .map_err(|e| format!("cannot read {}: {e}", args.text.display()))?;
+    let tokens = m.tokenizer.encode(&text, true)?;
+    eprintln!(
+        "{}: {} bytes, {} tokens",
+        args.text.display(),
+        text.len(),
+        tokens.len()
+    );
+    let protocols = match args.scoring {
+        Protocol::All => vec![Scoring::AllTokens],
+        Protocol::Half => vec![Scoring::SecondHalf],
+        Protocol::Both => vec![Scoring::AllTokens, Scoring::SecondHalf],
+    };
+    for scoring in protocols {
+        let config = PerplexityConfig {
+            context: args.context,
+            scoring,
+            max_windows: args.limit,
+            bos: m.tokenizer.bos_id(),
+        };
+        let t0 = std::time::Instant::now();
+        let mut last_print = 0.0;
+        let r = perplexity(&m.model, &tokens, text.len(), &config, |done, total| {
+            // At most two progress lines a second, and always the last one.
+            let secs = t0.elapsed().as_secs_f64();
+            if secs - last_print >= 0.5 || done == total {
+                last_print = secs;
+                let eta = secs / done as f64 * (total - done) as f64;
+                eprint!(
+                    "\r{scoring:?}: window {done}/{total}, {secs:.0} s elapsed, ETA {eta:.0} s   "
+                );
+            }
+        })?;
+        let secs = t0.elapsed().as_secs_f64();
+        eprintln!();
+        if args.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!(
+                "{scoring:?}, context {}: PPL {:.4} (95% {:.4}–{:.4}), mean NLL {:.5}, {:.4} bits/byte, {} tokens scored in {} windows; {:.0} tokens/s",
+                r.context,
+                r.ppl,
+                r.ppl_ci95.0,
+                r.ppl_ci95.1,
+                r.mean_nll,
+                r.bits_per_byte.unwrap_or(f64::NAN),
+                r.tokens_scored,
+                r.windows,
+                (r.windows * r.context) as f64 / secs
+            );
+        }
+    }
+    Ok(())
+}
