@@ -1,11 +1,15 @@
 //! # compress-eval
 //!
-//! Evaluation of compressed models. Implemented so far: **perplexity** on a token stream with
-//! both common protocols (full windows as in GPTQ/SparseGPT/Wanda, and llama.cpp's second-half
-//! scoring), with a 95% interval and bits per byte — see [`perplexity`].
+//! Evaluation of compressed models. Implemented so far:
 //!
-//! Planned (issue #3): KL divergence to the base model, zero-shot multiple-choice tasks, speed
-//! and memory, JSON/Markdown reports and plots.
+//! - [`perplexity`] on a token stream with both common protocols (full windows as in
+//!   GPTQ/SparseGPT/Wanda, and llama.cpp's second-half scoring), 95% interval, bits per byte;
+//! - [`kld`]: KL divergence of a compressed model to its base in one pass over both, with the
+//!   statistics of llama.cpp's `perplexity --kl-divergence` (same-top-token rate, Δp);
+//! - [`stats`]: the intervals and percentiles they share.
+//!
+//! Planned (issue #3): zero-shot multiple-choice tasks, paired significance tests, speed and
+//! memory, JSON/Markdown reports and plots.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -22,7 +26,9 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod kld;
 pub mod perplexity;
+pub mod stats;
 
 use burn::tensor::{Int, Tensor, TensorData};
 use compress_model::LlamaModel;

@@ -12,11 +12,12 @@
 //!   count (positions `context/2 .. context−1`, i.e. `context/2 − 1` predictions per window).
 //!
 //! The 95% interval treats per-token NLLs as independent (as llama.cpp's report does):
-//! `NLL ± 1.96·s/√n` with `s` the sample standard deviation, mapped through `exp` for PPL.
-//! Log-softmax is computed with an f64 accumulator.
+//! `NLL ± 1.96·s/√n` with `s` the sample standard deviation, mapped through `exp` for PPL
+//! ([`crate::stats::mean_ci`]). Log-softmax is computed with an f64 accumulator.
 
 use serde::{Deserialize, Serialize};
 
+use crate::stats::{log_sum_exp, mean_ci, MeanCi};
 use crate::EvalError;
 
 /// Which predictions of a window are scored.
@@ -73,9 +74,7 @@ pub struct PerplexityReport {
 
 /// Negative log-likelihood `−ln softmax(row)[target]`, accumulated in f64.
 pub fn nll(row: &[f32], target: u32) -> f64 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
-    max + sum.ln() - row[target as usize] as f64
+    log_sum_exp(row) - row[target as usize] as f64
 }
 
 /// The positions `t` of a window whose prediction (of token `t + 1`) is scored.
@@ -94,6 +93,33 @@ pub fn token_nlls(
     config: &PerplexityConfig,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Vec<Vec<f64>>, EvalError> {
+    let windows = window_inputs(tokens, config)?;
+    let mut out = Vec::with_capacity(windows.len());
+    for (w, ids) in windows.iter().enumerate() {
+        let logits = window_logits(model, ids)?;
+        let vocab = model.vocab_size();
+        let mut nlls = Vec::new();
+        for t in scored_positions(ids.len(), config.scoring) {
+            let v = nll(&logits[t * vocab..(t + 1) * vocab], ids[t + 1]);
+            if !v.is_finite() {
+                return Err(EvalError::NonFinite(format!(
+                    "NLL at window {w}, position {t}"
+                )));
+            }
+            nlls.push(v);
+        }
+        out.push(nlls);
+        progress(w + 1, windows.len());
+    }
+    Ok(out)
+}
+
+/// The token ids of each evaluated window: non-overlapping slices of `config.context` tokens
+/// (at most `config.max_windows`), with BOS as first token under [`Scoring::SecondHalf`].
+pub fn window_inputs(
+    tokens: &[u32],
+    config: &PerplexityConfig,
+) -> Result<Vec<Vec<u32>>, EvalError> {
     let c = config.context;
     if c < 4 {
         return Err(EvalError::InvalidInput(format!(
@@ -108,37 +134,28 @@ pub fn token_nlls(
         )));
     }
     let windows = config.max_windows.map_or(available, |m| m.min(available));
-    let vocab = model.vocab_size();
-    let mut out = Vec::with_capacity(windows);
-    for w in 0..windows {
-        let mut ids = tokens[w * c..(w + 1) * c].to_vec();
-        if config.scoring == Scoring::SecondHalf {
-            if let Some(bos) = config.bos {
+    Ok((0..windows)
+        .map(|w| {
+            let mut ids = tokens[w * c..(w + 1) * c].to_vec();
+            if let (Scoring::SecondHalf, Some(bos)) = (config.scoring, config.bos) {
                 ids[0] = bos;
             }
-        }
-        let logits = model.logits(&ids)?;
-        if logits.len() != c * vocab {
-            return Err(EvalError::InvalidInput(format!(
-                "the model returned {} logits for {c} tokens × {vocab} vocabulary",
-                logits.len()
-            )));
-        }
-        let mut nlls = Vec::new();
-        for t in scored_positions(c, config.scoring) {
-            let row = &logits[t * vocab..(t + 1) * vocab];
-            let v = nll(row, ids[t + 1]);
-            if !v.is_finite() {
-                return Err(EvalError::NonFinite(format!(
-                    "NLL at window {w}, position {t}"
-                )));
-            }
-            nlls.push(v);
-        }
-        out.push(nlls);
-        progress(w + 1, windows);
+            ids
+        })
+        .collect())
+}
+
+/// The model's logits for one window, checked to be `[ids.len(), vocab]`.
+pub(crate) fn window_logits(model: &dyn LogitSource, ids: &[u32]) -> Result<Vec<f32>, EvalError> {
+    let logits = model.logits(ids)?;
+    let (c, vocab) = (ids.len(), model.vocab_size());
+    if logits.len() != c * vocab {
+        return Err(EvalError::InvalidInput(format!(
+            "the model returned {} logits for {c} tokens × {vocab} vocabulary",
+            logits.len()
+        )));
     }
-    Ok(out)
+    Ok(logits)
 }
 
 /// Summarizes per-token NLLs into a report; `bytes_per_token` (text bytes / tokens) enables
@@ -149,14 +166,7 @@ pub fn summarize(
     bytes_per_token: Option<f64>,
 ) -> PerplexityReport {
     let all: Vec<f64> = nlls.iter().flatten().copied().collect();
-    let n = all.len() as f64;
-    let mean = all.iter().sum::<f64>() / n;
-    let var = if all.len() > 1 {
-        all.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    let half = 1.96 * (var / n).sqrt();
+    let MeanCi { mean, lo, hi, .. } = mean_ci(&all);
     PerplexityReport {
         scoring: config.scoring,
         context: config.context,
@@ -164,7 +174,7 @@ pub fn summarize(
         tokens_scored: all.len(),
         mean_nll: mean,
         ppl: mean.exp(),
-        ppl_ci95: ((mean - half).exp(), (mean + half).exp()),
+        ppl_ci95: (lo.exp(), hi.exp()),
         bits_per_byte: bytes_per_token.map(|b| mean / std::f64::consts::LN_2 / b),
     }
 }

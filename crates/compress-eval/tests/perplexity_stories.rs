@@ -76,3 +76,45 @@ fn stories260k_perplexity_matches_an_independent_computation() {
         r.ppl
     );
 }
+
+/// KLD of stories260K to itself is exactly 0 with top-1 agreement 1; to the same weights with
+/// llama.cpp-style f16 attention numerics it is small but positive.
+#[test]
+fn stories260k_kl_divergence() {
+    use compress_eval::kld::kl_divergence;
+    use compress_model::llama::AttentionPrecision;
+
+    let Some(path) = common::shared("models/stories260K.gguf") else {
+        return;
+    };
+    let device = BackendKind::Flex.device().unwrap();
+    let base = compress_model::load(&path, &device).unwrap();
+    let text =
+        std::fs::read_to_string(common::shared("data/tinystories/val.txt").unwrap()).unwrap();
+    let tokens = base.tokenizer.encode(&text, true).unwrap();
+    let config = PerplexityConfig {
+        context: 128,
+        scoring: Scoring::AllTokens,
+        max_windows: Some(4),
+        bos: base.tokenizer.bos_id(),
+    };
+
+    let same = kl_divergence(&base.model, &base.model, &tokens, &config, |_, _| {}).unwrap();
+    assert_eq!(same.tokens, 4 * 127);
+    assert_eq!(
+        (same.kld.mean, same.kld_percentiles.max, same.same_top.mean),
+        (0.0, 0.0, 1.0)
+    );
+    assert_eq!((same.delta_p.mean, same.delta_p_rms), (0.0, 0.0));
+    assert_eq!(same.mean_nll.0, same.mean_nll.1);
+
+    let mut f16 = compress_model::load(&path, &device).unwrap();
+    f16.model
+        .set_attention_precision(AttentionPrecision::F16KvCache);
+    let r = kl_divergence(&base.model, &f16.model, &tokens, &config, |_, _| {}).unwrap();
+    eprintln!("f32 vs f16-attention: {r:?}");
+    // f16 rounding of q/k/v moves logits by ~1e-2 at most (stories260k.rs), so KLD is tiny.
+    assert!(r.kld.mean > 0.0 && r.kld.mean < 1e-4, "{:?}", r.kld);
+    assert!(r.same_top.mean > 0.98, "{:?}", r.same_top);
+    assert!((r.mean_nll.0 - r.mean_nll.1).abs() < 1e-3);
+}
