@@ -1,17 +1,20 @@
-//! Evaluate a model: perplexity on a text file with either or both protocols.
+//! Evaluate a model: perplexity on a text file with either or both protocols, and zero-shot
+//! tasks from `../shared/data/tasks`.
 //!
 //! ```text
 //! cargo run --release --example evaluate                                  # embedded stories260K on ../shared TinyStories
 //! cargo run --release --example evaluate -- --model .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf \
 //!     --text ../shared/data/wikitext-2/wiki.test.raw --context 2048 --scoring both --limit 8
+//! cargo run --release --example evaluate -- --model .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf \
+//!     --scoring none --tasks arc_easy,piqa --task-limit 200
 //! ```
-//! Zero-shot tasks and KL divergence come with the rest of issue #3.
 
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 use compress::core::backend::BackendKind;
 use compress::eval::perplexity::{perplexity, PerplexityConfig, Scoring};
+use compress::eval::tasks::{evaluate, load_jsonl};
 use compress::model::gguf::GgufFile;
 use compress::model::llama::LlamaModel;
 use compress::model::load::{GgufModel, LoadedModel};
@@ -26,6 +29,8 @@ enum Protocol {
     Half,
     /// Both, one after the other.
     Both,
+    /// No perplexity (tasks only).
+    None,
 }
 
 #[derive(Parser, Debug)]
@@ -49,6 +54,16 @@ struct Args {
     /// Backend: flex, ndarray, wgpu, cuda, tch.
     #[arg(long, default_value_t = BackendKind::default())]
     backend: BackendKind,
+    /// Comma-separated task names from ../shared/data/tasks (hellaswag, arc_easy, arc_challenge,
+    /// piqa, sciq, lambada).
+    #[arg(long, value_delimiter = ',')]
+    tasks: Vec<String>,
+    /// Directory of the task files.
+    #[arg(long, default_value = "../shared/data/tasks")]
+    task_dir: PathBuf,
+    /// Score at most this many questions per task.
+    #[arg(long)]
+    task_limit: Option<usize>,
     /// Print the reports as JSON lines instead of text.
     #[arg(long)]
     json: bool,
@@ -80,6 +95,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Protocol::All => vec![Scoring::AllTokens],
         Protocol::Half => vec![Scoring::SecondHalf],
         Protocol::Both => vec![Scoring::AllTokens, Scoring::SecondHalf],
+        Protocol::None => vec![],
     };
     for scoring in protocols {
         let config = PerplexityConfig {
@@ -117,6 +133,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 r.tokens_scored,
                 r.windows,
                 (r.windows * r.context) as f64 / secs
+            );
+        }
+    }
+    for task in &args.tasks {
+        let items = load_jsonl(args.task_dir.join(format!("{task}.jsonl")), args.task_limit)?;
+        let t0 = std::time::Instant::now();
+        let mut last_print = 0.0;
+        let r = evaluate(&m.model, &m.tokenizer, &items, |done, total| {
+            let secs = t0.elapsed().as_secs_f64();
+            if secs - last_print >= 0.5 || done == total {
+                last_print = secs;
+                let eta = secs / done as f64 * (total - done) as f64;
+                eprint!("\r{task}: {done}/{total}, {secs:.0} s elapsed, ETA {eta:.0} s   ");
+            }
+        })?;
+        eprintln!();
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string(&serde_json::json!({ "task": task, "report": r }))?
+            );
+        } else {
+            println!(
+                "{task}: n {}, acc {:.4} ± {:.4}, acc_norm {:.4} ± {:.4}, gold-continuation PPL {:.3}; {:.1} s",
+                r.n,
+                r.acc.mean,
+                r.acc.se,
+                r.acc_norm.mean,
+                r.acc_norm.se,
+                r.gold_ppl,
+                t0.elapsed().as_secs_f64()
             );
         }
     }

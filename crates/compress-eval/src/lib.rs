@@ -6,10 +6,12 @@
 //!   GPTQ/SparseGPT/Wanda, and llama.cpp's second-half scoring), 95% interval, bits per byte;
 //! - [`kld`]: KL divergence of a compressed model to its base in one pass over both, with the
 //!   statistics of llama.cpp's `perplexity --kl-divergence` (same-top-token rate, Δp);
+//! - [`tasks`]: zero-shot multiple choice (acc, acc_norm per byte) and LAMBADA, on the
+//!   `../shared/data/tasks` files, with the choices of a question run as one padded batch;
 //! - [`stats`]: the intervals and percentiles they share.
 //!
-//! Planned (issue #3): zero-shot multiple-choice tasks, paired significance tests, speed and
-//! memory, JSON/Markdown reports and plots.
+//! Planned (issue #3): paired significance tests, speed and memory, JSON/Markdown reports and
+//! plots.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -29,9 +31,10 @@
 pub mod kld;
 pub mod perplexity;
 pub mod stats;
+pub mod tasks;
 
-use burn::tensor::{Int, Tensor, TensorData};
-use compress_model::LlamaModel;
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use compress_model::{LlamaModel, LlmTokenizer};
 
 /// Errors from an evaluation.
 #[derive(Debug, thiserror::Error)]
@@ -59,5 +62,55 @@ impl perplexity::LogitSource for LlamaModel {
             .into_data()
             .try_to_vec::<f32>()
             .map_err(|e| EvalError::InvalidInput(format!("reading logits: {e:?}")))
+    }
+}
+
+impl tasks::BatchScorer for LlamaModel {
+    fn vocab(&self) -> usize {
+        self.config().vocab_size
+    }
+
+    /// One right-padded batch; the padding mask keeps each row's logits those of the row alone.
+    fn batch_logits(&self, seqs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EvalError> {
+        let (b, t, v) = (
+            seqs.len(),
+            seqs.iter().map(Vec::len).max().unwrap_or(0),
+            self.config().vocab_size,
+        );
+        if b == 0 || t == 0 {
+            return Err(EvalError::InvalidInput("empty batch".into()));
+        }
+        let mut ids = Vec::with_capacity(b * t);
+        let mut real = Vec::with_capacity(b * t);
+        for s in seqs {
+            ids.extend(
+                s.iter()
+                    .map(|&x| x as i64)
+                    .chain(std::iter::repeat_n(0, t - s.len())),
+            );
+            real.extend(
+                std::iter::repeat_n(true, s.len()).chain(std::iter::repeat_n(false, t - s.len())),
+            );
+        }
+        let device = self.device();
+        let x = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t]), &device);
+        let mask = Tensor::<2, Bool>::from_data(TensorData::new(real, [b, t]), &device);
+        let all = self
+            .forward(x, Some(mask))?
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| EvalError::InvalidInput(format!("reading logits: {e:?}")))?;
+        Ok(seqs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| all[i * t * v..(i * t + s.len()) * v].to_vec())
+            .collect())
+    }
+}
+
+impl tasks::Tokenize for LlmTokenizer {
+    fn tokens(&self, text: &str) -> Result<Vec<u32>, EvalError> {
+        self.encode(text, true)
+            .map_err(|e| EvalError::InvalidInput(format!("tokenizing: {e}")))
     }
 }
