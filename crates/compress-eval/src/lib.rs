@@ -8,9 +8,11 @@
 //!   statistics of llama.cpp's `perplexity --kl-divergence` (same-top-token rate, Δp);
 //! - [`tasks`]: zero-shot multiple choice (acc, acc_norm per byte) and LAMBADA, on the
 //!   `../shared/data/tasks` files, with the choices of a question run as one padded batch;
+//! - [`compare`]: paired tests of two models on the same items (McNemar's exact test, paired
+//!   bootstrap);
 //! - [`stats`]: the intervals and percentiles they share.
 //!
-//! Planned (issue #3): paired significance tests, speed and memory, JSON/Markdown reports and
+//! Planned (issue #3): aggregation over seeds, speed and memory, JSON/Markdown reports and
 //! plots.
 //!
 //! ```no_run
@@ -28,6 +30,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod compare;
 pub mod kld;
 pub mod perplexity;
 pub mod stats;

@@ -163,6 +163,9 @@ pub struct TaskReport {
     pub acc_norm: MeanCi,
     /// Perplexity of the continuation tokens of the gold choices (LAMBADA's second metric).
     pub gold_ppl: f64,
+    /// Per question, whether `acc` counted it right — the input of a paired test
+    /// ([`crate::compare::mcnemar`]) against another model on the same questions.
+    pub correct: Vec<bool>,
 }
 
 /// Index of the largest value (ties go to the first).
@@ -232,6 +235,7 @@ pub fn evaluate(
         acc: binomial(&acc),
         acc_norm: binomial(&acc_norm),
         gold_ppl: (nll / gold_tokens as f64).exp(),
+        correct: acc.iter().map(|&x| x > 0.5).collect(),
     })
 }
 

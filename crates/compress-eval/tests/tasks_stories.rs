@@ -25,6 +25,10 @@ fn two_question_file_gives_the_known_answers() {
     // A TinyStories model names the girl Lily and plays in the park: both questions right.
     assert_eq!((r.n, r.acc.mean, r.acc_norm.mean), (2, 1.0, 1.0));
     assert_eq!(seen, [(1, 2), (2, 2)]);
+    assert_eq!(r.correct, [true, true]);
+    // Against itself McNemar finds no discordant question.
+    let same = compress_eval::compare::mcnemar(&r.correct, &r.correct).unwrap();
+    assert_eq!((same.a_only, same.b_only, same.p_value), (0, 0, 1.0));
     assert!(r.gold_ppl.is_finite() && r.gold_ppl >= 1.0);
     assert_eq!(load_jsonl(fixture(), Some(1)).unwrap().len(), 1);
 
