@@ -15,9 +15,6 @@ use clap::{Parser, ValueEnum};
 use compress::core::backend::BackendKind;
 use compress::eval::perplexity::{perplexity, PerplexityConfig, Scoring};
 use compress::eval::tasks::{evaluate, load_jsonl};
-use compress::model::gguf::GgufFile;
-use compress::model::llama::LlamaModel;
-use compress::model::load::{GgufModel, LoadedModel};
 
 static EMBEDDED: &[u8] = include_bytes!("../assets/stories260K.gguf");
 
@@ -74,13 +71,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let device = args.backend.device()?;
     let m = match &args.model {
         Some(path) => compress::model::load(path, &device)?,
-        None => {
-            let source = GgufModel::from_file(GgufFile::from_bytes(EMBEDDED.to_vec())?)?;
-            LoadedModel {
-                tokenizer: source.tokenizer()?,
-                model: LlamaModel::from_source(&source, &device)?,
-            }
-        }
+        None => compress::model::load::load_gguf_bytes(EMBEDDED.to_vec(), &device)?,
     };
     let text = std::fs::read_to_string(&args.text)
         .map_err(|e| format!("cannot read {}: {e}", args.text.display()))?;

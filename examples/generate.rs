@@ -13,9 +13,6 @@ use std::path::PathBuf;
 use clap::Parser;
 use compress::core::backend::BackendKind;
 use compress::model::generate::{generate, GenerateOptions, Sampling};
-use compress::model::gguf::GgufFile;
-use compress::model::llama::LlamaModel;
-use compress::model::load::{GgufModel, LoadedModel};
 
 /// The model used when `--model` is not given: stories260K (MIT, karpathy/tinyllamas), 1.2 MB.
 static EMBEDDED: &[u8] = include_bytes!("../assets/stories260K.gguf");
@@ -52,13 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t0 = std::time::Instant::now();
     let loaded = match &args.model {
         Some(path) => compress::model::load(path, &device)?,
-        None => {
-            let source = GgufModel::from_file(GgufFile::from_bytes(EMBEDDED.to_vec())?)?;
-            LoadedModel {
-                tokenizer: source.tokenizer()?,
-                model: LlamaModel::from_source(&source, &device)?,
-            }
-        }
+        None => compress::model::load::load_gguf_bytes(EMBEDDED.to_vec(), &device)?,
     };
     let (model, tokenizer) = (&loaded.model, &loaded.tokenizer);
     let name = args

@@ -41,15 +41,7 @@ fn two_question_file_gives_the_known_answers() {
             let logits = common::logits(&m.model, &ids);
             let mut want = 0.0f64;
             for t in start..ids.len() {
-                let row = &logits[(t - 1) * vocab..t * vocab];
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-                let lse = max
-                    + row
-                        .iter()
-                        .map(|&x| (x as f64 - max).exp())
-                        .sum::<f64>()
-                        .ln();
-                want += row[ids[t] as usize] as f64 - lse;
+                want += common::log_prob(&logits[(t - 1) * vocab..t * vocab], ids[t]);
             }
             // Padded batch vs single row: the padding test in compress-model bounds logits
             // differences by 1e-3, so a sum over a few tokens agrees to 1e-2.

@@ -36,16 +36,27 @@ pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<LoadedModel, Mode
     let path = path.as_ref();
     if path.is_dir() {
         let source = HfModel::open(path)?;
-        let tokenizer = source.tokenizer()?;
-        Ok(LoadedModel {
-            model: LlamaModel::from_source(&source as &dyn WeightSource, device)?,
-            tokenizer,
-        })
+        LoadedModel::from_source(&source, source.tokenizer()?, device)
     } else {
         let source = GgufModel::open(path)?;
-        let tokenizer = source.tokenizer()?;
+        LoadedModel::from_source(&source, source.tokenizer()?, device)
+    }
+}
+
+/// Loads a GGUF file held in memory (for example one embedded with `include_bytes!`).
+pub fn load_gguf_bytes(bytes: Vec<u8>, device: &Device) -> Result<LoadedModel, ModelError> {
+    let source = GgufModel::from_file(crate::gguf::GgufFile::from_bytes(bytes)?)?;
+    LoadedModel::from_source(&source, source.tokenizer()?, device)
+}
+
+impl LoadedModel {
+    fn from_source(
+        source: &dyn WeightSource,
+        tokenizer: LlmTokenizer,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
         Ok(LoadedModel {
-            model: LlamaModel::from_source(&source as &dyn WeightSource, device)?,
+            model: LlamaModel::from_source(source, device)?,
             tokenizer,
         })
     }

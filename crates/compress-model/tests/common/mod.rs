@@ -118,20 +118,24 @@ pub fn top5(row: &[f32]) -> Vec<u32> {
     idx
 }
 
+/// `ln softmax(row)[target]`, with an f64 accumulator.
+pub fn log_prob(row: &[f32], target: u32) -> f64 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max
+        + row
+            .iter()
+            .map(|&v| (v as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    row[target as usize] as f64 - lse
+}
+
 /// Mean negative log-likelihood of `ids[1..]` given the logits of `ids[..n-1]`, accumulated in f64.
 pub fn mean_nll(logits: &[f32], ids: &[u32], vocab: usize) -> f64 {
     let n = ids.len();
     let mut total = 0.0f64;
     for t in 0..n - 1 {
-        let row = &logits[t * vocab..(t + 1) * vocab];
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let lse = max
-            + row
-                .iter()
-                .map(|&v| (v as f64 - max).exp())
-                .sum::<f64>()
-                .ln();
-        total += lse - row[ids[t + 1] as usize] as f64;
+        total -= log_prob(&logits[t * vocab..(t + 1) * vocab], ids[t + 1]);
     }
     total / (n - 1) as f64
 }
