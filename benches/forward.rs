@@ -1,5 +1,6 @@
 //! Forward-pass throughput of SmolLM2-135M (fetched by `scripts/fetch-models`) on the CPU
-//! backends: prefill of a 512-token WikiText-2 prompt, and one decode step after it.
+//! backends: prefill of a 512-token WikiText-2 prompt (logits for every position, as perplexity
+//! needs; and only the last one, as generation needs), and one decode step after it.
 //!
 //! ```text
 //! cargo bench --bench forward
@@ -47,6 +48,16 @@ fn forward(c: &mut Criterion) {
                 let mut cache = m.model.new_cache();
                 let logits = m.model.forward_cached(prompt.clone(), &mut cache).unwrap();
                 logits.narrow(1, PROMPT - 1, 1).into_data()
+            })
+        });
+        // What generation runs: the output head only for the last prompt position.
+        group.bench_function("prefill_512_last_logits", |b| {
+            b.iter(|| {
+                let mut cache = m.model.new_cache();
+                m.model
+                    .forward_cached_last(prompt.clone(), &mut cache)
+                    .unwrap()
+                    .into_data()
             })
         });
         let mut cache = m.model.new_cache();

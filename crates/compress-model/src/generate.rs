@@ -178,9 +178,8 @@ pub fn generate(
         let ids: Vec<i64> = input.iter().map(|&t| t as i64).collect();
         let t = ids.len();
         let x = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, t]), &device);
-        let logits = model.forward_cached(x, &mut cache)?;
-        let last: Vec<f32> = logits
-            .narrow(1, t - 1, 1)
+        let last: Vec<f32> = model
+            .forward_cached_last(x, &mut cache)?
             .into_data()
             .try_to_vec::<f32>()
             .map_err(|e| ModelError::InvalidInput(format!("reading logits: {e:?}")))?;

@@ -183,6 +183,15 @@ fn kv_cache_gives_the_same_logits_as_a_full_forward() {
     assert_eq!(stepped.len(), ids.len() * vocab);
     let worst = max_abs_diff(&full, &stepped);
     assert!(worst <= 1e-3, "cached vs full max |Δlogit| = {worst}");
+
+    // The last-position shortcut gives the last row of the full output.
+    let mut cache = m.model.new_cache();
+    let all: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+    let x = Tensor::<2, Int>::from_data(TensorData::new(all, [1, ids.len()]), &device);
+    let last = m.model.forward_cached_last(x, &mut cache).unwrap();
+    assert_eq!(last.dims(), [1, 1, vocab]);
+    let last: Vec<f32> = last.into_data().try_to_vec::<f32>().unwrap();
+    assert!(max_abs_diff(&last, &full[(ids.len() - 1) * vocab..]) <= 1e-3);
 }
 
 #[test]
