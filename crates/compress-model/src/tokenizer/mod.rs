@@ -15,7 +15,6 @@
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use compress_model::gguf::GgufFile;
 //! use compress_model::load::GgufModel;
 //! let model = GgufModel::open("stories260K.gguf")?;
 //! let tok = model.tokenizer()?;
