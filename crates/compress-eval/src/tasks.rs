@@ -106,7 +106,8 @@ pub fn split_request(tok: &dyn Tokenize, r: &Request) -> Result<(Vec<u32>, usize
         )));
     }
     let common = ctx.iter().zip(&full).take_while(|(a, b)| a == b).count();
-    Ok((full.clone(), common.clamp(1, full.len() - 1)))
+    let start = common.clamp(1, full.len() - 1);
+    Ok((full, start))
 }
 
 /// Scores every choice of one question in one batch.
