@@ -23,7 +23,7 @@ impl RmsNorm {
 
     /// Normalises `x: [..., hidden]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let ms = x.clone().powi_scalar(2).mean_dim(D - 1);
+        let ms = x.clone().square().mean_dim(D - 1);
         let inv = (ms + self.eps as f64).sqrt().recip();
         x * inv * self.weight.val().unsqueeze::<D>()
     }
