@@ -59,14 +59,14 @@ impl Attention {
     /// Attention of `x: [batch, seq, hidden]` whose tokens sit at `positions: [batch, seq]`.
     ///
     /// `mask: [batch, 1, seq, keys]` is true where a query must not see a key (causality and
-    /// padding). With a `cache`, the new keys/values are appended to it and attention runs over
+    /// padding); `None` when every query may see every key (a single new token after a cache). With a `cache`, the new keys/values are appended to it and attention runs over
     /// every cached key (`keys = cached + seq`).
     pub fn forward(
         &self,
         x: Tensor<3>,
         rope: &Rope,
         positions: Tensor<2, Int>,
-        mask: Tensor<4, Bool>,
+        mask: Option<Tensor<4, Bool>>,
         cache: Option<&mut LayerCache>,
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
@@ -89,7 +89,10 @@ impl Attention {
         let k = repeat_kv(k, group);
         let v = repeat_kv(v, group);
         let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
-        let scores = scores.mask_fill(mask, MASKED);
+        let scores = match mask {
+            Some(mask) => scores.mask_fill(mask, MASKED),
+            None => scores,
+        };
         let probs = match self.precision {
             AttentionPrecision::F32 => softmax(scores, 3),
             AttentionPrecision::F16KvCache => round_to_f16(softmax(scores, 3)),

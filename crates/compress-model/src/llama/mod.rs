@@ -46,7 +46,7 @@ impl Block {
         x: Tensor<3>,
         rope: &Rope,
         positions: Tensor<2, Int>,
-        mask: Tensor<4, Bool>,
+        mask: Option<Tensor<4, Bool>>,
         cache: Option<&mut LayerCache>,
     ) -> Tensor<3> {
         let h = x.clone()
@@ -129,7 +129,7 @@ impl LlamaModel {
         };
         let mut x = self.embed(tokens);
         for layer in &self.layers {
-            x = layer.forward(x, &self.rope, positions.clone(), mask.clone(), None);
+            x = layer.forward(x, &self.rope, positions.clone(), Some(mask.clone()), None);
         }
         Ok(self.lm_head.forward(self.norm.forward(x)))
     }
@@ -177,9 +177,12 @@ impl LlamaModel {
             )));
         }
         let device = tokens.device();
-        let mask = causal_mask(t, offset, &device)
-            .unsqueeze_dims::<4>(&[0, 1])
-            .expand([b, 1, t, offset + t]);
+        // One new token may see every cached key: no mask to build, upload or apply.
+        let mask = (t > 1).then(|| {
+            causal_mask(t, offset, &device)
+                .unsqueeze_dims::<4>(&[0, 1])
+                .expand([b, 1, t, offset + t])
+        });
         let positions = positions_from(offset, b, t, &device);
         let mut x = self.embed(tokens);
         for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
