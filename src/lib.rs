@@ -9,7 +9,8 @@
 //!
 //! - [`core`] — backend selection and the replaceable linear layer.
 //! - [`model`] — llama-family models, GGUF / safetensors loading, tokenizers, generation.
-//! - [`eval`] — perplexity (both protocols) and, as they land, the other quality metrics.
+//! - [`eval`] — perplexity (both protocols), KL divergence to a base model, zero-shot tasks.
+//! - [`quant`] — RTN and GPTQ weight quantization into the packed low-bit layout.
 //!
 //! ```no_run
 //! use compress::core::backend::BackendKind;
@@ -30,3 +31,4 @@
 pub use compress_core as core;
 pub use compress_eval as eval;
 pub use compress_model as model;
+pub use compress_quant as quant;

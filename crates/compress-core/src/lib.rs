@@ -8,9 +8,13 @@
 //!   this project is built from. A model never assumes its weights are dense: compressors replace
 //!   a layer's storage (dense, low-rank, and — as later crates add them — packed low-bit) and the
 //!   model keeps running on any backend.
-//!
-//! The `Compressor` trait, calibration statistics and recipes arrive with the quantization
-//! pipeline; this crate holds no API for them until they exist.
+//! - [`packed`]: the packed 2–8-bit weight layout (codes, f16 scales and zeros) shared by the
+//!   quantizers and the kernels.
+//! - [`compressor`]: the [`Compressor`](compressor::Compressor) trait — one algorithm, one linear
+//!   layer, the calibration statistics it declares — and the layer-level error measures.
+//! - [`calibration`]: seeded sampling of calibration windows from a token stream.
+//! - [`pipeline`]: the block-by-block, true-sequential calibration pipeline that runs compressors
+//!   over any model implementing [`BlockwiseModel`](pipeline::BlockwiseModel).
 //!
 //! ```
 //! use burn::tensor::{Tensor, TensorData};
@@ -29,4 +33,13 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod calibration;
+pub mod compressor;
 pub mod linear;
+pub mod packed;
+pub mod pipeline;
+
+/// The README's examples, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

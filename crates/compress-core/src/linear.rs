@@ -8,8 +8,13 @@
 //! Weights follow the PyTorch / GGUF convention `[out_features, in_features]`, so row `o` holds the
 //! weights of output `o`; `y = x Wᵀ + b`.
 
+use std::sync::Arc;
+
 use burn::module::{Module, Param};
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::compressor::LayerWeights;
+use crate::packed::PackedWeight;
 
 /// A dense `y = x Wᵀ + b` layer, `W` of shape `[out, in]`.
 #[derive(Module, Debug)]
@@ -86,6 +91,42 @@ impl LowRankLinear {
     }
 }
 
+/// A layer whose weight is stored as packed low-bit codes ([`PackedWeight`]).
+///
+/// The packed codes are the layer's storage (what is saved and counted in bits/weight). Until the
+/// fused kernels of compress-kernels are wired in, the forward pass multiplies by the dequantized
+/// weight, computed once when the layer is built — numerically what a fused kernel computes, at
+/// dense speed and memory.
+#[derive(Module, Debug)]
+pub struct QuantizedLinear {
+    /// The dense f32 weight the codes stand for, `[out, in]`, on the layer's device.
+    pub weight: Tensor<2>,
+    /// The packed codes, scales and zeros.
+    #[module(skip)]
+    pub packed: Arc<PackedWeight>,
+    /// Optional bias, `[out_features]`.
+    pub bias: Option<Param<Tensor<1>>>,
+}
+
+impl QuantizedLinear {
+    /// A quantized layer on `device` from packed codes and an optional `[out]` bias.
+    ///
+    /// # Panics
+    /// If the bias length differs from the packed weight's output dimension.
+    pub fn new(packed: PackedWeight, bias: Option<Tensor<1>>, device: &Device) -> Self {
+        let [out, inp] = packed.shape();
+        if let Some(b) = &bias {
+            assert_eq!(b.dims()[0], out, "bias length must equal out_features");
+        }
+        let weight = Tensor::from_data(TensorData::new(packed.dequantize(), [out, inp]), device);
+        Self {
+            weight,
+            packed: Arc::new(packed),
+            bias: bias.map(Param::from_tensor),
+        }
+    }
+}
+
 /// How one linear layer of a model is stored, and how it computes `y = f(x)`.
 #[derive(Module, Debug)]
 pub enum CompressedLinear {
@@ -93,6 +134,8 @@ pub enum CompressedLinear {
     Dense(DenseLinear),
     /// A low-rank factorization `U V`.
     LowRank(LowRankLinear),
+    /// Packed low-bit codes.
+    Quantized(QuantizedLinear),
 }
 
 impl CompressedLinear {
@@ -107,6 +150,7 @@ impl CompressedLinear {
                 let h = matmul_wt(x, l.down.val());
                 add_bias(matmul_wt(h, l.up.val()), &l.bias)
             }
+            CompressedLinear::Quantized(l) => add_bias(matmul_wt(x, l.weight.clone()), &l.bias),
         }
     }
 
@@ -115,6 +159,7 @@ impl CompressedLinear {
         match self {
             CompressedLinear::Dense(l) => l.weight.dims()[1],
             CompressedLinear::LowRank(l) => l.down.dims()[1],
+            CompressedLinear::Quantized(l) => l.packed.shape()[1],
         }
     }
 
@@ -123,6 +168,7 @@ impl CompressedLinear {
         match self {
             CompressedLinear::Dense(l) => l.weight.dims()[0],
             CompressedLinear::LowRank(l) => l.up.dims()[0],
+            CompressedLinear::Quantized(l) => l.packed.shape()[0],
         }
     }
 
@@ -132,6 +178,7 @@ impl CompressedLinear {
         match self {
             CompressedLinear::Dense(l) => l.weight.val(),
             CompressedLinear::LowRank(l) => l.up.val().matmul(l.down.val()),
+            CompressedLinear::Quantized(l) => l.weight.clone(),
         }
     }
 
@@ -140,6 +187,40 @@ impl CompressedLinear {
         match self {
             CompressedLinear::Dense(l) => l.bias.as_ref().map(|b| b.val()),
             CompressedLinear::LowRank(l) => l.bias.as_ref().map(|b| b.val()),
+            CompressedLinear::Quantized(l) => l.bias.as_ref().map(|b| b.val()),
+        }
+    }
+
+    /// A layer on `device` with the given storage and bias (what the pipeline builds from a
+    /// compressor's output).
+    pub fn from_weights(
+        weights: LayerWeights,
+        out_features: usize,
+        in_features: usize,
+        bias: Option<Tensor<1>>,
+        device: &Device,
+    ) -> Self {
+        match weights {
+            LayerWeights::Dense(w) => {
+                let w = Tensor::from_data(TensorData::new(w, [out_features, in_features]), device);
+                CompressedLinear::Dense(DenseLinear::new(w, bias))
+            }
+            LayerWeights::Quantized(p) => {
+                CompressedLinear::Quantized(QuantizedLinear::new(p, bias, device))
+            }
+        }
+    }
+
+    /// Number of stored parameters-equivalent bits (weights only, bias excluded): 32 per dense
+    /// or low-rank f32 value, the packed size for quantized layers.
+    pub fn storage_bits(&self) -> u64 {
+        match self {
+            CompressedLinear::Dense(l) => 32 * l.weight.dims().iter().product::<usize>() as u64,
+            CompressedLinear::LowRank(l) => {
+                32 * (l.up.dims().iter().product::<usize>()
+                    + l.down.dims().iter().product::<usize>()) as u64
+            }
+            CompressedLinear::Quantized(l) => 8 * l.packed.storage_bytes() as u64,
         }
     }
 }
@@ -168,7 +249,7 @@ fn add_bias<const D: usize>(y: Tensor<D>, bias: &Option<Param<Tensor<1>>>) -> Te
 mod tests {
     use super::*;
     use crate::backend::BackendKind;
-    use burn::tensor::{Distribution, TensorData};
+    use burn::tensor::Distribution;
 
     fn close(a: &[f32], b: &[f32], tol: f32) {
         assert_eq!(a.len(), b.len());

@@ -1,8 +1,41 @@
 //! # compress-quant
 //!
-//! Weight quantization for `compress` models (planned, tracked in the project's issues): round-to-nearest
-//! with optional scale search, GPTQ (Frantar et al. 2022), AWQ (Lin et al. 2023), HQQ (Badri &
-//! Shaji 2023) and SmoothQuant, packed 8/4/3/2-bit storage with f16 scales, and mixed precision.
+//! Weight quantization for `compress` models. Every quantizer implements
+//! [`Compressor`](compress_core::compressor::Compressor) and writes the packed layout of
+//! [`compress_core::packed`] (2–8-bit codes, f16 scales, optional f16 zero points), the layout
+//! compress-kernels runs.
 //!
-//! This crate holds no API yet: it is created with the workspace so that the layout of
-//! `../shared/DESIGN.md` is in place. See `docs/STATUS.md` for what exists today.
+//! - [`rtn`]: round-to-nearest, per-tensor / per-channel / per-group, symmetric or asymmetric,
+//!   with optional clipping, scale search and activation-weighted error.
+//! - [`gptq`]: GPTQ (Frantar et al. 2022) with lazy batches, groups, activation order and damping,
+//!   on the shared inverse-Hessian machinery of [`hessian`] (dense linear algebra by faer).
+//! - [`hqq`]: HQQ (Badri & Shaji 2023), calibration-free half-quadratic fitting of zero points.
+//! - [`grid`]: how one group's scale and zero point are fitted and weights rounded — shared by all.
+//!
+//! ```
+//! use compress_core::compressor::{Compressor, LayerStats, LayerView};
+//! use compress_core::packed::{QuantScheme, Symmetry};
+//! use compress_quant::rtn::Rtn;
+//!
+//! // A 2×8 weight, 4-bit symmetric with groups of 4.
+//! let w: Vec<f32> = (0..16).map(|i| (i as f32 - 7.5) / 10.0).collect();
+//! let rtn = Rtn::new(QuantScheme::new(4, Some(4), Symmetry::Symmetric).unwrap());
+//! let view = LayerView { path: "demo", weight: &w, out_features: 2, in_features: 8 };
+//! let q = rtn.compress(view, &LayerStats::default()).unwrap();
+//! assert_eq!(q.bits_per_weight(), 8.0); // 4 bits + a 16-bit scale per 4 weights
+//! let err = compress_core::compressor::weight_rel_error(&w, &q.to_dense());
+//! assert!(err < 0.1);
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod gptq;
+pub mod grid;
+pub mod hessian;
+pub mod hqq;
+pub mod rtn;
+
+/// The README's examples, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -69,6 +69,20 @@ impl Attention {
         mask: Option<Tensor<4, Bool>>,
         cache: Option<&mut LayerCache>,
     ) -> Tensor<3> {
+        self.o_proj
+            .forward(self.context(x, rope, positions, mask, cache))
+    }
+
+    /// The attention output before the output projection, `[batch, seq, heads · head_dim]`
+    /// (the input of `o_proj`, which calibration captures).
+    pub fn context(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        positions: Tensor<2, Int>,
+        mask: Option<Tensor<4, Bool>>,
+        cache: Option<&mut LayerCache>,
+    ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let split = |y: Tensor<3>, heads: usize| y.reshape([b, t, heads, hd]).swap_dims(1, 2);
@@ -97,8 +111,7 @@ impl Attention {
             AttentionPrecision::F32 => softmax(scores, 3),
             AttentionPrecision::F16KvCache => round_to_f16(softmax(scores, 3)),
         };
-        let out = probs.matmul(v).swap_dims(1, 2).reshape([b, t, h * hd]);
-        self.o_proj.forward(out)
+        probs.matmul(v).swap_dims(1, 2).reshape([b, t, h * hd])
     }
 }
 

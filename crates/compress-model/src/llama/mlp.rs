@@ -20,7 +20,11 @@ pub struct Mlp {
 impl Mlp {
     /// Applies the MLP to `x: [..., hidden]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let gated = silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x);
-        self.down_proj.forward(gated)
+        self.down_proj.forward(self.gated(x))
+    }
+
+    /// `silu(gate(x)) ⊙ up(x)`, `[..., intermediate]`: the input of `down_proj`.
+    pub fn gated<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x)
     }
 }

@@ -8,6 +8,7 @@
 mod attention;
 mod build;
 mod cache;
+pub mod calibrate;
 mod mlp;
 mod norm;
 mod rope;

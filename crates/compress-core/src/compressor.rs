@@ -1,0 +1,281 @@
+//! The [`Compressor`] trait: one algorithm that transforms one linear layer.
+//!
+//! Algorithms work on host memory: the pipeline hands a compressor the layer's current dense weight
+//! (`[out, in]`, row-major f32) and the calibration statistics it declared it needs, and gets back
+//! the layer's new storage ([`LayerWeights`]) and a [`LayerReport`]. Keeping the maths on plain
+//! slices keeps every algorithm backend-independent (the same GPTQ runs for a model on flex, wgpu
+//! or CUDA) and testable without a model; the pipeline moves the result onto the model's device.
+
+use std::fmt;
+
+use burn::tensor::Tensor;
+
+use crate::packed::PackedWeight;
+
+/// Which statistics of a layer's inputs a compressor needs (the pipeline accumulates only these).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsRequest {
+    /// `Σ x xᵀ` over calibration tokens, `[in, in]` (GPTQ, SparseGPT, SVD-LLM).
+    pub gram: bool,
+    /// `Σ x_j²` per input column (Wanda, ASVD, AWQ's activation magnitudes).
+    pub col_sq_norms: bool,
+    /// `max |x_j|` per input column (SmoothQuant-style scales).
+    pub abs_max: bool,
+}
+
+impl StatsRequest {
+    /// No statistics (calibration-free methods such as RTN or HQQ).
+    pub const NONE: Self = Self {
+        gram: false,
+        col_sq_norms: false,
+        abs_max: false,
+    };
+
+    /// The union of two requests.
+    pub fn union(self, other: Self) -> Self {
+        Self {
+            gram: self.gram || other.gram,
+            col_sq_norms: self.col_sq_norms || other.col_sq_norms,
+            abs_max: self.abs_max || other.abs_max,
+        }
+    }
+
+    /// Whether anything is requested (if not, the pipeline runs no calibration forward for it).
+    pub fn any(self) -> bool {
+        self.gram || self.col_sq_norms || self.abs_max
+    }
+}
+
+/// Statistics of one linear layer's inputs over the calibration tokens.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LayerStats {
+    /// Number of calibration tokens (rows of `X`) accumulated.
+    pub tokens: usize,
+    /// `XᵀX`, row-major `[in, in]`, when requested.
+    pub gram: Option<Vec<f32>>,
+    /// `Σ_t x_tj²` per input column, when requested.
+    pub col_sq_norms: Option<Vec<f32>>,
+    /// `max_t |x_tj|` per input column, when requested.
+    pub abs_max: Option<Vec<f32>>,
+}
+
+/// A linear layer as a compressor sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerView<'a> {
+    /// The layer's path in the model, e.g. `layers.3.attn.q_proj`.
+    pub path: &'a str,
+    /// The current dense weight, row-major `[out, in]`.
+    pub weight: &'a [f32],
+    /// Output features (rows).
+    pub out_features: usize,
+    /// Input features (columns).
+    pub in_features: usize,
+}
+
+/// What a compressor turns a layer into (host memory; the pipeline uploads it).
+#[derive(Debug, Clone, PartialEq)]
+pub enum LayerWeights {
+    /// A dense weight (for example a pruned one, zeros included), row-major `[out, in]`.
+    Dense(Vec<f32>),
+    /// Packed low-bit codes with scales and zeros.
+    Quantized(PackedWeight),
+}
+
+impl LayerWeights {
+    /// The dense weight the storage stands for, row-major `[out, in]`.
+    pub fn to_dense(&self) -> Vec<f32> {
+        match self {
+            LayerWeights::Dense(w) => w.clone(),
+            LayerWeights::Quantized(p) => p.dequantize(),
+        }
+    }
+
+    /// Stored bits per weight (32 for dense f32).
+    pub fn bits_per_weight(&self) -> f64 {
+        match self {
+            LayerWeights::Dense(_) => 32.0,
+            LayerWeights::Quantized(p) => p.bits_per_weight(),
+        }
+    }
+}
+
+/// What one compressor did to one layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerReport {
+    /// Layer path.
+    pub path: String,
+    /// Compressor name.
+    pub method: String,
+    /// `‖W − Ŵ‖_F / ‖W‖_F`.
+    pub weight_rel_error: f64,
+    /// `‖XWᵀ − XŴᵀ‖_F² / ‖XWᵀ‖_F²` over the calibration inputs, from `XᵀX` (when it was
+    /// accumulated): the error that matters for the model's outputs.
+    pub output_rel_error: Option<f64>,
+    /// Stored bits per weight after the step.
+    pub bits_per_weight: f64,
+    /// Wall time of the step, seconds.
+    pub seconds: f64,
+}
+
+/// Errors of a compression step, naming the layer at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum CompressError {
+    /// The compressor needs statistics the pipeline did not provide.
+    #[error("{layer}: {method} needs {what}, which was not accumulated")]
+    MissingStats {
+        /// Layer path.
+        layer: String,
+        /// Compressor name.
+        method: String,
+        /// The missing statistic.
+        what: &'static str,
+    },
+    /// The layer's shape does not suit the compressor's configuration.
+    #[error("{layer}: {message}")]
+    Shape {
+        /// Layer path.
+        layer: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// NaN or infinity appeared in a weight or statistic.
+    #[error("{layer}: non-finite value in {what}")]
+    NonFinite {
+        /// Layer path.
+        layer: String,
+        /// Where.
+        what: &'static str,
+    },
+    /// A numerical step failed (e.g. a Cholesky factorization).
+    #[error("{layer}: {message}")]
+    Numerical {
+        /// Layer path.
+        layer: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// One algorithm that transforms one linear layer given statistics of its inputs.
+///
+/// Implementations are plain configuration plus maths; the pipeline owns the model, calibration and
+/// ordering. A compressor must be deterministic: the same layer, statistics and configuration give
+/// bit-identical output.
+pub trait Compressor: fmt::Debug + Send + Sync {
+    /// A short name for reports, e.g. `gptq-w4g128`.
+    fn name(&self) -> String;
+
+    /// The statistics [`Compressor::compress`] reads.
+    fn stats(&self) -> StatsRequest;
+
+    /// Compresses one layer.
+    fn compress(
+        &self,
+        layer: LayerView<'_>,
+        stats: &LayerStats,
+    ) -> Result<LayerWeights, CompressError>;
+}
+
+/// Checks that every value of `v` is finite, naming the layer and the buffer otherwise.
+pub fn ensure_finite(layer: &str, what: &'static str, v: &[f32]) -> Result<(), CompressError> {
+    if v.iter().all(|x| x.is_finite()) {
+        Ok(())
+    } else {
+        Err(CompressError::NonFinite {
+            layer: layer.to_string(),
+            what,
+        })
+    }
+}
+
+/// `‖W − Ŵ‖_F / ‖W‖_F` (f64 accumulation); 0 for an all-zero `W` equal to `Ŵ`.
+pub fn weight_rel_error(w: &[f32], w_hat: &[f32]) -> f64 {
+    let (mut num, mut den) = (0f64, 0f64);
+    for (&a, &b) in w.iter().zip(w_hat) {
+        num += ((a - b) as f64).powi(2);
+        den += (a as f64).powi(2);
+    }
+    if den == 0.0 {
+        if num == 0.0 {
+            0.0
+        } else {
+            f64::INFINITY
+        }
+    } else {
+        (num / den).sqrt()
+    }
+}
+
+/// `tr(Δ G Δᵀ) / tr(W G Wᵀ)` with `Δ = W − Ŵ`, `G = XᵀX`: the relative squared output error
+/// `‖XΔᵀ‖² / ‖XWᵀ‖²` over the calibration inputs, computed from the Gram matrix alone (two
+/// matmuls on the tensors' device; f32 accumulation inside the matmul, the final sums in f64).
+pub fn output_rel_error(w: Tensor<2>, w_hat: Tensor<2>, gram: Tensor<2>) -> f64 {
+    let quad = |m: Tensor<2>| -> f64 {
+        let v: Vec<f32> = (m.clone().matmul(gram.clone()) * m)
+            .sum_dim(1)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap_or_default();
+        v.iter().map(|&x| x as f64).sum()
+    };
+    let den = quad(w.clone());
+    if den == 0.0 {
+        return 0.0;
+    }
+    quad(w - w_hat) / den
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::TensorData;
+
+    #[test]
+    fn output_error_matches_explicit_inputs() {
+        // X = [[1, 2], [0, 1], [3, -1]] (3 tokens, 2 features); W = [[1, 0], [0.5, 1]].
+        let x = [[1f32, 2.], [0., 1.], [3., -1.]];
+        let mut gram = [0f32; 4];
+        for t in &x {
+            for i in 0..2 {
+                for j in 0..2 {
+                    gram[i * 2 + j] += t[i] * t[j];
+                }
+            }
+        }
+        let w = [1f32, 0., 0.5, 1.];
+        let w_hat = [1f32, 0.25, 0.5, 0.5];
+        let y = |m: &[f32]| -> Vec<f32> {
+            x.iter()
+                .flat_map(|t| (0..2).map(move |o| t[0] * m[o * 2] + t[1] * m[o * 2 + 1]))
+                .collect()
+        };
+        let (yw, yh) = (y(&w), y(&w_hat));
+        let num: f64 = yw
+            .iter()
+            .zip(&yh)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum();
+        let den: f64 = yw.iter().map(|a| (*a as f64).powi(2)).sum();
+        let device = crate::backend::BackendKind::Flex.device().unwrap();
+        let t = |v: &[f32]| Tensor::<2>::from_data(TensorData::new(v.to_vec(), [2, 2]), &device);
+        let got = output_rel_error(t(&w), t(&w_hat), t(&gram));
+        // Small integers and quarters: every f32 product and sum here is exact.
+        assert!((got - num / den).abs() < 1e-12, "{got} vs {}", num / den);
+        assert_eq!(weight_rel_error(&w, &w), 0.0);
+    }
+
+    #[test]
+    fn stats_requests_union() {
+        let a = StatsRequest {
+            gram: true,
+            ..StatsRequest::NONE
+        };
+        let b = StatsRequest {
+            abs_max: true,
+            ..StatsRequest::NONE
+        };
+        let u = a.union(b);
+        assert!(u.gram && u.abs_max && !u.col_sq_norms && u.any());
+        assert!(!StatsRequest::NONE.any());
+    }
+}

@@ -1,0 +1,413 @@
+//! The block-by-block calibration pipeline.
+//!
+//! A model exposes itself as a sequence of blocks ([`BlockwiseModel`]); the pipeline walks them in
+//! order holding only the calibration activations of the current block:
+//!
+//! 1. the calibration sequences are embedded once (block 0's inputs);
+//! 2. for each block, for each *stage* in true-sequential order (for a llama block: q/k/v, then
+//!    o, then gate/up, then down), the stage's input is recomputed from the block input through the
+//!    sub-layers compressed so far, the statistics the matching compressors asked for are
+//!    accumulated on the model's device (`XᵀX` by matmul, column norms, abs-max; f32 accumulation),
+//!    and each matching linear is compressed by its compressors in recipe order;
+//! 3. the block's outputs are recomputed with its compressed weights and become the next block's
+//!    inputs, so every layer is calibrated on the activations the compressed model really produces.
+//!
+//! If no compressor needs statistics (RTN, HQQ) the pipeline runs no forward pass at all.
+//! Every step checks for NaN/Inf and fails naming the block or layer.
+
+use std::time::Instant;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::compressor::{
+    ensure_finite, output_rel_error, weight_rel_error, CompressError, Compressor, LayerReport,
+    LayerStats, LayerView, LayerWeights, StatsRequest,
+};
+use crate::linear::CompressedLinear;
+
+/// The linears of one block that read the same input, compressed together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageSpec {
+    /// Name of the stage's input, e.g. `attn_in`.
+    pub name: &'static str,
+    /// Linear names within the block, e.g. `attn.q_proj`.
+    pub linears: Vec<&'static str>,
+}
+
+/// A model the pipeline can compress block by block.
+pub trait BlockwiseModel {
+    /// Number of blocks.
+    fn num_blocks(&self) -> usize;
+    /// The stages of every block, in true-sequential order.
+    fn stages(&self) -> Vec<StageSpec>;
+    /// The device the weights live on.
+    fn device(&self) -> Device;
+    /// Block 0's input for token ids `[batch, seq]`: `[batch, seq, hidden]`.
+    fn embed_tokens(&self, tokens: Tensor<2, Int>) -> Tensor<3>;
+    /// The input of stage `stage` of block `block` (`[batch, seq, in]`) for block input `x`,
+    /// computed with the block's current (partly compressed) weights.
+    fn stage_input(&self, block: usize, stage: usize, x: Tensor<3>) -> Tensor<3>;
+    /// The block's output for input `x` (`[batch, seq, hidden]`).
+    fn block_forward(&self, block: usize, x: Tensor<3>) -> Tensor<3>;
+    /// A linear of a block by name.
+    fn linear(&self, block: usize, name: &str) -> &CompressedLinear;
+    /// A linear of a block by name, to replace it.
+    fn linear_mut(&mut self, block: usize, name: &str) -> &mut CompressedLinear;
+}
+
+/// The path of a linear in reports and filters: `layers.{block}.{name}`.
+pub fn layer_path(block: usize, name: &str) -> String {
+    format!("layers.{block}.{name}")
+}
+
+/// Which layers a step applies to.
+#[derive(Debug, Clone)]
+pub enum LayerFilter {
+    /// Every linear of every block.
+    All,
+    /// Layers whose path matches the regular expression (unanchored: `q_proj` matches every
+    /// query projection, `^layers\.0\.` the first block).
+    Regex(regex::Regex),
+}
+
+impl LayerFilter {
+    /// A regex filter; the error names the pattern.
+    pub fn regex(pattern: &str) -> Result<Self, PipelineError> {
+        regex::Regex::new(pattern)
+            .map(LayerFilter::Regex)
+            .map_err(|e| PipelineError::Config(format!("layer filter `{pattern}`: {e}")))
+    }
+
+    /// Whether the filter selects `path`.
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            LayerFilter::All => true,
+            LayerFilter::Regex(r) => r.is_match(path),
+        }
+    }
+}
+
+/// One step of a pipeline: a compressor and the layers it applies to.
+#[derive(Debug)]
+pub struct PipelineStep {
+    /// Layers the step applies to.
+    pub filter: LayerFilter,
+    /// The algorithm.
+    pub compressor: Box<dyn Compressor>,
+}
+
+/// Errors of a pipeline run.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// A compressor failed on a layer.
+    #[error(transparent)]
+    Compress(#[from] CompressError),
+    /// Activations became NaN or infinite.
+    #[error("non-finite activations at {0}")]
+    NonFinite(String),
+    /// Invalid pipeline configuration or calibration data.
+    #[error("invalid pipeline configuration: {0}")]
+    Config(String),
+}
+
+/// What a pipeline run did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineReport {
+    /// One entry per compression step applied, in order.
+    pub layers: Vec<LayerReport>,
+    /// Calibration tokens per layer statistic (0 if no calibration was needed).
+    pub calibration_tokens: usize,
+    /// Wall time of the whole run, seconds.
+    pub seconds: f64,
+    /// Peak resident memory of the process at the end of the run (Linux `VmHWM`), bytes.
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// A sequence of compression steps run block by block over calibration data.
+#[derive(Debug, Default)]
+pub struct Pipeline {
+    /// Steps, applied to each matching layer in order.
+    pub steps: Vec<PipelineStep>,
+    /// Calibration sequences per forward pass (memory vs speed; default 8).
+    pub batch_size: usize,
+}
+
+impl Pipeline {
+    /// An empty pipeline with batches of 8 sequences.
+    pub fn new() -> Self {
+        Self {
+            steps: Vec::new(),
+            batch_size: 8,
+        }
+    }
+
+    /// Adds a step.
+    pub fn step(mut self, filter: LayerFilter, compressor: impl Compressor + 'static) -> Self {
+        self.steps.push(PipelineStep {
+            filter,
+            compressor: Box::new(compressor),
+        });
+        self
+    }
+
+    /// Runs the pipeline on `model` with `calibration` sequences (all of one length), calling
+    /// `progress` after each layer step with its report and the block count.
+    pub fn run<M: BlockwiseModel>(
+        &self,
+        model: &mut M,
+        calibration: &[Vec<u32>],
+        mut progress: impl FnMut(&LayerReport, usize, usize),
+    ) -> Result<PipelineReport, PipelineError> {
+        let start = Instant::now();
+        let needs_stats = self
+            .steps
+            .iter()
+            .fold(StatsRequest::NONE, |r, s| r.union(s.compressor.stats()))
+            .any();
+        let device = model.device();
+        let mut xs = if needs_stats {
+            self.embed_calibration(model, calibration, &device)?
+        } else {
+            Vec::new()
+        };
+        let tokens: usize = xs.iter().map(|x| x.dims()[0] * x.dims()[1]).sum();
+        let blocks = model.num_blocks();
+        let stages = model.stages();
+        let mut reports = Vec::new();
+        for block in 0..blocks {
+            for (si, stage) in stages.iter().enumerate() {
+                let paths: Vec<(&str, String)> = stage
+                    .linears
+                    .iter()
+                    .map(|&n| (n, layer_path(block, n)))
+                    .collect();
+                let request = paths
+                    .iter()
+                    .flat_map(|(_, p)| self.steps.iter().filter(move |s| s.filter.matches(p)))
+                    .fold(StatsRequest::NONE, |r, s| r.union(s.compressor.stats()));
+                if !paths
+                    .iter()
+                    .any(|(_, p)| self.steps.iter().any(|s| s.filter.matches(p)))
+                {
+                    continue;
+                }
+                // Output errors are reported whenever calibration runs, so GPTQ and RTN layers
+                // of the same run are comparable.
+                let request = StatsRequest {
+                    gram: request.gram || needs_stats,
+                    ..request
+                };
+                let stats = if needs_stats {
+                    collect_stats(model, block, si, &xs, request)?
+                } else {
+                    LayerStats::default()
+                };
+                for (name, path) in &paths {
+                    let steps: Vec<&PipelineStep> = self
+                        .steps
+                        .iter()
+                        .filter(|s| s.filter.matches(path))
+                        .collect();
+                    for step in steps {
+                        let r = compress_one(model, block, name, path, step, &stats, &device)?;
+                        progress(&r, block, blocks);
+                        reports.push(r);
+                    }
+                }
+            }
+            if needs_stats {
+                for x in xs.iter_mut() {
+                    *x = model.block_forward(block, x.clone());
+                }
+                check_finite_tensors(&xs, &format!("the output of block {block}"))?;
+            }
+        }
+        Ok(PipelineReport {
+            layers: reports,
+            calibration_tokens: tokens,
+            seconds: start.elapsed().as_secs_f64(),
+            peak_rss_bytes: peak_rss_bytes(),
+        })
+    }
+
+    /// Block 0's inputs for `calibration` sequences (all of one length), in batches of
+    /// `batch_size` sequences.
+    pub fn embed_calibration<M: BlockwiseModel>(
+        &self,
+        model: &M,
+        calibration: &[Vec<u32>],
+        device: &Device,
+    ) -> Result<Vec<Tensor<3>>, PipelineError> {
+        let len = calibration.first().map_or(0, Vec::len);
+        if len == 0 || calibration.iter().any(|s| s.len() != len) {
+            return Err(PipelineError::Config(
+                "calibration needs at least one sequence, all of the same non-zero length".into(),
+            ));
+        }
+        let bs = self.batch_size.max(1);
+        Ok(calibration
+            .chunks(bs)
+            .map(|chunk| {
+                let ids: Vec<i64> = chunk.iter().flatten().map(|&t| t as i64).collect();
+                let t =
+                    Tensor::<2, Int>::from_data(TensorData::new(ids, [chunk.len(), len]), device);
+                model.embed_tokens(t)
+            })
+            .collect())
+    }
+}
+
+/// Accumulates the requested statistics of the input of stage `stage` of block `block` over the
+/// block inputs `xs` (one tensor per calibration batch), on the model's device.
+pub fn collect_stats<M: BlockwiseModel>(
+    model: &M,
+    block: usize,
+    stage: usize,
+    xs: &[Tensor<3>],
+    request: StatsRequest,
+) -> Result<LayerStats, PipelineError> {
+    let stage_name = model.stages().get(stage).map_or("?", |s| s.name);
+    let (mut gram, mut sq, mut amax): (Option<Tensor<2>>, Option<Tensor<1>>, Option<Tensor<1>>) =
+        (None, None, None);
+    let mut tokens = 0;
+    for x in xs {
+        let inp = model.stage_input(block, stage, x.clone());
+        let [b, t, d] = inp.dims();
+        tokens += b * t;
+        let flat = inp.reshape([b * t, d]);
+        if request.gram {
+            let g = flat.clone().transpose().matmul(flat.clone());
+            gram = Some(match gram {
+                Some(acc) => acc + g,
+                None => g,
+            });
+        }
+        if request.col_sq_norms {
+            let s = flat.clone().square().sum_dim(0).reshape([d]);
+            sq = Some(match sq {
+                Some(acc) => acc + s,
+                None => s,
+            });
+        }
+        if request.abs_max {
+            let m = flat.abs().max_dim(0).reshape([d]);
+            amax = Some(match amax {
+                Some(acc) => acc.max_pair(m),
+                None => m,
+            });
+        }
+    }
+    let what = format!("the {stage_name} input of block {block}");
+    let host = |t: Option<Tensor<1>>| -> Result<Option<Vec<f32>>, PipelineError> {
+        t.map(|t| to_host(t.into_data(), &what)).transpose()
+    };
+    let gram = match gram {
+        Some(g) => {
+            let n = g.dims()[0];
+            Some(to_host(g.reshape([n * n]).into_data(), &what)?)
+        }
+        None => None,
+    };
+    Ok(LayerStats {
+        tokens,
+        gram,
+        col_sq_norms: host(sq)?,
+        abs_max: host(amax)?,
+    })
+}
+
+fn to_host(data: TensorData, what: &str) -> Result<Vec<f32>, PipelineError> {
+    let v = data
+        .try_to_vec::<f32>()
+        .map_err(|e| PipelineError::Config(format!("reading {what}: {e:?}")))?;
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(PipelineError::NonFinite(what.to_string()));
+    }
+    Ok(v)
+}
+
+fn check_finite_tensors(xs: &[Tensor<3>], what: &str) -> Result<(), PipelineError> {
+    for x in xs {
+        let finite = x.clone().is_finite().all().into_scalar::<bool>();
+        if !finite {
+            return Err(PipelineError::NonFinite(what.to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// Runs one step on one linear and swaps its storage.
+fn compress_one<M: BlockwiseModel>(
+    model: &mut M,
+    block: usize,
+    name: &str,
+    path: &str,
+    step: &PipelineStep,
+    stats: &LayerStats,
+    device: &Device,
+) -> Result<LayerReport, PipelineError> {
+    let t0 = Instant::now();
+    let lin = model.linear(block, name);
+    let (out, inp) = (lin.out_features(), lin.in_features());
+    let bias = lin.bias();
+    let w_tensor = lin.dense_weight();
+    let w = to_host(
+        w_tensor.clone().into_data(),
+        &format!("the weight of {path}"),
+    )?;
+    ensure_finite(path, "weight", &w)?;
+    let view = LayerView {
+        path,
+        weight: &w,
+        out_features: out,
+        in_features: inp,
+    };
+    let new: LayerWeights = step.compressor.compress(view, stats)?;
+    let dense = new.to_dense();
+    ensure_finite(path, "compressed weight", &dense)?;
+    let output_rel_error = stats.gram.as_ref().map(|g| {
+        let gram = Tensor::<2>::from_data(TensorData::new(g.clone(), [inp, inp]), device);
+        let w_hat = Tensor::<2>::from_data(TensorData::new(dense.clone(), [out, inp]), device);
+        output_rel_error(w_tensor, w_hat, gram)
+    });
+    let report = LayerReport {
+        path: path.to_string(),
+        method: step.compressor.name(),
+        weight_rel_error: weight_rel_error(&w, &dense),
+        output_rel_error,
+        bits_per_weight: new.bits_per_weight(),
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    *model.linear_mut(block, name) = CompressedLinear::from_weights(new, out, inp, bias, device);
+    Ok(report)
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), if available.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_match_paths() {
+        let f = LayerFilter::regex(r"\.(q|k)_proj$").unwrap();
+        assert!(f.matches(&layer_path(3, "attn.q_proj")));
+        assert!(!f.matches(&layer_path(3, "attn.o_proj")));
+        assert!(LayerFilter::All.matches("anything"));
+        let e = LayerFilter::regex("(").unwrap_err();
+        assert!(e.to_string().contains("`(`"), "{e}");
+    }
+
+    #[test]
+    fn peak_rss_is_read_on_linux() {
+        if cfg!(target_os = "linux") {
+            assert!(peak_rss_bytes().unwrap() > 0);
+        }
+    }
+}

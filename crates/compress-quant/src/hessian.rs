@@ -1,0 +1,213 @@
+//! The layer-wise Hessian machinery shared by GPTQ and SparseGPT (Frantar et al. 2022, 2023).
+//!
+//! For the layer objective `‖X Wᵀ − X Ŵᵀ‖²` every output row has the same Hessian `H = 2 XᵀX`
+//! (the factor 2 and the token count cancel in everything below, so `H = XᵀX / tokens` here). The
+//! optimal-brain-surgeon update after fixing column `j` of a row to `q` is
+//! `δ = −(w_j − q) / [H⁻¹]_jj · [H⁻¹]_{j,:}` over the not-yet-fixed columns; GPTQ's observation
+//! is that the `H⁻¹` rows it needs, after eliminating columns in order, are exactly the rows of
+//! the upper Cholesky factor `U` of `H⁻¹ = UᵀU`, so one factorization serves the whole sweep.
+//!
+//! Preparation, in the order of the reference implementation:
+//! 1. columns whose input is always zero (`H_jj = 0`, "dead") get `H_jj = 1` and are reported so
+//!    the caller zeroes their weights (they never affect the output);
+//! 2. optional activation order: columns sorted by decreasing `H_jj`, so the columns with the
+//!    largest inputs are quantized first while the most columns remain to absorb their error;
+//! 3. damping `H += λ · mean(diag H) · I` (λ = 0.01 by default) for a well-conditioned inverse —
+//!    retried with 10× larger λ (up to three times) if the Cholesky factorization still fails;
+//! 4. `U = chol(H⁻¹)ᵀ`, in f64, returned in f32 for the sweep.
+
+use compress_core::compressor::{ensure_finite, CompressError};
+use faer::linalg::solvers::DenseSolveCore;
+use faer::{Mat, Side};
+
+/// The inverse-Hessian factor a GPTQ/SparseGPT sweep runs on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HessianInverse {
+    /// Number of input columns.
+    pub n: usize,
+    /// Upper-triangular `U` with `H⁻¹ = UᵀU`, row-major `[n, n]`, in the permuted column order.
+    pub upper: Vec<f32>,
+    /// `perm[k]` = original column handled at sweep position `k` (identity without act-order).
+    pub perm: Vec<usize>,
+    /// Original columns whose inputs were all zero; their weights must be zeroed.
+    pub dead: Vec<usize>,
+    /// Damping fraction λ actually used (larger than asked if a retry was needed).
+    pub damp_used: f64,
+}
+
+/// Builds the damped, optionally permuted inverse-Hessian factor from `gram = XᵀX` (`[n, n]`,
+/// row-major) over `tokens` calibration tokens.
+pub fn prepare_hessian(
+    path: &str,
+    gram: &[f32],
+    n: usize,
+    tokens: usize,
+    damp: f64,
+    act_order: bool,
+) -> Result<HessianInverse, CompressError> {
+    if gram.len() != n * n {
+        return Err(CompressError::Shape {
+            layer: path.into(),
+            message: format!(
+                "input Gram matrix has {} entries, expected {n}×{n}",
+                gram.len()
+            ),
+        });
+    }
+    if !(damp >= 0.0 && damp.is_finite()) {
+        return Err(CompressError::Shape {
+            layer: path.into(),
+            message: format!("damping fraction {damp} must be a finite value ≥ 0"),
+        });
+    }
+    ensure_finite(path, "input Gram matrix", gram)?;
+    let inv_t = 1.0 / tokens.max(1) as f64;
+    let mut diag: Vec<f64> = (0..n).map(|i| gram[i * n + i] as f64 * inv_t).collect();
+    let dead: Vec<usize> = (0..n).filter(|&i| diag[i] <= 0.0).collect();
+    for &i in &dead {
+        diag[i] = 1.0;
+    }
+    let mut perm: Vec<usize> = (0..n).collect();
+    if act_order {
+        // Stable sort: ties keep their original order, so the permutation is deterministic.
+        perm.sort_by(|&a, &b| diag[b].total_cmp(&diag[a]));
+    }
+    let mean_diag = diag.iter().sum::<f64>() / n.max(1) as f64;
+    let h = Mat::<f64>::from_fn(n, n, |i, j| {
+        let (a, b) = (perm[i], perm[j]);
+        if a == b {
+            diag[a]
+        } else if diag_is_dead(&dead, a) || diag_is_dead(&dead, b) {
+            0.0
+        } else {
+            gram[a * n + b] as f64 * inv_t
+        }
+    });
+    let mut lambda = damp;
+    for attempt in 0..4 {
+        let mut hd = h.clone();
+        let add = lambda.max(if attempt > 0 { 1e-6 } else { 0.0 }) * mean_diag;
+        for i in 0..n {
+            hd[(i, i)] += add;
+        }
+        if let Some(upper) = inverse_upper_factor(&hd) {
+            return Ok(HessianInverse {
+                n,
+                upper,
+                perm,
+                dead,
+                damp_used: lambda,
+            });
+        }
+        lambda = if lambda > 0.0 { lambda * 10.0 } else { 1e-6 };
+    }
+    Err(CompressError::Numerical {
+        layer: path.into(),
+        message: format!(
+            "the input Hessian is not positive definite even with damping {lambda:.1e}·mean(diag); \
+             use more calibration tokens"
+        ),
+    })
+}
+
+fn diag_is_dead(dead: &[usize], i: usize) -> bool {
+    dead.binary_search(&i).is_ok()
+}
+
+/// `U` (row-major, f32) with `H⁻¹ = UᵀU`, or `None` if `H` or `H⁻¹` is not positive definite.
+fn inverse_upper_factor(h: &Mat<f64>) -> Option<Vec<f32>> {
+    let n = h.nrows();
+    let inv = h.llt(Side::Lower).ok()?.inverse();
+    // Symmetrise against rounding before the second factorization.
+    let inv = Mat::<f64>::from_fn(n, n, |i, j| 0.5 * (inv[(i, j)] + inv[(j, i)]));
+    let l = inv.llt(Side::Lower).ok()?;
+    let l = l.L();
+    let mut upper = vec![0f32; n * n];
+    for i in 0..n {
+        for j in i..n {
+            // U = Lᵀ: U[i][j] = L[j][i].
+            let v = l[(j, i)];
+            if !v.is_finite() {
+                return None;
+            }
+            upper[i * n + j] = v as f32;
+        }
+    }
+    Some(upper)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn factor_reconstructs_the_damped_inverse() {
+        // X: 6 tokens × 3 features, with column 1 dead.
+        let x = [
+            [1.0f32, 0.0, 2.0],
+            [0.5, 0.0, -1.0],
+            [-1.0, 0.0, 0.5],
+            [2.0, 0.0, 1.0],
+            [0.0, 0.0, 1.5],
+            [1.0, 0.0, -0.5],
+        ];
+        let mut g = vec![0f32; 9];
+        for t in &x {
+            for i in 0..3 {
+                for j in 0..3 {
+                    g[i * 3 + j] += t[i] * t[j];
+                }
+            }
+        }
+        let hi = prepare_hessian("t", &g, 3, 6, 0.01, true).unwrap();
+        assert_eq!(hi.dead, vec![1]);
+        // diag = [7.25, 0, 8.75] / 6 with the dead column set to 1 → act-order puts column 2
+        // first and the dead one last.
+        assert_eq!(hi.perm, vec![2, 0, 1]);
+        // Rebuild H (permuted, damped) and check (UᵀU)·H = I.
+        let mut diag: Vec<f64> = (0..3).map(|i| g[i * 3 + i] as f64 / 6.0).collect();
+        diag[1] = 1.0;
+        let mean = diag.iter().sum::<f64>() / 3.0;
+        let h = |i: usize, j: usize| -> f64 {
+            let (a, b) = (hi.perm[i], hi.perm[j]);
+            if a == b {
+                diag[a] + 0.01 * mean
+            } else if a == 1 || b == 1 {
+                0.0
+            } else {
+                g[a * 3 + b] as f64 / 6.0
+            }
+        };
+        let u = |i: usize, j: usize| hi.upper[i * 3 + j] as f64;
+        for i in 0..3 {
+            for j in 0..3 {
+                let mut v = 0.0;
+                for k in 0..3 {
+                    let hinv_ik: f64 = (0..3).map(|m| u(m, i) * u(m, k)).sum();
+                    v += hinv_ik * h(k, j);
+                }
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!((v - want).abs() < 1e-5, "({i},{j}) = {v}");
+            }
+            for j in 0..i {
+                assert_eq!(u(i, j), 0.0, "U must be upper triangular");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_inputs_name_the_layer() {
+        let e = prepare_hessian("layers.1.attn.o_proj", &[1.0; 3], 2, 1, 0.01, false).unwrap_err();
+        assert!(e.to_string().contains("layers.1.attn.o_proj"));
+        let e = prepare_hessian("l", &[1.0, f32::NAN, 0.0, 1.0], 2, 1, 0.01, false).unwrap_err();
+        assert!(matches!(e, CompressError::NonFinite { .. }));
+    }
+
+    #[test]
+    fn rank_deficient_gram_is_rescued_by_damping() {
+        // Two identical columns: XᵀX is singular; damping makes it positive definite.
+        let g = [4.0f32, 4.0, 4.0, 4.0];
+        let hi = prepare_hessian("t", &g, 2, 1, 0.01, false).unwrap();
+        assert!(hi.upper.iter().all(|v| v.is_finite()));
+    }
+}

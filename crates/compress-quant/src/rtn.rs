@@ -1,0 +1,318 @@
+//! Round-to-nearest (RTN) quantization: every group gets its own grid ([`fit_grid`]) and every
+//! weight its nearest code. The baseline every other quantizer is measured against, and with
+//! scale search and activation importances (llama.cpp's "imatrix" idea: weight each column's error
+//! by its mean squared input) a strong calibration-light method on its own.
+//!
+//! Error bound (tested): without clipping or search, a weight inside its grid's range
+//! `[s·(0 − z), s·(2^b − 1 − z)]` is off by at most half a step, `|w − ŵ| ≤ |s| / 2`, plus what
+//! the f16 rounding of the scale and zero point moves the grid (at most `m · 2^−9` for a group
+//! whose largest magnitude is `m`). A weight outside it — only possible on the short side of a
+//! symmetric grid, which reaches `−2^(b−1)` steps one way and `2^(b−1) − 1` the other — saturates
+//! at the nearest end of the range.
+
+use compress_core::compressor::{
+    ensure_finite, CompressError, Compressor, LayerStats, LayerView, LayerWeights, StatsRequest,
+};
+use compress_core::packed::{Granularity, PackedWeight, QuantScheme};
+use half::f16;
+
+use crate::grid::{fit_grid, Grid, GridConfig};
+
+/// Round-to-nearest quantization with a fixed scheme.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rtn {
+    /// Bits, granularity and symmetry of the codes.
+    pub scheme: QuantScheme,
+    /// Clipping and scale search.
+    pub grid: GridConfig,
+    /// Weight each input column's error by its calibration activations' mean square (needs
+    /// per-column input norms); without it every weight counts the same.
+    pub use_activations: bool,
+}
+
+impl Rtn {
+    /// Plain RTN (no clipping, no search, no activations).
+    pub fn new(scheme: QuantScheme) -> Self {
+        Self {
+            scheme,
+            grid: GridConfig::default(),
+            use_activations: false,
+        }
+    }
+}
+
+/// Short name of a scheme for reports, e.g. `w4g128`, `w8c` (per-channel), `w4g32a` (asymmetric).
+pub fn scheme_tag(s: &QuantScheme) -> String {
+    let g = match s.granularity {
+        Granularity::PerTensor => "t".to_string(),
+        Granularity::PerChannel => "c".to_string(),
+        Granularity::PerGroup(g) => format!("g{g}"),
+    };
+    let a = match s.symmetry {
+        compress_core::packed::Symmetry::Symmetric => "",
+        compress_core::packed::Symmetry::Asymmetric => "a",
+    };
+    format!("w{}{g}{a}", s.bits.get())
+}
+
+impl Compressor for Rtn {
+    fn name(&self) -> String {
+        format!("rtn-{}", scheme_tag(&self.scheme))
+    }
+
+    fn stats(&self) -> StatsRequest {
+        StatsRequest {
+            col_sq_norms: self.use_activations,
+            ..StatsRequest::NONE
+        }
+    }
+
+    fn compress(
+        &self,
+        layer: LayerView<'_>,
+        stats: &LayerStats,
+    ) -> Result<LayerWeights, CompressError> {
+        ensure_finite(layer.path, "weight", layer.weight)?;
+        let importance = if self.use_activations {
+            let v = stats
+                .col_sq_norms
+                .as_deref()
+                .ok_or_else(|| CompressError::MissingStats {
+                    layer: layer.path.into(),
+                    method: self.name(),
+                    what: "per-column input norms",
+                })?;
+            ensure_finite(layer.path, "input norms", v)?;
+            Some(v)
+        } else {
+            None
+        };
+        let packed = quantize_rtn(
+            layer.path,
+            layer.weight,
+            layer.out_features,
+            layer.in_features,
+            &self.scheme,
+            &self.grid,
+            importance,
+        )?;
+        Ok(LayerWeights::Quantized(packed))
+    }
+}
+
+/// Checks a scheme and grid against a layer shape, returning the group length.
+pub(crate) fn check_layer(
+    path: &str,
+    scheme: &QuantScheme,
+    grid: &GridConfig,
+    in_features: usize,
+) -> Result<usize, CompressError> {
+    let shape_err = |message: String| CompressError::Shape {
+        layer: path.into(),
+        message,
+    };
+    grid.validate().map_err(shape_err)?;
+    scheme
+        .group_len(in_features)
+        .map_err(|e| shape_err(e.to_string()))
+}
+
+/// Grids for one row's groups (or the single per-tensor grid), and the codes of that row.
+fn quantize_row(
+    row: &[f32],
+    group: usize,
+    scheme: &QuantScheme,
+    grid_cfg: &GridConfig,
+    importance: Option<&[f32]>,
+    fixed: Option<Grid>,
+    codes: &mut [u8],
+    grids: &mut Vec<Grid>,
+) {
+    for (gi, chunk) in row.chunks(group).enumerate() {
+        let imp = importance.map(|a| &a[gi * group..gi * group + chunk.len()]);
+        let g =
+            fixed.unwrap_or_else(|| fit_grid(chunk, imp, scheme.bits, scheme.symmetry, grid_cfg));
+        for (c, &w) in codes[gi * group..].iter_mut().zip(chunk) {
+            *c = g.code(w);
+        }
+        if fixed.is_none() {
+            grids.push(g);
+        }
+    }
+}
+
+/// RTN of a row-major `[out, in]` weight into the packed layout.
+pub fn quantize_rtn(
+    path: &str,
+    weight: &[f32],
+    out_features: usize,
+    in_features: usize,
+    scheme: &QuantScheme,
+    grid: &GridConfig,
+    importance: Option<&[f32]>,
+) -> Result<PackedWeight, CompressError> {
+    let group = check_layer(path, scheme, grid, in_features)?.max(1);
+    let mut codes = vec![0u8; weight.len()];
+    let mut grids = Vec::new();
+    let fixed = match scheme.granularity {
+        Granularity::PerTensor => {
+            // One grid for the matrix; importances repeat per row.
+            let imp: Option<Vec<f32>> =
+                importance.map(|a| (0..out_features).flat_map(|_| a.iter().copied()).collect());
+            let g = fit_grid(weight, imp.as_deref(), scheme.bits, scheme.symmetry, grid);
+            grids.push(g);
+            Some(g)
+        }
+        _ => None,
+    };
+    if in_features > 0 {
+        for (row, c) in weight
+            .chunks_exact(in_features)
+            .zip(codes.chunks_exact_mut(in_features))
+        {
+            quantize_row(row, group, scheme, grid, importance, fixed, c, &mut grids);
+        }
+    }
+    pack(path, scheme, out_features, in_features, &codes, &grids)
+}
+
+/// Builds the packed weight from codes and grids (row-major `[out, groups]`).
+pub(crate) fn pack(
+    path: &str,
+    scheme: &QuantScheme,
+    out_features: usize,
+    in_features: usize,
+    codes: &[u8],
+    grids: &[Grid],
+) -> Result<PackedWeight, CompressError> {
+    let scales: Vec<f16> = grids.iter().map(|g| g.scale).collect();
+    let zeros = match scheme.symmetry {
+        compress_core::packed::Symmetry::Symmetric => None,
+        compress_core::packed::Symmetry::Asymmetric => Some(grids.iter().map(|g| g.zero).collect()),
+    };
+    PackedWeight::from_codes(*scheme, out_features, in_features, codes, scales, zeros).map_err(
+        |e| CompressError::Numerical {
+            layer: path.into(),
+            message: format!("packing failed: {e}"),
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use compress_core::packed::Symmetry;
+    use proptest::prelude::*;
+
+    fn weights(n: usize, seed: u64) -> Vec<f32> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
+            })
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn rtn_error_is_within_half_a_step(
+            bits in 2u8..=8,
+            group in prop::sample::select(vec![8usize, 16, 32]),
+            asym in any::<bool>(),
+            seed in any::<u64>(),
+        ) {
+            let (out, inp) = (3, group * 4);
+            let w = weights(out * inp, seed);
+            let sym = if asym { Symmetry::Asymmetric } else { Symmetry::Symmetric };
+            let scheme = QuantScheme::new(bits, Some(group), sym).unwrap();
+            let p = quantize_rtn("t", &w, out, inp, &scheme, &GridConfig::default(), None).unwrap();
+            let deq = p.dequantize();
+            for (i, (&a, &b)) in w.iter().zip(&deq).enumerate() {
+                let (r, c) = (i / inp, i % inp);
+                let (s, z) = p.scale_zero(r, c);
+                let gstart = r * inp + (c / group) * group;
+                let m = w[gstart..gstart + group].iter().fold(0f32, |m, v| m.max(v.abs()));
+                // The f16 rounding of the scale (relative 2^-11, up to 2^b − 1 steps from the zero
+                // point: ≤ range · 2^-11) and of an asymmetric zero point (≤ 2^-12 · range), with
+                // range ≤ 2m, moves the grid by at most m · 3 · 2^-11 < m · 2^-9.
+                let slack = m * 2f32.powi(-9) + 1e-7;
+                let ends = [s * (0.0 - z), s * (((1u32 << bits) - 1) as f32 - z)];
+                let (lo, hi) = (ends[0].min(ends[1]), ends[0].max(ends[1]));
+                if a >= lo - slack && a <= hi + slack {
+                    // Inside the grid's range: at most half a step.
+                    prop_assert!((a - b).abs() <= s.abs() / 2.0 + slack, "w={a} ŵ={b} s={s}");
+                } else {
+                    // Outside (the short side of a symmetric grid): saturates at the nearest end.
+                    let end = if a < lo { lo } else { hi };
+                    prop_assert!((b - end).abs() <= slack, "w={a} ŵ={b} end={end}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn per_tensor_and_per_channel_store_one_and_out_scales() {
+        let w = weights(4 * 16, 7);
+        let t = QuantScheme {
+            granularity: Granularity::PerTensor,
+            ..QuantScheme::new(8, None, Symmetry::Symmetric).unwrap()
+        };
+        let p = quantize_rtn("t", &w, 4, 16, &t, &GridConfig::default(), None).unwrap();
+        assert_eq!(p.scales().len(), 1);
+        let c = QuantScheme::new(8, None, Symmetry::Symmetric).unwrap();
+        let p = quantize_rtn("t", &w, 4, 16, &c, &GridConfig::default(), None).unwrap();
+        assert_eq!(p.scales().len(), 4);
+        // 8-bit per-channel is within 1% relative error on these weights.
+        let e = compress_core::compressor::weight_rel_error(&w, &p.dequantize());
+        assert!(e < 0.01, "{e}");
+    }
+
+    #[test]
+    fn bad_group_is_a_shape_error_naming_the_layer() {
+        let s = QuantScheme::new(4, Some(32), Symmetry::Symmetric).unwrap();
+        let r = Rtn::new(s);
+        let w = vec![0.0f32; 48];
+        let view = LayerView {
+            path: "layers.0.mlp.up_proj",
+            weight: &w,
+            out_features: 1,
+            in_features: 48,
+        };
+        let e = r.compress(view, &LayerStats::default()).unwrap_err();
+        assert!(e.to_string().contains("layers.0.mlp.up_proj"), "{e}");
+        let mut nan = w.clone();
+        nan[3] = f32::NAN;
+        let view = LayerView {
+            weight: &nan,
+            in_features: 48,
+            ..view
+        };
+        let s16 = QuantScheme::new(4, Some(16), Symmetry::Symmetric).unwrap();
+        let e = Rtn::new(s16)
+            .compress(view, &LayerStats::default())
+            .unwrap_err();
+        assert!(matches!(e, CompressError::NonFinite { .. }), "{e}");
+    }
+
+    #[test]
+    fn activation_weighting_needs_its_statistics() {
+        let s = QuantScheme::new(4, Some(16), Symmetry::Symmetric).unwrap();
+        let r = Rtn {
+            use_activations: true,
+            ..Rtn::new(s)
+        };
+        assert!(r.stats().col_sq_norms);
+        let w = weights(16, 3);
+        let view = LayerView {
+            path: "x",
+            weight: &w,
+            out_features: 1,
+            in_features: 16,
+        };
+        let e = r.compress(view, &LayerStats::default()).unwrap_err();
+        assert!(matches!(e, CompressError::MissingStats { .. }));
+    }
+}
