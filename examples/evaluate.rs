@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 use compress::core::backend::BackendKind;
 use compress::eval::perplexity::{perplexity, PerplexityConfig, Scoring};
+use compress::eval::progress::ProgressLine;
 use compress::eval::tasks::{evaluate, load_jsonl};
 
 static EMBEDDED: &[u8] = include_bytes!("../assets/stories260K.gguf");
@@ -95,21 +96,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             max_windows: args.limit,
             bos: m.tokenizer.bos_id(),
         };
-        let t0 = std::time::Instant::now();
-        let mut last_print = 0.0;
+        let mut line = ProgressLine::new(format!("{scoring:?}"));
         let r = perplexity(&m.model, &tokens, text.len(), &config, |done, total| {
-            // At most two progress lines a second, and always the last one.
-            let secs = t0.elapsed().as_secs_f64();
-            if secs - last_print >= 0.5 || done == total {
-                last_print = secs;
-                let eta = secs / done as f64 * (total - done) as f64;
-                eprint!(
-                    "\r{scoring:?}: window {done}/{total}, {secs:.0} s elapsed, ETA {eta:.0} s   "
-                );
-            }
+            line.update(done, total, "windows,")
         })?;
-        let secs = t0.elapsed().as_secs_f64();
-        eprintln!();
+        let secs = line.elapsed();
         if args.json {
             println!("{}", serde_json::to_string(&r)?);
         } else {
@@ -129,17 +120,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     for task in &args.tasks {
         let items = load_jsonl(args.task_dir.join(format!("{task}.jsonl")), args.task_limit)?;
-        let t0 = std::time::Instant::now();
-        let mut last_print = 0.0;
+        let mut line = ProgressLine::new(task.as_str());
         let r = evaluate(&m.model, &m.tokenizer, &items, |done, total| {
-            let secs = t0.elapsed().as_secs_f64();
-            if secs - last_print >= 0.5 || done == total {
-                last_print = secs;
-                let eta = secs / done as f64 * (total - done) as f64;
-                eprint!("\r{task}: {done}/{total}, {secs:.0} s elapsed, ETA {eta:.0} s   ");
-            }
+            line.update(done, total, "questions,")
         })?;
-        eprintln!();
         if args.json {
             println!(
                 "{}",
@@ -154,7 +138,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 r.acc_norm.mean,
                 r.acc_norm.se,
                 r.gold_ppl,
-                t0.elapsed().as_secs_f64()
+                line.elapsed()
             );
         }
     }

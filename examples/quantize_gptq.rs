@@ -1,5 +1,6 @@
 //! Quantize a model's linear layers with GPTQ (or RTN, for comparison) block by block, then
-//! measure what it cost: perplexity before and after, and KL divergence to the original model.
+//! measure what it cost: perplexity before and after, and KL divergence to the original model
+//! (one pass over both models gives all three).
 //!
 //! ```text
 //! cargo run --release --example quantize_gptq                  # embedded stories260K, 4-bit g32 GPTQ
@@ -22,7 +23,8 @@ use compress::core::compressor::Compressor;
 use compress::core::packed::{QuantScheme, Symmetry};
 use compress::core::pipeline::{BlockwiseModel, LayerFilter, Pipeline};
 use compress::eval::kld::kl_divergence;
-use compress::eval::perplexity::{perplexity, PerplexityConfig, Scoring};
+use compress::eval::perplexity::{PerplexityConfig, Scoring};
+use compress::eval::progress::ProgressLine;
 use compress::quant::gptq::Gptq;
 use compress::quant::grid::ScaleSearch;
 use compress::quant::rtn::Rtn;
@@ -158,16 +160,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let base = m.model.clone();
     let mut model = m.model;
-    let t0 = std::time::Instant::now();
+    let mut line = ProgressLine::new("quantize");
     let report = pipeline.run(&mut model, &windows, |r, block, blocks| {
-        eprint!(
-            "\rblock {}/{blocks} {:<24} output err {:.2e}   ",
-            block + 1,
+        let detail = format!(
+            "blocks, {:<22} output err {:.1e},",
             r.path,
             r.output_rel_error.unwrap_or(f64::NAN)
         );
+        line.update(
+            block + usize::from(r.path.ends_with("down_proj")),
+            blocks,
+            &detail,
+        )
     })?;
-    eprintln!();
     let (mut bits, mut weights) = (0.0, 0usize);
     for r in &report.layers {
         let lin = model.linear(
@@ -182,7 +187,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{}: {} layers in {:.1} s on {} calibration tokens, peak RSS {:.0} MiB, {:.3} bits/weight over the quantized layers",
         pipeline.steps[0].compressor.name(),
         report.layers.len(),
-        t0.elapsed().as_secs_f64(),
+        report.seconds,
         report.calibration_tokens,
         report.peak_rss_bytes.unwrap_or(0) as f64 / (1 << 20) as f64,
         bits / weights.max(1) as f64
@@ -196,21 +201,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         max_windows: args.limit,
         bos: m.tokenizer.bos_id(),
     };
-    let before = perplexity(&base, &tokens, text.len(), &config, |_, _| {})?;
-    let after = perplexity(&model, &tokens, text.len(), &config, |d, t| {
-        eprint!("\rperplexity: window {d}/{t}   ")
-    })?;
-    eprintln!();
+    let mut line = ProgressLine::new("KL divergence");
     let kld = kl_divergence(&base, &model, &tokens, &config, |d, t| {
-        eprint!("\rKL divergence: window {d}/{t}   ")
+        line.update(d, t, "windows,")
     })?;
-    eprintln!();
     println!(
-        "perplexity (context {}, {} windows): {:.4} → {:.4}; KLD {:.5} (95% {:.5}–{:.5}), same top token {:.4}",
+        "perplexity (context {}, {} tokens scored): {:.4} → {:.4}; KLD {:.5} (95% {:.5}–{:.5}), same top token {:.4}",
         args.context,
-        after.windows,
-        before.ppl,
-        after.ppl,
+        kld.tokens,
+        kld.mean_nll.0.exp(),
+        kld.mean_nll.1.exp(),
         kld.kld.mean,
         kld.kld.lo,
         kld.kld.hi,

@@ -35,7 +35,16 @@ pub struct StageSpec {
 }
 
 /// A model the pipeline can compress block by block.
+///
+/// A block is walked with a per-batch cache of its intermediate results, so each sub-layer runs
+/// once per batch however many stages there are: [`begin_block`](Self::begin_block), then
+/// [`stage_input`](Self::stage_input) for stages in increasing order (some may be skipped), then
+/// [`finish_block`](Self::finish_block). Between two calls the linears of the earlier stages may
+/// have been replaced; later results must be computed with the replaced weights, while results
+/// that no replaced layer influences may come from the cache.
 pub trait BlockwiseModel {
+    /// Intermediate results of one block for one calibration batch.
+    type Cache;
     /// Number of blocks.
     fn num_blocks(&self) -> usize;
     /// The stages of every block, in true-sequential order.
@@ -44,15 +53,22 @@ pub trait BlockwiseModel {
     fn device(&self) -> Device;
     /// Block 0's input for token ids `[batch, seq]`: `[batch, seq, hidden]`.
     fn embed_tokens(&self, tokens: Tensor<2, Int>) -> Tensor<3>;
-    /// The input of stage `stage` of block `block` (`[batch, seq, in]`) for block input `x`,
-    /// computed with the block's current (partly compressed) weights.
-    fn stage_input(&self, block: usize, stage: usize, x: Tensor<3>) -> Tensor<3>;
-    /// The block's output for input `x` (`[batch, seq, hidden]`).
-    fn block_forward(&self, block: usize, x: Tensor<3>) -> Tensor<3>;
+    /// Starts block `block` on input `x` (`[batch, seq, hidden]`).
+    fn begin_block(&self, block: usize, x: Tensor<3>) -> Self::Cache;
+    /// The input of stage `stage` (`[batch, seq, in]`), computed with the block's current weights.
+    fn stage_input(&self, block: usize, stage: usize, cache: &mut Self::Cache) -> Tensor<3>;
+    /// The block's output (`[batch, seq, hidden]`) with its current weights.
+    fn finish_block(&self, block: usize, cache: Self::Cache) -> Tensor<3>;
     /// A linear of a block by name.
     fn linear(&self, block: usize, name: &str) -> &CompressedLinear;
     /// A linear of a block by name, to replace it.
     fn linear_mut(&mut self, block: usize, name: &str) -> &mut CompressedLinear;
+
+    /// The block's output for input `x` in one go.
+    fn block_forward(&self, block: usize, x: Tensor<3>) -> Tensor<3> {
+        let cache = self.begin_block(block, x);
+        self.finish_block(block, cache)
+    }
 }
 
 /// The path of a linear in reports and filters: `layers.{block}.{name}`.
@@ -175,6 +191,10 @@ impl Pipeline {
         let stages = model.stages();
         let mut reports = Vec::new();
         for block in 0..blocks {
+            let mut caches: Vec<M::Cache> = std::mem::take(&mut xs)
+                .into_iter()
+                .map(|x| model.begin_block(block, x))
+                .collect();
             for (si, stage) in stages.iter().enumerate() {
                 let paths: Vec<(&str, String)> = stage
                     .linears
@@ -198,7 +218,7 @@ impl Pipeline {
                     ..request
                 };
                 let stats = if needs_stats {
-                    collect_stats(model, block, si, &xs, request)?
+                    collect_stats(model, block, si, &mut caches, request)?
                 } else {
                     LayerStats::default()
                 };
@@ -216,9 +236,10 @@ impl Pipeline {
                 }
             }
             if needs_stats {
-                for x in xs.iter_mut() {
-                    *x = model.block_forward(block, x.clone());
-                }
+                xs = caches
+                    .into_iter()
+                    .map(|c| model.finish_block(block, c))
+                    .collect();
                 check_finite_tensors(&xs, &format!("the output of block {block}"))?;
             }
         }
@@ -258,20 +279,20 @@ impl Pipeline {
 }
 
 /// Accumulates the requested statistics of the input of stage `stage` of block `block` over the
-/// block inputs `xs` (one tensor per calibration batch), on the model's device.
+/// block caches (one per calibration batch), on the model's device.
 pub fn collect_stats<M: BlockwiseModel>(
     model: &M,
     block: usize,
     stage: usize,
-    xs: &[Tensor<3>],
+    caches: &mut [M::Cache],
     request: StatsRequest,
 ) -> Result<LayerStats, PipelineError> {
     let stage_name = model.stages().get(stage).map_or("?", |s| s.name);
     let (mut gram, mut sq, mut amax): (Option<Tensor<2>>, Option<Tensor<1>>, Option<Tensor<1>>) =
         (None, None, None);
     let mut tokens = 0;
-    for x in xs {
-        let inp = model.stage_input(block, stage, x.clone());
+    for cache in caches.iter_mut() {
+        let inp = model.stage_input(block, stage, cache);
         let [b, t, d] = inp.dims();
         tokens += b * t;
         let flat = inp.reshape([b * t, d]);

@@ -10,7 +10,8 @@
 //!   `../shared/data/tasks` files, with the choices of a question run as one padded batch;
 //! - [`compare`]: paired tests of two models on the same items (McNemar's exact test, paired
 //!   bootstrap);
-//! - [`stats`]: the intervals and percentiles they share.
+//! - [`stats`]: the intervals and percentiles they share;
+//! - [`progress`]: a throttled progress line with ETA for long runs.
 //!
 //! Planned (issue #3): aggregation over seeds, speed and memory, JSON/Markdown reports and
 //! plots.
@@ -33,6 +34,7 @@
 pub mod compare;
 pub mod kld;
 pub mod perplexity;
+pub mod progress;
 pub mod stats;
 pub mod tasks;
 

@@ -308,3 +308,52 @@ fn wgpu_matches_flex() {
         "greedy continuations differ between flex and wgpu"
     );
 }
+
+/// The calibration walk of a block (cached stages, see `llama::calibrate`) gives the same output
+/// as the block's forward pass, and a layer replaced between stages is used by the later ones.
+#[test]
+fn blockwise_walk_equals_the_forward_pass_and_sees_replaced_layers() {
+    use compress_core::linear::{CompressedLinear, DenseLinear};
+    use compress_core::pipeline::BlockwiseModel;
+    let Some(m) = model(BackendKind::Flex) else {
+        return;
+    };
+    let mut lm = m.model;
+    let device = BlockwiseModel::device(&lm);
+    let ids: Vec<i64> = (0..32).map(|i| (i * 7 % 500 + 1) as i64).collect();
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [2, 16]), &device);
+    let x = lm.embed_tokens(tokens);
+    let (pos, mask) = {
+        let causal: Vec<bool> = (0..16).flat_map(|i| (0..16).map(move |j| j > i)).collect();
+        let mask = Tensor::<2, Bool>::from_data(TensorData::new(causal, [16, 16]), &device)
+            .unsqueeze_dims::<4>(&[0, 1])
+            .expand([2, 1, 16, 16]);
+        let pos = Tensor::<1, Int>::arange(0..16, &device)
+            .unsqueeze_dim::<2>(0)
+            .expand([2, 16]);
+        (pos, mask)
+    };
+    let direct = lm.layers[1].forward(x.clone(), &lm.rope, pos.clone(), Some(mask.clone()), None);
+    let mut cache = lm.begin_block(1, x.clone());
+    let stages = lm.stages().len();
+    for s in 0..stages {
+        let inp = lm.stage_input(1, s, &mut cache);
+        let width = lm.linear(1, lm.stages()[s].linears[0]).in_features();
+        assert_eq!(inp.dims()[2], width, "stage {s} input width");
+    }
+    let walked = lm.finish_block(1, cache);
+    let flat = |t: Tensor<3>| t.into_data().try_to_vec::<f32>().unwrap();
+    // Same operations in the same order: identical up to f32 reassociation inside the backend.
+    assert!(max_abs_diff(&flat(walked), &flat(direct.clone())) < 1e-5);
+
+    // Replace o_proj by zero after stage 1: the stage-2 input must reflect it (residual = x).
+    let mut cache = lm.begin_block(1, x.clone());
+    lm.stage_input(1, 0, &mut cache);
+    lm.stage_input(1, 1, &mut cache);
+    let o = lm.linear(1, "attn.o_proj");
+    let zero = Tensor::<2>::zeros([o.out_features(), o.in_features()], &device);
+    *lm.linear_mut(1, "attn.o_proj") = CompressedLinear::Dense(DenseLinear::new(zero, None));
+    let got = lm.stage_input(1, 2, &mut cache);
+    let want = lm.layers[1].ffn_norm.forward(x);
+    assert!(max_abs_diff(&flat(got), &flat(want)) < 1e-6);
+}

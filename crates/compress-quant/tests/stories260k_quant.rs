@@ -68,7 +68,8 @@ fn gptq_output_error_is_below_rtn_on_real_layers() {
     // (stage, linear, group): q_proj reads the normed input (64 features, groups of 32);
     // down_proj reads the gated MLP activations (per-channel: 172 has no group of 32).
     for (stage, name, group) in [(0, "attn.q_proj", Some(32)), (3, "mlp.down_proj", None)] {
-        let stats = collect_stats(model, 1, stage, &xs, request).unwrap();
+        let mut caches: Vec<_> = xs.iter().map(|x| model.begin_block(1, x.clone())).collect();
+        let stats = collect_stats(model, 1, stage, &mut caches, request).unwrap();
         let lin = model.linear(1, name);
         let (out, inp) = (lin.out_features(), lin.in_features());
         let w = dense(lin);

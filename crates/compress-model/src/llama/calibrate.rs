@@ -6,6 +6,11 @@
 //! input), `attn_out` (o, reading the attention context), `mlp_in` (gate/up, reading the normed
 //! residual after attention) and `mlp_down` (down, reading `silu(gate) ⊙ up`). Calibration
 //! sequences are full windows, so inputs use a plain causal mask and positions from 0.
+//!
+//! The per-batch [`BlockCache`] keeps the normed input, the attention context and the residual
+//! after attention, each computed once and only after the layers it depends on were replaced, so
+//! a whole block walk costs about one forward pass (plus the gate/up products a second time,
+//! rather than caching the `[tokens, intermediate]` activations).
 
 use burn::tensor::{Bool, Device, Int, Tensor};
 use compress_core::linear::CompressedLinear;
@@ -24,6 +29,15 @@ pub const LINEAR_NAMES: [&str; 7] = [
     "mlp.down_proj",
 ];
 
+/// Intermediate results of one llama block for one calibration batch (see [`BlockwiseModel`]).
+#[derive(Debug)]
+pub struct BlockCache {
+    x: Option<Tensor<3>>,
+    normed: Option<Tensor<3>>,
+    context: Option<Tensor<3>>,
+    residual: Option<Tensor<3>>,
+}
+
 impl LlamaModel {
     fn full_sequence(&self, x: &Tensor<3>) -> (Tensor<2, Int>, Tensor<4, Bool>) {
         let [b, t, _] = x.dims();
@@ -34,20 +48,46 @@ impl LlamaModel {
         (positions_from(0, b, t, &device), mask)
     }
 
-    fn attn_residual(&self, layer: &Block, x: Tensor<3>) -> Tensor<3> {
-        let (pos, mask) = self.full_sequence(&x);
-        x.clone()
-            + layer.attn.forward(
-                layer.attn_norm.forward(x),
-                &self.rope,
-                pos,
-                Some(mask),
-                None,
-            )
+    fn cached_normed(&self, layer: &Block, c: &mut BlockCache) -> Tensor<3> {
+        if c.normed.is_none() {
+            let x =
+                c.x.clone()
+                    .expect("block input is kept until the residual exists");
+            c.normed = Some(layer.attn_norm.forward(x));
+        }
+        c.normed.clone().unwrap()
+    }
+
+    fn cached_context(&self, layer: &Block, c: &mut BlockCache) -> Tensor<3> {
+        if c.context.is_none() {
+            let normed = self.cached_normed(layer, c);
+            let (pos, mask) = self.full_sequence(&normed);
+            c.context = Some(
+                layer
+                    .attn
+                    .context(normed, &self.rope, pos, Some(mask), None),
+            );
+            c.normed = None;
+        }
+        c.context.clone().unwrap()
+    }
+
+    fn cached_residual(&self, layer: &Block, c: &mut BlockCache) -> Tensor<3> {
+        if c.residual.is_none() {
+            let context = self.cached_context(layer, c);
+            let x =
+                c.x.take()
+                    .expect("block input is kept until the residual exists");
+            c.residual = Some(x + layer.attn.o_proj.forward(context));
+            c.context = None;
+        }
+        c.residual.clone().unwrap()
     }
 }
 
 impl BlockwiseModel for LlamaModel {
+    type Cache = BlockCache;
+
     fn num_blocks(&self) -> usize {
         self.layers.len()
     }
@@ -81,31 +121,32 @@ impl BlockwiseModel for LlamaModel {
         self.embed(tokens)
     }
 
-    fn stage_input(&self, block: usize, stage: usize, x: Tensor<3>) -> Tensor<3> {
+    fn begin_block(&self, _block: usize, x: Tensor<3>) -> BlockCache {
+        BlockCache {
+            x: Some(x),
+            normed: None,
+            context: None,
+            residual: None,
+        }
+    }
+
+    fn stage_input(&self, block: usize, stage: usize, c: &mut BlockCache) -> Tensor<3> {
         let layer = &self.layers[block];
         match stage {
-            0 => layer.attn_norm.forward(x),
-            1 => {
-                let (pos, mask) = self.full_sequence(&x);
-                layer.attn.context(
-                    layer.attn_norm.forward(x),
-                    &self.rope,
-                    pos,
-                    Some(mask),
-                    None,
-                )
-            }
-            2 => layer.ffn_norm.forward(self.attn_residual(layer, x)),
+            0 => self.cached_normed(layer, c),
+            1 => self.cached_context(layer, c),
+            2 => layer.ffn_norm.forward(self.cached_residual(layer, c)),
             3 => layer
                 .mlp
-                .gated(layer.ffn_norm.forward(self.attn_residual(layer, x))),
+                .gated(layer.ffn_norm.forward(self.cached_residual(layer, c))),
             _ => panic!("a llama block has 4 stages, asked for stage {stage}"),
         }
     }
 
-    fn block_forward(&self, block: usize, x: Tensor<3>) -> Tensor<3> {
-        let (pos, mask) = self.full_sequence(&x);
-        self.layers[block].forward(x, &self.rope, pos, Some(mask), None)
+    fn finish_block(&self, block: usize, mut c: BlockCache) -> Tensor<3> {
+        let layer = &self.layers[block];
+        let h = self.cached_residual(layer, &mut c);
+        h.clone() + layer.mlp.forward(layer.ffn_norm.forward(h))
     }
 
     fn linear(&self, block: usize, name: &str) -> &CompressedLinear {
