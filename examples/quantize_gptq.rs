@@ -1,4 +1,4 @@
-//! Quantize a model's linear layers with GPTQ (or RTN, for comparison) block by block, then
+//! Quantize a model's linear layers with GPTQ (or RTN or HQQ, for comparison) block by block, then
 //! measure what it cost: perplexity before and after, and KL divergence to the original model
 //! (one pass over both models gives all three).
 //!
@@ -12,7 +12,7 @@
 //! ```
 //!
 //! A group size that does not divide a layer's input width (stories260K's `down_proj` reads 172
-//! features) falls back to one scale per output channel for that layer; the run says which.
+//! features, SmolLM2's attention 576) leaves a shorter last group in each row.
 
 use std::path::PathBuf;
 
@@ -21,13 +21,15 @@ use compress::core::backend::BackendKind;
 use compress::core::calibration::sample_windows;
 use compress::core::compressor::Compressor;
 use compress::core::packed::{QuantScheme, Symmetry};
-use compress::core::pipeline::{BlockwiseModel, LayerFilter, Pipeline};
+use compress::core::pipeline::{BlockwiseModel, LayerFilter, Pipeline, PipelineStep};
 use compress::eval::kld::kl_divergence;
 use compress::eval::perplexity::{PerplexityConfig, Scoring};
 use compress::eval::progress::ProgressLine;
 use compress::quant::gptq::Gptq;
 use compress::quant::grid::ScaleSearch;
+use compress::quant::hqq::Hqq;
 use compress::quant::rtn::Rtn;
+use compress::recipe::Recipe;
 
 static EMBEDDED: &[u8] = include_bytes!("../assets/stories260K.gguf");
 
@@ -37,6 +39,8 @@ enum Method {
     Gptq,
     /// Round to nearest (no calibration).
     Rtn,
+    /// HQQ (Badri & Shaji 2023), calibration-free; always asymmetric.
+    Hqq,
 }
 
 #[derive(Parser, Debug)]
@@ -84,6 +88,10 @@ struct Args {
     /// Evaluate at most this many windows.
     #[arg(long)]
     limit: Option<usize>,
+    /// A recipe file (examples/recipes/*.toml): its steps and calibration settings replace
+    /// --method, --bits, --group, --asym, --act-order, --search, --nsamples, --seqlen, --seed.
+    #[arg(long)]
+    recipe: Option<PathBuf>,
     /// Backend: flex, ndarray, wgpu, cuda, tch.
     #[arg(long, default_value_t = BackendKind::default())]
     backend: BackendKind,
@@ -109,6 +117,11 @@ fn compressor(args: &Args, group: Option<usize>) -> Result<Box<dyn Compressor>, 
             r.grid.search = search;
             Box::new(r)
         }
+        Method::Hqq => {
+            let asym = QuantScheme::new(args.bits, group, Symmetry::Asymmetric)
+                .map_err(|e| e.to_string())?;
+            Box::new(Hqq::new(asym))
+        }
     })
 }
 
@@ -123,40 +136,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
     };
     let calib_tokens = m.tokenizer.encode(&read(&args.calib)?, true)?;
-    let windows = sample_windows(&calib_tokens, args.nsamples, args.seqlen, args.seed)?;
-
-    // One step per distinct group choice: the asked group where it divides the layer's width.
-    let mut pipeline = Pipeline::new();
-    let names: Vec<&str> = m
-        .model
-        .stages()
-        .iter()
-        .flat_map(|s| s.linears.clone())
-        .collect();
-    let (mut grouped, mut per_channel) = (Vec::new(), Vec::new());
-    for name in names {
-        let inp = m.model.linear(0, name).in_features();
-        let escaped = regex_escape(name);
-        if args.group == 0 || inp % args.group == 0 {
-            grouped.push(escaped);
-        } else {
-            eprintln!(
-                "{name}: {inp} inputs, not a multiple of {}: one scale per channel",
-                args.group
-            );
-            per_channel.push(escaped);
+    let (pipeline, windows) = match &args.recipe {
+        Some(path) => {
+            let recipe = Recipe::from_file(path)?;
+            let c = &recipe.calibration;
+            let windows = sample_windows(&calib_tokens, c.nsamples, c.seqlen, c.seed)?;
+            (recipe.pipeline()?, windows)
         }
-    }
-    let group = (args.group > 0).then_some(args.group);
-    for (names, group) in [(grouped, group), (per_channel, None)] {
-        if !names.is_empty() {
-            let filter = LayerFilter::regex(&format!(r"\.({})$", names.join("|")))?;
-            pipeline.steps.push(compress::core::pipeline::PipelineStep {
-                filter,
-                compressor: compressor(&args, group)?,
-            });
+        None => {
+            let windows = sample_windows(&calib_tokens, args.nsamples, args.seqlen, args.seed)?;
+            (pipeline_from_flags(&args)?, windows)
         }
-    }
+    };
 
     let base = m.model.clone();
     let mut model = m.model;
@@ -219,6 +210,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn regex_escape(s: &str) -> String {
-    s.replace('.', r"\.")
+/// The pipeline the command-line flags describe: one step over every linear.
+fn pipeline_from_flags(args: &Args) -> Result<Pipeline, Box<dyn std::error::Error>> {
+    let group = (args.group > 0).then_some(args.group);
+    let mut pipeline = Pipeline::new();
+    pipeline.steps.push(PipelineStep {
+        filter: LayerFilter::All,
+        compressor: compressor(args, group)?,
+    });
+    Ok(pipeline)
 }

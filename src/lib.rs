@@ -10,7 +10,8 @@
 //! - [`core`] — backend selection and the replaceable linear layer.
 //! - [`model`] — llama-family models, GGUF / safetensors loading, tokenizers, generation.
 //! - [`eval`] — perplexity (both protocols), KL divergence to a base model, zero-shot tasks.
-//! - [`quant`] — RTN and GPTQ weight quantization into the packed low-bit layout.
+//! - [`quant`] — RTN, GPTQ and HQQ weight quantization into the packed low-bit layout.
+//! - [`recipe`] — TOML recipes over all of the above.
 //!
 //! ```no_run
 //! use compress::core::backend::BackendKind;
@@ -32,3 +33,5 @@ pub use compress_core as core;
 pub use compress_eval as eval;
 pub use compress_model as model;
 pub use compress_quant as quant;
+
+pub mod recipe;

@@ -15,6 +15,7 @@
 //! - [`calibration`]: seeded sampling of calibration windows from a token stream.
 //! - [`pipeline`]: the block-by-block, true-sequential calibration pipeline that runs compressors
 //!   over any model implementing [`BlockwiseModel`](pipeline::BlockwiseModel).
+//! - [`recipe`]: versioned TOML recipes — calibration settings and steps with layer filters.
 //!
 //! ```
 //! use burn::tensor::{Tensor, TensorData};
@@ -38,6 +39,7 @@ pub mod compressor;
 pub mod linear;
 pub mod packed;
 pub mod pipeline;
+pub mod recipe;
 
 /// The README's examples, compiled and run as doctests.
 #[doc = include_str!("../README.md")]

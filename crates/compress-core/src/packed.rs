@@ -8,8 +8,9 @@
 //!   boundary). For 4 bits this is "two codes per byte, even column in the low nibble", the order
 //!   GGUF's and most CPU kernels' nibble unpacking expects; for 8 bits one code per byte; for 3 bits
 //!   a plain bit stream.
-//! - **scales**: `f16`, one per group, row-major `[out, groups_per_row]` (a single value for a
-//!   per-tensor scheme).
+//! - **scales**: `f16`, one per group of `g` consecutive weights of a row (the last group of a row
+//!   is shorter when `g` does not divide it, as with groups of 128 on SmolLM2's 576-wide rows),
+//!   row-major `[out, ceil(in / g)]` (a single value for a per-tensor scheme).
 //! - **zeros** (asymmetric schemes only): `f16` zero points *in code units*, same shape as scales.
 //!   Symmetric schemes store no zeros: the zero point is the middle code `2^(b-1)`.
 //!
@@ -30,14 +31,9 @@ pub enum PackedError {
     /// The bit width is outside `2..=8`.
     #[error("bit width {0} is not supported (codes are 2 to 8 bits)")]
     Bits(u8),
-    /// The group size does not divide the row length.
-    #[error("group size {group} does not divide the row length {in_features}")]
-    Group {
-        /// Requested group size.
-        group: usize,
-        /// Row length (input features).
-        in_features: usize,
-    },
+    /// A group size of zero was asked for.
+    #[error("a group holds at least one weight (group size 0)")]
+    ZeroGroup,
     /// A buffer has the wrong length for the declared shape and scheme.
     #[error("{what}: expected {expected} entries, found {found}")]
     Length {
@@ -98,7 +94,8 @@ pub enum Granularity {
     PerTensor,
     /// One scale per output row.
     PerChannel,
-    /// One scale per run of this many consecutive weights of a row; must divide the row length.
+    /// One scale per run of this many consecutive weights of a row; when it does not divide the
+    /// row length, the row's last group is shorter.
     PerGroup(NonZeroUsize),
 }
 
@@ -127,10 +124,7 @@ impl QuantScheme {
     pub fn new(bits: u8, group: Option<usize>, symmetry: Symmetry) -> Result<Self, PackedError> {
         let granularity = match group {
             None => Granularity::PerChannel,
-            Some(g) => Granularity::PerGroup(NonZeroUsize::new(g).ok_or(PackedError::Group {
-                group: 0,
-                in_features: 0,
-            })?),
+            Some(g) => Granularity::PerGroup(NonZeroUsize::new(g).ok_or(PackedError::ZeroGroup)?),
         };
         Ok(Self {
             bits: Bits::new(bits)?,
@@ -139,35 +133,30 @@ impl QuantScheme {
         })
     }
 
-    /// Weights per scale along a row of `in_features`, checking that groups divide the row.
-    /// Per-tensor schemes report the row length (a row never straddles two scales).
-    pub fn group_len(&self, in_features: usize) -> Result<usize, PackedError> {
+    /// Weights per scale along a row of `in_features` (the last group of a row is shorter when the
+    /// group size does not divide the row). Per-tensor and per-channel schemes report the row
+    /// length (a row never straddles two scales); at least 1.
+    pub fn group_len(&self, in_features: usize) -> usize {
         match self.granularity {
-            Granularity::PerTensor | Granularity::PerChannel => Ok(in_features),
-            Granularity::PerGroup(g) => {
-                let g = g.get();
-                if in_features % g == 0 {
-                    Ok(g)
-                } else {
-                    Err(PackedError::Group {
-                        group: g,
-                        in_features,
-                    })
-                }
-            }
+            Granularity::PerTensor | Granularity::PerChannel => in_features.max(1),
+            Granularity::PerGroup(g) => g.get(),
+        }
+    }
+
+    /// Scales per row of `in_features`: `ceil(in / group)` (1 for per-tensor and per-channel).
+    pub fn groups_per_row(&self, in_features: usize) -> usize {
+        match self.granularity {
+            Granularity::PerGroup(g) => in_features.div_ceil(g.get()),
+            _ => 1,
         }
     }
 
     /// Number of scales stored for an `[out, in]` matrix.
-    pub fn num_scales(
-        &self,
-        out_features: usize,
-        in_features: usize,
-    ) -> Result<usize, PackedError> {
-        Ok(match self.granularity {
+    pub fn num_scales(&self, out_features: usize, in_features: usize) -> usize {
+        match self.granularity {
             Granularity::PerTensor => 1,
-            _ => out_features * (in_features / self.group_len(in_features)?),
-        })
+            _ => out_features * self.groups_per_row(in_features),
+        }
     }
 
     /// Bytes of one packed row of `in_features` codes.
@@ -234,7 +223,7 @@ impl PackedWeight {
             out_features * scheme.row_bytes(in_features),
             codes.len(),
         )?;
-        let n_scales = scheme.num_scales(out_features, in_features)?;
+        let n_scales = scheme.num_scales(out_features, in_features);
         check_len("scales", n_scales, scales.len())?;
         check_finite("scale", &scales)?;
         match (scheme.symmetry, &zeros) {
@@ -311,7 +300,7 @@ impl PackedWeight {
         let idx = match self.scheme.granularity {
             Granularity::PerTensor => 0,
             _ => {
-                let g = self.in_features / self.groups_per_row();
+                let g = self.scheme.group_len(self.in_features);
                 row * self.groups_per_row() + col / g
             }
         };
@@ -322,20 +311,16 @@ impl PackedWeight {
         (self.scales[idx].to_f32(), zero)
     }
 
-    /// Groups (scales) per row; 1 for per-tensor and per-channel.
+    /// Groups (scales) per row, `ceil(in / group)`; 1 for per-tensor and per-channel.
     pub fn groups_per_row(&self) -> usize {
-        match self.scheme.granularity {
-            Granularity::PerGroup(g) => self.in_features / g.get(),
-            _ => 1,
-        }
+        self.scheme.groups_per_row(self.in_features)
     }
 
     /// The dense f32 weight the codes stand for, row-major `[out, in]`.
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.out_features * self.in_features];
         let mut codes = vec![0u8; self.in_features];
-        let gpr = self.groups_per_row();
-        let g = if gpr == 0 { 1 } else { self.in_features / gpr };
+        let g = self.scheme.group_len(self.in_features);
         for r in 0..self.out_features {
             self.unpack_row(r, &mut codes);
             let dst = &mut out[r * self.in_features..(r + 1) * self.in_features];
@@ -476,11 +461,10 @@ mod tests {
     fn invalid_inputs_are_rejected_with_the_field() {
         assert_eq!(Bits::new(1), Err(PackedError::Bits(1)));
         assert_eq!(Bits::new(9), Err(PackedError::Bits(9)));
-        let s = QuantScheme::new(4, Some(48), Symmetry::Symmetric).unwrap();
-        assert!(matches!(
-            s.group_len(64),
-            Err(PackedError::Group { group: 48, .. })
-        ));
+        assert_eq!(
+            QuantScheme::new(4, Some(0), Symmetry::Symmetric),
+            Err(PackedError::ZeroGroup)
+        );
         let s = QuantScheme::new(4, None, Symmetry::Symmetric).unwrap();
         let e = PackedWeight::from_codes(s, 2, 4, &[0; 8], vec![f16::ONE; 3], None).unwrap_err();
         assert!(matches!(e, PackedError::Length { what: "scales", .. }));
@@ -525,18 +509,29 @@ mod tests {
 
     proptest! {
         #[test]
-        fn pack_unpack_round_trips((bits, group, gpr, rows) in scheme_strategy(), seed in any::<u64>()) {
+        fn pack_unpack_round_trips((bits, group, gpr, rows) in scheme_strategy(), tail in 0usize..8, seed in any::<u64>()) {
             let b = Bits::new(bits).unwrap();
-            let cols = group * gpr;
+            // A ragged last group when `tail` is not a multiple of the group.
+            let cols = group * gpr + tail % group;
+            let n_scales = rows * cols.div_ceil(group);
             let mut x = seed | 1;
             let codes: Vec<u8> = (0..rows * cols).map(|_| {
                 x ^= x << 13; x ^= x >> 7; x ^= x << 17;
                 (x as u8) & b.max_code()
             }).collect();
             let s = QuantScheme::new(bits, Some(group), Symmetry::Symmetric).unwrap();
-            let w = PackedWeight::from_codes(s, rows, cols, &codes, vec![f16::ONE; rows * gpr], None).unwrap();
+            let scales: Vec<f16> = (0..n_scales).map(|i| f16::from_f32(i as f32)).collect();
+            let w = PackedWeight::from_codes(s, rows, cols, &codes, scales, None).unwrap();
             prop_assert_eq!(w.packed_codes().len(), rows * (cols * bits as usize).div_ceil(8));
             prop_assert_eq!(w.unpack_codes(), codes.clone());
+            // Each weight dequantizes with its own group's scale.
+            let deq = w.dequantize();
+            for (i, &c) in codes.iter().enumerate() {
+                let (r, col) = (i / cols, i % cols);
+                let scale = (r * cols.div_ceil(group) + col / group) as f32;
+                let want = scale * (c as f32 - b.mid_code() as f32);
+                prop_assert_eq!(deq[i], want);
+            }
             // Re-wrapping the packed bytes gives the same weight.
             let again = PackedWeight::from_packed(s, rows, cols, w.packed_codes().to_vec(), w.scales().to_vec(), None).unwrap();
             prop_assert_eq!(again, w);

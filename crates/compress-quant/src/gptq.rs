@@ -138,7 +138,7 @@ pub fn gptq_quantize(
         }
     }
     let (bits, sym) = (cfg.scheme.bits, cfg.scheme.symmetry);
-    let per_row = n / group;
+    let per_row = cfg.scheme.groups_per_row(n);
     let dynamic = matches!(cfg.scheme.granularity, Granularity::PerGroup(_)) && !cfg.act_order;
     let mut grids = Grids {
         grids: Vec::new(),
@@ -186,13 +186,15 @@ pub fn gptq_quantize(
         for k in i1..i2 {
             let col = hi.perm[k];
             if dynamic && col % group == 0 {
-                // Without act-order k == col: the group is rows k..k+group of Wᵀ, as updated.
+                // Without act-order k == col: the group is rows k..k+len of Wᵀ, as updated (the
+                // last group of a row may be shorter).
+                let len = group.min(n - k);
                 for r in 0..out {
-                    for (j, b) in buf.iter_mut().enumerate() {
+                    for (j, b) in buf[..len].iter_mut().enumerate() {
                         *b = wt[(k + j) * out + r];
                     }
                     grids.grids[r * per_row + col / group] =
-                        fit_grid(&buf, None, bits, sym, &cfg.grid);
+                        fit_grid(&buf[..len], None, bits, sym, &cfg.grid);
                 }
             }
             let d = u[k * n + k];

@@ -196,9 +196,18 @@ fn asymmetric(values: &[f32], max_code: u8, shrink: f32) -> Grid {
         // A constant group: widen the range to include 0 so the constant is a grid point.
         (lo, hi) = (lo.min(0.0), hi.max(0.0));
     }
-    let (lo, hi) = (lo * shrink, hi * shrink);
-    let s = (hi - lo) / max_code as f32;
-    let scale = f16::from_f32(s);
+    let g = min_max_grid(lo * shrink, hi * shrink, max_code);
+    if g.zero.is_finite() && (g.scale.to_f32() != 0.0 || hi == lo) {
+        g
+    } else {
+        // A nearly constant group far from 0: the f16 scale underflows or the zero point
+        // overflows f16. Widening the range to include 0 keeps the zero point in [0, 2^b − 1].
+        min_max_grid(lo.min(0.0) * shrink, hi.max(0.0) * shrink, max_code)
+    }
+}
+
+fn min_max_grid(lo: f32, hi: f32, max_code: u8) -> Grid {
+    let scale = f16::from_f32((hi - lo) / max_code as f32);
     let zero = if scale.to_f32() == 0.0 {
         f16::ZERO
     } else {
@@ -247,9 +256,10 @@ fn refit(g: &Grid, values: &[f32], importance: Option<&[f32]>, symmetry: Symmetr
             let s = (sa * swq - sq * sw) / det;
             let b = (sw - s * sq) / sa;
             let scale = f16::from_f64(s);
-            (scale.to_f64() != 0.0 && scale.is_finite()).then(|| Grid {
+            let zero = f16::from_f64(-b / scale.to_f64());
+            (scale.to_f64() != 0.0 && scale.is_finite() && zero.is_finite()).then_some(Grid {
                 scale,
-                zero: f16::from_f64(-b / scale.to_f64()),
+                zero,
                 max_code: g.max_code,
             })
         }
@@ -312,6 +322,21 @@ mod tests {
                 "{sym:?}"
             );
         }
+    }
+
+    #[test]
+    fn nearly_constant_groups_keep_finite_zero_points() {
+        // The range 1e-7 is below f16's smallest step: the zero point −lo/s would overflow f16.
+        let v = [0.05f32, 0.050_000_1];
+        let g = fit_grid(
+            &v,
+            None,
+            bits(4),
+            Symmetry::Asymmetric,
+            &GridConfig::default(),
+        );
+        assert!(g.zero.is_finite() && g.scale.is_finite());
+        assert!(v.iter().all(|&w| (g.round(w) - w).abs() <= 0.05 / 15.0));
     }
 
     #[test]

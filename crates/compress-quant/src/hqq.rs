@@ -94,12 +94,19 @@ impl Compressor for Hqq {
         let group = check_layer(path, &self.scheme, &GridConfig::default(), n)?.max(1);
         let mut codes = vec![0u8; layer.weight.len()];
         let mut grids = Vec::with_capacity(layer.weight.len() / group);
-        for (chunk, c) in layer.weight.chunks(group).zip(codes.chunks_mut(group)) {
-            let g = self.fit(chunk);
-            for (c, &w) in c.iter_mut().zip(chunk) {
-                *c = g.code(w);
+        for (row, crow) in layer
+            .weight
+            .chunks(n.max(1))
+            .zip(codes.chunks_mut(n.max(1)))
+        {
+            // Groups of a row; the last one is shorter when the group does not divide the row.
+            for (chunk, c) in row.chunks(group).zip(crow.chunks_mut(group)) {
+                let g = self.fit(chunk);
+                for (c, &w) in c.iter_mut().zip(chunk) {
+                    *c = g.code(w);
+                }
+                grids.push(g);
             }
-            grids.push(g);
         }
         pack(path, &self.scheme, layer.out_features, n, &codes, &grids).map(LayerWeights::Quantized)
     }

@@ -10,6 +10,7 @@
 //! - [`gptq`]: GPTQ (Frantar et al. 2022) with lazy batches, groups, activation order and damping,
 //!   on the shared inverse-Hessian machinery of [`hessian`] (dense linear algebra by faer).
 //! - [`hqq`]: HQQ (Badri & Shaji 2023), calibration-free half-quadratic fitting of zero points.
+//! - [`recipe`]: the quantizers' recipe configurations (`method = "rtn" | "gptq" | "hqq"`).
 //! - [`grid`]: how one group's scale and zero point are fitted and weights rounded — shared by all.
 //!
 //! ```
@@ -33,6 +34,7 @@ pub mod gptq;
 pub mod grid;
 pub mod hessian;
 pub mod hqq;
+pub mod recipe;
 pub mod rtn;
 
 /// The README's examples, compiled and run as doctests.

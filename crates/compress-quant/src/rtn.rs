@@ -100,7 +100,7 @@ impl Compressor for Rtn {
     }
 }
 
-/// Checks a scheme and grid against a layer shape, returning the group length.
+/// Checks the grid configuration, returning the scheme's group length for the layer.
 pub(crate) fn check_layer(
     path: &str,
     scheme: &QuantScheme,
@@ -112,9 +112,7 @@ pub(crate) fn check_layer(
         message,
     };
     grid.validate().map_err(shape_err)?;
-    scheme
-        .group_len(in_features)
-        .map_err(|e| shape_err(e.to_string()))
+    Ok(scheme.group_len(in_features))
 }
 
 /// Grids for one row's groups (or the single per-tensor grid), and the codes of that row.
@@ -222,9 +220,11 @@ mod tests {
             bits in 2u8..=8,
             group in prop::sample::select(vec![8usize, 16, 32]),
             asym in any::<bool>(),
+            tail in 0usize..8,
             seed in any::<u64>(),
         ) {
-            let (out, inp) = (3, group * 4);
+            // A ragged last group unless `tail` is 0.
+            let (out, inp) = (3, group * 3 + tail);
             let w = weights(out * inp, seed);
             let sym = if asym { Symmetry::Asymmetric } else { Symmetry::Symmetric };
             let scheme = QuantScheme::new(bits, Some(group), sym).unwrap();
@@ -234,7 +234,8 @@ mod tests {
                 let (r, c) = (i / inp, i % inp);
                 let (s, z) = p.scale_zero(r, c);
                 let gstart = r * inp + (c / group) * group;
-                let m = w[gstart..gstart + group].iter().fold(0f32, |m, v| m.max(v.abs()));
+                let gend = (gstart + group).min((r + 1) * inp);
+                let m = w[gstart..gend].iter().fold(0f32, |m, v| m.max(v.abs()));
                 // The f16 rounding of the scale (relative 2^-11, up to 2^b − 1 steps from the zero
                 // point: ≤ range · 2^-11) and of an asymmetric zero point (≤ 2^-12 · range), with
                 // range ≤ 2m, moves the grid by at most m · 3 · 2^-11 < m · 2^-9.
@@ -271,27 +272,44 @@ mod tests {
     }
 
     #[test]
-    fn bad_group_is_a_shape_error_naming_the_layer() {
+    fn ragged_groups_and_bad_input_naming_the_layer() {
+        // Groups of 32 on 48-wide rows: a group of 32 and a group of 16 per row.
         let s = QuantScheme::new(4, Some(32), Symmetry::Symmetric).unwrap();
-        let r = Rtn::new(s);
-        let w = vec![0.0f32; 48];
+        let w = weights(2 * 48, 9);
         let view = LayerView {
             path: "layers.0.mlp.up_proj",
             weight: &w,
-            out_features: 1,
+            out_features: 2,
             in_features: 48,
         };
-        let e = r.compress(view, &LayerStats::default()).unwrap_err();
-        assert!(e.to_string().contains("layers.0.mlp.up_proj"), "{e}");
+        let LayerWeights::Quantized(p) =
+            Rtn::new(s).compress(view, &LayerStats::default()).unwrap()
+        else {
+            panic!("RTN gives packed weights");
+        };
+        assert_eq!((p.groups_per_row(), p.scales().len()), (2, 4));
+        // The short group gets its own grid: its extreme is exact.
+        let tail = &w[32..48];
+        let m = tail
+            .iter()
+            .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+        let i = 32 + tail.iter().position(|&v| v == m).unwrap();
+        assert!((p.dequantize()[i] - m).abs() <= m.abs() * 2f32.powi(-10));
+
+        let mut bad = Rtn::new(s);
+        bad.grid.clip = 1.5;
+        let e = bad.compress(view, &LayerStats::default()).unwrap_err();
+        assert!(
+            e.to_string().contains("layers.0.mlp.up_proj") && e.to_string().contains("clip"),
+            "{e}"
+        );
         let mut nan = w.clone();
         nan[3] = f32::NAN;
         let view = LayerView {
             weight: &nan,
-            in_features: 48,
             ..view
         };
-        let s16 = QuantScheme::new(4, Some(16), Symmetry::Symmetric).unwrap();
-        let e = Rtn::new(s16)
+        let e = Rtn::new(s)
             .compress(view, &LayerStats::default())
             .unwrap_err();
         assert!(matches!(e, CompressError::NonFinite { .. }), "{e}");

@@ -66,8 +66,13 @@ fn gptq_output_error_is_below_rtn_on_real_layers() {
         ..StatsRequest::NONE
     };
     // (stage, linear, group): q_proj reads the normed input (64 features, groups of 32);
-    // down_proj reads the gated MLP activations (per-channel: 172 has no group of 32).
-    for (stage, name, group) in [(0, "attn.q_proj", Some(32)), (3, "mlp.down_proj", None)] {
+    // down_proj reads the gated MLP activations (172 features: per channel, and groups of 32
+    // with a ragged last group of 12).
+    for (stage, name, group) in [
+        (0, "attn.q_proj", Some(32)),
+        (3, "mlp.down_proj", None),
+        (3, "mlp.down_proj", Some(32)),
+    ] {
         let mut caches: Vec<_> = xs.iter().map(|x| model.begin_block(1, x.clone())).collect();
         let stats = collect_stats(model, 1, stage, &mut caches, request).unwrap();
         let lin = model.linear(1, name);
@@ -94,7 +99,7 @@ fn gptq_output_error_is_below_rtn_on_real_layers() {
             let g = Gptq::new(scheme).compress(view, &stats).unwrap().to_dense();
             let r = Rtn::new(scheme).compress(view, &stats).unwrap().to_dense();
             let (eg, er) = (err(g), err(r));
-            eprintln!("{name} w{bits}: output rel. sq. error gptq {eg:.5} rtn {er:.5}");
+            eprintln!("{name} w{bits} g{group:?}: output rel. sq. error gptq {eg:.5} rtn {er:.5}");
             assert!(eg < er, "{name} w{bits}: gptq {eg} ≥ rtn {er}");
         }
     }

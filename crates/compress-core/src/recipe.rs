@@ -1,0 +1,182 @@
+//! Recipes: a versioned, TOML-serialisable list of compression steps with layer filters.
+//!
+//! ```toml
+//! version = 1
+//!
+//! [calibration]          # optional; these are the defaults
+//! nsamples = 128
+//! seqlen = 512
+//! seed = 0
+//! batch_size = 8
+//!
+//! [[step]]
+//! layers = "mlp\\.down_proj$"   # regex on layer paths such as `layers.3.mlp.down_proj`
+//! method = "gptq"
+//! bits = 8
+//!
+//! [[step]]
+//! layers = "(attn|gate|up)"
+//! method = "gptq"
+//! bits = 4
+//! group = 128
+//! ```
+//!
+//! The step type `M` is generic: each method crate defines a serde enum of its configurations
+//! tagged by `method` (for example `compress_quant::recipe::QuantMethod`), and the `compress` facade
+//! combines them. Unknown fields, a wrong version, a bad regex or an invalid parameter are errors
+//! that name the step and the field.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::compressor::Compressor;
+use crate::pipeline::{LayerFilter, Pipeline, PipelineStep};
+
+/// The recipe schema version this crate reads and writes.
+pub const RECIPE_VERSION: u32 = 1;
+
+/// Errors reading or building a recipe.
+#[derive(Debug, thiserror::Error)]
+pub enum RecipeError {
+    /// The TOML does not parse into a recipe (the message gives the line and the field).
+    #[error("recipe: {0}")]
+    Parse(String),
+    /// The recipe parses but a value is invalid.
+    #[error("recipe: {0}")]
+    Invalid(String),
+}
+
+/// A step configuration that can build its compressor.
+pub trait StepMethod {
+    /// The method's name as written in recipes, e.g. `gptq`.
+    fn method_name(&self) -> &'static str;
+    /// Builds the compressor, or says which field is invalid and why.
+    fn build(&self) -> Result<Box<dyn Compressor>, String>;
+}
+
+/// Calibration settings of a recipe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CalibrationConfig {
+    /// Number of calibration windows.
+    pub nsamples: usize,
+    /// Tokens per window.
+    pub seqlen: usize,
+    /// Sampling seed.
+    pub seed: u64,
+    /// Windows per forward pass.
+    pub batch_size: usize,
+}
+
+impl Default for CalibrationConfig {
+    /// 128 windows of 512 tokens, seed 0, batches of 8 (the common GPTQ/AWQ setting for small
+    /// models).
+    fn default() -> Self {
+        Self {
+            nsamples: 128,
+            seqlen: 512,
+            seed: 0,
+            batch_size: 8,
+        }
+    }
+}
+
+/// One step: a method configuration and the layers it applies to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecipeStep<M> {
+    /// Regex on layer paths (unanchored); every layer when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<String>,
+    /// The method and its parameters (a `method = "…"` key plus the method's fields).
+    #[serde(flatten)]
+    pub method: M,
+}
+
+/// A versioned list of steps with calibration settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe<M> {
+    /// Schema version; must equal [`RECIPE_VERSION`].
+    pub version: u32,
+    /// Calibration settings.
+    #[serde(default)]
+    pub calibration: CalibrationConfig,
+    /// Steps, applied in order to every layer they match.
+    #[serde(rename = "step", default = "Vec::new")]
+    pub steps: Vec<RecipeStep<M>>,
+}
+
+impl<M: StepMethod + Serialize + DeserializeOwned> Recipe<M> {
+    /// Parses and validates a recipe.
+    pub fn from_toml(text: &str) -> Result<Self, RecipeError> {
+        let recipe: Self = toml::from_str(text).map_err(|e| RecipeError::Parse(e.to_string()))?;
+        recipe.validate()?;
+        Ok(recipe)
+    }
+
+    /// Reads, parses and validates a recipe file.
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self, RecipeError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| RecipeError::Parse(format!("{}: {e}", path.display())))?;
+        Self::from_toml(&text).map_err(|e| match e {
+            RecipeError::Parse(m) => RecipeError::Parse(format!("{}: {m}", path.display())),
+            RecipeError::Invalid(m) => RecipeError::Invalid(format!("{}: {m}", path.display())),
+        })
+    }
+
+    /// The recipe as TOML (parses back to an equal recipe).
+    pub fn to_toml(&self) -> Result<String, RecipeError> {
+        toml::to_string(self).map_err(|e| RecipeError::Invalid(e.to_string()))
+    }
+
+    /// Checks the version, the calibration settings, every filter and every method.
+    pub fn validate(&self) -> Result<(), RecipeError> {
+        if self.version != RECIPE_VERSION {
+            return Err(RecipeError::Invalid(format!(
+                "version = {} is not supported (this build reads version {RECIPE_VERSION})",
+                self.version
+            )));
+        }
+        let c = &self.calibration;
+        for (name, v) in [
+            ("nsamples", c.nsamples),
+            ("seqlen", c.seqlen),
+            ("batch_size", c.batch_size),
+        ] {
+            if v == 0 {
+                return Err(RecipeError::Invalid(format!(
+                    "calibration.{name} must be at least 1"
+                )));
+            }
+        }
+        if self.steps.is_empty() {
+            return Err(RecipeError::Invalid(
+                "a recipe needs at least one [[step]]".into(),
+            ));
+        }
+        self.pipeline().map(|_| ())
+    }
+
+    /// The pipeline the recipe describes.
+    pub fn pipeline(&self) -> Result<Pipeline, RecipeError> {
+        let mut pipeline = Pipeline::new();
+        pipeline.batch_size = self.calibration.batch_size;
+        for (i, step) in self.steps.iter().enumerate() {
+            let at = |m: String| {
+                RecipeError::Invalid(format!(
+                    "step {} ({}): {m}",
+                    i + 1,
+                    step.method.method_name()
+                ))
+            };
+            let filter = match &step.layers {
+                None => LayerFilter::All,
+                Some(p) => LayerFilter::regex(p).map_err(|e| at(format!("layers: {e}")))?,
+            };
+            let compressor = step.method.build().map_err(at)?;
+            pipeline.steps.push(PipelineStep { filter, compressor });
+        }
+        Ok(pipeline)
+    }
+}
