@@ -9,6 +9,8 @@
 //!     --calib ../shared/data/wikitext-2/wiki.valid.stripped.txt \
 //!     --text ../shared/data/wikitext-2/wiki.test.raw --context 2048 --limit 8 \
 //!     --nsamples 128 --seqlen 512 --bits 4 --group 128
+//! # mixed precision: 2/3/4/8 bits per layer from measured sensitivity, 3.5 bits/weight on average
+//! cargo run --release --example quantize_gptq -- --budget 3.5 --save-recipe mixed.toml
 //! ```
 //!
 //! A group size that does not divide a layer's input width (stories260K's `down_proj` reads 172
@@ -19,16 +21,14 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 use compress::core::backend::BackendKind;
 use compress::core::calibration::sample_windows;
-use compress::core::compressor::Compressor;
-use compress::core::packed::{QuantScheme, Symmetry};
-use compress::core::pipeline::{BlockwiseModel, LayerFilter, Pipeline, PipelineStep};
+use compress::core::pipeline::BlockwiseModel;
+use compress::core::recipe::{CalibrationConfig, RecipeStep, RECIPE_VERSION};
 use compress::eval::kld::kl_divergence;
 use compress::eval::perplexity::{PerplexityConfig, Scoring};
 use compress::eval::progress::ProgressLine;
-use compress::quant::gptq::Gptq;
-use compress::quant::grid::ScaleSearch;
-use compress::quant::hqq::Hqq;
-use compress::quant::rtn::Rtn;
+use compress::model::LlamaModel;
+use compress::quant::mixed::{allocate, allocation_recipe, average_bits, measure_sensitivity};
+use compress::quant::recipe::{GptqConfig, HqqConfig, QuantMethod, RtnConfig};
 use compress::recipe::Recipe;
 
 static EMBEDDED: &[u8] = include_bytes!("../assets/stories260K.gguf");
@@ -92,43 +92,89 @@ struct Args {
     /// --method, --bits, --group, --asym, --act-order, --search, --nsamples, --seqlen, --seed.
     #[arg(long)]
     recipe: Option<PathBuf>,
+    /// Mixed precision: choose 2, 3, 4 or 8 bits per layer (with --method and --group) from
+    /// each layer's measured KL divergence, to average at most this many stored bits per weight.
+    #[arg(long)]
+    budget: Option<f64>,
+    /// Calibration windows used to measure sensitivity for --budget.
+    #[arg(long, default_value_t = 4)]
+    sensitivity_samples: usize,
+    /// Write the recipe that was run (the flags' or the --budget allocation) to this file.
+    #[arg(long)]
+    save_recipe: Option<PathBuf>,
     /// Backend: flex, ndarray, wgpu, cuda, tch.
     #[arg(long, default_value_t = BackendKind::default())]
     backend: BackendKind,
 }
 
-fn compressor(args: &Args, group: Option<usize>) -> Result<Box<dyn Compressor>, String> {
-    let sym = if args.asym {
-        Symmetry::Asymmetric
-    } else {
-        Symmetry::Symmetric
+/// The recipe configuration the flags describe, at `bits`.
+fn method_config(args: &Args, bits: u8) -> QuantMethod {
+    let group = (args.group > 0).then_some(args.group);
+    match args.method {
+        Method::Gptq => QuantMethod::Gptq(GptqConfig {
+            bits,
+            group,
+            symmetric: !args.asym,
+            damp: 0.01,
+            block_size: 128,
+            act_order: args.act_order,
+            clip: 1.0,
+            search: args.search,
+        }),
+        Method::Rtn => QuantMethod::Rtn(RtnConfig {
+            bits,
+            group,
+            symmetric: !args.asym,
+            clip: 1.0,
+            search: args.search,
+            use_activations: false,
+        }),
+        Method::Hqq => QuantMethod::Hqq(HqqConfig {
+            bits,
+            group,
+            iters: None,
+            lp: None,
+        }),
+    }
+}
+
+/// Per-layer widths from measured sensitivity (2, 3, 4 or 8 bits) meeting `budget`.
+fn mixed_recipe(
+    args: &Args,
+    model: &mut LlamaModel,
+    windows: &[Vec<u32>],
+    budget: f64,
+) -> Result<Recipe, Box<dyn std::error::Error>> {
+    let candidates: Vec<QuantMethod> = [2, 3, 4, 8]
+        .iter()
+        .map(|&b| method_config(args, b))
+        .collect();
+    let probe = &windows[..args.sensitivity_samples.min(windows.len())];
+    let mut line = ProgressLine::new("sensitivity");
+    let sens = measure_sensitivity(model, probe, &candidates, |d, t| {
+        line.update(d, t, "layers,")
+    })?;
+    let choice = allocate(&sens, budget)?;
+    let calibration = CalibrationConfig {
+        nsamples: args.nsamples,
+        seqlen: args.seqlen,
+        seed: args.seed,
+        batch_size: 8,
     };
-    let scheme = QuantScheme::new(args.bits, group, sym).map_err(|e| e.to_string())?;
-    let search = args.search.then(ScaleSearch::default);
-    Ok(match args.method {
-        Method::Gptq => {
-            let mut g = Gptq::new(scheme);
-            g.act_order = args.act_order;
-            g.grid.search = search;
-            Box::new(g)
-        }
-        Method::Rtn => {
-            let mut r = Rtn::new(scheme);
-            r.grid.search = search;
-            Box::new(r)
-        }
-        Method::Hqq => {
-            let asym = QuantScheme::new(args.bits, group, Symmetry::Asymmetric)
-                .map_err(|e| e.to_string())?;
-            Box::new(Hqq::new(asym))
-        }
-    })
+    eprintln!(
+        "allocation: {:.3} bits/weight; layers at 2/3/4/8 bits: {:?}",
+        average_bits(&sens, &choice),
+        (0..4)
+            .map(|k| choice.iter().filter(|&&c| c == k).count())
+            .collect::<Vec<_>>()
+    );
+    Ok(allocation_recipe(&sens, &choice, &candidates, calibration))
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let device = args.backend.device()?;
-    let m = match &args.model {
+    let mut m = match &args.model {
         Some(path) => compress::model::load(path, &device)?,
         None => compress::model::load::load_gguf_bytes(EMBEDDED.to_vec(), &device)?,
     };
@@ -145,7 +191,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         None => {
             let windows = sample_windows(&calib_tokens, args.nsamples, args.seqlen, args.seed)?;
-            (pipeline_from_flags(&args)?, windows)
+            let recipe = match args.budget {
+                Some(budget) => mixed_recipe(&args, &mut m.model, &windows, budget)?,
+                None => Recipe {
+                    version: RECIPE_VERSION,
+                    calibration: CalibrationConfig {
+                        nsamples: args.nsamples,
+                        seqlen: args.seqlen,
+                        seed: args.seed,
+                        batch_size: 8,
+                    },
+                    steps: vec![RecipeStep {
+                        layers: None,
+                        method: method_config(&args, args.bits),
+                    }],
+                },
+            };
+            if let Some(path) = &args.save_recipe {
+                std::fs::write(path, recipe.to_toml()?)?;
+                eprintln!("recipe written to {}", path.display());
+            }
+            (recipe.pipeline()?, windows)
         }
     };
 
@@ -174,16 +240,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         bits += r.bits_per_weight * n as f64;
         weights += n;
     }
+    let maths: f64 = report.layers.iter().map(|r| r.seconds).sum();
     println!(
-        "{}: {} layers in {:.1} s on {} calibration tokens, peak RSS {:.0} MiB, {:.3} bits/weight over the quantized layers",
-        pipeline.steps[0].compressor.name(),
+        "{}: {} layers in {:.1} s ({:.1} s in the quantizers, the rest calibration forward passes and statistics) on {} calibration tokens, peak RSS {:.0} MiB, {:.3} bits/weight over the quantized layers",
+        match pipeline.steps.as_slice() {
+            [one] => one.compressor.name(),
+            steps => format!("{} recipe steps", steps.len()),
+        },
         report.layers.len(),
         report.seconds,
+        maths,
         report.calibration_tokens,
         report.peak_rss_bytes.unwrap_or(0) as f64 / (1 << 20) as f64,
         bits / weights.max(1) as f64
     );
-
     let text = read(&args.text)?;
     let tokens = m.tokenizer.encode(&text, true)?;
     let config = PerplexityConfig {
@@ -208,15 +278,4 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         kld.same_top.mean
     );
     Ok(())
-}
-
-/// The pipeline the command-line flags describe: one step over every linear.
-fn pipeline_from_flags(args: &Args) -> Result<Pipeline, Box<dyn std::error::Error>> {
-    let group = (args.group > 0).then_some(args.group);
-    let mut pipeline = Pipeline::new();
-    pipeline.steps.push(PipelineStep {
-        filter: LayerFilter::All,
-        compressor: compressor(args, group)?,
-    });
-    Ok(pipeline)
 }

@@ -35,3 +35,8 @@ pub use compress_model as model;
 pub use compress_quant as quant;
 
 pub mod recipe;
+
+/// The README's examples, compiled as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

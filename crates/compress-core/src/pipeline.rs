@@ -63,6 +63,8 @@ pub trait BlockwiseModel {
     fn linear(&self, block: usize, name: &str) -> &CompressedLinear;
     /// A linear of a block by name, to replace it.
     fn linear_mut(&mut self, block: usize, name: &str) -> &mut CompressedLinear;
+    /// Logits `[batch, seq, vocab]` from the last block's output (final norm and output head).
+    fn head_logits(&self, x: Tensor<3>) -> Tensor<3>;
 
     /// The block's output for input `x` in one go.
     fn block_forward(&self, block: usize, x: Tensor<3>) -> Tensor<3> {

@@ -10,6 +10,8 @@
 //! - [`gptq`]: GPTQ (Frantar et al. 2022) with lazy batches, groups, activation order and damping,
 //!   on the shared inverse-Hessian machinery of [`hessian`] (dense linear algebra by faer).
 //! - [`hqq`]: HQQ (Badri & Shaji 2023), calibration-free half-quadratic fitting of zero points.
+//! - [`mixed`]: automatic mixed precision — per-layer bit widths from measured sensitivity that
+//!   meet an average bits-per-weight budget, written out as a recipe.
 //! - [`recipe`]: the quantizers' recipe configurations (`method = "rtn" | "gptq" | "hqq"`).
 //! - [`grid`]: how one group's scale and zero point are fitted and weights rounded — shared by all.
 //!
@@ -34,6 +36,7 @@ pub mod gptq;
 pub mod grid;
 pub mod hessian;
 pub mod hqq;
+pub mod mixed;
 pub mod recipe;
 pub mod rtn;
 

@@ -182,3 +182,75 @@ fn pipeline_gptq_quantizes_every_layer_reproducibly_and_beats_rtn() {
     eprintln!("stories260K ppl: f32 {base:.4}, gptq-w3 {pg:.4}, rtn-w3 {pr:.4}");
     assert!(base < pg && pg < pr, "base {base} gptq {pg} rtn {pr}");
 }
+
+/// Automatic mixed precision on the real model: the allocation meets the budget, round-trips as
+/// a recipe, and the pipeline applies exactly the allocated widths.
+#[test]
+fn mixed_precision_meets_the_budget_and_runs_as_a_recipe() {
+    use compress_core::recipe::{CalibrationConfig, Recipe};
+    use compress_quant::mixed::{allocate, allocation_recipe, average_bits, measure_sensitivity};
+    use compress_quant::recipe::{GptqConfig, QuantMethod};
+    let Some(s) = setup() else { return };
+    let windows = sample_windows(&s.calib, 16, 128, 3).unwrap();
+    let candidates: Vec<QuantMethod> = [2u8, 3, 4, 8]
+        .iter()
+        .map(|&bits| {
+            QuantMethod::Gptq(GptqConfig {
+                bits,
+                group: Some(32),
+                symmetric: true,
+                damp: 0.01,
+                block_size: 128,
+                act_order: false,
+                clip: 1.0,
+                search: false,
+            })
+        })
+        .collect();
+    let mut blocks_done = 0;
+    let mut base = s.m.model.clone();
+    let sens =
+        measure_sensitivity(&mut base, &windows, &candidates, |d, _| blocks_done = d).unwrap();
+    assert_eq!(blocks_done, 7 * s.m.model.layers.len());
+    assert_eq!(sens.len(), blocks_done);
+    for l in &sens {
+        // More bits, less error, on every real layer.
+        for w in l.options.windows(2) {
+            assert!(w[0].0 < w[1].0 && w[0].1 > w[1].1, "{l:?}");
+        }
+    }
+    let budget = 3.5;
+    let choice = allocate(&sens, budget).unwrap();
+    let avg = average_bits(&sens, &choice);
+    assert!(avg <= budget && avg > 3.0, "{avg}");
+    let recipe = allocation_recipe(&sens, &choice, &candidates, CalibrationConfig::default());
+    let recipe = Recipe::<QuantMethod>::from_toml(&recipe.to_toml().unwrap()).unwrap();
+    let mut model = s.m.model.clone();
+    let report = recipe
+        .pipeline()
+        .unwrap()
+        .run(&mut model, &windows, |_, _, _| {})
+        .unwrap();
+    assert_eq!(report.layers.len(), sens.len());
+    for (r, (l, &k)) in report.layers.iter().zip(sens.iter().zip(&choice)) {
+        assert_eq!(r.path, l.path);
+        assert_eq!(r.bits_per_weight, l.options[k].0, "{}", r.path);
+    }
+    let counts: Vec<usize> = (0..4)
+        .map(|k| choice.iter().filter(|&&c| c == k).count())
+        .collect();
+    let uniform = (0..sens.len()).map(|_| 1).collect::<Vec<_>>();
+    let r3 = allocation_recipe(&sens, &uniform, &candidates, CalibrationConfig::default());
+    let mut m3 = s.m.model.clone();
+    r3.pipeline()
+        .unwrap()
+        .run(&mut m3, &windows, |_, _, _| {})
+        .unwrap();
+    let (pm, pu) = (ppl(&s, &model), ppl(&s, &m3));
+    eprintln!(
+        "mixed {avg:.3} bits/weight: layers at 2/3/4/8 bits = {counts:?}, ppl {pm:.4}; uniform 3-bit ({:.3}) ppl {pu:.4}",
+        average_bits(&sens, &uniform),
+    );
+    // The point of the allocation: fewer stored bits than uniform 3-bit, and a lower perplexity.
+    assert!(pm < pu, "mixed {pm} vs uniform {pu}");
+}

@@ -149,6 +149,10 @@ impl BlockwiseModel for LlamaModel {
         h.clone() + layer.mlp.forward(layer.ffn_norm.forward(h))
     }
 
+    fn head_logits(&self, x: Tensor<3>) -> Tensor<3> {
+        self.lm_head.forward(self.norm.forward(x))
+    }
+
     fn linear(&self, block: usize, name: &str) -> &CompressedLinear {
         let l = &self.layers[block];
         match name {
