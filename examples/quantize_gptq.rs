@@ -28,7 +28,7 @@ use compress::eval::perplexity::{PerplexityConfig, Scoring};
 use compress::eval::progress::ProgressLine;
 use compress::model::LlamaModel;
 use compress::quant::mixed::{allocate, allocation_recipe, average_bits, measure_sensitivity};
-use compress::quant::recipe::{GptqConfig, HqqConfig, QuantMethod, RtnConfig};
+use compress::quant::recipe::{AwqConfig, GptqConfig, HqqConfig, QuantMethod, RtnConfig};
 use compress::recipe::Recipe;
 
 static EMBEDDED: &[u8] = include_bytes!("../assets/stories260K.gguf");
@@ -41,6 +41,8 @@ enum Method {
     Rtn,
     /// HQQ (Badri & Shaji 2023), calibration-free; always asymmetric.
     Hqq,
+    /// AWQ (Lin et al. 2023): activation-aware scales, then RTN with clipping search.
+    Awq,
 }
 
 #[derive(Parser, Debug)]
@@ -128,6 +130,13 @@ fn method_config(args: &Args, bits: u8) -> QuantMethod {
             clip: 1.0,
             search: args.search,
             use_activations: false,
+        }),
+        Method::Awq => QuantMethod::Awq(AwqConfig {
+            bits,
+            group,
+            symmetric: !args.asym,
+            n_grid: 20,
+            search: true,
         }),
         Method::Hqq => QuantMethod::Hqq(HqqConfig {
             bits,

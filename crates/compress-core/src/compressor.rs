@@ -174,6 +174,18 @@ pub trait Compressor: fmt::Debug + Send + Sync {
         layer: LayerView<'_>,
         stats: &LayerStats,
     ) -> Result<LayerWeights, CompressError>;
+
+    /// Per-input-channel scales `s` for a whole stage — the linears that read one input — to be
+    /// folded in before any of them is compressed: `W ← W·diag(s)` for each linear and
+    /// `x ← x / s` in the operation that produces their input, which leaves the model's function
+    /// unchanged (AWQ). `stats` describe the unscaled input. `None`, the default: no scaling.
+    fn stage_scales(
+        &self,
+        _stage: &[LayerView<'_>],
+        _stats: &LayerStats,
+    ) -> Result<Option<Vec<f32>>, CompressError> {
+        Ok(None)
+    }
 }
 
 /// Checks that every value of `v` is finite, naming the layer and the buffer otherwise.

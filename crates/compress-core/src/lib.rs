@@ -15,6 +15,7 @@
 //! - [`calibration`]: seeded sampling of calibration windows from a token stream.
 //! - [`pipeline`]: the block-by-block, true-sequential calibration pipeline that runs compressors
 //!   over any model implementing [`BlockwiseModel`](pipeline::BlockwiseModel).
+//! - [`scaling`]: folding per-channel input scales into a stage (AWQ-style equivalent transforms).
 //! - [`recipe`]: versioned TOML recipes — calibration settings and steps with layer filters.
 //!
 //! ```
@@ -40,6 +41,7 @@ pub mod linear;
 pub mod packed;
 pub mod pipeline;
 pub mod recipe;
+pub mod scaling;
 
 /// The README's examples, compiled and run as doctests.
 #[doc = include_str!("../README.md")]

@@ -334,6 +334,21 @@ impl PackedWeight {
         out
     }
 
+    /// Multiplies every scale of row `r` by the `r`-th factor (rounding to f16), which multiplies
+    /// the row's dequantized weights by it; codes and zero points are unchanged. A per-tensor
+    /// scheme has one scale for all rows and is left unchanged.
+    pub fn scale_rows(&mut self, factors: impl IntoIterator<Item = f32>) {
+        if self.scheme.granularity == Granularity::PerTensor {
+            return;
+        }
+        let gpr = self.groups_per_row();
+        for (row, f) in self.scales.chunks_mut(gpr.max(1)).zip(factors) {
+            for s in row {
+                *s = f16::from_f32(s.to_f32() * f);
+            }
+        }
+    }
+
     /// Bytes stored: packed codes + 2 per scale + 2 per zero.
     pub fn storage_bytes(&self) -> usize {
         self.codes.len() + 2 * self.scales.len() + 2 * self.zeros.as_ref().map_or(0, Vec::len)

@@ -66,6 +66,15 @@ pub trait BlockwiseModel {
     /// Logits `[batch, seq, vocab]` from the last block's output (final norm and output head).
     fn head_logits(&self, x: Tensor<3>) -> Tensor<3>;
 
+    /// Divides the input of stage `stage` by `scales` (one per input channel) by rescaling the
+    /// operation that produces it — a norm's gain, the rows of a previous projection — so that
+    /// scaling the stage's weight columns by `scales` keeps the model's function. Results already
+    /// cached for later stages must stay valid. Returns false, changing nothing, where there is
+    /// no such operation (the default).
+    fn fold_input_scales(&mut self, _block: usize, _stage: usize, _scales: &[f32]) -> bool {
+        false
+    }
+
     /// The block's output for input `x` in one go.
     fn block_forward(&self, block: usize, x: Tensor<3>) -> Tensor<3> {
         let cache = self.begin_block(block, x);
@@ -219,11 +228,24 @@ impl Pipeline {
                     gram: request.gram || needs_stats,
                     ..request
                 };
-                let stats = if needs_stats {
+                let mut stats = if needs_stats {
                     collect_stats(model, block, si, &mut caches, request)?
                 } else {
                     LayerStats::default()
                 };
+                for step in &self.steps {
+                    if paths.iter().all(|(_, p)| step.filter.matches(p)) {
+                        let names: Vec<&str> = paths.iter().map(|(n, _)| *n).collect();
+                        stats = crate::scaling::apply_stage_scales(
+                            model,
+                            block,
+                            si,
+                            &names,
+                            step.compressor.as_ref(),
+                            stats,
+                        )?;
+                    }
+                }
                 for (name, path) in &paths {
                     let steps: Vec<&PipelineStep> = self
                         .steps

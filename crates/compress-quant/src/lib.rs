@@ -9,6 +9,8 @@
 //!   with optional clipping, scale search and activation-weighted error.
 //! - [`gptq`]: GPTQ (Frantar et al. 2022) with lazy batches, groups, activation order and damping,
 //!   on the shared inverse-Hessian machinery of [`hessian`] (dense linear algebra by faer).
+//! - [`awq`]: AWQ (Lin et al. 2023), per-channel scales from activation magnitudes searched per
+//!   stage and folded into the previous norm or projection, then RTN with clipping search.
 //! - [`hqq`]: HQQ (Badri & Shaji 2023), calibration-free half-quadratic fitting of zero points.
 //! - [`mixed`]: automatic mixed precision — per-layer bit widths from measured sensitivity that
 //!   meet an average bits-per-weight budget, written out as a recipe.
@@ -32,6 +34,7 @@
 
 #![warn(missing_docs)]
 
+pub mod awq;
 pub mod gptq;
 pub mod grid;
 pub mod hessian;

@@ -1,4 +1,4 @@
-//! Recipe configurations of the quantizers (`method = "rtn" | "gptq" | "hqq"`), for
+//! Recipe configurations of the quantizers (`method = "rtn" | "gptq" | "hqq" | "awq"`), for
 //! [`compress_core::recipe::Recipe`].
 //!
 //! Common fields: `bits` (2–8), `group` (weights per scale; absent = one scale per output
@@ -9,6 +9,7 @@ use compress_core::packed::{QuantScheme, Symmetry};
 use compress_core::recipe::StepMethod;
 use serde::{Deserialize, Serialize};
 
+use crate::awq::Awq;
 use crate::gptq::Gptq;
 use crate::grid::{GridConfig, ScaleSearch};
 use crate::hqq::Hqq;
@@ -24,6 +25,32 @@ pub enum QuantMethod {
     Gptq(GptqConfig),
     /// HQQ.
     Hqq(HqqConfig),
+    /// AWQ.
+    Awq(AwqConfig),
+}
+
+/// AWQ parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwqConfig {
+    /// Code width, 2–8.
+    pub bits: u8,
+    /// Weights per scale; per-channel when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<usize>,
+    /// Symmetric grid (no zero points).
+    #[serde(default = "yes")]
+    pub symmetric: bool,
+    /// Exponents tried in the scale search (default 20).
+    #[serde(default = "n_grid")]
+    pub n_grid: usize,
+    /// Clipping search in the final quantization (default true).
+    #[serde(default = "yes")]
+    pub search: bool,
+}
+
+fn n_grid() -> usize {
+    20
 }
 
 fn yes() -> bool {
@@ -137,6 +164,7 @@ impl StepMethod for QuantMethod {
             QuantMethod::Rtn(_) => "rtn",
             QuantMethod::Gptq(_) => "gptq",
             QuantMethod::Hqq(_) => "hqq",
+            QuantMethod::Awq(_) => "awq",
         }
     }
 
@@ -174,6 +202,15 @@ impl StepMethod for QuantMethod {
                     h.lp = lp;
                 }
                 Box::new(h)
+            }
+            QuantMethod::Awq(c) => {
+                if c.n_grid == 0 {
+                    return Err("n_grid = 0: must be at least 1".into());
+                }
+                let mut a = Awq::new(scheme(c.bits, c.group, c.symmetric)?);
+                a.n_grid = c.n_grid;
+                a.grid = grid(1.0, c.search)?;
+                Box::new(a)
             }
         })
     }

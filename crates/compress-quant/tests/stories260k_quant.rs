@@ -254,3 +254,79 @@ fn mixed_precision_meets_the_budget_and_runs_as_a_recipe() {
     // The point of the allocation: fewer stored bits than uniform 3-bit, and a lower perplexity.
     assert!(pm < pu, "mixed {pm} vs uniform {pu}");
 }
+
+/// AWQ's scaling alone (no rounding) leaves the model's function unchanged, and AWQ at 3 bits
+/// beats RTN in perplexity.
+#[test]
+fn awq_scaling_is_equivalent_and_awq_beats_rtn() {
+    use compress_core::compressor::LayerWeights;
+    use compress_quant::awq::Awq;
+
+    /// AWQ's scale search and folding, then the unrounded scaled weight.
+    #[derive(Debug)]
+    struct ScaleOnly(Awq);
+    impl Compressor for ScaleOnly {
+        fn name(&self) -> String {
+            "awq-scale-only".into()
+        }
+        fn stats(&self) -> StatsRequest {
+            self.0.stats()
+        }
+        fn compress(
+            &self,
+            layer: LayerView<'_>,
+            _: &compress_core::compressor::LayerStats,
+        ) -> Result<LayerWeights, compress_core::compressor::CompressError> {
+            Ok(LayerWeights::Dense(layer.weight.to_vec()))
+        }
+        fn stage_scales(
+            &self,
+            stage: &[LayerView<'_>],
+            stats: &compress_core::compressor::LayerStats,
+        ) -> Result<Option<Vec<f32>>, compress_core::compressor::CompressError> {
+            self.0.stage_scales(stage, stats)
+        }
+    }
+
+    let Some(s) = setup() else { return };
+    let windows = sample_windows(&s.calib, 32, 128, 5).unwrap();
+    let g32 = QuantScheme::new(3, Some(32), Symmetry::Symmetric).unwrap();
+    let mut scaled = s.m.model.clone();
+    Pipeline::new()
+        .step(LayerFilter::All, ScaleOnly(Awq::new(g32)))
+        .run(&mut scaled, &windows, |_, _, _| {})
+        .unwrap();
+    // Some stage was actually rescaled (the norm gains changed) …
+    let gain = |m: &compress_model::LlamaModel| -> Vec<f32> {
+        m.layers[0]
+            .attn_norm
+            .weight
+            .val()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
+    };
+    assert_ne!(gain(&scaled), gain(&s.m.model));
+    // … and the logits are the same up to f32 rounding (max |logit| here is about 20).
+    let ids: Vec<u32> = s.eval[..64].to_vec();
+    let a = common::logits(&s.m.model, &ids);
+    let b = common::logits(&scaled, &ids);
+    let d = common::max_abs_diff(&a, &b);
+    assert!(d < 1e-3, "max |Δlogit| {d}");
+
+    let mut awq = s.m.model.clone();
+    Pipeline::new()
+        .step(LayerFilter::All, Awq::new(g32))
+        .run(&mut awq, &windows, |_, _, _| {})
+        .unwrap();
+    let mut rtn = s.m.model.clone();
+    Pipeline::new()
+        .step(LayerFilter::All, Rtn::new(g32))
+        .run(&mut rtn, &windows, |_, _, _| {})
+        .unwrap();
+    let (pa, pr) = (ppl(&s, &awq), ppl(&s, &rtn));
+    eprintln!(
+        "stories260K w3g32: awq ppl {pa:.4}, rtn ppl {pr:.4}; scaling-only max |Δlogit| {d:.2e}"
+    );
+    assert!(pa < pr, "awq {pa} vs rtn {pr}");
+}

@@ -7,14 +7,15 @@
 //! residual after attention) and `mlp_down` (down, reading `silu(gate) ⊙ up`). Calibration
 //! sequences are full windows, so inputs use a plain causal mask and positions from 0.
 //!
-//! The per-batch [`BlockCache`] keeps the normed input, the attention context and the residual
+//! The per-batch [`BlockCache`] keeps the block input, the attention context and the residual
 //! after attention, each computed once and only after the layers it depends on were replaced, so
 //! a whole block walk costs about one forward pass (plus the gate/up products a second time,
 //! rather than caching the `[tokens, intermediate]` activations).
 
-use burn::tensor::{Bool, Device, Int, Tensor};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use compress_core::linear::CompressedLinear;
 use compress_core::pipeline::{BlockwiseModel, StageSpec};
+use compress_core::scaling::scale_output_rows;
 
 use super::{causal_mask, positions_from, Block, LlamaModel};
 
@@ -33,7 +34,6 @@ pub const LINEAR_NAMES: [&str; 7] = [
 #[derive(Debug)]
 pub struct BlockCache {
     x: Option<Tensor<3>>,
-    normed: Option<Tensor<3>>,
     context: Option<Tensor<3>>,
     residual: Option<Tensor<3>>,
 }
@@ -48,26 +48,23 @@ impl LlamaModel {
         (positions_from(0, b, t, &device), mask)
     }
 
-    fn cached_normed(&self, layer: &Block, c: &mut BlockCache) -> Tensor<3> {
-        if c.normed.is_none() {
-            let x =
-                c.x.clone()
-                    .expect("block input is kept until the residual exists");
-            c.normed = Some(layer.attn_norm.forward(x));
-        }
-        c.normed.clone().unwrap()
+    /// The normed block input; not cached (a norm is cheap), so a gain rescaled by
+    /// `fold_input_scales` is always applied.
+    fn normed(&self, layer: &Block, c: &BlockCache) -> Tensor<3> {
+        let x = c.x.clone();
+        layer
+            .attn_norm
+            .forward(x.expect("block input is kept until the residual exists"))
     }
 
     fn cached_context(&self, layer: &Block, c: &mut BlockCache) -> Tensor<3> {
         if c.context.is_none() {
-            let normed = self.cached_normed(layer, c);
+            let normed = self.normed(layer, c);
             let (pos, mask) = self.full_sequence(&normed);
-            c.context = Some(
-                layer
-                    .attn
-                    .context(normed, &self.rope, pos, Some(mask), None),
-            );
-            c.normed = None;
+            let ctx = layer
+                .attn
+                .context(normed, &self.rope, pos, Some(mask), None);
+            c.context = Some(ctx);
         }
         c.context.clone().unwrap()
     }
@@ -124,7 +121,6 @@ impl BlockwiseModel for LlamaModel {
     fn begin_block(&self, _block: usize, x: Tensor<3>) -> BlockCache {
         BlockCache {
             x: Some(x),
-            normed: None,
             context: None,
             residual: None,
         }
@@ -133,7 +129,7 @@ impl BlockwiseModel for LlamaModel {
     fn stage_input(&self, block: usize, stage: usize, c: &mut BlockCache) -> Tensor<3> {
         let layer = &self.layers[block];
         match stage {
-            0 => self.cached_normed(layer, c),
+            0 => self.normed(layer, c),
             1 => self.cached_context(layer, c),
             2 => layer.ffn_norm.forward(self.cached_residual(layer, c)),
             3 => layer
@@ -147,6 +143,30 @@ impl BlockwiseModel for LlamaModel {
         let layer = &self.layers[block];
         let h = self.cached_residual(layer, &mut c);
         h.clone() + layer.mlp.forward(layer.ffn_norm.forward(h))
+    }
+
+    /// Folds into the norm gains (stages 0 and 2) and the rows of `up_proj` (stage 3). Stage 1
+    /// (`o_proj`, fed by the attention context) is not folded: with grouped-query attention a
+    /// value head serves several query heads, so its rows cannot carry per-context-channel
+    /// scales.
+    fn fold_input_scales(&mut self, block: usize, stage: usize, scales: &[f32]) -> bool {
+        let device = LlamaModel::device(self);
+        let inv = Tensor::<1>::from_data(
+            TensorData::new(
+                scales.iter().map(|v| 1.0 / v).collect::<Vec<f32>>(),
+                [scales.len()],
+            ),
+            &device,
+        );
+        let layer = &mut self.layers[block];
+        let norm = match stage {
+            0 => &mut layer.attn_norm,
+            2 => &mut layer.ffn_norm,
+            3 => return scale_output_rows(&mut layer.mlp.up_proj, scales),
+            _ => return false,
+        };
+        norm.weight = norm.weight.clone().map(|g| g * inv);
+        true
     }
 
     fn head_logits(&self, x: Tensor<3>) -> Tensor<3> {
