@@ -190,7 +190,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let read = |p: &PathBuf| {
         std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
     };
-    let calib_tokens = m.tokenizer.encode(&read(&args.calib)?, true)?;
+    // One file for both: calibrate on its first half, evaluate on the second, never on the same text.
+    let same_file =
+        std::fs::canonicalize(&args.calib).ok() == std::fs::canonicalize(&args.text).ok();
+    let calib_text = read(&args.calib)?;
+    let split = calib_text[..calib_text.len() / 2]
+        .rfind('\n')
+        .unwrap_or(calib_text.len() / 2);
+    let (calib_part, eval_part) = if same_file {
+        eprintln!(
+            "calibrating on the first half of {}, evaluating on the second",
+            args.calib.display()
+        );
+        (&calib_text[..split], Some(calib_text[split..].to_string()))
+    } else {
+        (calib_text.as_str(), None)
+    };
+    let calib_tokens = m.tokenizer.encode(calib_part, true)?;
     let (pipeline, windows) = match &args.recipe {
         Some(path) => {
             let recipe = Recipe::from_file(path)?;
@@ -263,7 +279,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         report.peak_rss_bytes.unwrap_or(0) as f64 / (1 << 20) as f64,
         bits / weights.max(1) as f64
     );
-    let text = read(&args.text)?;
+    let text = match eval_part {
+        Some(t) => t,
+        None => read(&args.text)?,
+    };
     let tokens = m.tokenizer.encode(&text, true)?;
     let config = PerplexityConfig {
         context: args.context,
