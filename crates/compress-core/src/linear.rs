@@ -128,6 +128,8 @@ impl QuantizedLinear {
 }
 
 /// How one linear layer of a model is stored, and how it computes `y = f(x)`.
+// The variants differ in size by a few words; a model holds a few hundred of them.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum CompressedLinear {
     /// Uncompressed weights.

@@ -83,7 +83,8 @@ impl Compressor for Hqq {
                 "HQQ works per channel or per group, not per tensor".into()
             ));
         }
-        if !(self.lp > 0.0 && self.lp <= 1.0) || !(self.beta > 0.0) || !(self.kappa >= 1.0) {
+        let valid = self.lp > 0.0 && self.lp <= 1.0 && self.beta > 0.0 && self.kappa >= 1.0;
+        if !valid {
             return Err(bad(format!(
                 "HQQ needs 0 < lp ≤ 1, beta > 0, kappa ≥ 1 (got {}, {}, {})",
                 self.lp, self.beta, self.kappa

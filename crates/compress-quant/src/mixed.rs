@@ -74,9 +74,9 @@ pub fn measure_sensitivity<M: BlockwiseModel>(
         .collect();
     let total = blocks * stages.iter().map(|s| s.linears.len()).sum::<usize>();
     let mut out = Vec::with_capacity(total);
-    for block in 0..blocks {
+    for (block, block_inputs) in inputs.iter().enumerate().take(blocks) {
         for (si, stage) in stages.iter().enumerate() {
-            let mut caches: Vec<M::Cache> = inputs[block]
+            let mut caches: Vec<M::Cache> = block_inputs
                 .iter()
                 .map(|x| model.begin_block(block, x.clone()))
                 .collect();
@@ -104,7 +104,7 @@ pub fn measure_sensitivity<M: BlockwiseModel>(
                     let bits = q.bits_per_weight();
                     *model.linear_mut(block, name) =
                         CompressedLinear::from_weights(q, o, i, bias.clone(), &device);
-                    let kld = kld_from_block(model, block, &inputs[block], &base);
+                    let kld = kld_from_block(model, block, block_inputs, &base);
                     if !kld.is_finite() {
                         return Err(PipelineError::NonFinite(format!(
                             "the KL divergence with {path} compressed by {}",

@@ -277,9 +277,7 @@ group = 16
         assert!(err(&format!("version = 1\n{step}bits = 9\n")).contains("bits = 9"));
         assert!(err(&format!("version = 1\n{step}bits = 4\ngroup = 0\n")).contains("group = 0"));
         assert!(err(&format!("version = 1\n{step}bits = 4\ndamp = -1.0\n")).contains("damp"));
-        let e = err(&format!(
-            "version = 1\n[[step]]\nlayers = \"(\"\nmethod = \"rtn\"\nbits = 4\n"
-        ));
+        let e = err("version = 1\n[[step]]\nlayers = \"(\"\nmethod = \"rtn\"\nbits = 4\n");
         assert!(e.contains("step 1 (rtn): layers"), "{e}");
         assert!(err("version = 1\n[[step]]\nmethod = \"awq2\"\nbits = 4\n").contains("awq2"));
         assert!(err(

@@ -115,17 +115,18 @@ pub(crate) fn check_layer(
     Ok(scheme.group_len(in_features))
 }
 
-/// Grids for one row's groups (or the single per-tensor grid), and the codes of that row.
+/// The codes of one row, on `fixed` (a per-tensor grid) or on a grid fitted per group; returns
+/// the fitted grids (none with `fixed`).
 fn quantize_row(
     row: &[f32],
-    group: usize,
     scheme: &QuantScheme,
     grid_cfg: &GridConfig,
     importance: Option<&[f32]>,
     fixed: Option<Grid>,
     codes: &mut [u8],
-    grids: &mut Vec<Grid>,
-) {
+) -> Vec<Grid> {
+    let group = scheme.group_len(row.len());
+    let mut grids = Vec::new();
     for (gi, chunk) in row.chunks(group).enumerate() {
         let imp = importance.map(|a| &a[gi * group..gi * group + chunk.len()]);
         let g =
@@ -137,6 +138,7 @@ fn quantize_row(
             grids.push(g);
         }
     }
+    grids
 }
 
 /// RTN of a row-major `[out, in]` weight into the packed layout.
@@ -149,7 +151,7 @@ pub fn quantize_rtn(
     grid: &GridConfig,
     importance: Option<&[f32]>,
 ) -> Result<PackedWeight, CompressError> {
-    let group = check_layer(path, scheme, grid, in_features)?.max(1);
+    check_layer(path, scheme, grid, in_features)?;
     let mut codes = vec![0u8; weight.len()];
     let mut grids = Vec::new();
     let fixed = match scheme.granularity {
@@ -168,7 +170,7 @@ pub fn quantize_rtn(
             .chunks_exact(in_features)
             .zip(codes.chunks_exact_mut(in_features))
         {
-            quantize_row(row, group, scheme, grid, importance, fixed, c, &mut grids);
+            grids.extend(quantize_row(row, scheme, grid, importance, fixed, c));
         }
     }
     pack(path, scheme, out_features, in_features, &codes, &grids)
