@@ -104,6 +104,10 @@ struct Args {
     /// Write the recipe that was run (the flags' or the --budget allocation) to this file.
     #[arg(long)]
     save_recipe: Option<PathBuf>,
+    /// Quantize only: no evaluation, and no copy of the base model (measures the pipeline's own
+    /// time and memory).
+    #[arg(long)]
+    no_eval: bool,
     /// Backend: flex, ndarray, wgpu, cuda, tch.
     #[arg(long, default_value_t = BackendKind::default())]
     backend: BackendKind,
@@ -240,7 +244,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
 
-    let base = m.model.clone();
+    // The base model is kept for the KL divergence (its weights are shared until replaced).
+    let base = (!args.no_eval).then(|| m.model.clone());
     let mut model = m.model;
     let mut line = ProgressLine::new("quantize");
     let report = pipeline.run(&mut model, &windows, |r, block, blocks| {
@@ -279,6 +284,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         report.peak_rss_bytes.unwrap_or(0) as f64 / (1 << 20) as f64,
         bits / weights.max(1) as f64
     );
+    let Some(base) = base else {
+        return Ok(());
+    };
     let text = match eval_part {
         Some(t) => t,
         None => read(&args.text)?,
