@@ -335,18 +335,29 @@ impl PackedWeight {
     }
 
     /// Multiplies every scale of row `r` by the `r`-th factor (rounding to f16), which multiplies
-    /// the row's dequantized weights by it; codes and zero points are unchanged. A per-tensor
-    /// scheme has one scale for all rows and is left unchanged.
-    pub fn scale_rows(&mut self, factors: impl IntoIterator<Item = f32>) {
-        if self.scheme.granularity == Granularity::PerTensor {
-            return;
+    /// the row's dequantized weights by it; codes and zero points are unchanged. Returns false,
+    /// changing nothing, when that is not exact to f16 precision: a per-tensor scheme (one scale
+    /// for all rows), or a product that would leave f16's normal range (subnormal scales lose
+    /// relative precision; overflow would be infinite).
+    pub fn scale_rows(&mut self, factors: &[f32]) -> bool {
+        if self.scheme.granularity == Granularity::PerTensor || factors.len() != self.out_features {
+            return false;
         }
-        let gpr = self.groups_per_row();
-        for (row, f) in self.scales.chunks_mut(gpr.max(1)).zip(factors) {
-            for s in row {
-                *s = f16::from_f32(s.to_f32() * f);
-            }
+        let gpr = self.groups_per_row().max(1);
+        let scaled: Vec<f16> = self
+            .scales
+            .iter()
+            .enumerate()
+            .map(|(i, s)| f16::from_f32(s.to_f32() * factors[i / gpr]))
+            .collect();
+        let exact = scaled
+            .iter()
+            .zip(&self.scales)
+            .all(|(n, o)| n.is_finite() && (n.is_normal() || o.to_f32() == 0.0));
+        if exact {
+            self.scales = scaled;
         }
+        exact
     }
 
     /// Bytes stored: packed codes + 2 per scale + 2 per zero.
@@ -510,6 +521,20 @@ mod tests {
         let w = PackedWeight::from_codes(sym, 1, 2, &[128, 130], vec![f16::from_f32(0.25)], None)
             .unwrap();
         assert_eq!(w.dequantize(), vec![0.0, 0.5]);
+    }
+
+    #[test]
+    fn scale_rows_refuses_what_f16_cannot_hold() {
+        let s = QuantScheme::new(4, Some(2), Symmetry::Symmetric).unwrap();
+        let scales = vec![f16::from_f32(0.5), f16::from_f32(0.25), f16::ONE, f16::ONE];
+        let mut w =
+            PackedWeight::from_codes(s, 2, 4, &[8, 9, 10, 11, 8, 9, 10, 11], scales, None).unwrap();
+        assert!(w.scale_rows(&[2.0, 0.5]));
+        assert_eq!(w.dequantize(), vec![0.0, 1.0, 1.0, 1.5, 0.0, 0.5, 1.0, 1.5]);
+        let before = w.clone();
+        // 1e-6 · 0.5 is subnormal in f16: refused, nothing changed.
+        assert!(!w.scale_rows(&[1e-6, 1.0]));
+        assert_eq!(w, before);
     }
 
     fn scheme_strategy() -> impl Strategy<Value = (u8, usize, usize, usize)> {

@@ -96,22 +96,24 @@ pub fn scale_stats(mut stats: LayerStats, s: &[f32]) -> LayerStats {
 /// Divides row `r` of a layer's output by `s[r]` (the fold of input scales into the projection
 /// that produces a stage's input). Dense and low-rank layers are rescaled exactly; a quantized
 /// layer's group scales are rescaled (rounded to f16) and its codes kept. Returns false, changing
-/// nothing, for a per-tensor quantized layer (one scale cannot differ per row).
+/// nothing, where a quantized layer cannot take the factors exactly (see
+/// [`PackedWeight::scale_rows`](crate::packed::PackedWeight::scale_rows)).
 pub fn scale_output_rows(linear: &mut CompressedLinear, s: &[f32]) -> bool {
+    let inv_s: Vec<f32> = s.iter().map(|v| 1.0 / v).collect();
+    let mut rescaled = None;
     if let CompressedLinear::Quantized(l) = linear {
-        if l.packed.scheme().granularity == crate::packed::Granularity::PerTensor {
+        let mut packed = (*l.packed).clone();
+        if !packed.scale_rows(&inv_s) {
             return false;
         }
+        rescaled = Some(packed);
     }
     let device = match linear {
         CompressedLinear::Dense(l) => l.weight.val().device(),
         CompressedLinear::LowRank(l) => l.up.val().device(),
         CompressedLinear::Quantized(l) => l.weight.device(),
     };
-    let inv = Tensor::<1>::from_data(
-        TensorData::new(s.iter().map(|v| 1.0 / v).collect::<Vec<f32>>(), [s.len()]),
-        &device,
-    );
+    let inv = Tensor::<1>::from_data(TensorData::new(inv_s, [s.len()]), &device);
     let col = inv.clone().unsqueeze_dim::<2>(1);
     match linear {
         CompressedLinear::Dense(l) => {
@@ -123,8 +125,7 @@ pub fn scale_output_rows(linear: &mut CompressedLinear, s: &[f32]) -> bool {
             l.bias = l.bias.take().map(|b| b.map(|b| b * inv.clone()));
         }
         CompressedLinear::Quantized(l) => {
-            let mut packed = (*l.packed).clone();
-            packed.scale_rows(s.iter().map(|v| 1.0 / v));
+            let packed = rescaled.take().expect("rescaled above");
             let bias = l.bias.take().map(|b| b.val() * inv.clone());
             *l = crate::linear::QuantizedLinear::new(packed, bias, &device);
         }
