@@ -41,7 +41,7 @@ enum Method {
     Rtn,
     /// HQQ (Badri & Shaji 2023), calibration-free; always asymmetric.
     Hqq,
-    /// AWQ (Lin et al. 2023): activation-aware scales, then RTN with clipping search.
+    /// AWQ (Lin et al. 2023): activation-aware scales, then RTN.
     Awq,
 }
 
@@ -140,7 +140,7 @@ fn method_config(args: &Args, bits: u8) -> QuantMethod {
             group,
             symmetric: !args.asym,
             n_grid: 20,
-            search: true,
+            search: args.search,
         }),
         Method::Hqq => QuantMethod::Hqq(HqqConfig {
             bits,

@@ -10,7 +10,7 @@
 //! - [`gptq`]: GPTQ (Frantar et al. 2022) with lazy batches, groups, activation order and damping,
 //!   on the shared inverse-Hessian machinery of [`hessian`] (dense linear algebra by faer).
 //! - [`awq`]: AWQ (Lin et al. 2023), per-channel scales from activation magnitudes searched per
-//!   stage and folded into the previous norm or projection, then RTN with clipping search.
+//!   stage and folded into the previous norm or projection, then RTN.
 //! - [`hqq`]: HQQ (Badri & Shaji 2023), calibration-free half-quadratic fitting of zero points.
 //! - [`mixed`]: automatic mixed precision — per-layer bit widths from measured sensitivity that
 //!   meet an average bits-per-weight budget, written out as a recipe.

@@ -44,8 +44,8 @@ pub struct AwqConfig {
     /// Exponents tried in the scale search (default 20).
     #[serde(default = "n_grid")]
     pub n_grid: usize,
-    /// Clipping search in the final quantization (default true).
-    #[serde(default = "yes")]
+    /// Weight-error clipping search in the final quantization (default false; see the AWQ docs).
+    #[serde(default)]
     pub search: bool,
 }
 
