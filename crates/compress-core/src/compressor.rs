@@ -59,6 +59,34 @@ pub struct LayerStats {
     pub abs_max: Option<Vec<f32>>,
 }
 
+impl LayerStats {
+    /// `XᵀX`, or the error naming the layer and the method that needs it.
+    pub fn require_gram(&self, layer: &str, method: &str) -> Result<&[f32], CompressError> {
+        self.gram
+            .as_deref()
+            .ok_or_else(|| missing(layer, method, "the input Gram matrix XᵀX"))
+    }
+
+    /// The per-column input norms `Σx²`, checked finite, or the error naming the layer and the
+    /// method that needs them.
+    pub fn require_col_sq_norms(&self, layer: &str, method: &str) -> Result<&[f32], CompressError> {
+        let v = self
+            .col_sq_norms
+            .as_deref()
+            .ok_or_else(|| missing(layer, method, "per-column input norms"))?;
+        ensure_finite(layer, "input norms", v)?;
+        Ok(v)
+    }
+}
+
+fn missing(layer: &str, method: &str, what: &'static str) -> CompressError {
+    CompressError::MissingStats {
+        layer: layer.into(),
+        method: method.into(),
+        what,
+    }
+}
+
 /// A linear layer as a compressor sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct LayerView<'a> {

@@ -26,7 +26,7 @@
 //! under grouped-query attention) are quantized with RTN only.
 
 use compress_core::compressor::{
-    ensure_finite, CompressError, Compressor, LayerStats, LayerView, LayerWeights, StatsRequest,
+    CompressError, Compressor, LayerStats, LayerView, LayerWeights, StatsRequest,
 };
 use compress_core::packed::QuantScheme;
 use faer::linalg::matmul::matmul;
@@ -96,20 +96,8 @@ impl Compressor for Awq {
             return Ok(None);
         };
         let path = first.path;
-        let missing = |what| CompressError::MissingStats {
-            layer: path.into(),
-            method: self.name(),
-            what,
-        };
-        let gram = stats
-            .gram
-            .as_deref()
-            .ok_or_else(|| missing("the input Gram matrix XᵀX"))?;
-        let sq = stats
-            .col_sq_norms
-            .as_deref()
-            .ok_or_else(|| missing("per-column input norms"))?;
-        ensure_finite(path, "input norms", sq)?;
+        let gram = stats.require_gram(path, &self.name())?;
+        let sq = stats.require_col_sq_norms(path, &self.name())?;
         let n = first.in_features;
         let tokens = stats.tokens.max(1) as f32;
         let rms: Vec<f32> = sq.iter().map(|&v| (v / tokens).sqrt()).collect();

@@ -82,14 +82,7 @@ impl Compressor for Gptq {
         layer: LayerView<'_>,
         stats: &LayerStats,
     ) -> Result<LayerWeights, CompressError> {
-        let gram = stats
-            .gram
-            .as_deref()
-            .ok_or_else(|| CompressError::MissingStats {
-                layer: layer.path.into(),
-                method: self.name(),
-                what: "the input Gram matrix XᵀX",
-            })?;
+        let gram = stats.require_gram(layer.path, &self.name())?;
         gptq_quantize(layer, gram, stats.tokens, self).map(LayerWeights::Quantized)
     }
 }

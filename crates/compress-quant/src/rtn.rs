@@ -74,16 +74,7 @@ impl Compressor for Rtn {
     ) -> Result<LayerWeights, CompressError> {
         ensure_finite(layer.path, "weight", layer.weight)?;
         let importance = if self.use_activations {
-            let v = stats
-                .col_sq_norms
-                .as_deref()
-                .ok_or_else(|| CompressError::MissingStats {
-                    layer: layer.path.into(),
-                    method: self.name(),
-                    what: "per-column input norms",
-                })?;
-            ensure_finite(layer.path, "input norms", v)?;
-            Some(v)
+            Some(stats.require_col_sq_norms(layer.path, &self.name())?)
         } else {
             None
         };

@@ -17,7 +17,7 @@ use compress_core::linear::CompressedLinear;
 use compress_core::pipeline::{BlockwiseModel, StageSpec};
 use compress_core::scaling::scale_output_rows;
 
-use super::{causal_mask, positions_from, Block, LlamaModel};
+use super::{full_sequence, Block, LlamaModel};
 
 /// Names of a block's linears, as used in layer paths `layers.{i}.{name}`.
 pub const LINEAR_NAMES: [&str; 7] = [
@@ -41,11 +41,7 @@ pub struct BlockCache {
 impl LlamaModel {
     fn full_sequence(&self, x: &Tensor<3>) -> (Tensor<2, Int>, Tensor<4, Bool>) {
         let [b, t, _] = x.dims();
-        let device = x.device();
-        let mask = causal_mask(t, 0, &device)
-            .unsqueeze_dims::<4>(&[0, 1])
-            .expand([b, 1, t, t]);
-        (positions_from(0, b, t, &device), mask)
+        full_sequence(b, t, &x.device())
     }
 
     /// The normed block input; not cached (a norm is cheap), so a gain rescaled by

@@ -114,11 +114,9 @@ impl LlamaModel {
         let [b, t] = tokens.dims();
         self.check_len(t)?;
         let device = tokens.device();
-        let causal = causal_mask(t, 0, &device)
-            .unsqueeze_dims::<4>(&[0, 1])
-            .expand([b, 1, t, t]);
+        let (full_positions, causal) = full_sequence(b, t, &device);
         let (positions, mask) = match padding {
-            None => (positions_from(0, b, t, &device), causal),
+            None => (full_positions, causal),
             Some(pad) => {
                 let positions = (pad.clone().int().cumsum(1) - 1).clamp_min(0);
                 let blocked_keys = pad
@@ -214,6 +212,18 @@ impl LlamaModel {
         }
         Ok(())
     }
+}
+
+/// Positions `0..t` and the causal mask `[b, 1, t, t]` of `b` unpadded sequences of `t` tokens.
+pub(crate) fn full_sequence(
+    b: usize,
+    t: usize,
+    device: &Device,
+) -> (Tensor<2, Int>, Tensor<4, Bool>) {
+    let mask = causal_mask(t, 0, device)
+        .unsqueeze_dims::<4>(&[0, 1])
+        .expand([b, 1, t, t]);
+    (positions_from(0, b, t, device), mask)
 }
 
 /// `[seq, offset + seq]`, true where query `i` (at position `offset + i`) must not see key `j`.
