@@ -18,20 +18,21 @@
 
 use std::path::PathBuf;
 
+#[path = "common/mod.rs"]
+mod common;
+
 use clap::{Parser, ValueEnum};
 use compress::core::backend::BackendKind;
 use compress::core::calibration::sample_windows;
-use compress::core::pipeline::BlockwiseModel;
 use compress::core::recipe::{CalibrationConfig, RecipeStep, RECIPE_VERSION};
-use compress::eval::kld::kl_divergence;
-use compress::eval::perplexity::{PerplexityConfig, Scoring};
 use compress::eval::progress::ProgressLine;
 use compress::model::LlamaModel;
 use compress::quant::mixed::{allocate, allocation_recipe, average_bits, measure_sensitivity};
 use compress::quant::recipe::{AwqConfig, GptqConfig, HqqConfig, QuantMethod, RtnConfig};
 use compress::recipe::Recipe;
 
-static EMBEDDED: &[u8] = include_bytes!("../assets/stories260K.gguf");
+/// The recipes this example builds from its flags hold quantizers only.
+type QuantRecipe = compress::core::recipe::Recipe<QuantMethod>;
 
 #[derive(Copy, Clone, Debug, PartialEq, ValueEnum)]
 enum Method {
@@ -157,7 +158,7 @@ fn mixed_recipe(
     model: &mut LlamaModel,
     windows: &[Vec<u32>],
     budget: f64,
-) -> Result<Recipe, Box<dyn std::error::Error>> {
+) -> Result<QuantRecipe, Box<dyn std::error::Error>> {
     let candidates: Vec<QuantMethod> = [2, 3, 4, 8]
         .iter()
         .map(|&b| method_config(args, b))
@@ -187,30 +188,9 @@ fn mixed_recipe(
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let device = args.backend.device()?;
-    let mut m = match &args.model {
-        Some(path) => compress::model::load(path, &device)?,
-        None => compress::model::load::load_gguf_bytes(EMBEDDED.to_vec(), &device)?,
-    };
-    let read = |p: &PathBuf| {
-        std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
-    };
-    // One file for both: calibrate on its first half, evaluate on the second, never on the same text.
-    let same_file =
-        std::fs::canonicalize(&args.calib).ok() == std::fs::canonicalize(&args.text).ok();
-    let calib_text = read(&args.calib)?;
-    let split = calib_text[..calib_text.len() / 2]
-        .rfind('\n')
-        .unwrap_or(calib_text.len() / 2);
-    let (calib_part, eval_part) = if same_file {
-        eprintln!(
-            "calibrating on the first half of {}, evaluating on the second",
-            args.calib.display()
-        );
-        (&calib_text[..split], Some(calib_text[split..].to_string()))
-    } else {
-        (calib_text.as_str(), None)
-    };
-    let calib_tokens = m.tokenizer.encode(calib_part, true)?;
+    let mut m = common::load_model(args.model.as_deref(), &device)?;
+    let (calib_text, eval_text) = common::calibration_and_eval_text(&args.calib, &args.text)?;
+    let calib_tokens = m.tokenizer.encode(&calib_text, true)?;
     let (pipeline, windows) = match &args.recipe {
         Some(path) => {
             let recipe = Recipe::from_file(path)?;
@@ -222,7 +202,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let windows = sample_windows(&calib_tokens, args.nsamples, args.seqlen, args.seed)?;
             let recipe = match args.budget {
                 Some(budget) => mixed_recipe(&args, &mut m.model, &windows, budget)?,
-                None => Recipe {
+                None => QuantRecipe {
                     version: RECIPE_VERSION,
                     calibration: CalibrationConfig {
                         nsamples: args.nsamples,
@@ -246,72 +226,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The base model is kept for the KL divergence (its weights are shared until replaced).
     let base = (!args.no_eval).then(|| m.model.clone());
-    let mut model = m.model;
-    let mut line = ProgressLine::new("quantize");
-    let report = pipeline.run(&mut model, &windows, |r, block, blocks| {
-        let detail = format!(
-            "blocks, {:<22} output err {:.1e},",
-            r.path,
-            r.output_rel_error.unwrap_or(f64::NAN)
-        );
-        line.update(
-            block + usize::from(r.path.ends_with("down_proj")),
-            blocks,
-            &detail,
-        )
-    })?;
-    let (mut bits, mut weights) = (0.0, 0usize);
-    for r in &report.layers {
-        let lin = model.linear(
-            r.path.split('.').nth(1).unwrap().parse()?,
-            r.path.splitn(3, '.').nth(2).unwrap(),
-        );
-        let n = lin.in_features() * lin.out_features();
-        bits += r.bits_per_weight * n as f64;
-        weights += n;
+    let mut model = m.model.clone();
+    let report = pipeline.run(&mut model, &windows, common::pipeline_progress("quantize"))?;
+    let steps = match pipeline.steps.as_slice() {
+        [one] => one.compressor.name(),
+        steps => format!("{} recipe steps", steps.len()),
+    };
+    common::print_summary(&steps, &report, &model)?;
+    match base {
+        Some(base) => common::evaluate(&base, &model, &m, &eval_text, args.context, args.limit),
+        None => Ok(()),
     }
-    let maths: f64 = report.layers.iter().map(|r| r.seconds).sum();
-    println!(
-        "{}: {} layers in {:.1} s ({:.1} s in the quantizers, the rest calibration forward passes and statistics) on {} calibration tokens, peak RSS {:.0} MiB, {:.3} bits/weight over the quantized layers",
-        match pipeline.steps.as_slice() {
-            [one] => one.compressor.name(),
-            steps => format!("{} recipe steps", steps.len()),
-        },
-        report.layers.len(),
-        report.seconds,
-        maths,
-        report.calibration_tokens,
-        report.peak_rss_bytes.unwrap_or(0) as f64 / (1 << 20) as f64,
-        bits / weights.max(1) as f64
-    );
-    let Some(base) = base else {
-        return Ok(());
-    };
-    let text = match eval_part {
-        Some(t) => t,
-        None => read(&args.text)?,
-    };
-    let tokens = m.tokenizer.encode(&text, true)?;
-    let config = PerplexityConfig {
-        context: args.context,
-        scoring: Scoring::AllTokens,
-        max_windows: args.limit,
-        bos: m.tokenizer.bos_id(),
-    };
-    let mut line = ProgressLine::new("KL divergence");
-    let kld = kl_divergence(&base, &model, &tokens, &config, |d, t| {
-        line.update(d, t, "windows,")
-    })?;
-    println!(
-        "perplexity (context {}, {} tokens scored): {:.4} → {:.4}; KLD {:.5} (95% {:.5}–{:.5}), same top token {:.4}",
-        args.context,
-        kld.tokens,
-        kld.mean_nll.0.exp(),
-        kld.mean_nll.1.exp(),
-        kld.kld.mean,
-        kld.kld.lo,
-        kld.kld.hi,
-        kld.same_top.mean
-    );
-    Ok(())
 }

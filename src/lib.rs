@@ -10,7 +10,9 @@
 //! - [`core`] — backend selection and the replaceable linear layer.
 //! - [`model`] — llama-family models, GGUF / safetensors loading, tokenizers, generation.
 //! - [`eval`] — perplexity (both protocols), KL divergence to a base model, zero-shot tasks.
-//! - [`quant`] — RTN, GPTQ and HQQ weight quantization into the packed low-bit layout.
+//! - [`quant`] — RTN, GPTQ, AWQ and HQQ weight quantization into the packed low-bit layout.
+//! - [`prune`] — magnitude, Wanda and SparseGPT pruning (unstructured, N:M; joint with
+//!   quantization).
 //! - [`recipe`] — TOML recipes over all of the above.
 //!
 //! ```no_run
@@ -32,6 +34,7 @@
 pub use compress_core as core;
 pub use compress_eval as eval;
 pub use compress_model as model;
+pub use compress_prune as prune;
 pub use compress_quant as quant;
 
 pub mod recipe;

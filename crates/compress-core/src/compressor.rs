@@ -11,6 +11,7 @@ use std::fmt;
 use burn::tensor::Tensor;
 
 use crate::packed::PackedWeight;
+use crate::sparsity::SparsityMask;
 
 /// Which statistics of a layer's inputs a compressor needs (the pipeline accumulates only these).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -98,6 +99,23 @@ pub struct LayerView<'a> {
     pub out_features: usize,
     /// Input features (columns).
     pub in_features: usize,
+    /// The layer's sparsity mask when an earlier step pruned it (its pruned weights are 0 in
+    /// `weight`). Compressors that move weights (GPTQ) keep them at 0; the pipeline re-attaches
+    /// the mask to whatever a step returns, so a pruned weight stays pruned.
+    pub mask: Option<&'a SparsityMask>,
+}
+
+impl<'a> LayerView<'a> {
+    /// A view of an unpruned layer.
+    pub fn new(path: &'a str, weight: &'a [f32], out_features: usize, in_features: usize) -> Self {
+        Self {
+            path,
+            weight,
+            out_features,
+            in_features,
+            mask: None,
+        }
+    }
 }
 
 /// What a compressor turns a layer into (host memory; the pipeline uploads it).
@@ -105,7 +123,14 @@ pub struct LayerView<'a> {
 pub enum LayerWeights {
     /// A dense weight (for example a pruned one, zeros included), row-major `[out, in]`.
     Dense(Vec<f32>),
-    /// Packed low-bit codes with scales and zeros.
+    /// A pruned dense weight, row-major `[out, in]`, exactly 0 wherever `mask` prunes.
+    Sparse {
+        /// The values, zeros included.
+        weight: Vec<f32>,
+        /// Which weights are kept.
+        mask: SparsityMask,
+    },
+    /// Packed low-bit codes with scales and zeros (and a mask when also pruned).
     Quantized(PackedWeight),
 }
 
@@ -113,16 +138,57 @@ impl LayerWeights {
     /// The dense weight the storage stands for, row-major `[out, in]`.
     pub fn to_dense(&self) -> Vec<f32> {
         match self {
-            LayerWeights::Dense(w) => w.clone(),
+            LayerWeights::Dense(w) | LayerWeights::Sparse { weight: w, .. } => w.clone(),
             LayerWeights::Quantized(p) => p.dequantize(),
         }
     }
 
-    /// Stored bits per weight (32 for dense f32).
+    /// Stored bits per weight: 32 for dense f32, pruned or not (the zeros are stored); the packed
+    /// size, mask included, for quantized weights.
     pub fn bits_per_weight(&self) -> f64 {
         match self {
-            LayerWeights::Dense(_) => 32.0,
+            LayerWeights::Dense(_) | LayerWeights::Sparse { .. } => 32.0,
             LayerWeights::Quantized(p) => p.bits_per_weight(),
+        }
+    }
+
+    /// The sparsity mask, if the weight is pruned.
+    pub fn mask(&self) -> Option<&SparsityMask> {
+        match self {
+            LayerWeights::Dense(_) => None,
+            LayerWeights::Sparse { mask, .. } => Some(mask),
+            LayerWeights::Quantized(p) => p.mask(),
+        }
+    }
+
+    /// The same storage also pruned by `mask` (intersected with any mask it has): pruned values
+    /// become exactly 0.
+    ///
+    /// # Panics
+    /// If the mask's shape differs from the weight's (the pipeline builds both from one layer).
+    pub fn with_mask(self, mask: &SparsityMask) -> Self {
+        let merged =
+            |own: Option<&SparsityMask>| own.map_or_else(|| mask.clone(), |m| m.intersect(mask));
+        match self {
+            LayerWeights::Dense(mut weight) => {
+                mask.apply(&mut weight);
+                LayerWeights::Sparse {
+                    weight,
+                    mask: mask.clone(),
+                }
+            }
+            LayerWeights::Sparse {
+                mut weight,
+                mask: own,
+            } => {
+                let mask = merged(Some(&own));
+                mask.apply(&mut weight);
+                LayerWeights::Sparse { weight, mask }
+            }
+            LayerWeights::Quantized(p) => {
+                let m = merged(p.mask());
+                LayerWeights::Quantized(p.with_mask(m).expect("mask shape equals the layer's"))
+            }
         }
     }
 }
@@ -141,6 +207,8 @@ pub struct LayerReport {
     pub output_rel_error: Option<f64>,
     /// Stored bits per weight after the step.
     pub bits_per_weight: f64,
+    /// Fraction of the layer's weights pruned after the step (0 when unpruned).
+    pub sparsity: f64,
     /// Wall time of the step, seconds.
     pub seconds: f64,
 }

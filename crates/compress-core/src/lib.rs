@@ -10,6 +10,8 @@
 //!   model keeps running on any backend.
 //! - [`packed`]: the packed 2–8-bit weight layout (codes, f16 scales and zeros) shared by the
 //!   quantizers and the kernels.
+//! - [`sparsity`]: sparsity masks (one bit per weight) and patterns (unstructured, N:M) shared by
+//!   the pruners, the quantizers that must keep pruned weights at 0, and the packed layout.
 //! - [`compressor`]: the [`Compressor`](compressor::Compressor) trait — one algorithm, one linear
 //!   layer, the calibration statistics it declares — and the layer-level error measures.
 //! - [`calibration`]: seeded sampling of calibration windows from a token stream.
@@ -42,6 +44,7 @@ pub mod packed;
 pub mod pipeline;
 pub mod recipe;
 pub mod scaling;
+pub mod sparsity;
 
 /// The README's examples, compiled and run as doctests.
 #[doc = include_str!("../README.md")]

@@ -15,14 +15,18 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::compressor::LayerWeights;
 use crate::packed::PackedWeight;
+use crate::sparsity::SparsityMask;
 
-/// A dense `y = x Wᵀ + b` layer, `W` of shape `[out, in]`.
+/// A dense `y = x Wᵀ + b` layer, `W` of shape `[out, in]`, optionally pruned.
 #[derive(Module, Debug)]
 pub struct DenseLinear {
-    /// Weight, `[out_features, in_features]`.
+    /// Weight, `[out_features, in_features]` (exactly 0 where `mask` prunes).
     pub weight: Param<Tensor<2>>,
     /// Optional bias, `[out_features]`.
     pub bias: Option<Param<Tensor<1>>>,
+    /// Which weights are kept, when the layer was pruned (later steps keep pruned weights at 0).
+    #[module(skip)]
+    pub mask: Option<Arc<SparsityMask>>,
 }
 
 impl DenseLinear {
@@ -42,6 +46,7 @@ impl DenseLinear {
         Self {
             weight: Param::from_tensor(weight),
             bias: bias.map(Param::from_tensor),
+            mask: None,
         }
     }
 }
@@ -184,6 +189,15 @@ impl CompressedLinear {
         }
     }
 
+    /// The sparsity mask of a pruned layer (dense or quantized), if any.
+    pub fn mask(&self) -> Option<&SparsityMask> {
+        match self {
+            CompressedLinear::Dense(l) => l.mask.as_deref(),
+            CompressedLinear::LowRank(_) => None,
+            CompressedLinear::Quantized(l) => l.packed.mask(),
+        }
+    }
+
     /// The bias, if any.
     pub fn bias(&self) -> Option<Tensor<1>> {
         match self {
@@ -206,6 +220,13 @@ impl CompressedLinear {
             LayerWeights::Dense(w) => {
                 let w = Tensor::from_data(TensorData::new(w, [out_features, in_features]), device);
                 CompressedLinear::Dense(DenseLinear::new(w, bias))
+            }
+            LayerWeights::Sparse { weight, mask } => {
+                let w =
+                    Tensor::from_data(TensorData::new(weight, [out_features, in_features]), device);
+                let mut l = DenseLinear::new(w, bias);
+                l.mask = Some(Arc::new(mask));
+                CompressedLinear::Dense(l)
             }
             LayerWeights::Quantized(p) => {
                 CompressedLinear::Quantized(QuantizedLinear::new(p, bias, device))

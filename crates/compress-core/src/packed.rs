@@ -18,12 +18,18 @@
 //! is exactly llama.cpp's `Q4_0` block (`d = scale`, `q = code`), and symmetric 8-bit is `Q8_0` up to
 //! its signed code convention, which is why the zero point of a symmetric scheme is the middle code.
 //!
-//! [`PackedWeight::bits_per_weight`] counts everything stored (codes, scales and zeros), which is
-//! the number quality-versus-size comparisons in this project use.
+//! - **mask** (pruned and quantized layers only): a [`SparsityMask`] bitmap, one bit per weight;
+//!   a pruned weight dequantizes to exactly 0 whatever its code (an asymmetric grid need not have
+//!   0 on it).
+//!
+//! [`PackedWeight::bits_per_weight`] counts everything stored (codes, scales, zeros and the mask),
+//! which is the number quality-versus-size comparisons in this project use.
 
 use std::num::NonZeroUsize;
 
 use half::f16;
+
+use crate::sparsity::SparsityMask;
 
 /// Errors from building or validating a packed weight.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -47,6 +53,14 @@ pub enum PackedError {
     /// Zero points were given for a symmetric scheme, or are missing for an asymmetric one.
     #[error("zero points {0}")]
     Zeros(&'static str),
+    /// A sparsity mask's shape differs from the weight's.
+    #[error("sparsity mask is {mask:?}, the weight {weight:?}")]
+    MaskShape {
+        /// The mask's shape.
+        mask: [usize; 2],
+        /// The weight's shape.
+        weight: [usize; 2],
+    },
     /// A scale or zero point is NaN or infinite.
     #[error("{what} at index {index} is not finite")]
     NonFinite {
@@ -174,6 +188,7 @@ pub struct PackedWeight {
     codes: Vec<u8>,
     scales: Vec<f16>,
     zeros: Option<Vec<f16>>,
+    mask: Option<SparsityMask>,
 }
 
 impl PackedWeight {
@@ -246,7 +261,26 @@ impl PackedWeight {
             codes,
             scales,
             zeros,
+            mask: None,
         })
+    }
+
+    /// The same codes with a sparsity mask: pruned weights dequantize to 0. Replaces any mask
+    /// already attached; fails if the shapes differ.
+    pub fn with_mask(mut self, mask: SparsityMask) -> Result<Self, PackedError> {
+        if mask.shape() != self.shape() {
+            return Err(PackedError::MaskShape {
+                mask: mask.shape(),
+                weight: self.shape(),
+            });
+        }
+        self.mask = Some(mask);
+        Ok(self)
+    }
+
+    /// The sparsity mask, if the weight is pruned as well as quantized.
+    pub fn mask(&self) -> Option<&SparsityMask> {
+        self.mask.as_ref()
     }
 
     /// The layout's scheme.
@@ -331,6 +365,9 @@ impl PackedWeight {
                 }
             }
         }
+        if let Some(m) = &self.mask {
+            m.apply(&mut out);
+        }
         out
     }
 
@@ -360,9 +397,12 @@ impl PackedWeight {
         exact
     }
 
-    /// Bytes stored: packed codes + 2 per scale + 2 per zero.
+    /// Bytes stored: packed codes + 2 per scale + 2 per zero + the mask's bitmap.
     pub fn storage_bytes(&self) -> usize {
-        self.codes.len() + 2 * self.scales.len() + 2 * self.zeros.as_ref().map_or(0, Vec::len)
+        self.codes.len()
+            + 2 * self.scales.len()
+            + 2 * self.zeros.as_ref().map_or(0, Vec::len)
+            + self.mask.as_ref().map_or(0, SparsityMask::storage_bytes)
     }
 
     /// Stored bits per weight, counting scales and zeros (e.g. 4.5 for symmetric 4-bit, group 32).

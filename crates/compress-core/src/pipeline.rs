@@ -401,13 +401,19 @@ fn compress_one<M: BlockwiseModel>(
         &format!("the weight of {path}"),
     )?;
     ensure_finite(path, "weight", &w)?;
+    let mask = lin.mask().cloned();
     let view = LayerView {
         path,
         weight: &w,
         out_features: out,
         in_features: inp,
+        mask: mask.as_ref(),
     };
-    let new: LayerWeights = step.compressor.compress(view, stats)?;
+    let mut new: LayerWeights = step.compressor.compress(view, stats)?;
+    if let Some(m) = &mask {
+        // A pruned weight stays pruned whatever the step does (e.g. RTN after a pruner).
+        new = new.with_mask(m);
+    }
     let dense = new.to_dense();
     ensure_finite(path, "compressed weight", &dense)?;
     let output_rel_error = stats.gram.as_ref().map(|g| {
@@ -421,6 +427,7 @@ fn compress_one<M: BlockwiseModel>(
         weight_rel_error: weight_rel_error(&w, &dense),
         output_rel_error,
         bits_per_weight: new.bits_per_weight(),
+        sparsity: new.mask().map_or(0.0, |m| m.sparsity()),
         seconds: t0.elapsed().as_secs_f64(),
     };
     *model.linear_mut(block, name) = CompressedLinear::from_weights(new, out, inp, bias, device);

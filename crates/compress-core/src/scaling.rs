@@ -42,6 +42,7 @@ pub fn apply_stage_scales<M: BlockwiseModel>(
             weight: w,
             out_features: *o,
             in_features: *i,
+            mask: None,
         })
         .collect();
     let Some(s) = compressor.stage_scales(&views, &stats)? else {
@@ -65,9 +66,14 @@ pub fn apply_stage_scales<M: BlockwiseModel>(
     let device = model.device();
     for (name, (w, o, i)) in names.iter().zip(weights) {
         let scaled: Vec<f32> = w.iter().enumerate().map(|(k, &v)| v * s[k % i]).collect();
-        let bias = model.linear(block, name).bias();
+        let lin = model.linear(block, name);
+        let bias = lin.bias();
+        let mut weights = LayerWeights::Dense(scaled);
+        if let Some(m) = lin.mask() {
+            weights = weights.with_mask(m);
+        }
         *model.linear_mut(block, name) =
-            CompressedLinear::from_weights(LayerWeights::Dense(scaled), o, i, bias, &device);
+            CompressedLinear::from_weights(weights, o, i, bias, &device);
     }
     Ok(scale_stats(stats, &s))
 }

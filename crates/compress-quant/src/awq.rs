@@ -206,6 +206,7 @@ mod tests {
             weight: &w,
             out_features: out,
             in_features: n,
+            mask: None,
         };
         let s = awq
             .stage_scales(&[view], &stats)

@@ -23,18 +23,18 @@
 //! - **dead columns** (inputs always zero) are zeroed, **damping** is a fraction of the mean
 //!   Hessian diagonal.
 //!
-//! The working layout is `Wᵀ` (`[in, out]`, row-major), so a weight column is a contiguous row.
+//! The sweep itself is [`crate::obs`], shared with SparseGPT; its working layout is `Wᵀ`
+//! (`[in, out]`, row-major), so a weight column is a contiguous row.
 
 use compress_core::compressor::{
     ensure_finite, CompressError, Compressor, LayerStats, LayerView, LayerWeights, StatsRequest,
 };
-use compress_core::packed::{Granularity, PackedWeight, QuantScheme};
-use faer::linalg::matmul::matmul;
-use faer::{Accum, MatMut, MatRef, Par};
+use compress_core::packed::{PackedWeight, QuantScheme};
 
-use crate::grid::{fit_grid, Grid, GridConfig};
+use crate::grid::GridConfig;
 use crate::hessian::prepare_hessian;
-use crate::rtn::{check_layer, pack, scheme_tag};
+use crate::obs::{obs_quantize, SweepQuant};
+use crate::rtn::scheme_tag;
 
 /// GPTQ configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,33 +87,16 @@ impl Compressor for Gptq {
     }
 }
 
-/// The grids of a layer: `[out, groups_per_row]` row-major, or one for per-tensor schemes.
-struct Grids {
-    grids: Vec<Grid>,
-    per_row: usize,
-    group: usize,
-    per_tensor: bool,
-}
-
-impl Grids {
-    #[inline]
-    fn get(&self, row: usize, col: usize) -> &Grid {
-        if self.per_tensor {
-            &self.grids[0]
-        } else {
-            &self.grids[row * self.per_row + col / self.group]
-        }
-    }
-}
-
-/// Runs GPTQ on one layer given `XᵀX` over `tokens` calibration tokens.
+/// Runs GPTQ on one layer given `XᵀX` over `tokens` calibration tokens. A pruned layer
+/// (`layer.mask`) keeps its pruned weights at 0: the sweep compensates their error in the kept
+/// weights, and the packed result carries the mask.
 pub fn gptq_quantize(
     layer: LayerView<'_>,
     gram: &[f32],
     tokens: usize,
     cfg: &Gptq,
 ) -> Result<PackedWeight, CompressError> {
-    let (path, out, n) = (layer.path, layer.out_features, layer.in_features);
+    let path = layer.path;
     ensure_finite(path, "weight", layer.weight)?;
     if cfg.block_size == 0 {
         return Err(CompressError::Shape {
@@ -121,108 +104,20 @@ pub fn gptq_quantize(
             message: "block_size must be at least 1".into(),
         });
     }
-    let group = check_layer(path, &cfg.scheme, &cfg.grid, n)?.max(1);
-    let hi = prepare_hessian(path, gram, n, tokens, cfg.damp, cfg.act_order)?;
-
-    let mut w = layer.weight.to_vec();
-    for &d in &hi.dead {
-        for r in 0..out {
-            w[r * n + d] = 0.0;
-        }
-    }
-    let (bits, sym) = (cfg.scheme.bits, cfg.scheme.symmetry);
-    let per_row = cfg.scheme.groups_per_row(n);
-    let dynamic = matches!(cfg.scheme.granularity, Granularity::PerGroup(_)) && !cfg.act_order;
-    let mut grids = Grids {
-        grids: Vec::new(),
-        per_row,
-        group,
-        per_tensor: cfg.scheme.granularity == Granularity::PerTensor,
+    let hi = prepare_hessian(
+        path,
+        gram,
+        layer.in_features,
+        tokens,
+        cfg.damp,
+        cfg.act_order,
+    )?;
+    let quant = SweepQuant {
+        scheme: cfg.scheme,
+        grid: cfg.grid,
+        static_groups: cfg.act_order,
     };
-    if grids.per_tensor {
-        grids.grids.push(fit_grid(&w, None, bits, sym, &cfg.grid));
-    } else if !dynamic {
-        for row in w.chunks_exact(n.max(1)) {
-            for chunk in row.chunks(group) {
-                grids
-                    .grids
-                    .push(fit_grid(chunk, None, bits, sym, &cfg.grid));
-            }
-        }
-    } else {
-        grids.grids = vec![
-            Grid {
-                scale: half::f16::ZERO,
-                zero: half::f16::ZERO,
-                max_code: bits.max_code()
-            };
-            out * per_row
-        ];
-    }
-
-    // Wᵀ in sweep order: row k holds original column perm[k].
-    let mut wt = vec![0f32; n * out];
-    for (k, &c) in hi.perm.iter().enumerate() {
-        for r in 0..out {
-            wt[k * out + r] = w[r * n + c];
-        }
-    }
-    drop(w);
-
-    let u = &hi.upper;
-    let mut codes = vec![0u8; out * n];
-    let bs = cfg.block_size.min(n.max(1));
-    let mut err = vec![0f32; bs * out];
-    let mut buf = vec![0f32; group];
-    for i1 in (0..n).step_by(bs) {
-        let i2 = (i1 + bs).min(n);
-        for k in i1..i2 {
-            let col = hi.perm[k];
-            if dynamic && col % group == 0 {
-                // Without act-order k == col: the group is rows k..k+len of Wᵀ, as updated (the
-                // last group of a row may be shorter).
-                let len = group.min(n - k);
-                for r in 0..out {
-                    for (j, b) in buf[..len].iter_mut().enumerate() {
-                        *b = wt[(k + j) * out + r];
-                    }
-                    grids.grids[r * per_row + col / group] =
-                        fit_grid(&buf[..len], None, bits, sym, &cfg.grid);
-                }
-            }
-            let d = u[k * n + k];
-            let (head, tail) = wt.split_at_mut((k + 1) * out);
-            let wk = &head[k * out..];
-            let ek = &mut err[(k - i1) * out..(k - i1 + 1) * out];
-            for r in 0..out {
-                let g = grids.get(r, col);
-                let q = g.code(wk[r]);
-                codes[r * n + col] = q;
-                ek[r] = (wk[r] - g.value(q)) / d;
-            }
-            // Error feedback inside the block.
-            for j in k + 1..i2 {
-                let ukj = u[k * n + j];
-                if ukj != 0.0 {
-                    let row = &mut tail[(j - k - 1) * out..(j - k) * out];
-                    for (x, &e) in row.iter_mut().zip(ek.iter()) {
-                        *x -= ukj * e;
-                    }
-                }
-            }
-        }
-        if i2 < n {
-            // Lazy batch: Wᵀ[i2.., :] −= U[i1..i2, i2..]ᵀ · E.
-            let rest = n - i2;
-            let dst = MatMut::from_row_major_slice_mut(&mut wt[i2 * out..], rest, out);
-            let lhs = MatRef::from_row_major_slice_with_stride(&u[i1 * n + i2..], i2 - i1, rest, n)
-                .transpose();
-            let rhs = MatRef::from_row_major_slice(&err[..(i2 - i1) * out], i2 - i1, out);
-            matmul(dst, Accum::Add, lhs, rhs, -1.0f32, Par::rayon(0));
-        }
-    }
-    let packed = pack(path, &cfg.scheme, out, n, &codes, &grids.grids)?;
-    Ok(packed)
+    obs_quantize(layer, &hi, cfg.block_size, &quant, None)
 }
 
 #[cfg(test)]
@@ -294,6 +189,7 @@ mod tests {
                 weight: &w,
                 out_features: out,
                 in_features: n,
+                mask: None,
             };
             let q = gptq_quantize(view, &g, tokens, &cfg).unwrap();
             let rtn = crate::rtn::quantize_rtn("t", &w, out, n, &scheme, &cfg.grid, None).unwrap();
@@ -323,6 +219,7 @@ mod tests {
             weight: &w,
             out_features: out,
             in_features: n,
+            mask: None,
         };
         let a = gptq_quantize(
             view,
@@ -355,6 +252,7 @@ mod tests {
             weight: &w,
             out_features: out,
             in_features: n,
+            mask: None,
         };
         let q = gptq_quantize(view, &g, 1, &Gptq::new(scheme)).unwrap();
         let d = q.dequantize();

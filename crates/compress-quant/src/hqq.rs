@@ -216,6 +216,7 @@ mod tests {
                 weight: &w,
                 out_features: 64,
                 in_features: 64,
+                mask: None,
             };
             let h = Hqq::new(scheme)
                 .compress(view, &LayerStats::default())
@@ -244,6 +245,7 @@ mod tests {
             weight: &w,
             out_features: 1,
             in_features: 8,
+            mask: None,
         };
         let e = Hqq::new(scheme)
             .compress(view, &LayerStats::default())

@@ -25,7 +25,7 @@
 //! // A 2×8 weight, 4-bit symmetric with groups of 4.
 //! let w: Vec<f32> = (0..16).map(|i| (i as f32 - 7.5) / 10.0).collect();
 //! let rtn = Rtn::new(QuantScheme::new(4, Some(4), Symmetry::Symmetric).unwrap());
-//! let view = LayerView { path: "demo", weight: &w, out_features: 2, in_features: 8 };
+//! let view = LayerView::new("demo", &w, 2, 8);
 //! let q = rtn.compress(view, &LayerStats::default()).unwrap();
 //! assert_eq!(q.bits_per_weight(), 8.0); // 4 bits + a 16-bit scale per 4 weights
 //! let err = compress_core::compressor::weight_rel_error(&w, &q.to_dense());
@@ -40,6 +40,7 @@ pub mod grid;
 pub mod hessian;
 pub mod hqq;
 pub mod mixed;
+pub mod obs;
 pub mod recipe;
 pub mod rtn;
 

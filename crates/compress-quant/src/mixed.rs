@@ -97,6 +97,7 @@ pub fn measure_sensitivity<M: BlockwiseModel>(
                     weight: &w,
                     out_features: o,
                     in_features: i,
+                    mask: None,
                 };
                 let mut options = Vec::with_capacity(compressors.len());
                 for c in &compressors {

@@ -274,6 +274,7 @@ mod tests {
             weight: &w,
             out_features: 2,
             in_features: 48,
+            mask: None,
         };
         let LayerWeights::Quantized(p) =
             Rtn::new(s).compress(view, &LayerStats::default()).unwrap()
@@ -322,6 +323,7 @@ mod tests {
             weight: &w,
             out_features: 1,
             in_features: 16,
+            mask: None,
         };
         let e = r.compress(view, &LayerStats::default()).unwrap_err();
         assert!(matches!(e, CompressError::MissingStats { .. }));

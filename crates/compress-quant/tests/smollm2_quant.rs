@@ -32,6 +32,7 @@ fn asymmetric_rtn_g32_recovers_the_q4_1_grids() {
                     weight: &w,
                     out_features: lin.out_features(),
                     in_features: lin.in_features(),
+                    mask: None,
                 };
                 let e = weight_rel_error(
                     &w,

@@ -1,0 +1,247 @@
+//! Pruning the real stories260K model (`../shared`): SparseGPT, Wanda and magnitude on captured
+//! activations of real layers, and the block-by-block pipeline end to end (exact sparsity, N:M
+//! patterns, masks kept through GPTQ, joint prune + quantize).
+//!
+//! Calibration uses the first half of the TinyStories validation text, perplexity the second half.
+
+#[path = "../../compress-model/tests/common/mod.rs"]
+mod common;
+
+use burn::tensor::{Tensor, TensorData};
+use compress_core::backend::BackendKind;
+use compress_core::calibration::sample_windows;
+use compress_core::compressor::{output_rel_error, Compressor, LayerView, StatsRequest};
+use compress_core::linear::CompressedLinear;
+use compress_core::packed::{QuantScheme, Symmetry};
+use compress_core::pipeline::{collect_stats, BlockwiseModel, LayerFilter, Pipeline};
+use compress_core::sparsity::SparsityPattern;
+use compress_eval::perplexity::{perplexity, PerplexityConfig, Scoring};
+use compress_model::{LlamaModel, LoadedModel};
+use compress_prune::magnitude::Magnitude;
+use compress_prune::select::Comparison;
+use compress_prune::sparsegpt::SparseGpt;
+use compress_prune::wanda::Wanda;
+use compress_quant::gptq::Gptq;
+use compress_quant::grid::GridConfig;
+use compress_quant::obs::SweepQuant;
+
+struct Setup {
+    m: LoadedModel,
+    calib: Vec<u32>,
+    eval: Vec<u32>,
+    eval_bytes: usize,
+}
+
+fn setup() -> Option<Setup> {
+    let path = common::shared("models/stories260K.gguf")?;
+    let text = std::fs::read_to_string(common::shared("data/tinystories/val.txt")?).unwrap();
+    let m = compress_model::load(path, &BackendKind::Flex.device().unwrap()).unwrap();
+    let split = text[..text.len() / 2].rfind('\n').unwrap_or(text.len() / 2);
+    let calib = m.tokenizer.encode(&text[..split], true).unwrap();
+    let eval = m.tokenizer.encode(&text[split..], true).unwrap();
+    Some(Setup {
+        m,
+        calib,
+        eval,
+        eval_bytes: text.len() - split,
+    })
+}
+
+fn ppl(s: &Setup, model: &LlamaModel) -> f64 {
+    let config = PerplexityConfig {
+        context: 128,
+        scoring: Scoring::AllTokens,
+        max_windows: Some(24),
+        bos: s.m.tokenizer.bos_id(),
+    };
+    perplexity(model, &s.eval, s.eval_bytes, &config, |_, _| {})
+        .unwrap()
+        .ppl
+}
+
+/// On captured inputs of real layers, output error: SparseGPT < Wanda < magnitude at 50% and at
+/// 2:4 (the ordering of both papers' layer-wise experiments), Wanda and magnitude compared with the
+/// same comparison group (per row and per layer; on this model per-layer wins for both, see
+/// docs/pruning.md).
+#[test]
+fn sparsegpt_below_wanda_below_magnitude_on_real_layers() {
+    let Some(s) = setup() else { return };
+    let model = &s.m.model;
+    let device = BlockwiseModel::device(model);
+    let windows = sample_windows(&s.calib, 16, 128, 0).unwrap();
+    let mut xs = Pipeline::new()
+        .embed_calibration(model, &windows, &device)
+        .unwrap();
+    for x in xs.iter_mut() {
+        *x = model.block_forward(0, x.clone());
+    }
+    let request = StatsRequest {
+        gram: true,
+        col_sq_norms: true,
+        ..StatsRequest::NONE
+    };
+    for (stage, name) in [(0, "attn.q_proj"), (2, "mlp.up_proj"), (3, "mlp.down_proj")] {
+        let mut caches: Vec<_> = xs.iter().map(|x| model.begin_block(1, x.clone())).collect();
+        let stats = collect_stats(model, 1, stage, &mut caches, request).unwrap();
+        let lin = model.linear(1, name);
+        let (out, inp) = (lin.out_features(), lin.in_features());
+        let w: Vec<f32> = lin.dense_weight().into_data().try_to_vec::<f32>().unwrap();
+        let view = LayerView::new(name, &w, out, inp);
+        let t =
+            |v: Vec<f32>, sh: [usize; 2]| Tensor::<2>::from_data(TensorData::new(v, sh), &device);
+        let gram = stats.gram.clone().unwrap();
+        let err = |c: &dyn Compressor| {
+            let wp = c.compress(view, &stats).unwrap().to_dense();
+            output_rel_error(
+                t(w.clone(), [out, inp]),
+                t(wp, [out, inp]),
+                t(gram.clone(), [inp, inp]),
+            )
+        };
+        for pattern in [
+            SparsityPattern::Unstructured(0.5),
+            SparsityPattern::NM { n: 2, m: 4 },
+        ] {
+            // Wanda and magnitude each with both comparison groups: the score is what the papers
+            // compare; which weights compete (a row, the layer) is a separate choice.
+            let es = err(&SparseGpt::new(pattern));
+            let [wr, wl, mr, ml] = [
+                err(&Wanda {
+                    pattern,
+                    comparison: Comparison::Row,
+                }),
+                err(&Wanda {
+                    pattern,
+                    comparison: Comparison::Layer,
+                }),
+                err(&Magnitude {
+                    pattern,
+                    comparison: Comparison::Row,
+                }),
+                err(&Magnitude {
+                    pattern,
+                    comparison: Comparison::Layer,
+                }),
+            ];
+            eprintln!(
+                "{name} {pattern:?}: output rel. sq. error sparsegpt {es:.4}, wanda row {wr:.4} layer {wl:.4}, magnitude row {mr:.4} layer {ml:.4}"
+            );
+            assert!(
+                es < wr.min(wl),
+                "{name} {pattern:?}: sparsegpt {es} vs wanda {wr} {wl}"
+            );
+            assert!(
+                wr < mr && wl < ml,
+                "{name} {pattern:?}: wanda {wr} {wl} vs magnitude {mr} {ml}"
+            );
+        }
+    }
+}
+
+fn masks(model: &LlamaModel) -> Vec<(String, compress_core::sparsity::SparsityMask, bool)> {
+    let mut v = Vec::new();
+    for (b, l) in model.layers.iter().enumerate() {
+        for (name, lin) in [
+            ("q", &l.attn.q_proj),
+            ("k", &l.attn.k_proj),
+            ("v", &l.attn.v_proj),
+            ("o", &l.attn.o_proj),
+            ("gate", &l.mlp.gate_proj),
+            ("up", &l.mlp.up_proj),
+            ("down", &l.mlp.down_proj),
+        ] {
+            let m = lin
+                .mask()
+                .unwrap_or_else(|| panic!("{b}.{name} not pruned"))
+                .clone();
+            // A pruned weight is exactly 0 in the layer's weight, whatever the storage.
+            let w: Vec<f32> = lin.dense_weight().into_data().try_to_vec::<f32>().unwrap();
+            assert!(
+                (0..w.len()).all(|i| m.is_kept_flat(i) || w[i] == 0.0),
+                "{b}.{name}"
+            );
+            v.push((
+                format!("{b}.{name}"),
+                m,
+                matches!(lin, CompressedLinear::Quantized(_)),
+            ));
+        }
+    }
+    v
+}
+
+/// The pipeline prunes every linear to exactly the requested sparsity (unstructured) or pattern
+/// (N:M); masks survive a GPTQ step after pruning and come out of SparseGPT's joint sweep;
+/// perplexities are printed and ordered as the methods' layer errors are.
+#[test]
+fn pipeline_prunes_exactly_and_masks_survive_quantization() {
+    let Some(s) = setup() else { return };
+    let windows = sample_windows(&s.calib, 32, 128, 1).unwrap();
+    let run = |steps: Vec<Box<dyn Compressor>>| -> LlamaModel {
+        let mut model = s.m.model.clone();
+        let mut p = Pipeline::new();
+        for c in steps {
+            p.steps.push(compress_core::pipeline::PipelineStep {
+                filter: LayerFilter::All,
+                compressor: c,
+            });
+        }
+        let report = p.run(&mut model, &windows, |_, _, _| {}).unwrap();
+        for r in &report.layers {
+            assert!(r.sparsity > 0.0, "{r:?}");
+        }
+        model
+    };
+    let half = SparsityPattern::Unstructured(0.5);
+    let nm = SparsityPattern::NM { n: 2, m: 4 };
+    let mut ppls = Vec::new();
+    for (label, pattern) in [("50%", half), ("2:4", nm)] {
+        for (method, c) in [
+            (
+                "magnitude",
+                Box::new(Magnitude::new(pattern)) as Box<dyn Compressor>,
+            ),
+            ("wanda", Box::new(Wanda::new(pattern))),
+            ("sparsegpt", Box::new(SparseGpt::new(pattern))),
+        ] {
+            let model = run(vec![c]);
+            for (path, m, _) in masks(&model) {
+                let [o, i] = m.shape();
+                match pattern {
+                    SparsityPattern::Unstructured(sp) => {
+                        assert_eq!(m.pruned(), (sp * (o * i) as f64).round() as usize, "{path}")
+                    }
+                    SparsityPattern::NM { n, m: mm } => assert!(m.satisfies_n_m(n, mm), "{path}"),
+                }
+            }
+            let p = ppl(&s, &model);
+            eprintln!("stories260K {label} {method}: ppl {p:.4}");
+            ppls.push(p);
+        }
+    }
+    let base = ppl(&s, &s.m.model);
+    eprintln!("stories260K dense ppl {base:.4}");
+    // SparseGPT reconstructs the weights; at 50% it must beat magnitude by a wide margin.
+    assert!(ppls[2] < ppls[0] && ppls[5] < ppls[3], "{ppls:?}");
+    assert!(ppls.iter().all(|&p| p > base));
+
+    // Prune, then GPTQ: the masks are kept, the layers are quantized.
+    let g32 = QuantScheme::new(4, Some(32), Symmetry::Symmetric).unwrap();
+    let seq = run(vec![Box::new(SparseGpt::new(nm)), Box::new(Gptq::new(g32))]);
+    for (path, m, quantized) in masks(&seq) {
+        assert!(quantized && m.satisfies_n_m(2, 4), "{path}");
+    }
+    // One joint sweep: quantized with the mask.
+    let quant = SweepQuant {
+        scheme: g32,
+        grid: GridConfig::default(),
+        static_groups: false,
+    };
+    let joint = run(vec![Box::new(SparseGpt::joint(nm, quant))]);
+    for (path, m, quantized) in masks(&joint) {
+        assert!(quantized && m.satisfies_n_m(2, 4), "{path}");
+    }
+    let (ps, pj) = (ppl(&s, &seq), ppl(&s, &joint));
+    eprintln!("stories260K 2:4 + w4g32: sparsegpt→gptq ppl {ps:.4}, joint ppl {pj:.4}");
+    assert!(ps.is_finite() && pj.is_finite() && pj > base);
+}

@@ -1,0 +1,144 @@
+//! Helpers shared by the compression examples: model loading with the embedded default, the
+//! calibration / evaluation text split, the pipeline summary line and the before/after
+//! evaluation.
+#![allow(dead_code)] // each example uses a subset
+
+use std::path::Path;
+
+use compress::core::pipeline::{BlockwiseModel, PipelineReport};
+use compress::eval::kld::kl_divergence;
+use compress::eval::perplexity::{PerplexityConfig, Scoring};
+use compress::eval::progress::ProgressLine;
+use compress::model::{LlamaModel, LoadedModel};
+
+/// stories260K, embedded so the examples run with no arguments.
+pub static EMBEDDED: &[u8] = include_bytes!("../../assets/stories260K.gguf");
+
+/// Loads `path`, or the embedded stories260K when `None`.
+pub fn load_model(
+    path: Option<&Path>,
+    device: &burn::tensor::Device,
+) -> Result<LoadedModel, Box<dyn std::error::Error>> {
+    Ok(match path {
+        Some(p) => compress::model::load(p, device)?,
+        None => compress::model::load::load_gguf_bytes(EMBEDDED.to_vec(), device)?,
+    })
+}
+
+fn read(p: &Path) -> Result<String, String> {
+    std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+}
+
+/// The calibration text and the evaluation text. When both are the same file, calibration gets
+/// its first half (up to a line break) and evaluation the second: never the same text twice.
+pub fn calibration_and_eval_text(
+    calib: &Path,
+    eval: &Path,
+) -> Result<(String, String), Box<dyn std::error::Error>> {
+    let same_file = std::fs::canonicalize(calib).ok() == std::fs::canonicalize(eval).ok();
+    let calib_text = read(calib)?;
+    if !same_file {
+        return Ok((calib_text, read(eval)?));
+    }
+    let split = calib_text[..calib_text.len() / 2]
+        .rfind('\n')
+        .unwrap_or(calib_text.len() / 2);
+    eprintln!(
+        "calibrating on the first half of {}, evaluating on the second",
+        calib.display()
+    );
+    let eval_part = calib_text[split..].to_string();
+    let mut calib_part = calib_text;
+    calib_part.truncate(split);
+    Ok((calib_part, eval_part))
+}
+
+/// A progress callback for [`Pipeline::run`](compress::core::pipeline::Pipeline::run): blocks
+/// done, the layer and its output error.
+pub fn pipeline_progress(
+    what: &str,
+) -> impl FnMut(&compress::core::compressor::LayerReport, usize, usize) {
+    let mut line = ProgressLine::new(what);
+    move |r, block, blocks| {
+        let detail = format!(
+            "blocks, {:<22} output err {:.1e},",
+            r.path,
+            r.output_rel_error.unwrap_or(f64::NAN)
+        );
+        line.update(
+            block + usize::from(r.path.ends_with("down_proj")),
+            blocks,
+            &detail,
+        )
+    }
+}
+
+/// Prints what a pipeline run did: steps, time, calibration tokens, peak memory, and the stored
+/// bits per weight and sparsity over the layers it changed (each layer's last step counts).
+pub fn print_summary(
+    steps: &str,
+    report: &PipelineReport,
+    model: &LlamaModel,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut last = std::collections::BTreeMap::new();
+    for r in &report.layers {
+        last.insert(r.path.as_str(), r);
+    }
+    let (mut bits, mut pruned, mut weights) = (0.0, 0.0, 0usize);
+    for (path, r) in &last {
+        let block: usize = path.split('.').nth(1).ok_or("layer path")?.parse()?;
+        let lin = model.linear(block, path.splitn(3, '.').nth(2).ok_or("layer path")?);
+        let n = lin.in_features() * lin.out_features();
+        bits += r.bits_per_weight * n as f64;
+        pruned += r.sparsity * n as f64;
+        weights += n;
+    }
+    let maths: f64 = report.layers.iter().map(|r| r.seconds).sum();
+    let w = weights.max(1) as f64;
+    println!(
+        "{steps}: {} layer steps in {:.1} s ({:.1} s in the compressors, the rest calibration forward passes and statistics) on {} calibration tokens, peak RSS {:.0} MiB; over the {} compressed layers {:.3} stored bits/weight, {:.2}% of weights pruned",
+        report.layers.len(),
+        report.seconds,
+        maths,
+        report.calibration_tokens,
+        report.peak_rss_bytes.unwrap_or(0) as f64 / (1 << 20) as f64,
+        last.len(),
+        bits / w,
+        100.0 * pruned / w,
+    );
+    Ok(())
+}
+
+/// Perplexity of both models and the KL divergence of `model` to `base` in one pass over
+/// `text`, printed.
+pub fn evaluate(
+    base: &LlamaModel,
+    model: &LlamaModel,
+    loaded: &LoadedModel,
+    text: &str,
+    context: usize,
+    limit: Option<usize>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let tokens = loaded.tokenizer.encode(text, true)?;
+    let config = PerplexityConfig {
+        context,
+        scoring: Scoring::AllTokens,
+        max_windows: limit,
+        bos: loaded.tokenizer.bos_id(),
+    };
+    let mut line = ProgressLine::new("KL divergence");
+    let kld = kl_divergence(base, model, &tokens, &config, |d, t| {
+        line.update(d, t, "windows,")
+    })?;
+    println!(
+        "perplexity (context {context}, {} tokens scored): {:.4} → {:.4}; KLD {:.5} (95% {:.5}–{:.5}), same top token {:.4}",
+        kld.tokens,
+        kld.mean_nll.0.exp(),
+        kld.mean_nll.1.exp(),
+        kld.kld.mean,
+        kld.kld.lo,
+        kld.kld.hi,
+        kld.same_top.mean
+    );
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! Prune a model's linear layers (magnitude, Wanda or SparseGPT; unstructured or N:M), optionally
+//! quantize what is left — after pruning, or in the same SparseGPT sweep (`--joint`) — then
+//! measure what it cost: perplexity before and after and KL divergence to the original model.
+//!
+//! ```text
+//! cargo run --release --example prune_then_quantize        # embedded stories260K: SparseGPT 50%, then GPTQ 4-bit g32
+//! cargo run --release --example prune_then_quantize -- --method wanda --nm 2:4 --bits 0
+//! cargo run --release --example prune_then_quantize -- --nm 2:4 --joint     # one sweep prunes and quantizes
+//! cargo run --release --example prune_then_quantize -- --recipe examples/recipes/sparsegpt-2of4-w4-joint.toml
+//! cargo run --release --example prune_then_quantize -- --model .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf \
+//!     --calib ../shared/data/wikitext-2/wiki.valid.stripped.txt \
+//!     --text ../shared/data/wikitext-2/wiki.test.raw --context 2048 --limit 4 --nsamples 64 --seqlen 512
+//! ```
+
+use std::path::PathBuf;
+
+#[path = "common/mod.rs"]
+mod common;
+
+use clap::{Parser, ValueEnum};
+use compress::core::backend::BackendKind;
+use compress::core::calibration::sample_windows;
+use compress::core::recipe::{CalibrationConfig, RecipeStep, RECIPE_VERSION};
+use compress::prune::recipe::{
+    JointQuantConfig, PatternConfig, PruneMethod, ScoreConfig, SparseGptConfig,
+};
+use compress::quant::recipe::{GptqConfig, QuantMethod};
+use compress::recipe::{Method, Recipe};
+
+#[derive(Copy, Clone, Debug, PartialEq, ValueEnum)]
+enum Pruner {
+    /// Smallest |w| per layer (no calibration).
+    Magnitude,
+    /// |w|·‖x‖ per output row (Sun et al. 2023).
+    Wanda,
+    /// OBS mask selection with weight reconstruction (Frantar & Alistarh 2023).
+    Sparsegpt,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "Pruning (and quantization) with before/after perplexity and KL divergence.")]
+struct Args {
+    /// GGUF file or Hugging Face checkpoint directory [default: embedded stories260K].
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Calibration text.
+    #[arg(long, default_value = "../shared/data/tinystories/val.txt")]
+    calib: PathBuf,
+    /// Evaluation text (perplexity and KL divergence).
+    #[arg(long, default_value = "../shared/data/tinystories/val.txt")]
+    text: PathBuf,
+    /// Pruner.
+    #[arg(long, value_enum, default_value_t = Pruner::Sparsegpt)]
+    method: Pruner,
+    /// Unstructured sparsity in [0, 1) (ignored with --nm).
+    #[arg(long, default_value_t = 0.5)]
+    sparsity: f64,
+    /// N:M sparsity instead, e.g. 2:4 (at most N kept in every M weights of a row).
+    #[arg(long)]
+    nm: Option<String>,
+    /// Magnitude and Wanda: which weights compete for an unstructured budget, `layer` or `row`
+    /// [default: layer for magnitude, row for Wanda, as in the papers].
+    #[arg(long)]
+    compare: Option<String>,
+    /// Quantize the kept weights to this many bits after pruning (GPTQ); 0 = prune only.
+    #[arg(long, default_value_t = 4)]
+    bits: u8,
+    /// Weights per scale along a row; 0 = one scale per output channel.
+    #[arg(long, default_value_t = 32)]
+    group: usize,
+    /// SparseGPT only: quantize in the same sweep that prunes, instead of a GPTQ step after it.
+    #[arg(long)]
+    joint: bool,
+    /// Calibration windows.
+    #[arg(long, default_value_t = 128)]
+    nsamples: usize,
+    /// Tokens per calibration window.
+    #[arg(long, default_value_t = 128)]
+    seqlen: usize,
+    /// Calibration sampling seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Evaluation window length.
+    #[arg(long, default_value_t = 256)]
+    context: usize,
+    /// Evaluate at most this many windows.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// A recipe file (examples/recipes/*.toml): replaces the method, pattern, quantization and
+    /// calibration flags.
+    #[arg(long)]
+    recipe: Option<PathBuf>,
+    /// Write the recipe that was run to this file.
+    #[arg(long)]
+    save_recipe: Option<PathBuf>,
+    /// Compress only: no evaluation.
+    #[arg(long)]
+    no_eval: bool,
+    /// Backend: flex, ndarray, wgpu, cuda, tch.
+    #[arg(long, default_value_t = BackendKind::default())]
+    backend: BackendKind,
+}
+
+/// The recipe the flags describe.
+fn flags_recipe(args: &Args) -> Result<Recipe, String> {
+    let pattern = match &args.nm {
+        Some(nm) => PatternConfig {
+            sparsity: None,
+            nm: Some(nm.clone()),
+        },
+        None => PatternConfig {
+            sparsity: Some(args.sparsity),
+            nm: None,
+        },
+    };
+    let group = (args.group > 0).then_some(args.group);
+    if args.joint && (args.method != Pruner::Sparsegpt || args.bits == 0) {
+        return Err("--joint needs --method sparsegpt and --bits > 0".into());
+    }
+    let score = ScoreConfig {
+        pattern: pattern.clone(),
+        compare: args.compare.clone(),
+    };
+    let prune = match args.method {
+        Pruner::Magnitude => PruneMethod::Magnitude(score),
+        Pruner::Wanda => PruneMethod::Wanda(score),
+        Pruner::Sparsegpt => PruneMethod::Sparsegpt(SparseGptConfig {
+            pattern,
+            damp: 0.01,
+            block_size: 128,
+            quantize: args.joint.then_some(JointQuantConfig {
+                bits: args.bits,
+                group,
+                symmetric: true,
+            }),
+        }),
+    };
+    let mut steps = vec![RecipeStep {
+        layers: None,
+        method: Method::from(prune),
+    }];
+    if args.bits > 0 && !args.joint {
+        steps.push(RecipeStep {
+            layers: None,
+            method: Method::from(QuantMethod::Gptq(GptqConfig {
+                bits: args.bits,
+                group,
+                symmetric: true,
+                damp: 0.01,
+                block_size: 128,
+                act_order: false,
+                clip: 1.0,
+                search: false,
+            })),
+        });
+    }
+    Ok(Recipe {
+        version: RECIPE_VERSION,
+        calibration: CalibrationConfig {
+            nsamples: args.nsamples,
+            seqlen: args.seqlen,
+            seed: args.seed,
+            batch_size: 8,
+        },
+        steps,
+    })
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let device = args.backend.device()?;
+    let m = common::load_model(args.model.as_deref(), &device)?;
+    let (calib_text, eval_text) = common::calibration_and_eval_text(&args.calib, &args.text)?;
+    let calib_tokens = m.tokenizer.encode(&calib_text, true)?;
+    let recipe = match &args.recipe {
+        Some(path) => Recipe::from_file(path)?,
+        None => flags_recipe(&args)?,
+    };
+    recipe.validate()?;
+    if let Some(path) = &args.save_recipe {
+        std::fs::write(path, recipe.to_toml()?)?;
+        eprintln!("recipe written to {}", path.display());
+    }
+    let c = &recipe.calibration;
+    let windows = sample_windows(&calib_tokens, c.nsamples, c.seqlen, c.seed)?;
+    let pipeline = recipe.pipeline()?;
+    let names: Vec<String> = pipeline.steps.iter().map(|s| s.compressor.name()).collect();
+
+    let base = (!args.no_eval).then(|| m.model.clone());
+    let mut model = m.model.clone();
+    let report = pipeline.run(&mut model, &windows, common::pipeline_progress("compress"))?;
+    common::print_summary(&names.join(" → "), &report, &model)?;
+    match base {
+        Some(base) => common::evaluate(&base, &model, &m, &eval_text, args.context, args.limit),
+        None => Ok(()),
+    }
+}
