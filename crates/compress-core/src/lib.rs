@@ -12,6 +12,7 @@
 //!   quantizers and the kernels.
 //! - [`sparsity`]: sparsity masks (one bit per weight) and patterns (unstructured, N:M) shared by
 //!   the pruners, the quantizers that must keep pruned weights at 0, and the packed layout.
+//! - [`structured`]: cutting a linear's rows or columns (removing FFN neurons, attention heads).
 //! - [`compressor`]: the [`Compressor`](compressor::Compressor) trait — one algorithm, one linear
 //!   layer, the calibration statistics it declares — and the layer-level error measures.
 //! - [`calibration`]: seeded sampling of calibration windows from a token stream.
@@ -45,6 +46,7 @@ pub mod pipeline;
 pub mod recipe;
 pub mod scaling;
 pub mod sparsity;
+pub mod structured;
 
 /// The README's examples, compiled and run as doctests.
 #[doc = include_str!("../README.md")]

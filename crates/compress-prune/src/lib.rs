@@ -11,6 +11,8 @@
 //! - [`sparsegpt`]: OBS mask selection with weight reconstruction (Frantar & Alistarh 2023), on
 //!   the inverse-Hessian sweep shared with GPTQ; optionally quantizing in the same sweep;
 //! - [`select`]: exact-count mask selection from scores;
+//! - [`structured`]: removing FFN neurons, attention heads (grouped-query aware) and blocks, by
+//!   weight magnitude, activation energy or block influence (ShortGPT) — the model gets smaller;
 //! - [`recipe`]: the pruners' recipe configurations (`method = "magnitude" | "wanda" |
 //!   "sparsegpt"`).
 //!
@@ -41,6 +43,7 @@ pub mod magnitude;
 pub mod recipe;
 pub mod select;
 pub mod sparsegpt;
+pub mod structured;
 pub mod wanda;
 
 /// Checks a pattern, naming the layer.

@@ -12,6 +12,7 @@ pub mod calibrate;
 mod mlp;
 mod norm;
 mod rope;
+mod surgery;
 
 pub use attention::{Attention, AttentionPrecision};
 pub use build::random_model;
@@ -19,6 +20,7 @@ pub use cache::{KvCache, LayerCache};
 pub use mlp::Mlp;
 pub use norm::RmsNorm;
 pub use rope::Rope;
+pub use surgery::HeadShape;
 
 use burn::module::{Module, Param};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};

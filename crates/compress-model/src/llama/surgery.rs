@@ -1,0 +1,244 @@
+//! Structural edits of a llama model: removing FFN neurons, attention heads and whole blocks.
+//! The matrices shrink (the model gets smaller and faster, it is not masked), and the config
+//! follows whenever every block still has the same shape.
+//!
+//! - **FFN neurons**: neuron `i` of a SwiGLU MLP is row `i` of `gate_proj` and `up_proj` and
+//!   column `i` of `down_proj`; removing all three removes its term `down[:, i] · silu(g_i) u_i`
+//!   exactly.
+//! - **Heads**: query head `i` is rows `i·d..(i+1)·d` of `q_proj` and the same columns of
+//!   `o_proj`. With grouped-query attention each key/value head serves a contiguous group of query
+//!   heads, and the decoder needs groups of equal size, so every group that keeps heads must keep
+//!   the same number; a group that keeps none loses its key/value head too.
+//! - **Blocks**: a pre-norm block adds its output to the residual stream, so removing it leaves
+//!   a valid model (ShortGPT, Men et al. 2024).
+
+use compress_core::linear::CompressedLinear;
+use compress_core::structured::{keep_indices, Axis};
+
+use super::LlamaModel;
+use crate::error::ModelError;
+
+fn invalid(msg: String) -> ModelError {
+    ModelError::InvalidInput(msg)
+}
+
+fn cut(
+    lin: &mut CompressedLinear,
+    axis: Axis,
+    keep: &[usize],
+    what: &str,
+) -> Result<(), ModelError> {
+    *lin = keep_indices(lin, axis, keep).map_err(|e| invalid(format!("{what}: {e}")))?;
+    Ok(())
+}
+
+fn sorted_unique(keep: &[usize], len: usize, what: &str) -> Result<Vec<usize>, ModelError> {
+    let mut k = keep.to_vec();
+    k.sort_unstable();
+    k.dedup();
+    if k.len() != keep.len() {
+        return Err(invalid(format!("{what}: repeated indices")));
+    }
+    if k.is_empty() || k.last().is_some_and(|&i| i >= len) {
+        return Err(invalid(format!(
+            "{what}: keep between 1 and {len} indices below {len}"
+        )));
+    }
+    Ok(k)
+}
+
+/// Attention shape of one block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadShape {
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+}
+
+impl LlamaModel {
+    /// The attention shape of block `block`.
+    ///
+    /// # Panics
+    /// If `block` is out of range.
+    pub fn head_shape(&self, block: usize) -> HeadShape {
+        let a = &self.layers[block].attn;
+        HeadShape {
+            heads: a.num_heads,
+            kv_heads: a.num_kv_heads,
+            head_dim: a.head_dim,
+        }
+    }
+
+    /// FFN width of block `block`.
+    ///
+    /// # Panics
+    /// If `block` is out of range.
+    pub fn ffn_width(&self, block: usize) -> usize {
+        self.layers[block].mlp.gate_proj.out_features()
+    }
+
+    /// Keeps only the FFN neurons `keep` of block `block` (any order; kept in increasing order).
+    pub fn keep_ffn_neurons(&mut self, block: usize, keep: &[usize]) -> Result<(), ModelError> {
+        let what = format!("layers.{block}.mlp");
+        let width = self
+            .layers
+            .get(block)
+            .ok_or_else(|| invalid(format!("{what}: no such block")))?
+            .mlp
+            .gate_proj
+            .out_features();
+        let keep = sorted_unique(keep, width, &what)?;
+        let mlp = &mut self.layers[block].mlp;
+        cut(
+            &mut mlp.gate_proj,
+            Axis::Rows,
+            &keep,
+            &format!("{what}.gate_proj"),
+        )?;
+        cut(
+            &mut mlp.up_proj,
+            Axis::Rows,
+            &keep,
+            &format!("{what}.up_proj"),
+        )?;
+        cut(
+            &mut mlp.down_proj,
+            Axis::Cols,
+            &keep,
+            &format!("{what}.down_proj"),
+        )?;
+        self.refresh_config();
+        Ok(())
+    }
+
+    /// Keeps only the query heads `keep` of block `block`. Every key/value group that keeps any
+    /// head must keep the same number of them; groups that keep none are removed with their
+    /// key/value head.
+    pub fn keep_heads(&mut self, block: usize, keep: &[usize]) -> Result<(), ModelError> {
+        let what = format!("layers.{block}.attn");
+        let shape = self
+            .layers
+            .get(block)
+            .map(|_| self.head_shape(block))
+            .ok_or_else(|| invalid(format!("{what}: no such block")))?;
+        let keep = sorted_unique(keep, shape.heads, &what)?;
+        let group = shape.heads / shape.kv_heads;
+        let mut per_group = vec![0usize; shape.kv_heads];
+        for &h in &keep {
+            per_group[h / group] += 1;
+        }
+        let kept_groups: Vec<usize> = (0..shape.kv_heads).filter(|&g| per_group[g] > 0).collect();
+        let new_group = per_group[kept_groups[0]];
+        if kept_groups.iter().any(|&g| per_group[g] != new_group) {
+            return Err(invalid(format!(
+                "{what}: grouped-query attention needs the same number of query heads in every kept group (kept per group: {per_group:?})"
+            )));
+        }
+        let hd = shape.head_dim;
+        let rows = |heads: &[usize]| -> Vec<usize> {
+            heads.iter().flat_map(|&h| h * hd..(h + 1) * hd).collect()
+        };
+        let (q_rows, kv_rows) = (rows(&keep), rows(&kept_groups));
+        let attn = &mut self.layers[block].attn;
+        cut(
+            &mut attn.q_proj,
+            Axis::Rows,
+            &q_rows,
+            &format!("{what}.q_proj"),
+        )?;
+        cut(
+            &mut attn.k_proj,
+            Axis::Rows,
+            &kv_rows,
+            &format!("{what}.k_proj"),
+        )?;
+        cut(
+            &mut attn.v_proj,
+            Axis::Rows,
+            &kv_rows,
+            &format!("{what}.v_proj"),
+        )?;
+        cut(
+            &mut attn.o_proj,
+            Axis::Cols,
+            &q_rows,
+            &format!("{what}.o_proj"),
+        )?;
+        attn.num_heads = keep.len();
+        attn.num_kv_heads = kept_groups.len();
+        self.refresh_config();
+        Ok(())
+    }
+
+    /// Removes the blocks `remove` (any order); at least one block must stay.
+    pub fn remove_blocks(&mut self, remove: &[usize]) -> Result<(), ModelError> {
+        let n = self.layers.len();
+        let mut r = remove.to_vec();
+        r.sort_unstable();
+        r.dedup();
+        if r.last().is_some_and(|&b| b >= n) || r.len() >= n {
+            return Err(invalid(format!(
+                "remove_blocks {remove:?}: the model has {n} blocks and must keep at least one"
+            )));
+        }
+        let old = std::mem::take(&mut self.layers);
+        self.layers = old
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| r.binary_search(i).is_err())
+            .map(|(_, b)| b)
+            .collect();
+        self.refresh_config();
+        Ok(())
+    }
+
+    /// Weights the model holds: embedding, every projection (as its dense-equivalent count for
+    /// compressed layers: `out · in`, biases included), norms, and the head unless tied.
+    pub fn num_parameters(&self) -> usize {
+        let lin = |l: &CompressedLinear| {
+            l.out_features() * l.in_features() + l.bias().map_or(0, |b| b.dims()[0])
+        };
+        let d = self.config.hidden_size;
+        let blocks: usize = self
+            .layers
+            .iter()
+            .map(|b| {
+                let a = &b.attn;
+                let m = &b.mlp;
+                [
+                    &a.q_proj,
+                    &a.k_proj,
+                    &a.v_proj,
+                    &a.o_proj,
+                    &m.gate_proj,
+                    &m.up_proj,
+                    &m.down_proj,
+                ]
+                .into_iter()
+                .map(lin)
+                .sum::<usize>()
+                    + 2 * d
+            })
+            .sum();
+        let head = if self.config.tie_word_embeddings {
+            0
+        } else {
+            lin(&self.lm_head)
+        };
+        self.config.vocab_size * d + blocks + d + head
+    }
+
+    /// Sets the config's block count and, when every block agrees, its FFN width and head
+    /// counts (with differing blocks the config keeps the largest, and
+    /// [`Self::num_parameters`] counts the real tensors).
+    fn refresh_config(&mut self) {
+        self.config.num_layers = self.layers.len();
+        let max = |f: &dyn Fn(&super::Block) -> usize| self.layers.iter().map(f).max().unwrap_or(0);
+        self.config.intermediate_size = max(&|b| b.mlp.gate_proj.out_features());
+        self.config.num_heads = max(&|b| b.attn.num_heads);
+        self.config.num_kv_heads = max(&|b| b.attn.num_kv_heads);
+    }
+}
