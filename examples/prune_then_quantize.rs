@@ -7,6 +7,9 @@
 //! cargo run --release --example prune_then_quantize -- --method wanda --nm 2:4 --bits 0
 //! cargo run --release --example prune_then_quantize -- --nm 2:4 --joint     # one sweep prunes and quantizes
 //! cargo run --release --example prune_then_quantize -- --recipe examples/recipes/sparsegpt-2of4-w4-joint.toml
+//! # structured: remove 25% of every block's FFN neurons and heads (by activation energy), no masks
+//! cargo run --release --example prune_then_quantize -- --ffn 0.25 --heads 0.25 --sparsity 0 --bits 0
+//! cargo run --release --example prune_then_quantize -- --drop-blocks 1 --sparsity 0 --bits 0
 //! cargo run --release --example prune_then_quantize -- --model .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf \
 //!     --calib ../shared/data/wikitext-2/wiki.valid.stripped.txt \
 //!     --text ../shared/data/wikitext-2/wiki.test.raw --context 2048 --limit 4 --nsamples 64 --seqlen 512
@@ -24,6 +27,9 @@ use compress::core::recipe::{CalibrationConfig, RecipeStep, RECIPE_VERSION};
 use compress::prune::recipe::{
     JointQuantConfig, PatternConfig, PruneMethod, ScoreConfig, SparseGptConfig,
 };
+use compress::prune::structured::{
+    block_influence, least_influential, prune_structured, Importance, StructuredConfig,
+};
 use compress::quant::recipe::{GptqConfig, QuantMethod};
 use compress::recipe::{Method, Recipe};
 
@@ -35,6 +41,14 @@ enum Pruner {
     Wanda,
     /// OBS mask selection with weight reconstruction (Frantar & Alistarh 2023).
     Sparsegpt,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, ValueEnum)]
+enum Rank {
+    /// Weight norms of the structure.
+    Magnitude,
+    /// Energy of the structure's output on calibration data.
+    Activation,
 }
 
 #[derive(Parser, Debug)]
@@ -71,6 +85,18 @@ struct Args {
     /// SparseGPT only: quantize in the same sweep that prunes, instead of a GPTQ step after it.
     #[arg(long)]
     joint: bool,
+    /// Structured: remove this fraction of every block's FFN neurons first (the model shrinks).
+    #[arg(long, default_value_t = 0.0)]
+    ffn: f64,
+    /// Structured: remove about this fraction of every block's attention heads first.
+    #[arg(long, default_value_t = 0.0)]
+    heads: f64,
+    /// Structured: how FFN neurons and heads are ranked.
+    #[arg(long, value_enum, default_value_t = Rank::Activation)]
+    importance: Rank,
+    /// Structured: remove this many blocks of least influence (ShortGPT) first.
+    #[arg(long, default_value_t = 0)]
+    drop_blocks: usize,
     /// Calibration windows.
     #[arg(long, default_value_t = 128)]
     nsamples: usize,
@@ -114,6 +140,18 @@ fn flags_recipe(args: &Args) -> Result<Recipe, String> {
         },
     };
     let group = (args.group > 0).then_some(args.group);
+    let mut steps = Vec::new();
+    let no_mask = args.nm.is_none() && args.sparsity == 0.0;
+    if no_mask && !args.joint {
+        // Nothing to mask: only the quantization step, if any.
+        if args.bits > 0 {
+            steps.push(RecipeStep {
+                layers: None,
+                method: Method::from(gptq(args.bits, group)),
+            });
+        }
+        return Ok(recipe_of(args, steps));
+    }
     if args.joint && (args.method != Pruner::Sparsegpt || args.bits == 0) {
         return Err("--joint needs --method sparsegpt and --bits > 0".into());
     }
@@ -135,26 +173,34 @@ fn flags_recipe(args: &Args) -> Result<Recipe, String> {
             }),
         }),
     };
-    let mut steps = vec![RecipeStep {
+    steps.push(RecipeStep {
         layers: None,
         method: Method::from(prune),
-    }];
+    });
     if args.bits > 0 && !args.joint {
         steps.push(RecipeStep {
             layers: None,
-            method: Method::from(QuantMethod::Gptq(GptqConfig {
-                bits: args.bits,
-                group,
-                symmetric: true,
-                damp: 0.01,
-                block_size: 128,
-                act_order: false,
-                clip: 1.0,
-                search: false,
-            })),
+            method: Method::from(gptq(args.bits, group)),
         });
     }
-    Ok(Recipe {
+    Ok(recipe_of(args, steps))
+}
+
+fn gptq(bits: u8, group: Option<usize>) -> QuantMethod {
+    QuantMethod::Gptq(GptqConfig {
+        bits,
+        group,
+        symmetric: true,
+        damp: 0.01,
+        block_size: 128,
+        act_order: false,
+        clip: 1.0,
+        search: false,
+    })
+}
+
+fn recipe_of(args: &Args, steps: Vec<RecipeStep<Method>>) -> Recipe {
+    Recipe {
         version: RECIPE_VERSION,
         calibration: CalibrationConfig {
             nsamples: args.nsamples,
@@ -163,7 +209,53 @@ fn flags_recipe(args: &Args) -> Result<Recipe, String> {
             batch_size: 8,
         },
         steps,
-    })
+    }
+}
+
+/// Removes blocks, FFN neurons and heads as the flags ask (before any masking step).
+fn structured(
+    args: &Args,
+    model: &mut compress::model::LlamaModel,
+    windows: &[Vec<u32>],
+) -> Result<(), Box<dyn std::error::Error>> {
+    if args.drop_blocks > 0 {
+        let bi = block_influence(model, windows)?;
+        let drop = least_influential(&bi, args.drop_blocks);
+        let before = model.num_parameters();
+        model.remove_blocks(&drop)?;
+        println!(
+            "removed blocks {drop:?} (block influence {:?}): {before} → {} parameters",
+            drop.iter()
+                .map(|&b| format!("{:.4}", bi[b]))
+                .collect::<Vec<_>>(),
+            model.num_parameters()
+        );
+    }
+    if args.ffn > 0.0 || args.heads > 0.0 {
+        let cfg = StructuredConfig {
+            ffn_fraction: args.ffn,
+            head_fraction: args.heads,
+            importance: match args.importance {
+                Rank::Magnitude => Importance::Magnitude,
+                Rank::Activation => Importance::Activation,
+            },
+        };
+        let t0 = std::time::Instant::now();
+        let mut line = compress::eval::progress::ProgressLine::new("structured");
+        let r = prune_structured(model, windows, &cfg, |d, t| line.update(d, t, "blocks,"))?;
+        println!(
+            "structured ({:?}): removed {} FFN neurons and {} query / {} key-value heads per block in {:.1} s: {} → {} parameters ({:.1}% fewer)",
+            args.importance,
+            r.ffn_removed,
+            r.heads_removed.0,
+            r.heads_removed.1,
+            t0.elapsed().as_secs_f64(),
+            r.parameters.0,
+            r.parameters.1,
+            100.0 * (1.0 - r.parameters.1 as f64 / r.parameters.0 as f64)
+        );
+    }
+    Ok(())
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -176,20 +268,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(path) => Recipe::from_file(path)?,
         None => flags_recipe(&args)?,
     };
-    recipe.validate()?;
     if let Some(path) = &args.save_recipe {
         std::fs::write(path, recipe.to_toml()?)?;
         eprintln!("recipe written to {}", path.display());
     }
     let c = &recipe.calibration;
     let windows = sample_windows(&calib_tokens, c.nsamples, c.seqlen, c.seed)?;
-    let pipeline = recipe.pipeline()?;
-    let names: Vec<String> = pipeline.steps.iter().map(|s| s.compressor.name()).collect();
-
     let base = (!args.no_eval).then(|| m.model.clone());
     let mut model = m.model.clone();
-    let report = pipeline.run(&mut model, &windows, common::pipeline_progress("compress"))?;
-    common::print_summary(&names.join(" → "), &report, &model)?;
+    structured(&args, &mut model, &windows)?;
+    if !recipe.steps.is_empty() {
+        recipe.validate()?;
+        let pipeline = recipe.pipeline()?;
+        let names: Vec<String> = pipeline.steps.iter().map(|s| s.compressor.name()).collect();
+        let report = pipeline.run(&mut model, &windows, common::pipeline_progress("compress"))?;
+        common::print_summary(&names.join(" → "), &report, &model)?;
+    } else if args.ffn == 0.0 && args.heads == 0.0 && args.drop_blocks == 0 {
+        return Err(
+            "nothing to do: give a sparsity, --nm, --bits, --ffn, --heads or --drop-blocks".into(),
+        );
+    }
     match base {
         Some(base) => common::evaluate(&base, &model, &m, &eval_text, args.context, args.limit),
         None => Ok(()),
