@@ -23,6 +23,7 @@ mod common;
 use clap::{Parser, ValueEnum};
 use compress::core::backend::BackendKind;
 use compress::core::calibration::sample_windows;
+use compress::core::recipe::StepMethod;
 use compress::core::recipe::{CalibrationConfig, RecipeStep, RECIPE_VERSION};
 use compress::prune::recipe::{
     JointQuantConfig, PatternConfig, PruneMethod, ScoreConfig, SparseGptConfig,
@@ -30,6 +31,7 @@ use compress::prune::recipe::{
 use compress::prune::structured::{
     block_influence, least_influential, prune_structured, Importance, StructuredConfig,
 };
+use compress::quant::mixed::measure_sensitivity;
 use compress::quant::recipe::{GptqConfig, QuantMethod};
 use compress::recipe::{Method, Recipe};
 
@@ -51,7 +53,7 @@ enum Rank {
     Activation,
 }
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(about = "Pruning (and quantization) with before/after perplexity and KL divergence.")]
 struct Args {
     /// GGUF file or Hugging Face checkpoint directory [default: embedded stories260K].
@@ -97,6 +99,10 @@ struct Args {
     /// Structured: remove this many blocks of least influence (ShortGPT) first.
     #[arg(long, default_value_t = 0)]
     drop_blocks: usize,
+    /// Layer sensitivity instead of a run: prune each layer alone with --method and the pattern,
+    /// and print the KL divergence it causes, measured on this many calibration windows.
+    #[arg(long)]
+    sensitivity: Option<usize>,
     /// Calibration windows.
     #[arg(long, default_value_t = 128)]
     nsamples: usize,
@@ -258,6 +264,57 @@ fn structured(
     Ok(())
 }
 
+/// Prunes each layer alone and prints the KL divergence to the unpruned model, per layer, per
+/// block and per kind of layer.
+fn sensitivity(
+    args: &Args,
+    model: &mut compress::model::LlamaModel,
+    windows: &[Vec<u32>],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let recipe = flags_recipe(&Args {
+        bits: 0,
+        joint: false,
+        ..args.clone()
+    })?;
+    let Some(step) = recipe.steps.first() else {
+        return Err("--sensitivity needs a sparsity or --nm".into());
+    };
+    let mut line = compress::eval::progress::ProgressLine::new("sensitivity");
+    let sens = measure_sensitivity(
+        model,
+        windows,
+        std::slice::from_ref(&step.method),
+        |d, t| line.update(d, t, "layers,"),
+    )?;
+    let name = step.method.build()?.name();
+    println!(
+        "{name}: KL divergence with one layer pruned ({} windows)",
+        windows.len()
+    );
+    let mut by_block = std::collections::BTreeMap::<usize, Vec<f64>>::new();
+    let mut by_kind = std::collections::BTreeMap::<String, Vec<f64>>::new();
+    for l in &sens {
+        let kld = l.options[0].1;
+        println!("{:<24} {kld:.5}", l.path);
+        let block: usize = l.path.split('.').nth(1).ok_or("layer path")?.parse()?;
+        by_block.entry(block).or_default().push(kld);
+        let kind = l.path.rsplit('.').next().unwrap_or("?").to_string();
+        by_kind.entry(kind).or_default().push(kld);
+    }
+    let mean = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    for (b, v) in &by_block {
+        println!(
+            "block {b:>2}: mean {:.5}, max {:.5}",
+            mean(v),
+            v.iter().cloned().fold(0.0, f64::max)
+        );
+    }
+    for (k, v) in &by_kind {
+        println!("{k:<10} mean over blocks {:.5}", mean(v));
+    }
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let device = args.backend.device()?;
@@ -274,6 +331,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let c = &recipe.calibration;
     let windows = sample_windows(&calib_tokens, c.nsamples, c.seqlen, c.seed)?;
+    if let Some(n) = args.sensitivity {
+        return sensitivity(
+            &args,
+            &mut m.model.clone(),
+            &windows[..n.clamp(1, windows.len())],
+        );
+    }
     let base = (!args.no_eval).then(|| m.model.clone());
     let mut model = m.model.clone();
     structured(&args, &mut model, &windows)?;

@@ -42,10 +42,12 @@ pub struct LayerSensitivity {
 
 /// Measures every linear of every block with every candidate (see the [module docs](self)).
 /// The model is restored before returning; `progress(done, total)` is called after each layer.
-pub fn measure_sensitivity<M: BlockwiseModel>(
+/// Candidates may be any recipe method (quantizers here; the pruners' per-layer sensitivity uses
+/// the same measurement with `compress_prune::recipe::PruneMethod`).
+pub fn measure_sensitivity<M: BlockwiseModel, S: StepMethod>(
     model: &mut M,
     calibration: &[Vec<u32>],
-    candidates: &[QuantMethod],
+    candidates: &[S],
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Vec<LayerSensitivity>, PipelineError> {
     let compressors: Vec<Box<dyn Compressor>> = candidates
