@@ -128,6 +128,9 @@ struct Args {
     /// Compress only: no evaluation.
     #[arg(long)]
     no_eval: bool,
+    /// Print each kind of layer's weight distribution before and after (kurtosis, outliers).
+    #[arg(long)]
+    weight_stats: bool,
     /// Backend: flex, ndarray, wgpu, cuda, tch.
     #[arg(long, default_value_t = BackendKind::default())]
     backend: BackendKind,
@@ -351,6 +354,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err(
             "nothing to do: give a sparsity, --nm, --bits, --ffn, --heads or --drop-blocks".into(),
         );
+    }
+    if args.weight_stats {
+        common::print_weight_stats(&m.model, &model);
     }
     match base {
         Some(base) => common::evaluate(&base, &model, &m, &eval_text, args.context, args.limit),

@@ -142,3 +142,49 @@ pub fn evaluate(
     );
     Ok(())
 }
+
+/// Prints, per kind of layer (averaged over blocks), the weight distribution of `base` and of
+/// `model`'s kept (non-zero) weights: standard deviation, excess kurtosis, 3σ outlier fraction,
+/// largest |w| and the zero fraction.
+pub fn print_weight_stats(base: &LlamaModel, model: &LlamaModel) {
+    use compress::eval::weights::weight_stats;
+    let kinds = [
+        "attn.q_proj",
+        "attn.k_proj",
+        "attn.v_proj",
+        "attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    ];
+    println!("weight distribution (mean over blocks; after = non-zero weights): kind, std, excess kurtosis, 3σ outliers %, max|w|, zeros %");
+    for kind in kinds {
+        let mut acc = [[0f64; 5]; 2];
+        let blocks = base.num_blocks().min(model.num_blocks());
+        for b in 0..blocks {
+            for (k, m) in [base, model].into_iter().enumerate() {
+                let w: Vec<f32> = m
+                    .linear(b, kind)
+                    .dense_weight()
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .unwrap_or_default();
+                let s = weight_stats(&w, 1, 3.0, k == 1);
+                for (a, v) in acc[k].iter_mut().zip([
+                    s.std,
+                    s.excess_kurtosis,
+                    100.0 * s.outlier_fraction,
+                    s.abs_max,
+                    100.0 * s.zero_fraction,
+                ]) {
+                    *a += v / blocks.max(1) as f64;
+                }
+            }
+        }
+        let [b, a] = acc;
+        println!(
+            "{kind:<14} std {:.4} → {:.4}, kurtosis {:.2} → {:.2}, outliers {:.3}% → {:.3}%, max {:.3} → {:.3}, zeros {:.1}% → {:.1}%",
+            b[0], a[0], b[1], a[1], b[2], a[2], b[3], a[3], b[4], a[4]
+        );
+    }
+}

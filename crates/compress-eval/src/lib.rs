@@ -11,6 +11,7 @@
 //! - [`compare`]: paired tests of two models on the same items (McNemar's exact test, paired
 //!   bootstrap);
 //! - [`stats`]: the intervals and percentiles they share;
+//! - [`weights`]: weight-distribution statistics (excess kurtosis, outlier fraction, histogram);
 //! - [`progress`]: a throttled progress line with ETA for long runs.
 //!
 //! Planned (issue #3): aggregation over seeds, speed and memory, JSON/Markdown reports and
@@ -37,6 +38,7 @@ pub mod perplexity;
 pub mod progress;
 pub mod stats;
 pub mod tasks;
+pub mod weights;
 
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use compress_model::{LlamaModel, LlmTokenizer};
