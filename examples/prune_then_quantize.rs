@@ -21,10 +21,9 @@ use std::path::PathBuf;
 mod common;
 
 use clap::{Parser, ValueEnum};
-use compress::core::backend::BackendKind;
 use compress::core::calibration::sample_windows;
 use compress::core::recipe::StepMethod;
-use compress::core::recipe::{CalibrationConfig, RecipeStep, RECIPE_VERSION};
+use compress::core::recipe::{RecipeStep, RECIPE_VERSION};
 use compress::prune::recipe::{
     JointQuantConfig, PatternConfig, PruneMethod, ScoreConfig, SparseGptConfig,
 };
@@ -56,15 +55,8 @@ enum Rank {
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Pruning (and quantization) with before/after perplexity and KL divergence.")]
 struct Args {
-    /// GGUF file or Hugging Face checkpoint directory [default: embedded stories260K].
-    #[arg(long)]
-    model: Option<PathBuf>,
-    /// Calibration text.
-    #[arg(long, default_value = "../shared/data/tinystories/val.txt")]
-    calib: PathBuf,
-    /// Evaluation text (perplexity and KL divergence).
-    #[arg(long, default_value = "../shared/data/tinystories/val.txt")]
-    text: PathBuf,
+    #[command(flatten)]
+    run: common::RunArgs,
     /// Pruner.
     #[arg(long, value_enum, default_value_t = Pruner::Sparsegpt)]
     method: Pruner,
@@ -103,37 +95,13 @@ struct Args {
     /// and print the KL divergence it causes, measured on this many calibration windows.
     #[arg(long)]
     sensitivity: Option<usize>,
-    /// Calibration windows.
-    #[arg(long, default_value_t = 128)]
-    nsamples: usize,
-    /// Tokens per calibration window.
-    #[arg(long, default_value_t = 128)]
-    seqlen: usize,
-    /// Calibration sampling seed.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Evaluation window length.
-    #[arg(long, default_value_t = 256)]
-    context: usize,
-    /// Evaluate at most this many windows.
-    #[arg(long)]
-    limit: Option<usize>,
     /// A recipe file (examples/recipes/*.toml): replaces the method, pattern, quantization and
     /// calibration flags.
     #[arg(long)]
     recipe: Option<PathBuf>,
-    /// Write the recipe that was run to this file.
-    #[arg(long)]
-    save_recipe: Option<PathBuf>,
-    /// Compress only: no evaluation.
-    #[arg(long)]
-    no_eval: bool,
     /// Print each kind of layer's weight distribution before and after (kurtosis, outliers).
     #[arg(long)]
     weight_stats: bool,
-    /// Backend: flex, ndarray, wgpu, cuda, tch.
-    #[arg(long, default_value_t = BackendKind::default())]
-    backend: BackendKind,
 }
 
 /// The recipe the flags describe.
@@ -211,12 +179,7 @@ fn gptq(bits: u8, group: Option<usize>) -> QuantMethod {
 fn recipe_of(args: &Args, steps: Vec<RecipeStep<Method>>) -> Recipe {
     Recipe {
         version: RECIPE_VERSION,
-        calibration: CalibrationConfig {
-            nsamples: args.nsamples,
-            seqlen: args.seqlen,
-            seed: args.seed,
-            batch_size: 8,
-        },
+        calibration: args.run.calibration(),
         steps,
     }
 }
@@ -320,15 +283,16 @@ fn sensitivity(
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let device = args.backend.device()?;
-    let m = common::load_model(args.model.as_deref(), &device)?;
-    let (calib_text, eval_text) = common::calibration_and_eval_text(&args.calib, &args.text)?;
+    let device = args.run.backend.device()?;
+    let m = common::load_model(args.run.model.as_deref(), &device)?;
+    let (calib_text, eval_text) =
+        common::calibration_and_eval_text(&args.run.calib, &args.run.text)?;
     let calib_tokens = m.tokenizer.encode(&calib_text, true)?;
     let recipe = match &args.recipe {
         Some(path) => Recipe::from_file(path)?,
         None => flags_recipe(&args)?,
     };
-    if let Some(path) = &args.save_recipe {
+    if let Some(path) = &args.run.save_recipe {
         std::fs::write(path, recipe.to_toml()?)?;
         eprintln!("recipe written to {}", path.display());
     }
@@ -341,7 +305,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &windows[..n.clamp(1, windows.len())],
         );
     }
-    let base = (!args.no_eval).then(|| m.model.clone());
+    let base = (!args.run.no_eval).then(|| m.model.clone());
     let mut model = m.model.clone();
     structured(&args, &mut model, &windows)?;
     if !recipe.steps.is_empty() {
@@ -359,7 +323,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         common::print_weight_stats(&m.model, &model);
     }
     match base {
-        Some(base) => common::evaluate(&base, &model, &m, &eval_text, args.context, args.limit),
+        Some(base) => common::evaluate(
+            &base,
+            &model,
+            &m,
+            &eval_text,
+            args.run.context,
+            args.run.limit,
+        ),
         None => Ok(()),
     }
 }

@@ -22,9 +22,8 @@ use std::path::PathBuf;
 mod common;
 
 use clap::{Parser, ValueEnum};
-use compress::core::backend::BackendKind;
 use compress::core::calibration::sample_windows;
-use compress::core::recipe::{CalibrationConfig, RecipeStep, RECIPE_VERSION};
+use compress::core::recipe::{RecipeStep, RECIPE_VERSION};
 use compress::eval::progress::ProgressLine;
 use compress::model::LlamaModel;
 use compress::quant::mixed::{allocate, allocation_recipe, average_bits, measure_sensitivity};
@@ -49,15 +48,8 @@ enum Method {
 #[derive(Parser, Debug)]
 #[command(about = "GPTQ/RTN weight quantization with before/after perplexity and KL divergence.")]
 struct Args {
-    /// GGUF file or Hugging Face checkpoint directory [default: embedded stories260K].
-    #[arg(long)]
-    model: Option<PathBuf>,
-    /// Calibration text.
-    #[arg(long, default_value = "../shared/data/tinystories/val.txt")]
-    calib: PathBuf,
-    /// Evaluation text (perplexity and KL divergence).
-    #[arg(long, default_value = "../shared/data/tinystories/val.txt")]
-    text: PathBuf,
+    #[command(flatten)]
+    run: common::RunArgs,
     /// Quantizer.
     #[arg(long, value_enum, default_value_t = Method::Gptq)]
     method: Method,
@@ -76,21 +68,6 @@ struct Args {
     /// Search each group's scale for the least squared error (both methods).
     #[arg(long)]
     search: bool,
-    /// Calibration windows.
-    #[arg(long, default_value_t = 128)]
-    nsamples: usize,
-    /// Tokens per calibration window.
-    #[arg(long, default_value_t = 128)]
-    seqlen: usize,
-    /// Calibration sampling seed.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Evaluation window length.
-    #[arg(long, default_value_t = 256)]
-    context: usize,
-    /// Evaluate at most this many windows.
-    #[arg(long)]
-    limit: Option<usize>,
     /// A recipe file (examples/recipes/*.toml): its steps and calibration settings replace
     /// --method, --bits, --group, --asym, --act-order, --search, --nsamples, --seqlen, --seed.
     #[arg(long)]
@@ -102,16 +79,6 @@ struct Args {
     /// Calibration windows used to measure sensitivity for --budget.
     #[arg(long, default_value_t = 4)]
     sensitivity_samples: usize,
-    /// Write the recipe that was run (the flags' or the --budget allocation) to this file.
-    #[arg(long)]
-    save_recipe: Option<PathBuf>,
-    /// Quantize only: no evaluation, and no copy of the base model (measures the pipeline's own
-    /// time and memory).
-    #[arg(long)]
-    no_eval: bool,
-    /// Backend: flex, ndarray, wgpu, cuda, tch.
-    #[arg(long, default_value_t = BackendKind::default())]
-    backend: BackendKind,
 }
 
 /// The recipe configuration the flags describe, at `bits`.
@@ -169,12 +136,7 @@ fn mixed_recipe(
         line.update(d, t, "layers,")
     })?;
     let choice = allocate(&sens, budget)?;
-    let calibration = CalibrationConfig {
-        nsamples: args.nsamples,
-        seqlen: args.seqlen,
-        seed: args.seed,
-        batch_size: 8,
-    };
+    let calibration = args.run.calibration();
     eprintln!(
         "allocation: {:.3} bits/weight; layers at 2/3/4/8 bits: {:?}",
         average_bits(&sens, &choice),
@@ -187,9 +149,10 @@ fn mixed_recipe(
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let device = args.backend.device()?;
-    let mut m = common::load_model(args.model.as_deref(), &device)?;
-    let (calib_text, eval_text) = common::calibration_and_eval_text(&args.calib, &args.text)?;
+    let device = args.run.backend.device()?;
+    let mut m = common::load_model(args.run.model.as_deref(), &device)?;
+    let (calib_text, eval_text) =
+        common::calibration_and_eval_text(&args.run.calib, &args.run.text)?;
     let calib_tokens = m.tokenizer.encode(&calib_text, true)?;
     let (pipeline, windows) = match &args.recipe {
         Some(path) => {
@@ -199,24 +162,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             (recipe.pipeline()?, windows)
         }
         None => {
-            let windows = sample_windows(&calib_tokens, args.nsamples, args.seqlen, args.seed)?;
+            let windows = sample_windows(
+                &calib_tokens,
+                args.run.nsamples,
+                args.run.seqlen,
+                args.run.seed,
+            )?;
             let recipe = match args.budget {
                 Some(budget) => mixed_recipe(&args, &mut m.model, &windows, budget)?,
                 None => QuantRecipe {
                     version: RECIPE_VERSION,
-                    calibration: CalibrationConfig {
-                        nsamples: args.nsamples,
-                        seqlen: args.seqlen,
-                        seed: args.seed,
-                        batch_size: 8,
-                    },
+                    calibration: args.run.calibration(),
                     steps: vec![RecipeStep {
                         layers: None,
                         method: method_config(&args, args.bits),
                     }],
                 },
             };
-            if let Some(path) = &args.save_recipe {
+            if let Some(path) = &args.run.save_recipe {
                 std::fs::write(path, recipe.to_toml()?)?;
                 eprintln!("recipe written to {}", path.display());
             }
@@ -225,7 +188,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     // The base model is kept for the KL divergence (its weights are shared until replaced).
-    let base = (!args.no_eval).then(|| m.model.clone());
+    let base = (!args.run.no_eval).then(|| m.model.clone());
     let mut model = m.model.clone();
     let report = pipeline.run(&mut model, &windows, common::pipeline_progress("quantize"))?;
     let steps = match pipeline.steps.as_slice() {
@@ -234,7 +197,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     common::print_summary(&steps, &report, &model)?;
     match base {
-        Some(base) => common::evaluate(&base, &model, &m, &eval_text, args.context, args.limit),
+        Some(base) => common::evaluate(
+            &base,
+            &model,
+            &m,
+            &eval_text,
+            args.run.context,
+            args.run.limit,
+        ),
         None => Ok(()),
     }
 }

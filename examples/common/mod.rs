@@ -3,13 +3,64 @@
 //! evaluation.
 #![allow(dead_code)] // each example uses a subset
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use compress::core::pipeline::{BlockwiseModel, PipelineReport};
 use compress::eval::kld::kl_divergence;
 use compress::eval::perplexity::{PerplexityConfig, Scoring};
 use compress::eval::progress::ProgressLine;
 use compress::model::{LlamaModel, LoadedModel};
+
+/// The flags every compression example shares: model, texts, calibration, evaluation, backend.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// GGUF file or Hugging Face checkpoint directory [default: embedded stories260K].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Calibration text.
+    #[arg(long, default_value = "../shared/data/tinystories/val.txt")]
+    pub calib: PathBuf,
+    /// Evaluation text (perplexity and KL divergence).
+    #[arg(long, default_value = "../shared/data/tinystories/val.txt")]
+    pub text: PathBuf,
+    /// Calibration windows.
+    #[arg(long, default_value_t = 128)]
+    pub nsamples: usize,
+    /// Tokens per calibration window.
+    #[arg(long, default_value_t = 128)]
+    pub seqlen: usize,
+    /// Calibration sampling seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Evaluation window length.
+    #[arg(long, default_value_t = 256)]
+    pub context: usize,
+    /// Evaluate at most this many windows.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Write the recipe that was run to this file.
+    #[arg(long)]
+    pub save_recipe: Option<PathBuf>,
+    /// Compress only: no evaluation, and no copy of the base model (measures the pipeline's own
+    /// time and memory).
+    #[arg(long)]
+    pub no_eval: bool,
+    /// Backend: flex, ndarray, wgpu, cuda, tch.
+    #[arg(long, default_value_t = compress::core::backend::BackendKind::default())]
+    pub backend: compress::core::backend::BackendKind,
+}
+
+impl RunArgs {
+    /// The calibration settings the flags give.
+    pub fn calibration(&self) -> compress::core::recipe::CalibrationConfig {
+        compress::core::recipe::CalibrationConfig {
+            nsamples: self.nsamples,
+            seqlen: self.seqlen,
+            seed: self.seed,
+            batch_size: 8,
+        }
+    }
+}
 
 /// stories260K, embedded so the examples run with no arguments.
 pub static EMBEDDED: &[u8] = include_bytes!("../../assets/stories260K.gguf");

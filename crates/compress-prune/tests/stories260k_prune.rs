@@ -8,7 +8,6 @@
 mod common;
 
 use burn::tensor::{Tensor, TensorData};
-use compress_core::backend::BackendKind;
 use compress_core::calibration::sample_windows;
 use compress_core::compressor::{output_rel_error, Compressor, LayerView, StatsRequest};
 use compress_core::linear::CompressedLinear;
@@ -16,7 +15,7 @@ use compress_core::packed::{QuantScheme, Symmetry};
 use compress_core::pipeline::{collect_stats, BlockwiseModel, LayerFilter, Pipeline};
 use compress_core::sparsity::SparsityPattern;
 use compress_eval::perplexity::{perplexity, PerplexityConfig, Scoring};
-use compress_model::{LlamaModel, LoadedModel};
+use compress_model::LlamaModel;
 use compress_prune::magnitude::Magnitude;
 use compress_prune::select::Comparison;
 use compress_prune::sparsegpt::SparseGpt;
@@ -25,27 +24,7 @@ use compress_quant::gptq::Gptq;
 use compress_quant::grid::GridConfig;
 use compress_quant::obs::SweepQuant;
 
-struct Setup {
-    m: LoadedModel,
-    calib: Vec<u32>,
-    eval: Vec<u32>,
-    eval_bytes: usize,
-}
-
-fn setup() -> Option<Setup> {
-    let path = common::shared("models/stories260K.gguf")?;
-    let text = std::fs::read_to_string(common::shared("data/tinystories/val.txt")?).unwrap();
-    let m = compress_model::load(path, &BackendKind::Flex.device().unwrap()).unwrap();
-    let split = text[..text.len() / 2].rfind('\n').unwrap_or(text.len() / 2);
-    let calib = m.tokenizer.encode(&text[..split], true).unwrap();
-    let eval = m.tokenizer.encode(&text[split..], true).unwrap();
-    Some(Setup {
-        m,
-        calib,
-        eval,
-        eval_bytes: text.len() - split,
-    })
-}
+use common::{stories_split as setup, StoriesSplit as Setup};
 
 fn ppl(s: &Setup, model: &LlamaModel) -> f64 {
     let config = PerplexityConfig {

@@ -6,41 +6,18 @@
 #[path = "../../compress-model/tests/common/mod.rs"]
 mod common;
 
-use compress_core::backend::BackendKind;
 use compress_core::calibration::sample_windows;
 use compress_core::compressor::{output_rel_error, Compressor, LayerView, StatsRequest};
 use compress_core::linear::CompressedLinear;
 use compress_core::packed::{QuantScheme, Symmetry};
 use compress_core::pipeline::{collect_stats, BlockwiseModel, LayerFilter, Pipeline};
 use compress_eval::perplexity::{perplexity, PerplexityConfig, Scoring};
-use compress_model::LoadedModel;
 use compress_quant::gptq::Gptq;
 use compress_quant::rtn::Rtn;
 
 use burn::tensor::{Tensor, TensorData};
 
-struct Setup {
-    m: LoadedModel,
-    calib: Vec<u32>,
-    eval: Vec<u32>,
-    eval_bytes: usize,
-}
-
-fn setup() -> Option<Setup> {
-    let path = common::shared("models/stories260K.gguf")?;
-    let text = std::fs::read_to_string(common::shared("data/tinystories/val.txt")?).unwrap();
-    let m = compress_model::load(path, &BackendKind::Flex.device().unwrap()).unwrap();
-    // Split at a line break near the middle: calibrate on the first half, evaluate on the second.
-    let split = text[..text.len() / 2].rfind('\n').unwrap_or(text.len() / 2);
-    let calib = m.tokenizer.encode(&text[..split], true).unwrap();
-    let eval = m.tokenizer.encode(&text[split..], true).unwrap();
-    Some(Setup {
-        m,
-        calib,
-        eval,
-        eval_bytes: text.len() - split,
-    })
-}
+use common::{stories_split as setup, StoriesSplit as Setup};
 
 fn dense(l: &CompressedLinear) -> Vec<f32> {
     l.dense_weight().into_data().try_to_vec::<f32>().unwrap()

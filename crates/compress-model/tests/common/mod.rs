@@ -148,3 +148,29 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0f32, f32::max)
 }
+
+/// stories260K with the TinyStories validation text split at a line break near the middle: the
+/// first half for calibration, the second for evaluation (never the same text twice).
+pub struct StoriesSplit {
+    pub m: compress_model::LoadedModel,
+    pub calib: Vec<u32>,
+    pub eval: Vec<u32>,
+    pub eval_bytes: usize,
+}
+
+/// [`StoriesSplit`] on the flex backend, or `None` (with the reason printed) without the assets.
+pub fn stories_split() -> Option<StoriesSplit> {
+    let path = shared("models/stories260K.gguf")?;
+    let text = std::fs::read_to_string(shared("data/tinystories/val.txt")?).unwrap();
+    let device = compress_core::backend::BackendKind::Flex.device().unwrap();
+    let m = compress_model::load(path, &device).unwrap();
+    let split = text[..text.len() / 2].rfind('\n').unwrap_or(text.len() / 2);
+    let calib = m.tokenizer.encode(&text[..split], true).unwrap();
+    let eval = m.tokenizer.encode(&text[split..], true).unwrap();
+    Some(StoriesSplit {
+        m,
+        calib,
+        eval,
+        eval_bytes: text.len() - split,
+    })
+}
