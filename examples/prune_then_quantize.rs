@@ -79,6 +79,9 @@ struct Args {
     /// SparseGPT only: quantize in the same sweep that prunes, instead of a GPTQ step after it.
     #[arg(long)]
     joint: bool,
+    /// Quantize first (GPTQ), then prune the quantized layers: masks only, the codes are kept.
+    #[arg(long)]
+    quant_first: bool,
     /// Structured: remove this fraction of every block's FFN neurons first (the model shrinks).
     #[arg(long, default_value_t = 0.0)]
     ffn: f64,
@@ -150,15 +153,23 @@ fn flags_recipe(args: &Args) -> Result<Recipe, String> {
             }),
         }),
     };
-    steps.push(RecipeStep {
+    let prune = RecipeStep {
         layers: None,
         method: Method::from(prune),
+    };
+    let quant = (args.bits > 0 && !args.joint).then(|| RecipeStep {
+        layers: None,
+        method: Method::from(gptq(args.bits, group)),
     });
-    if args.bits > 0 && !args.joint {
-        steps.push(RecipeStep {
-            layers: None,
-            method: Method::from(gptq(args.bits, group)),
-        });
+    if args.quant_first && quant.is_none() {
+        return Err("--quant-first needs --bits > 0 and no --joint".into());
+    }
+    if args.quant_first {
+        steps.extend(quant);
+        steps.push(prune);
+    } else {
+        steps.push(prune);
+        steps.extend(quant);
     }
     Ok(recipe_of(args, steps))
 }

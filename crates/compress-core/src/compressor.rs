@@ -103,6 +103,9 @@ pub struct LayerView<'a> {
     /// `weight`). Compressors that move weights (GPTQ) keep them at 0; the pipeline re-attaches
     /// the mask to whatever a step returns, so a pruned weight stays pruned.
     pub mask: Option<&'a SparsityMask>,
+    /// The layer's packed codes when an earlier step quantized it (`weight` is their dequantized
+    /// value). Pruners use it to prune a quantized layer without leaving its grid.
+    pub packed: Option<&'a PackedWeight>,
 }
 
 impl<'a> LayerView<'a> {
@@ -114,6 +117,7 @@ impl<'a> LayerView<'a> {
             out_features,
             in_features,
             mask: None,
+            packed: None,
         }
     }
 }

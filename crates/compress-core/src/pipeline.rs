@@ -402,12 +402,17 @@ fn compress_one<M: BlockwiseModel>(
     )?;
     ensure_finite(path, "weight", &w)?;
     let mask = lin.mask().cloned();
+    let packed = match lin {
+        CompressedLinear::Quantized(q) => Some(q.packed.clone()),
+        _ => None,
+    };
     let view = LayerView {
         path,
         weight: &w,
         out_features: out,
         in_features: inp,
         mask: mask.as_ref(),
+        packed: packed.as_deref(),
     };
     let mut new: LayerWeights = step.compressor.compress(view, stats)?;
     if let Some(m) = &mask {

@@ -43,6 +43,7 @@ pub fn apply_stage_scales<M: BlockwiseModel>(
             out_features: *o,
             in_features: *i,
             mask: None,
+            packed: None,
         })
         .collect();
     let Some(s) = compressor.stage_scales(&views, &stats)? else {

@@ -36,7 +36,8 @@
 
 #![warn(missing_docs)]
 
-use compress_core::compressor::CompressError;
+use compress_core::compressor::{CompressError, LayerView, LayerWeights};
+use compress_core::sparsity::SparsityMask;
 pub use compress_core::sparsity::SparsityPattern;
 
 pub mod magnitude;
@@ -45,6 +46,34 @@ pub mod select;
 pub mod sparsegpt;
 pub mod structured;
 pub mod wanda;
+
+/// The pruned layer: a sparse dense weight, or — when the layer was already quantized — the same
+/// packed codes with the mask (pruning a quantized layer never moves its kept weights off their
+/// grid).
+pub(crate) fn pruned_result(
+    layer: &LayerView<'_>,
+    mask: SparsityMask,
+) -> Result<LayerWeights, CompressError> {
+    let mask = match layer.mask {
+        Some(prior) => mask.intersect(prior),
+        None => mask,
+    };
+    match layer.packed {
+        Some(p) => p
+            .clone()
+            .with_mask(mask)
+            .map(LayerWeights::Quantized)
+            .map_err(|e| CompressError::Shape {
+                layer: layer.path.into(),
+                message: e.to_string(),
+            }),
+        None => {
+            let mut weight = layer.weight.to_vec();
+            mask.apply(&mut weight);
+            Ok(LayerWeights::Sparse { weight, mask })
+        }
+    }
+}
 
 /// Checks a pattern, naming the layer.
 pub(crate) fn check_pattern(path: &str, p: &SparsityPattern) -> Result<(), CompressError> {

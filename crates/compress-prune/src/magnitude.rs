@@ -10,7 +10,7 @@ use compress_core::compressor::{
 use compress_core::sparsity::SparsityPattern;
 
 use crate::select::{select_mask, Comparison};
-use crate::{check_pattern, pattern_name};
+use crate::{check_pattern, pattern_name, pruned_result};
 
 /// Magnitude pruning configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,9 +50,7 @@ impl Compressor for Magnitude {
         let scores: Vec<f32> = layer.weight.iter().map(|w| w.abs()).collect();
         let (out, n) = (layer.out_features, layer.in_features);
         let mask = select_mask(&scores, out, n, self.pattern, self.comparison);
-        let mut weight = layer.weight.to_vec();
-        mask.apply(&mut weight);
-        Ok(LayerWeights::Sparse { weight, mask })
+        pruned_result(&layer, mask)
     }
 }
 

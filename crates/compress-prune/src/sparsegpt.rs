@@ -11,6 +11,10 @@
 //!
 //! With `quant` set the sweep also rounds every kept weight onto its group's grid, so pruning and
 //! quantization errors are compensated together; the result is packed codes plus the mask.
+//!
+//! A layer that is already quantized (GPTQ, then SparseGPT) is pruned without any weight update —
+//! moving the kept weights would take them off their grid — by the single-weight OBS saliency
+//! `w² / [H⁻¹]_jj`, compared within each output row; its codes are kept and the mask attached.
 
 use compress_core::compressor::{
     CompressError, Compressor, LayerStats, LayerView, LayerWeights, StatsRequest,
@@ -20,7 +24,8 @@ use compress_quant::hessian::prepare_hessian;
 use compress_quant::obs::{obs_prune, obs_quantize, SweepQuant};
 use compress_quant::rtn::scheme_tag;
 
-use crate::{check_pattern, pattern_name};
+use crate::select::{select_mask, Comparison};
+use crate::{check_pattern, pattern_name, pruned_result};
 
 /// SparseGPT configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,6 +91,31 @@ impl Compressor for SparseGpt {
             self.damp,
             false,
         )?;
+        if let Some(packed) = layer.packed {
+            // Already quantized (e.g. GPTQ, then SparseGPT): choose the mask by OBS saliency
+            // w² / [H⁻¹]_jj but update nothing, so the kept weights stay on their grid.
+            let n = layer.in_features;
+            let mut hinv_diag = vec![0f32; n];
+            for k in 0..n {
+                for (j, d) in hinv_diag.iter_mut().enumerate().skip(k) {
+                    *d += hi.upper[k * n + j].powi(2);
+                }
+            }
+            let dense = packed.dequantize();
+            let scores: Vec<f32> = dense
+                .iter()
+                .enumerate()
+                .map(|(i, &w)| w * w / hinv_diag[i % n])
+                .collect();
+            let mask = select_mask(
+                &scores,
+                layer.out_features,
+                n,
+                self.pattern,
+                Comparison::Row,
+            );
+            return pruned_result(&layer, mask);
+        }
         match &self.quant {
             Some(q) => obs_quantize(layer, &hi, self.block_size, q, Some(self.pattern))
                 .map(LayerWeights::Quantized),

@@ -13,7 +13,7 @@ use compress_core::compressor::{
 use compress_core::sparsity::SparsityPattern;
 
 use crate::select::{select_mask, Comparison};
-use crate::{check_pattern, pattern_name};
+use crate::{check_pattern, pattern_name, pruned_result};
 
 /// Wanda configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,9 +70,7 @@ impl Compressor for Wanda {
             .map(|(i, w)| w.abs() * norms[i % n])
             .collect();
         let mask = select_mask(&scores, out, n, self.pattern, self.comparison);
-        let mut weight = layer.weight.to_vec();
-        mask.apply(&mut weight);
-        Ok(LayerWeights::Sparse { weight, mask })
+        pruned_result(&layer, mask)
     }
 }
 

@@ -207,6 +207,7 @@ mod tests {
             out_features: out,
             in_features: n,
             mask: None,
+            packed: None,
         };
         let s = awq
             .stage_scales(&[view], &stats)

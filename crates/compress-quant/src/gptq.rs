@@ -190,6 +190,7 @@ mod tests {
                 out_features: out,
                 in_features: n,
                 mask: None,
+                packed: None,
             };
             let q = gptq_quantize(view, &g, tokens, &cfg).unwrap();
             let rtn = crate::rtn::quantize_rtn("t", &w, out, n, &scheme, &cfg.grid, None).unwrap();
@@ -220,6 +221,7 @@ mod tests {
             out_features: out,
             in_features: n,
             mask: None,
+            packed: None,
         };
         let a = gptq_quantize(
             view,
@@ -253,6 +255,7 @@ mod tests {
             out_features: out,
             in_features: n,
             mask: None,
+            packed: None,
         };
         let q = gptq_quantize(view, &g, 1, &Gptq::new(scheme)).unwrap();
         let d = q.dequantize();

@@ -217,6 +217,7 @@ mod tests {
                 out_features: 64,
                 in_features: 64,
                 mask: None,
+                packed: None,
             };
             let h = Hqq::new(scheme)
                 .compress(view, &LayerStats::default())
@@ -246,6 +247,7 @@ mod tests {
             out_features: 1,
             in_features: 8,
             mask: None,
+            packed: None,
         };
         let e = Hqq::new(scheme)
             .compress(view, &LayerStats::default())

@@ -100,6 +100,7 @@ pub fn measure_sensitivity<M: BlockwiseModel, S: StepMethod>(
                     out_features: o,
                     in_features: i,
                     mask: None,
+                    packed: None,
                 };
                 let mut options = Vec::with_capacity(compressors.len());
                 for c in &compressors {

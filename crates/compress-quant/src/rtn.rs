@@ -275,6 +275,7 @@ mod tests {
             out_features: 2,
             in_features: 48,
             mask: None,
+            packed: None,
         };
         let LayerWeights::Quantized(p) =
             Rtn::new(s).compress(view, &LayerStats::default()).unwrap()
@@ -324,6 +325,7 @@ mod tests {
             out_features: 1,
             in_features: 16,
             mask: None,
+            packed: None,
         };
         let e = r.compress(view, &LayerStats::default()).unwrap_err();
         assert!(matches!(e, CompressError::MissingStats { .. }));

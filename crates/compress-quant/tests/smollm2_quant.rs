@@ -33,6 +33,7 @@ fn asymmetric_rtn_g32_recovers_the_q4_1_grids() {
                     out_features: lin.out_features(),
                     in_features: lin.in_features(),
                     mask: None,
+                    packed: None,
                 };
                 let e = weight_rel_error(
                     &w,

@@ -61,6 +61,7 @@ fn gptq_output_error_is_below_rtn_on_real_layers() {
             out_features: out,
             in_features: inp,
             mask: None,
+            packed: None,
         };
         let gram = stats.gram.clone().unwrap();
         let err = |wq: Vec<f32>| {
