@@ -50,6 +50,18 @@ enum Rank {
     Magnitude,
     /// Energy of the structure's output on calibration data.
     Activation,
+    /// Heads only: attention entropy on calibration data (diffuse heads go first).
+    Entropy,
+}
+
+impl From<Rank> for Importance {
+    fn from(r: Rank) -> Self {
+        match r {
+            Rank::Magnitude => Importance::Magnitude,
+            Rank::Activation => Importance::Activation,
+            Rank::Entropy => Importance::Entropy,
+        }
+    }
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -91,6 +103,9 @@ struct Args {
     /// Structured: how FFN neurons and heads are ranked.
     #[arg(long, value_enum, default_value_t = Rank::Activation)]
     importance: Rank,
+    /// Structured: rank heads differently from FFN neurons (e.g. `entropy`).
+    #[arg(long, value_enum)]
+    head_importance: Option<Rank>,
     /// Structured: remove this many blocks of least influence (ShortGPT) first.
     #[arg(long, default_value_t = 0)]
     drop_blocks: usize,
@@ -218,17 +233,16 @@ fn structured(
         let cfg = StructuredConfig {
             ffn_fraction: args.ffn,
             head_fraction: args.heads,
-            importance: match args.importance {
-                Rank::Magnitude => Importance::Magnitude,
-                Rank::Activation => Importance::Activation,
-            },
+            ffn_importance: args.importance.into(),
+            head_importance: args.head_importance.unwrap_or(args.importance).into(),
         };
         let t0 = std::time::Instant::now();
         let mut line = compress::eval::progress::ProgressLine::new("structured");
         let r = prune_structured(model, windows, &cfg, |d, t| line.update(d, t, "blocks,"))?;
         println!(
-            "structured ({:?}): removed {} FFN neurons and {} query / {} key-value heads per block in {:.1} s: {} → {} parameters ({:.1}% fewer)",
+            "structured (FFN by {:?}, heads by {:?}): removed {} FFN neurons and {} query / {} key-value heads per block in {:.1} s: {} → {} parameters ({:.1}% fewer)",
             args.importance,
+            args.head_importance.unwrap_or(args.importance),
             r.ffn_removed,
             r.heads_removed.0,
             r.heads_removed.1,

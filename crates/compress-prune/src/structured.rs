@@ -7,6 +7,10 @@
 //!
 //! - [`Importance::Magnitude`]: the squared Frobenius norm of the structure's own weights (an FFN
 //!   neuron's `gate`/`up` rows and `down` column; a head's `q` rows and `o` columns).
+//! - [`Importance::Entropy`] (heads): the mean entropy of the head's attention distribution;
+//!   a head whose attention is spread evenly (high entropy) carries an average of the context, a
+//!   sharp head carries a specific token — the diffuse heads go first (Michel et al. 2019, "Are
+//!   Sixteen Heads Really Better than One?", use the same statistic to analyse heads).
 //! - [`Importance::Activation`]: the exact energy of the structure's contribution to the block's
 //!   output over the calibration tokens. For FFN neuron `i` with activation `h_i(t)` that is
 //!   `‖W_down[:, i]‖² · Σ_t h_i(t)²`; for head `j` with context `c_j(t)` (its slice of `o_proj`'s
@@ -35,6 +39,9 @@ pub enum Importance {
     Magnitude,
     /// Energy of the structure's output contribution on calibration data.
     Activation,
+    /// Heads only: mean attention entropy on calibration data; the most diffuse heads (highest
+    /// entropy, closest to a plain average of the context) go first.
+    Entropy,
 }
 
 /// What to remove from every block.
@@ -45,8 +52,10 @@ pub struct StructuredConfig {
     /// Fraction of each block's query heads to remove, in `[0, 1)` (rounded to what grouped-query
     /// attention allows; see the module docs).
     pub head_fraction: f64,
-    /// Ranking.
-    pub importance: Importance,
+    /// Ranking of FFN neurons (magnitude or activation).
+    pub ffn_importance: Importance,
+    /// Ranking of heads.
+    pub head_importance: Importance,
 }
 
 /// What structured pruning did.
@@ -146,9 +155,18 @@ pub fn prune_structured(
             )));
         }
     }
+    if cfg.ffn_importance == Importance::Entropy {
+        return Err(PipelineError::Config(
+            "ffn_importance = Entropy: attention entropy ranks heads only".into(),
+        ));
+    }
     let before = model.num_parameters();
     let device = BlockwiseModel::device(model);
-    let activation = cfg.importance == Importance::Activation;
+    let uses = |i: Importance| {
+        (cfg.ffn_fraction > 0.0 && cfg.ffn_importance == i)
+            || (cfg.head_fraction > 0.0 && cfg.head_importance == i)
+    };
+    let activation = uses(Importance::Activation) || uses(Importance::Entropy);
     let mut xs = if activation {
         Pipeline::new().embed_calibration(model, calibration, &device)?
     } else {
@@ -173,7 +191,8 @@ pub fn prune_structured(
         let o = host(layer.attn.o_proj.dense_weight());
         let hidden = layer.mlp.down_proj.out_features();
         let qd = shape.heads * hd;
-        let (ffn_scores, head_scores): (Vec<f64>, Vec<f64>) = if activation {
+        let (mut act_ffn, mut act_heads, mut entropy) = (Vec::new(), Vec::new(), Vec::new());
+        if activation {
             let mut caches: Vec<_> = xs
                 .iter()
                 .map(|x| model.begin_block(block, x.clone()))
@@ -189,14 +208,14 @@ pub fn prune_structured(
             let attn = collect_stats(model, block, attn_out, &mut caches, gram_req)?;
             let mlp = collect_stats(model, block, mlp_down, &mut caches, norm_req)?;
             let h2 = mlp.col_sq_norms.unwrap_or_default();
-            let ffn: Vec<f64> = sq_cols(&down, width)
+            act_ffn = sq_cols(&down, width)
                 .iter()
                 .zip(&h2)
                 .map(|(w, h)| w * *h as f64)
                 .collect();
             let g = attn.gram.unwrap_or_default();
             // tr(W_j G_jj W_jᵀ) = Σ_r Σ_{a,b ∈ head j} W[r,a] G[a,b] W[r,b].
-            let heads = (0..shape.heads)
+            act_heads = (0..shape.heads)
                 .map(|j| {
                     let cols = j * hd..(j + 1) * hd;
                     let mut e = 0f64;
@@ -211,22 +230,44 @@ pub fn prune_structured(
                     e
                 })
                 .collect();
-            (ffn, heads)
-        } else {
-            let gate = host(layer.mlp.gate_proj.dense_weight());
-            let up = host(layer.mlp.up_proj.dense_weight());
-            let q = host(layer.attn.q_proj.dense_weight());
-            let d = layer.mlp.gate_proj.in_features();
-            let (gr, ur, dc) = (sq_rows(&gate, d), sq_rows(&up, d), sq_cols(&down, width));
-            let ffn = (0..width).map(|i| gr[i] + ur[i] + dc[i]).collect();
-            let (qr, oc) = (sq_rows(&q, d), sq_cols(&o, qd));
-            let heads = (0..shape.heads)
-                .map(|j| (j * hd..(j + 1) * hd).map(|c| qr[c] + oc[c]).sum())
-                .collect();
-            (ffn, heads)
+            if uses(Importance::Entropy) {
+                entropy = vec![0f64; shape.heads];
+                for x in &xs {
+                    for (e, v) in entropy.iter_mut().zip(model.head_entropy(block, x.clone())) {
+                        *e -= v / xs.len() as f64;
+                    }
+                }
+            }
+        }
+        let ffn_scores: Vec<f64> = match cfg.ffn_importance {
+            Importance::Activation => act_ffn,
+            _ => {
+                let gate = host(layer.mlp.gate_proj.dense_weight());
+                let up = host(layer.mlp.up_proj.dense_weight());
+                let d = layer.mlp.gate_proj.in_features();
+                let (gr, ur, dc) = (sq_rows(&gate, d), sq_rows(&up, d), sq_cols(&down, width));
+                (0..width).map(|i| gr[i] + ur[i] + dc[i]).collect()
+            }
+        };
+        let head_scores: Vec<f64> = match cfg.head_importance {
+            Importance::Activation => act_heads,
+            // Negated entropy: the highest-entropy heads score lowest and go first.
+            Importance::Entropy => entropy,
+            Importance::Magnitude => {
+                let q = host(layer.attn.q_proj.dense_weight());
+                let d = layer.attn.q_proj.in_features();
+                let (qr, oc) = (sq_rows(&q, d), sq_cols(&o, qd));
+                (0..shape.heads)
+                    .map(|j| (j * hd..(j + 1) * hd).map(|c| qr[c] + oc[c]).sum())
+                    .collect()
+            }
         };
         let remove = (cfg.ffn_fraction * width as f64).round() as usize;
-        let keep_ffn = keep_top(&ffn_scores, remove);
+        let keep_ffn = if remove > 0 {
+            keep_top(&ffn_scores, remove)
+        } else {
+            (0..width).collect()
+        };
         if remove > 0 {
             model
                 .keep_ffn_neurons(block, &keep_ffn)
@@ -234,7 +275,11 @@ pub fn prune_structured(
         }
         ffn_removed = remove;
         kept_ffn.push(keep_ffn);
-        let keep = select_heads(&head_scores, shape.kv_heads, cfg.head_fraction);
+        let keep = if cfg.head_fraction > 0.0 {
+            select_heads(&head_scores, shape.kv_heads, cfg.head_fraction)
+        } else {
+            (0..shape.heads).collect()
+        };
         kept_heads.push(keep.clone());
         if keep.len() < shape.heads {
             model

@@ -44,12 +44,17 @@ fn removed_structures_equal_masked_ones_and_shrink_the_model() {
     let windows = sample_windows(&tokens, 8, 64, 0).unwrap();
     let base = &m.model;
     let cfg0 = base.config().clone();
-    for importance in [Importance::Magnitude, Importance::Activation] {
+    for (importance, heads) in [
+        (Importance::Magnitude, Importance::Magnitude),
+        (Importance::Activation, Importance::Activation),
+        (Importance::Activation, Importance::Entropy),
+    ] {
         let mut pruned = base.clone();
         let cfg = StructuredConfig {
             ffn_fraction: 0.25,
             head_fraction: 0.25,
-            importance,
+            ffn_importance: importance,
+            head_importance: heads,
         };
         let report = prune_structured(&mut pruned, &windows, &cfg, |_, _| {}).unwrap();
         // stories260K: 8 heads in 4 groups of 2 → one whole group (2 query + 1 kv head) per
@@ -80,12 +85,39 @@ fn removed_structures_equal_masked_ones_and_shrink_the_model() {
         let (a, b) = (common::logits(&pruned, &ids), common::logits(&masked, &ids));
         let diff = common::max_abs_diff(&a, &b);
         // Same maths with fewer zero terms in each sum: f32 reordering only (logits are ~10).
-        assert!(diff < 1e-4, "{importance:?}: max |Δlogit| {diff}");
+        assert!(diff < 1e-4, "{importance:?}/{heads:?}: max |Δlogit| {diff}");
         eprintln!(
-            "{importance:?}: {} → {} parameters, max |Δlogit| vs masked {diff:.1e}",
-            report.parameters.0, report.parameters.1
+            "{importance:?}/{heads:?}: {} → {} parameters, block 0 keeps heads {:?}, max |Δlogit| vs masked {diff:.1e}",
+            report.parameters.0, report.parameters.1, report.kept_heads[0]
         );
     }
+}
+
+#[test]
+fn attention_entropy_is_bounded_and_bad_configs_are_errors() {
+    let Some((m, tokens)) = load() else { return };
+    let windows = sample_windows(&tokens, 2, 32, 2).unwrap();
+    let x = compress_core::pipeline::Pipeline::new()
+        .embed_calibration(&m.model, &windows, &m.model.device())
+        .unwrap()
+        .remove(0);
+    let e = m.model.head_entropy(0, x);
+    // Causal attention over at most 32 keys: 0 ≤ H ≤ mean over queries of ln(keys) < ln 32.
+    assert_eq!(e.len(), m.model.head_shape(0).heads);
+    assert!(e.iter().all(|&v| (0.0..32f64.ln()).contains(&v)), "{e:?}");
+    let cfg = StructuredConfig {
+        ffn_fraction: 0.25,
+        head_fraction: 0.0,
+        ffn_importance: Importance::Entropy,
+        head_importance: Importance::Activation,
+    };
+    let e = prune_structured(&mut m.model.clone(), &windows, &cfg, |_, _| {}).unwrap_err();
+    assert!(e.to_string().contains("ffn_importance"), "{e}");
+    let cfg = StructuredConfig {
+        ffn_fraction: 1.0,
+        ..cfg
+    };
+    assert!(prune_structured(&mut m.model.clone(), &windows, &cfg, |_, _| {}).is_err());
 }
 
 #[test]

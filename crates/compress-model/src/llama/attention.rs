@@ -84,6 +84,43 @@ impl Attention {
         cache: Option<&mut LayerCache>,
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
+        let (probs, v) = self.probs_values(x, rope, positions, mask, cache);
+        probs
+            .matmul(v)
+            .swap_dims(1, 2)
+            .reshape([b, t, self.num_heads * self.head_dim])
+    }
+
+    /// Mean entropy (nats) of each query head's attention distribution over the queries of
+    /// `x` (`[heads]`): near 0 for a head that looks at one token, `ln(keys)` for one that
+    /// averages everything. Pruned positions contribute `0 · ln 0 = 0`.
+    pub fn head_entropy(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        positions: Tensor<2, Int>,
+        mask: Option<Tensor<4, Bool>>,
+    ) -> Tensor<1> {
+        let (p, _) = self.probs_values(x, rope, positions, mask, None);
+        let [b, h, t, _] = p.dims();
+        let ent = (p.clone() * p.clamp_min(1e-30).log()).sum_dim(3).neg();
+        ent.swap_dims(0, 1)
+            .reshape([h, b * t])
+            .mean_dim(1)
+            .reshape([h])
+    }
+
+    /// Attention probabilities `[batch, heads, seq, keys]` and the (repeated) values
+    /// `[batch, heads, keys, head_dim]`.
+    fn probs_values(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        positions: Tensor<2, Int>,
+        mask: Option<Tensor<4, Bool>>,
+        cache: Option<&mut LayerCache>,
+    ) -> (Tensor<4>, Tensor<4>) {
+        let [b, t, _] = x.dims();
         let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let split = |y: Tensor<3>, heads: usize| y.reshape([b, t, heads, hd]).swap_dims(1, 2);
 
@@ -111,7 +148,7 @@ impl Attention {
             AttentionPrecision::F32 => softmax(scores, 3),
             AttentionPrecision::F16KvCache => round_to_f16(softmax(scores, 3)),
         };
-        probs.matmul(v).swap_dims(1, 2).reshape([b, t, h * hd])
+        (probs, v)
     }
 }
 

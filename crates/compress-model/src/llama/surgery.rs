@@ -12,6 +12,7 @@
 //! - **Blocks**: a pre-norm block adds its output to the residual stream, so removing it leaves
 //!   a valid model (ShortGPT, Men et al. 2024).
 
+use burn::tensor::Tensor;
 use compress_core::linear::CompressedLinear;
 use compress_core::structured::{keep_indices, Axis};
 
@@ -70,6 +71,29 @@ impl LlamaModel {
             kv_heads: a.num_kv_heads,
             head_dim: a.head_dim,
         }
+    }
+
+    /// Mean attention entropy of each query head of block `block` for the block input `x`
+    /// (`[batch, seq, hidden]`, unpadded causal sequences), in nats.
+    ///
+    /// # Panics
+    /// If `block` is out of range.
+    pub fn head_entropy(&self, block: usize, x: Tensor<3>) -> Vec<f64> {
+        let [b, t, _] = x.dims();
+        let (positions, mask) = super::full_sequence(b, t, &x.device());
+        let layer = &self.layers[block];
+        let e = layer.attn.head_entropy(
+            layer.attn_norm.forward(x),
+            &self.rope,
+            positions,
+            Some(mask),
+        );
+        e.into_data()
+            .try_to_vec::<f32>()
+            .unwrap_or_default()
+            .into_iter()
+            .map(f64::from)
+            .collect()
     }
 
     /// FFN width of block `block`.
