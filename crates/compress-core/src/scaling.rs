@@ -34,15 +34,20 @@ pub fn apply_stage_scales<M: BlockwiseModel>(
             .map_err(|e| PipelineError::Config(format!("reading {path}: {e:?}")))?;
         weights.push((w, lin.out_features(), lin.in_features()));
     }
+    let masks: Vec<_> = names
+        .iter()
+        .map(|n| model.linear(block, n).mask().cloned())
+        .collect();
     let views: Vec<LayerView<'_>> = weights
         .iter()
         .zip(&paths)
-        .map(|((w, o, i), path)| LayerView {
+        .zip(&masks)
+        .map(|(((w, o, i), path), mask)| LayerView {
             path,
             weight: w,
             out_features: *o,
             in_features: *i,
-            mask: None,
+            mask: mask.as_ref(),
             packed: None,
         })
         .collect();

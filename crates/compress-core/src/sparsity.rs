@@ -7,11 +7,12 @@
 //!
 //! A [`SparsityPattern`] says what a pruner must produce:
 //!
-//! - **unstructured** at a fraction `s`: exactly `round(s · count)` weights pruned in each
-//!   comparison group the method uses (a row for Wanda, the whole matrix for magnitude, a block of
-//!   columns for SparseGPT). Counts are assigned by cumulative rounding
-//!   ([`quota`]), so the sum over groups is exactly `round(s · out · in)` — the requested
-//!   sparsity to within one weight, whatever the group sizes;
+//! - **unstructured** at a fraction `s`: each comparison group the method uses (a row for Wanda,
+//!   the whole matrix for magnitude, a block of columns for SparseGPT) prunes its share by
+//!   cumulative rounding ([`quota`]: `round(s · end) − round(s · start)` over the groups laid end
+//!   to end), so every group is within one weight of `s · count` and the layer total is exactly
+//!   `round(s · out · in)` — the requested sparsity to within one weight, whatever the group
+//!   sizes;
 //! - **N:M** (NVIDIA's convention, as in "2:4"): at most `N` weights kept in every run of `M`
 //!   consecutive weights of a row, exactly `M − N` pruned. When `M` does not divide a row, the
 //!   row's last, shorter run of `L` weights prunes `round((M − N) · L / M)`.

@@ -2,8 +2,8 @@
 //!
 //! A pruner scores every weight (higher = more important) and prunes the lowest scores within
 //! each *comparison group*: the whole matrix, each output row, or — for N:M — each run of `M`
-//! consecutive weights of a row. Counts follow [`compress_core::sparsity`]: exact per group, with
-//! cumulative rounding so the layer total is `round(s · out · in)`.
+//! consecutive weights of a row. Counts follow [`compress_core::sparsity`]: cumulative rounding,
+//! each group within one weight of its share and the layer total exactly `round(s · out · in)`.
 
 use compress_core::sparsity::{lowest_k, n_m_quota, quota, SparsityMask, SparsityPattern};
 
@@ -12,7 +12,8 @@ use compress_core::sparsity::{lowest_k, n_m_quota, quota, SparsityMask, Sparsity
 pub enum Comparison {
     /// All weights of the layer (magnitude pruning's usual rule).
     Layer,
-    /// The weights of one output row (Wanda's rule: every output keeps the same share).
+    /// The weights of one output row (Wanda's rule: every output keeps the same share, to within
+    /// one weight).
     Row,
 }
 

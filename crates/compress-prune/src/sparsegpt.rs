@@ -6,7 +6,9 @@
 //! same machinery: the damped inverse Hessian of the layer's inputs and one column sweep that
 //! spreads each fixed column's error over the columns not yet visited. Here the "rounding" of a
 //! pruned weight is to 0, and which weights to prune is decided inside the sweep by the OBS
-//! saliency `w² / [H⁻¹]_jj` of the weights *as updated so far*. Both live in compress-quant
+//! saliency `w² / U_jj²` of the weights *as updated so far*, where `U_jj²` is the inverse
+//! Hessian's diagonal entry once the columns already visited are eliminated (the reference
+//! implementation's `W² / diag(Hinv₁)²`). Both live in compress-quant
 //! ([`compress_quant::hessian`], [`compress_quant::obs`]) and are shared with GPTQ, not copied.
 //!
 //! With `quant` set the sweep also rounds every kept weight onto its group's grid, so pruning and

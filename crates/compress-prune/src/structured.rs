@@ -183,88 +183,33 @@ pub fn prune_structured(
             .ok_or_else(|| PipelineError::Config(format!("the model has no `{name}` stage")))
     };
     let (attn_out, mlp_down) = (stage("attn_out")?, stage("mlp_down")?);
+    let data = |needed: bool, xs: &[Tensor<3>]| if needed { xs.to_vec() } else { Vec::new() };
     for block in 0..blocks {
+        // Heads first; the FFN is then ranked on the MLP input the pruned attention produces.
         let shape = model.head_shape(block);
-        let (hd, width) = (shape.head_dim, model.ffn_width(block));
-        let layer = &model.layers[block];
-        let down = host(layer.mlp.down_proj.dense_weight());
-        let o = host(layer.attn.o_proj.dense_weight());
-        let hidden = layer.mlp.down_proj.out_features();
-        let qd = shape.heads * hd;
-        let (mut act_ffn, mut act_heads, mut entropy) = (Vec::new(), Vec::new(), Vec::new());
-        if activation {
-            let mut caches: Vec<_> = xs
-                .iter()
-                .map(|x| model.begin_block(block, x.clone()))
-                .collect();
-            let gram_req = StatsRequest {
-                gram: true,
-                ..StatsRequest::NONE
-            };
-            let norm_req = StatsRequest {
-                col_sq_norms: true,
-                ..StatsRequest::NONE
-            };
-            let attn = collect_stats(model, block, attn_out, &mut caches, gram_req)?;
-            let mlp = collect_stats(model, block, mlp_down, &mut caches, norm_req)?;
-            let h2 = mlp.col_sq_norms.unwrap_or_default();
-            act_ffn = sq_cols(&down, width)
-                .iter()
-                .zip(&h2)
-                .map(|(w, h)| w * *h as f64)
-                .collect();
-            let g = attn.gram.unwrap_or_default();
-            // tr(W_j G_jj W_jᵀ) = Σ_r Σ_{a,b ∈ head j} W[r,a] G[a,b] W[r,b].
-            act_heads = (0..shape.heads)
-                .map(|j| {
-                    let cols = j * hd..(j + 1) * hd;
-                    let mut e = 0f64;
-                    for r in 0..hidden {
-                        let w = &o[r * qd..(r + 1) * qd];
-                        for a in cols.clone() {
-                            let ga = &g[a * qd..(a + 1) * qd];
-                            let inner: f64 = cols.clone().map(|b| (ga[b] * w[b]) as f64).sum();
-                            e += w[a] as f64 * inner;
-                        }
-                    }
-                    e
-                })
-                .collect();
-            if uses(Importance::Entropy) {
-                entropy = vec![0f64; shape.heads];
-                for x in &xs {
-                    for (e, v) in entropy.iter_mut().zip(model.head_entropy(block, x.clone())) {
-                        *e -= v / xs.len() as f64;
-                    }
-                }
-            }
+        let keep = if cfg.head_fraction > 0.0 {
+            let on = data(cfg.head_importance != Importance::Magnitude, &xs);
+            let scores = head_scores(model, block, &on, cfg.head_importance, attn_out)?;
+            select_heads(&scores, shape.kv_heads, cfg.head_fraction)
+        } else {
+            (0..shape.heads).collect()
+        };
+        if keep.len() < shape.heads {
+            model
+                .keep_heads(block, &keep)
+                .map_err(|e| PipelineError::Config(e.to_string()))?;
         }
-        let ffn_scores: Vec<f64> = match cfg.ffn_importance {
-            Importance::Activation => act_ffn,
-            _ => {
-                let gate = host(layer.mlp.gate_proj.dense_weight());
-                let up = host(layer.mlp.up_proj.dense_weight());
-                let d = layer.mlp.gate_proj.in_features();
-                let (gr, ur, dc) = (sq_rows(&gate, d), sq_rows(&up, d), sq_cols(&down, width));
-                (0..width).map(|i| gr[i] + ur[i] + dc[i]).collect()
-            }
-        };
-        let head_scores: Vec<f64> = match cfg.head_importance {
-            Importance::Activation => act_heads,
-            // Negated entropy: the highest-entropy heads score lowest and go first.
-            Importance::Entropy => entropy,
-            Importance::Magnitude => {
-                let q = host(layer.attn.q_proj.dense_weight());
-                let d = layer.attn.q_proj.in_features();
-                let (qr, oc) = (sq_rows(&q, d), sq_cols(&o, qd));
-                (0..shape.heads)
-                    .map(|j| (j * hd..(j + 1) * hd).map(|c| qr[c] + oc[c]).sum())
-                    .collect()
-            }
-        };
-        let remove = (cfg.ffn_fraction * width as f64).round() as usize;
+        kept_heads.push(keep);
+        let after = model.head_shape(block);
+        heads_removed = (shape.heads - after.heads, shape.kv_heads - after.kv_heads);
+
+        let width = model.ffn_width(block);
+        // At least one neuron stays (a fraction just below 1 can round to the whole width).
+        let remove = ((cfg.ffn_fraction * width as f64).round() as usize).min(width - 1);
         let keep_ffn = if remove > 0 {
-            keep_top(&ffn_scores, remove)
+            let on = data(cfg.ffn_importance == Importance::Activation, &xs);
+            let scores = ffn_scores(model, block, &on, mlp_down)?;
+            keep_top(&scores, remove)
         } else {
             (0..width).collect()
         };
@@ -275,19 +220,6 @@ pub fn prune_structured(
         }
         ffn_removed = remove;
         kept_ffn.push(keep_ffn);
-        let keep = if cfg.head_fraction > 0.0 {
-            select_heads(&head_scores, shape.kv_heads, cfg.head_fraction)
-        } else {
-            (0..shape.heads).collect()
-        };
-        kept_heads.push(keep.clone());
-        if keep.len() < shape.heads {
-            model
-                .keep_heads(block, &keep)
-                .map_err(|e| PipelineError::Config(e.to_string()))?;
-        }
-        let after = model.head_shape(block);
-        heads_removed = (shape.heads - after.heads, shape.kv_heads - after.kv_heads);
         if activation {
             xs = xs
                 .into_iter()
@@ -303,6 +235,102 @@ pub fn prune_structured(
         kept_ffn,
         kept_heads,
     })
+}
+
+/// One score per query head of `block` (higher = more important), by `importance`; `xs` are the
+/// block's inputs (empty for magnitude).
+fn head_scores(
+    model: &LlamaModel,
+    block: usize,
+    xs: &[Tensor<3>],
+    importance: Importance,
+    attn_out: usize,
+) -> Result<Vec<f64>, PipelineError> {
+    let shape = model.head_shape(block);
+    let (hd, heads) = (shape.head_dim, shape.heads);
+    let attn = &model.layers[block].attn;
+    let o = host(attn.o_proj.dense_weight());
+    let qd = heads * hd;
+    Ok(match importance {
+        Importance::Magnitude => {
+            let q = host(attn.q_proj.dense_weight());
+            let (qr, oc) = (sq_rows(&q, attn.q_proj.in_features()), sq_cols(&o, qd));
+            (0..heads)
+                .map(|j| (j * hd..(j + 1) * hd).map(|c| qr[c] + oc[c]).sum())
+                .collect()
+        }
+        Importance::Entropy => {
+            // Negated mean entropy: the most diffuse heads score lowest and go first.
+            let mut e = vec![0f64; heads];
+            for x in xs {
+                for (a, v) in e.iter_mut().zip(model.head_entropy(block, x.clone())) {
+                    *a -= v / xs.len() as f64;
+                }
+            }
+            e
+        }
+        Importance::Activation => {
+            let mut caches: Vec<_> = xs
+                .iter()
+                .map(|x| model.begin_block(block, x.clone()))
+                .collect();
+            let req = StatsRequest {
+                gram: true,
+                ..StatsRequest::NONE
+            };
+            let g = collect_stats(model, block, attn_out, &mut caches, req)?
+                .gram
+                .unwrap_or_default();
+            let hidden = attn.o_proj.out_features();
+            // tr(W_j G_jj W_jᵀ) = Σ_r Σ_{a,b ∈ head j} W[r,a] G[a,b] W[r,b].
+            (0..heads)
+                .map(|j| {
+                    let cols = j * hd..(j + 1) * hd;
+                    let mut e = 0f64;
+                    for r in 0..hidden {
+                        let w = &o[r * qd..(r + 1) * qd];
+                        for a in cols.clone() {
+                            let ga = &g[a * qd..(a + 1) * qd];
+                            let inner: f64 = cols.clone().map(|b| (ga[b] * w[b]) as f64).sum();
+                            e += w[a] as f64 * inner;
+                        }
+                    }
+                    e
+                })
+                .collect()
+        }
+    })
+}
+
+/// One score per FFN neuron of `block`: the activation energy `‖W_down[:, i]‖² · Σ_t h_i²` when
+/// `xs` (the block's inputs) are given, else the neuron's squared weight norm.
+fn ffn_scores(
+    model: &LlamaModel,
+    block: usize,
+    xs: &[Tensor<3>],
+    mlp_down: usize,
+) -> Result<Vec<f64>, PipelineError> {
+    let mlp = &model.layers[block].mlp;
+    let width = mlp.gate_proj.out_features();
+    let down = sq_cols(&host(mlp.down_proj.dense_weight()), width);
+    if !xs.is_empty() {
+        let mut caches: Vec<_> = xs
+            .iter()
+            .map(|x| model.begin_block(block, x.clone()))
+            .collect();
+        let req = StatsRequest {
+            col_sq_norms: true,
+            ..StatsRequest::NONE
+        };
+        let h2 = collect_stats(model, block, mlp_down, &mut caches, req)?
+            .col_sq_norms
+            .unwrap_or_default();
+        return Ok(down.iter().zip(&h2).map(|(w, h)| w * *h as f64).collect());
+    }
+    let d = mlp.gate_proj.in_features();
+    let gate = sq_rows(&host(mlp.gate_proj.dense_weight()), d);
+    let up = sq_rows(&host(mlp.up_proj.dense_weight()), d);
+    Ok((0..width).map(|i| gate[i] + up[i] + down[i]).collect())
 }
 
 /// ShortGPT's block influence `1 − mean_t cos(x_in, x_out)` of every block of `model` on

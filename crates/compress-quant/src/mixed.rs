@@ -94,17 +94,26 @@ pub fn measure_sensitivity<M: BlockwiseModel, S: StepMethod>(
                     .into_data()
                     .try_to_vec::<f32>()
                     .map_err(|e| PipelineError::Config(format!("{path}: {e:?}")))?;
+                let mask = original.mask().cloned();
+                let packed = match &original {
+                    CompressedLinear::Quantized(q) => Some(q.packed.clone()),
+                    _ => None,
+                };
                 let view = LayerView {
                     path: &path,
                     weight: &w,
                     out_features: o,
                     in_features: i,
-                    mask: None,
-                    packed: None,
+                    mask: mask.as_ref(),
+                    packed: packed.as_deref(),
                 };
                 let mut options = Vec::with_capacity(compressors.len());
                 for c in &compressors {
-                    let q = c.compress(view, &stats)?;
+                    let mut q = c.compress(view, &stats)?;
+                    if let Some(m) = &mask {
+                        // As in the pipeline: a pruned weight stays pruned.
+                        q = q.with_mask(m);
+                    }
                     let bits = q.bits_per_weight();
                     *model.linear_mut(block, name) =
                         CompressedLinear::from_weights(q, o, i, bias.clone(), &device);

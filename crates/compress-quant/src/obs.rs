@@ -19,9 +19,11 @@
 //! - **N:M**: at the start of every run of `M` columns, each row prunes its `M − N`
 //!   lowest-saliency weights of the run, using the weights as updated so far.
 //!
-//! In joint mode, a group's grid is fitted when the sweep reaches the group's first column, to
-//! the group's weights as updated so far *excluding those already known to be pruned* (they are
-//! stored as a mask and dequantize to 0, so the grid need not cover them).
+//! In joint mode with per-group grids (and no activation order), a group's grid is fitted when the
+//! sweep reaches the group's first column, to the group's weights as updated so far *excluding
+//! those already known to be pruned* (they are stored as a mask and dequantize to 0, so the grid
+//! need not cover them). Per-channel, per-tensor and static-group grids are fitted up front from
+//! the original weights, including those that will be pruned.
 
 use compress_core::compressor::{ensure_finite, CompressError, LayerView, LayerWeights};
 use compress_core::packed::{Granularity, PackedWeight, QuantScheme};
