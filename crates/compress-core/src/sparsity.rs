@@ -44,7 +44,7 @@ impl SparsityMask {
     pub fn all_kept(out_features: usize, in_features: usize) -> Self {
         let n = out_features * in_features;
         let mut words = vec![u64::MAX; n.div_ceil(64)];
-        if n % 64 != 0 {
+        if !n.is_multiple_of(64) {
             if let Some(last) = words.last_mut() {
                 *last = (1u64 << (n % 64)) - 1;
             }

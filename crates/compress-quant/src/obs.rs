@@ -216,7 +216,7 @@ fn sweep(
         for k in i1..i2 {
             let col = hi.perm[k];
             if let Some(SparsityPattern::NM { n: keep, m }) = select {
-                if k % m == 0 {
+                if k.is_multiple_of(m) {
                     let end = (k + m).min(n);
                     let prune = n_m_quota(keep, m, end - k);
                     for r in 0..out {
@@ -238,7 +238,7 @@ fn sweep(
                 }
             }
             if let Some(g) = grids.as_mut() {
-                if g.dynamic && col % group == 0 {
+                if g.dynamic && col.is_multiple_of(group) {
                     // Without act-order k == col: the group is rows k..k+len of Wᵀ as updated.
                     let len = group.min(n - k);
                     for r in 0..out {
