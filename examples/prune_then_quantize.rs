@@ -52,6 +52,8 @@ enum Rank {
     Activation,
     /// Heads only: attention entropy on calibration data (diffuse heads go first).
     Entropy,
+    /// First-order Taylor (gradient × weight) of the calibration loss, via burn autodiff.
+    Taylor,
 }
 
 impl From<Rank> for Importance {
@@ -60,6 +62,7 @@ impl From<Rank> for Importance {
             Rank::Magnitude => Importance::Magnitude,
             Rank::Activation => Importance::Activation,
             Rank::Entropy => Importance::Entropy,
+            Rank::Taylor => Importance::Taylor,
         }
     }
 }

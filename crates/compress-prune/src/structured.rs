@@ -7,6 +7,10 @@
 //!
 //! - [`Importance::Magnitude`]: the squared Frobenius norm of the structure's own weights (an FFN
 //!   neuron's `gate`/`up` rows and `down` column; a head's `q` rows and `o` columns).
+//! - [`Importance::Taylor`]: `|Σ_t ∂L/∂m|` for a gate `m` on the structure's output, with `L`
+//!   the calibration language-modelling loss — the first-order change of the loss when the
+//!   structure is removed (Molchanov et al. 2019; LLM-Pruner), from one backward pass per
+//!   window on the unpruned model.
 //! - [`Importance::Entropy`] (heads): the mean entropy of the head's attention distribution;
 //!   a head whose attention is spread evenly (high entropy) carries an average of the context, a
 //!   sharp head carries a specific token — the diffuse heads go first (Michel et al. 2019, "Are
@@ -42,6 +46,10 @@ pub enum Importance {
     /// Heads only: mean attention entropy on calibration data; the most diffuse heads (highest
     /// entropy, closest to a plain average of the context) go first.
     Entropy,
+    /// First-order Taylor estimate of the calibration loss change when the structure is removed
+    /// (gradient × weight through burn autodiff; [`LlamaModel::taylor_scores`]), computed once on
+    /// the unpruned model.
+    Taylor,
 }
 
 /// What to remove from every block.
@@ -167,6 +175,15 @@ pub fn prune_structured(
             || (cfg.head_fraction > 0.0 && cfg.head_importance == i)
     };
     let activation = uses(Importance::Activation) || uses(Importance::Entropy);
+    let taylor = if uses(Importance::Taylor) {
+        Some(
+            model
+                .taylor_scores(calibration)
+                .map_err(|e| PipelineError::Config(e.to_string()))?,
+        )
+    } else {
+        None
+    };
     let mut xs = if activation {
         Pipeline::new().embed_calibration(model, calibration, &device)?
     } else {
@@ -188,8 +205,13 @@ pub fn prune_structured(
         // Heads first; the FFN is then ranked on the MLP input the pruned attention produces.
         let shape = model.head_shape(block);
         let keep = if cfg.head_fraction > 0.0 {
-            let on = data(cfg.head_importance != Importance::Magnitude, &xs);
-            let scores = head_scores(model, block, &on, cfg.head_importance, attn_out)?;
+            let scores = match &taylor {
+                Some(t) if cfg.head_importance == Importance::Taylor => t.heads[block].clone(),
+                _ => {
+                    let on = data(cfg.head_importance != Importance::Magnitude, &xs);
+                    head_scores(model, block, &on, cfg.head_importance, attn_out)?
+                }
+            };
             select_heads(&scores, shape.kv_heads, cfg.head_fraction)
         } else {
             (0..shape.heads).collect()
@@ -207,8 +229,13 @@ pub fn prune_structured(
         // At least one neuron stays (a fraction just below 1 can round to the whole width).
         let remove = ((cfg.ffn_fraction * width as f64).round() as usize).min(width - 1);
         let keep_ffn = if remove > 0 {
-            let on = data(cfg.ffn_importance == Importance::Activation, &xs);
-            let scores = ffn_scores(model, block, &on, mlp_down)?;
+            let scores = match &taylor {
+                Some(t) if cfg.ffn_importance == Importance::Taylor => t.ffn[block].clone(),
+                _ => {
+                    let on = data(cfg.ffn_importance == Importance::Activation, &xs);
+                    ffn_scores(model, block, &on, mlp_down)?
+                }
+            };
             keep_top(&scores, remove)
         } else {
             (0..width).collect()
@@ -269,7 +296,7 @@ fn head_scores(
             }
             e
         }
-        Importance::Activation => {
+        Importance::Activation | Importance::Taylor => {
             let mut caches: Vec<_> = xs
                 .iter()
                 .map(|x| model.begin_block(block, x.clone()))
