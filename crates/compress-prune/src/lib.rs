@@ -12,7 +12,8 @@
 //!   the inverse-Hessian sweep shared with GPTQ; optionally quantizing in the same sweep;
 //! - [`select`]: exact-count mask selection from scores;
 //! - [`structured`]: removing FFN neurons, attention heads (grouped-query aware) and blocks, by
-//!   weight magnitude, activation energy or block influence (ShortGPT) — the model gets smaller;
+//!   weight magnitude, activation energy, attention entropy, first-order Taylor importance or
+//!   block influence (ShortGPT) — the model gets smaller;
 //! - [`recipe`]: the pruners' recipe configurations (`method = "magnitude" | "wanda" |
 //!   "sparsegpt"`).
 //!
