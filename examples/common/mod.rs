@@ -199,15 +199,7 @@ pub fn evaluate(
 /// largest |w| and the zero fraction.
 pub fn print_weight_stats(base: &LlamaModel, model: &LlamaModel) {
     use compress::eval::weights::weight_stats;
-    let kinds = [
-        "attn.q_proj",
-        "attn.k_proj",
-        "attn.v_proj",
-        "attn.o_proj",
-        "mlp.gate_proj",
-        "mlp.up_proj",
-        "mlp.down_proj",
-    ];
+    let kinds = compress::model::llama::calibrate::LINEAR_NAMES;
     println!("weight distribution (mean over blocks; after = non-zero weights): kind, std, excess kurtosis, 3σ outliers %, max|w|, zeros %");
     for kind in kinds {
         let mut acc = [[0f64; 5]; 2];

@@ -55,20 +55,14 @@ impl LlamaModel {
             let (positions, mask) = full_sequence(1, t, &self.device());
             let mut x = self.embed(tokens);
             for (l, (fg, hg)) in self.layers.iter().zip(ffn_gates.iter().zip(&head_gates)) {
-                let (h, hd) = (l.attn.num_heads, l.attn.head_dim);
-                let ctx = l.attn.context(
-                    l.attn_norm.forward(x.clone()),
+                x = l.forward_gated(
+                    x,
                     &self.rope,
                     positions.clone(),
                     Some(mask.clone()),
                     None,
+                    Some((hg, fg)),
                 );
-                let ctx = (ctx.reshape([1, t, h, hd]) * hg.clone().reshape([1, 1, h, 1]))
-                    .reshape([1, t, h * hd]);
-                let y = x + l.attn.o_proj.forward(ctx);
-                let inner =
-                    l.mlp.gated(l.ffn_norm.forward(y.clone())) * fg.clone().unsqueeze::<3>();
-                x = y + l.mlp.down_proj.forward(inner);
             }
             let logits = self.lm_head.forward(self.norm.forward(x));
             let vocab = logits.dims()[2];

@@ -54,11 +54,43 @@ impl Block {
         mask: Option<Tensor<4, Bool>>,
         cache: Option<&mut LayerCache>,
     ) -> Tensor<3> {
-        let h = x.clone()
-            + self
-                .attn
-                .forward(self.attn_norm.forward(x), rope, positions, mask, cache);
-        h.clone() + self.mlp.forward(self.ffn_norm.forward(h))
+        self.forward_gated(x, rope, positions, mask, cache, None)
+    }
+
+    /// [`Self::forward`] with every head's context multiplied by `gates.0[head]` before `o_proj`
+    /// and every FFN neuron's activation by `gates.1[neuron]` before `down_proj` — the hooks of
+    /// the Taylor importance (gates of 1 that require a gradient) and of masked-structure checks.
+    pub fn forward_gated(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        positions: Tensor<2, Int>,
+        mask: Option<Tensor<4, Bool>>,
+        cache: Option<&mut LayerCache>,
+        gates: Option<(&Tensor<1>, &Tensor<1>)>,
+    ) -> Tensor<3> {
+        let normed = self.attn_norm.forward(x.clone());
+        let h = match gates {
+            None => x + self.attn.forward(normed, rope, positions, mask, cache),
+            Some((heads, _)) => {
+                let ctx = self.attn.context(normed, rope, positions, mask, cache);
+                let [b, t, _] = ctx.dims();
+                let (nh, hd) = (self.attn.num_heads, self.attn.head_dim);
+                let ctx = (ctx.reshape([b, t, nh, hd]) * heads.clone().reshape([1, 1, nh, 1]))
+                    .reshape([b, t, nh * hd]);
+                x + self.attn.o_proj.forward(ctx)
+            }
+        };
+        let normed = self.ffn_norm.forward(h.clone());
+        match gates {
+            None => h + self.mlp.forward(normed),
+            Some((_, ffn)) => {
+                h + self
+                    .mlp
+                    .down_proj
+                    .forward(self.mlp.gated(normed) * ffn.clone().unsqueeze::<3>())
+            }
+        }
     }
 }
 
