@@ -174,6 +174,32 @@ impl SparsityMask {
     pub fn words(&self) -> &[u64] {
         &self.words
     }
+
+    /// A mask from its bitmap words (as [`Self::words`] gives them, e.g. read back from a file).
+    /// Fails, saying why, when the word count does not match the shape or bits past the last
+    /// weight are set.
+    pub fn from_words(
+        out_features: usize,
+        in_features: usize,
+        words: Vec<u64>,
+    ) -> Result<Self, String> {
+        let n = out_features * in_features;
+        if words.len() != n.div_ceil(64) {
+            return Err(format!(
+                "{} bitmap words for a [{out_features}, {in_features}] mask (expected {})",
+                words.len(),
+                n.div_ceil(64)
+            ));
+        }
+        if !n.is_multiple_of(64) && words.last().is_some_and(|&w| w >> (n % 64) != 0) {
+            return Err("bits set past the last weight of the mask".into());
+        }
+        Ok(Self {
+            out_features,
+            in_features,
+            words,
+        })
+    }
 }
 
 /// What a pruner must produce.
@@ -290,6 +316,9 @@ mod tests {
         other.prune(1, 1);
         assert_eq!(m.intersect(&other).pruned(), 3);
         assert_eq!(m.storage_bytes(), 2);
+        assert_eq!(SparsityMask::from_words(3, 5, m.words().to_vec()), Ok(m));
+        assert!(SparsityMask::from_words(3, 5, vec![]).is_err());
+        assert!(SparsityMask::from_words(3, 5, vec![1 << 15]).is_err());
     }
 
     #[test]

@@ -8,10 +8,14 @@
 //!   [`CompressedLinear`](compress_core::linear::CompressedLinear).
 //! - [`gguf`]: a validating GGUF reader over mmap with dequantization of F32/F16/BF16, Q4_0, Q4_1,
 //!   Q5_0, Q5_1, Q8_0 and the k-quants Q2_K–Q6_K.
-//! - [`load`]: GGUF files and Hugging Face checkpoints (`config.json` + safetensors) → model.
+//! - [`load`]: GGUF files, containers and Hugging Face checkpoints (`config.json` +
+//!   safetensors) → model.
 //! - [`tokenizer`]: tokenizers that encode exactly like llama.cpp, built from GGUF metadata
 //!   (SentencePiece-style and GPT-2 byte-level BPE vocabularies) or from `tokenizer.json`.
 //! - [`generate`]: greedy and seeded top-p sampling.
+//! - [`container`] and [`save`]: the lossless `compress` container (safetensors + a versioned
+//!   JSON header; every compressed layer round-trips bit for bit) and GGUF export for
+//!   llama.cpp, both written atomically.
 //!
 //! ```no_run
 //! use compress_core::backend::BackendKind;
@@ -30,11 +34,13 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod container;
 pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod llama;
 pub mod load;
+pub mod save;
 pub mod tokenizer;
 pub mod weights;
 

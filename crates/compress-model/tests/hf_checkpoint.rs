@@ -306,3 +306,59 @@ fn bad_checkpoints_give_typed_errors() {
 fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
+
+/// A Hugging Face (NeoX-layout) model written as GGUF `llama` gets llama.cpp's interleaved q/k
+/// rows back: the file holds exactly the original GGUF's tensors, so the reloaded model gives
+/// the original logits bit for bit. The container keeps the `tokenizer.json` tokenizer.
+#[test]
+fn hf_model_saves_to_gguf_and_container() {
+    let Some(gguf) = shared("models/stories260K.gguf") else {
+        return;
+    };
+    let device = BackendKind::Flex.device().unwrap();
+    let reference = load(&gguf, &device).unwrap();
+    let text = "Once upon a time, there was a little girl who liked to sing.";
+    let ids = reference.tokenizer.encode(text, true).unwrap();
+    let dir = tempdir();
+    convert(&gguf, dir.path(), Precision::F32);
+    let hf = load(dir.path(), &device).unwrap();
+
+    let out = dir.path().join("back.gguf");
+    // An HF tokenizer has no GGUF vocabulary: refused with the reason.
+    let options = compress_model::save::GgufExport::default();
+    let e = compress_model::save::write_gguf(&hf.model, &hf.tokenizer, &out, &options)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("GGUF vocabulary"), "{e}");
+    compress_model::save::write_gguf(&hf.model, &reference.tokenizer, &out, &options).unwrap();
+    let back = load(&out, &device).unwrap();
+    assert_eq!(
+        back.model.config().rope_layout,
+        compress_model::RopeLayout::Interleaved
+    );
+    let (a, b) = (
+        GgufModel::open(&gguf).unwrap(),
+        GgufModel::open(&out).unwrap(),
+    );
+    for l in 0..a.config().num_layers {
+        for p in [Proj::Q, Proj::K, Proj::V, Proj::O] {
+            let name = WeightName::Weight(l, p);
+            assert_eq!(a.tensor(name).unwrap(), b.tensor(name).unwrap(), "{name}");
+        }
+    }
+    assert_eq!(logits(&back.model, &ids), logits(&reference.model, &ids));
+
+    let container = dir.path().join("hf.safetensors");
+    compress_model::container::write_container(
+        &hf.model,
+        &hf.tokenizer,
+        &container,
+        &Default::default(),
+    )
+    .unwrap();
+    let c = load(&container, &device).unwrap();
+    assert!(c.tokenizer.gguf_vocab().is_none());
+    assert_eq!(c.tokenizer.encode(text, true).unwrap(), ids);
+    assert_eq!(c.tokenizer.special_tokens(), hf.tokenizer.special_tokens());
+    assert_eq!(logits(&c.model, &ids), logits(&hf.model, &ids));
+}

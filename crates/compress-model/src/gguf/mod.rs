@@ -1,4 +1,4 @@
-//! GGUF file reader and dequantizer.
+//! GGUF file reader, dequantizer and writer.
 //!
 //! [`GgufFile`] memory-maps (or takes ownership of) a GGUF v2/v3 file, validates the
 //! whole header against the file length without trusting any count, and exposes the
@@ -16,14 +16,17 @@
 //! ```
 
 pub mod dequant;
+pub mod encode;
 pub mod error;
 pub mod file;
 pub mod reader;
 pub mod types;
 pub mod value;
+pub mod writer;
 
 pub use dequant::dequantize_into;
 pub use error::GgufError;
 pub use file::{GgufBytes, GgufFile};
 pub use types::{GgmlType, TensorInfo, QK_K};
 pub use value::{GgufArray, GgufValue, GgufValueType};
+pub use writer::GgufWriter;

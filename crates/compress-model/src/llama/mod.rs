@@ -108,7 +108,7 @@ pub struct LlamaModel {
     /// RoPE tables shared by every block.
     pub rope: Rope,
     #[module(skip)]
-    config: LlamaConfig,
+    pub(crate) config: LlamaConfig,
 }
 
 impl LlamaModel {

@@ -23,7 +23,8 @@ pub struct LoadedModel {
     pub tokenizer: LlmTokenizer,
 }
 
-/// Loads a model from a GGUF file or a Hugging Face checkpoint directory onto `device`.
+/// Loads a model onto `device` from a GGUF file, a `compress` container
+/// ([`crate::container`]) or a Hugging Face checkpoint directory.
 ///
 /// ```no_run
 /// # fn main() -> Result<(), compress_model::ModelError> {
@@ -37,6 +38,8 @@ pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<LoadedModel, Mode
     if path.is_dir() {
         let source = HfModel::open(path)?;
         LoadedModel::from_source(&source, source.tokenizer()?, device)
+    } else if crate::container::is_container(path) {
+        crate::container::read_container(path, device)
     } else {
         let source = GgufModel::open(path)?;
         LoadedModel::from_source(&source, source.tokenizer()?, device)

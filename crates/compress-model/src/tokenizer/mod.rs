@@ -77,7 +77,7 @@ pub mod token_type {
 
 /// The tokenizer metadata of a GGUF file (`tokenizer.ggml.*` keys), read by
 /// [`crate::load::GgufModel`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct GgufVocab {
     /// `tokenizer.ggml.model`: `llama` (SentencePiece) or `gpt2` (byte-level BPE).
     pub model: String,
@@ -188,6 +188,21 @@ impl GgufVocab {
     }
 }
 
+/// The special-token ids of a tokenizer and whether BOS is prepended by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SpecialTokens {
+    /// Beginning-of-sequence id.
+    pub bos: Option<u32>,
+    /// End-of-sequence id.
+    pub eos: Option<u32>,
+    /// Unknown-token id.
+    pub unk: Option<u32>,
+    /// Padding id.
+    pub pad: Option<u32>,
+    /// Whether BOS is prepended by default.
+    pub add_bos: bool,
+}
+
 /// A tokenizer plus the special-token ids a language model needs.
 #[derive(Clone)]
 pub struct LlmTokenizer {
@@ -197,6 +212,9 @@ pub struct LlmTokenizer {
     unk: Option<u32>,
     pad: Option<u32>,
     add_bos_default: bool,
+    /// The GGUF vocabulary it was built from, kept so the model can be written back to GGUF
+    /// or to the container with the exact same tokenizer.
+    gguf_vocab: Option<std::sync::Arc<GgufVocab>>,
 }
 
 impl std::fmt::Debug for LlmTokenizer {
@@ -229,6 +247,7 @@ impl LlmTokenizer {
             unk: vocab.unk_id,
             pad: vocab.pad_id,
             add_bos_default: vocab.add_bos.unwrap_or(vocab.model == "llama"),
+            gguf_vocab: Some(std::sync::Arc::new(vocab.clone())),
         })
     }
 
@@ -239,18 +258,58 @@ impl LlmTokenizer {
         let path = path.as_ref();
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| TokenizerError::Library(format!("{}: {e}", path.display())))?;
+        Ok(Self::from_tokenizer(inner))
+    }
+
+    /// Wraps a `tokenizers` tokenizer, guessing BOS, EOS and UNK as [`Self::from_file`] does.
+    fn from_tokenizer(inner: tokenizers::Tokenizer) -> Self {
         let find = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
         let bos = find(&["<s>", "<|begin_of_text|>", "<|endoftext|>", "<|im_start|>"]);
         let eos = find(&["</s>", "<|end_of_text|>", "<|endoftext|>", "<|im_end|>"]);
         let unk = find(&["<unk>"]);
-        Ok(Self {
+        Self {
             inner,
             bos,
             eos,
             unk,
             pad: None,
             add_bos_default: bos.is_some(),
-        })
+            gguf_vocab: None,
+        }
+    }
+
+    /// A tokenizer from the text of a `tokenizer.json` and explicit special tokens (how the
+    /// container format stores a Hugging Face tokenizer).
+    pub fn from_json_str(json: &str, special: SpecialTokens) -> Result<Self, TokenizerError> {
+        let inner: tokenizers::Tokenizer = json.parse().map_err(TokenizerError::lib)?;
+        let mut t = Self::from_tokenizer(inner);
+        t.bos = special.bos;
+        t.eos = special.eos;
+        t.unk = special.unk;
+        t.pad = special.pad;
+        t.add_bos_default = special.add_bos;
+        Ok(t)
+    }
+
+    /// The special-token ids and the BOS default, as [`Self::from_json_str`] takes them.
+    pub fn special_tokens(&self) -> SpecialTokens {
+        SpecialTokens {
+            bos: self.bos,
+            eos: self.eos,
+            unk: self.unk,
+            pad: self.pad,
+            add_bos: self.add_bos_default,
+        }
+    }
+
+    /// The GGUF vocabulary this tokenizer was built from (`None` for a `tokenizer.json`).
+    pub fn gguf_vocab(&self) -> Option<&GgufVocab> {
+        self.gguf_vocab.as_deref()
+    }
+
+    /// The tokenizer as `tokenizer.json` text.
+    pub fn to_json(&self) -> Result<String, TokenizerError> {
+        self.inner.to_string(false).map_err(TokenizerError::lib)
     }
 
     /// Replaces the BOS and EOS ids (for example with `bos_token_id` / `eos_token_id` from a

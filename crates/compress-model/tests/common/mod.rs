@@ -7,9 +7,14 @@ use std::path::PathBuf;
 use burn::tensor::{Int, Tensor, TensorData};
 use compress_model::LlamaModel;
 
-/// The workspace root.
+/// The workspace root (these helpers are also compiled into the root crate's tests).
 pub fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if manifest.join("crates").is_dir() {
+        manifest
+    } else {
+        manifest.join("../..")
+    }
 }
 
 /// A file under `../shared` (beside the workspace), or `None` with a printed reason when it is
@@ -173,4 +178,81 @@ pub fn stories_split() -> Option<StoriesSplit> {
         eval,
         eval_bytes: text.len() - split,
     })
+}
+
+/// Runs `script` (tests/fixtures/gguf_py_dump.py) on the GGUF file at `path` and checks that
+/// gguf-py sees what our reader sees: the same tensors with the same types and shapes, the same
+/// dequantized values bit for bit (both follow ggml's `dequantize_row_*`), and the
+/// hyper-parameter keys llama.cpp needs. Panics with the first difference.
+pub fn compare_with_gguf_py(script: &std::path::Path, path: &std::path::Path) {
+    use compress_model::gguf::GgufFile;
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(path)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "gguf-py failed on {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dump: serde_json::Value = serde_json::from_slice(&out.stdout).expect("gguf-py JSON");
+    let file = GgufFile::open(path).unwrap();
+    let arch = file.get_str("general.architecture").unwrap().to_string();
+    for key in [
+        "context_length",
+        "embedding_length",
+        "block_count",
+        "feed_forward_length",
+        "attention.head_count",
+        "attention.head_count_kv",
+    ] {
+        let k = format!("{arch}.{key}");
+        assert_eq!(
+            dump["metadata"][&k].as_u64(),
+            Some(file.get_u64(&k).unwrap()),
+            "gguf-py reads {k} differently"
+        );
+    }
+    let tensors = dump["tensors"].as_object().expect("tensors");
+    assert_eq!(tensors.len(), file.tensors().len(), "tensor count");
+    for info in file.tensors() {
+        let t = &tensors[info.name()];
+        assert_eq!(
+            t["type"].as_str(),
+            Some(info.ggml_type().name()),
+            "{}",
+            info.name()
+        );
+        let shape: Vec<u64> = t["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap())
+            .collect();
+        assert_eq!(shape, info.shape_row_major(), "{} shape", info.name());
+        let hex = t["f32_hex"].as_str().unwrap().as_bytes();
+        let theirs: Vec<u32> = hex
+            .chunks_exact(8)
+            .map(|c| {
+                let b: Vec<u8> = c
+                    .chunks_exact(2)
+                    .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
+                    .collect();
+                u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+            })
+            .collect();
+        let ours: Vec<u32> = file
+            .dequantize(info.name())
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
+        assert!(
+            theirs == ours,
+            "{}: gguf-py dequantizes different values",
+            info.name()
+        );
+    }
 }

@@ -77,52 +77,15 @@ impl Writer {
         self.str(key).u32(value_type_id(v));
         self.value(v)
     }
-    /// A value's payload (no type tag).
+    /// A value's payload (no type tag), encoded by the library's writer.
     pub fn value(&mut self, v: &GgufValue) -> &mut Self {
-        use GgufValue as V;
-        match v {
-            V::U8(x) => self.bytes(&x.to_le_bytes()),
-            V::I8(x) => self.bytes(&x.to_le_bytes()),
-            V::U16(x) => self.bytes(&x.to_le_bytes()),
-            V::I16(x) => self.bytes(&x.to_le_bytes()),
-            V::U32(x) => self.bytes(&x.to_le_bytes()),
-            V::I32(x) => self.bytes(&x.to_le_bytes()),
-            V::F32(x) => self.bytes(&x.to_le_bytes()),
-            V::Bool(x) => self.u8(*x as u8),
-            V::String(s) => self.str(s),
-            V::U64(x) => self.bytes(&x.to_le_bytes()),
-            V::I64(x) => self.bytes(&x.to_le_bytes()),
-            V::F64(x) => self.bytes(&x.to_le_bytes()),
-            V::Array(a) => self.array(a),
-        }
+        compress_model::gguf::writer::encode_value(&mut self.buf, v);
+        self
     }
     /// An array payload: element type, length, elements.
     pub fn array(&mut self, a: &GgufArray) -> &mut Self {
-        use GgufArray as A;
-        self.u32(a.element_type().id()).u64(a.len() as u64);
-        macro_rules! each {
-            ($v:expr, |$x:ident| $body:expr) => {{
-                for $x in $v {
-                    $body;
-                }
-                self
-            }};
-        }
-        match a {
-            A::U8(v) => self.bytes(v),
-            A::I8(v) => each!(v, |x| self.bytes(&x.to_le_bytes())),
-            A::U16(v) => each!(v, |x| self.bytes(&x.to_le_bytes())),
-            A::I16(v) => each!(v, |x| self.bytes(&x.to_le_bytes())),
-            A::U32(v) => each!(v, |x| self.bytes(&x.to_le_bytes())),
-            A::I32(v) => each!(v, |x| self.bytes(&x.to_le_bytes())),
-            A::F32(v) => each!(v, |x| self.bytes(&x.to_le_bytes())),
-            A::U64(v) => each!(v, |x| self.bytes(&x.to_le_bytes())),
-            A::I64(v) => each!(v, |x| self.bytes(&x.to_le_bytes())),
-            A::F64(v) => each!(v, |x| self.bytes(&x.to_le_bytes())),
-            A::Bool(v) => each!(v, |x| self.u8(*x as u8)),
-            A::String(v) => each!(v, |x| self.str(x)),
-            A::Array(v) => each!(v, |x| self.array(x)),
-        }
+        compress_model::gguf::writer::encode_array(&mut self.buf, a);
+        self
     }
     /// A tensor info: name, n_dims, dims, type id, offset.
     pub fn tensor_info(

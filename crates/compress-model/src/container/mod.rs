@@ -1,0 +1,171 @@
+//! The `compress` container: a compressed model saved losslessly, loadable bit for bit.
+//!
+//! A container is a [safetensors](https://github.com/huggingface/safetensors) file — so any
+//! safetensors reader can list and read its tensors — whose `__metadata__` holds one key,
+//! `compress`, with a versioned JSON [header](Header) that says what every tensor is:
+//!
+//! | tensor                       | dtype | shape            | for                                  |
+//! |------------------------------|-------|------------------|--------------------------------------|
+//! | `embedding`, `norm`          | F32   | `[vocab, d]`, `[d]` | token embedding, final norm       |
+//! | `layers.{l}.attn_norm`, `.ffn_norm` | F32 | `[d]`     | block norms                          |
+//! | `{layer}.weight`             | F32   | `[out, in]`      | dense layer                          |
+//! | `{layer}.codes`              | U8    | `[out, row_bytes]` | packed codes (`compress_core::packed`) |
+//! | `{layer}.scales`, `.zeros`   | F16   | `[n_scales]`     | group scales, zero points (code units) |
+//! | `{layer}.mask`               | U64   | `[ceil(out·in/64)]` | sparsity bitmap, bit set = kept   |
+//! | `{layer}.up`, `{layer}.down` | F32   | `[out, r]`, `[r, in]` | low-rank factors `U`, `V`       |
+//! | `{layer}.bias`               | F32   | `[out]`          | bias                                 |
+//! | `tokenizer`                  | U8    | `[bytes]`        | the tokenizer as JSON (below)        |
+//!
+//! `{layer}` is the layer path used everywhere in this project (`layers.3.mlp.down_proj`,
+//! `lm_head`). The header records the model config, each block's head counts (structured
+//! pruning can leave blocks of different widths, which the container keeps), each layer's kind
+//! and quantization scheme, the tokenizer kind (a GGUF vocabulary, so GGUF export stays
+//! possible, or a `tokenizer.json`) with its special tokens, free-form provenance notes, and a
+//! CRC-32 of every tensor's bytes. Loading verifies all of them: a truncated file fails in the
+//! safetensors parser, a flipped bit fails the checksum of the tensor that holds it, and a
+//! header from a newer format version is refused rather than half-read.
+//!
+//! Everything is stored exactly as the model holds it (f32 weights, the packed codes and f16
+//! scales as the quantizer produced them), so [`read_container`] rebuilds a model whose
+//! tensors equal the saved ones bit for bit, and saving it again gives an identical file.
+//! Files are written atomically ([`crate::save::write_atomic`]).
+//!
+//! ```no_run
+//! # fn main() -> Result<(), compress_model::ModelError> {
+//! use compress_model::container::{read_container, write_container};
+//! let device = compress_core::backend::BackendKind::default().device().unwrap();
+//! let m = compress_model::load("../shared/models/stories260K.gguf", &device)?;
+//! write_container(&m.model, &m.tokenizer, "model.safetensors".as_ref(), &Default::default())?;
+//! let back = read_container("model.safetensors".as_ref(), &device)?;
+//! assert_eq!(back.model.config(), m.model.config());
+//! # Ok(()) }
+//! ```
+
+mod read;
+mod write;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::LlamaConfig;
+use crate::tokenizer::SpecialTokens;
+
+pub use read::{is_container, read_container};
+pub use write::write_container;
+
+/// Value of the header's `format` field.
+pub const FORMAT: &str = "compress";
+/// The header version this build writes; it reads versions up to this one.
+pub const VERSION: u32 = 1;
+/// The `__metadata__` key holding the header.
+pub const METADATA_KEY: &str = "compress";
+/// The tensor holding the tokenizer JSON.
+pub const TOKENIZER_TENSOR: &str = "tokenizer";
+
+/// The JSON header of a container (see the [module docs](self)).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// Format version ([`VERSION`] when written by this build).
+    pub version: u32,
+    /// The model's hyper-parameters (for structurally pruned models: the largest block).
+    pub config: LlamaConfig,
+    /// Attention numerics (`f32` or `f16_kv_cache`).
+    pub attention_precision: String,
+    /// Per block, its head counts (its FFN width is the shape of its tensors).
+    pub blocks: Vec<BlockEntry>,
+    /// Every linear layer by path, including `lm_head` unless it is the tied embedding.
+    pub layers: BTreeMap<String, LayerEntry>,
+    /// The output head is the token embedding (no `lm_head` tensors are stored).
+    pub tied_head: bool,
+    /// How the `tokenizer` tensor is to be read.
+    pub tokenizer: TokenizerEntry,
+    /// Free-form notes: source model, recipe, tool version.
+    #[serde(default)]
+    pub provenance: BTreeMap<String, String>,
+    /// CRC-32 (IEEE) of every tensor's bytes, by tensor name.
+    pub checksums: BTreeMap<String, u32>,
+}
+
+/// The shape of one block's attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockEntry {
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads.
+    pub num_kv_heads: usize,
+}
+
+/// How one linear layer is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LayerEntry {
+    /// `{layer}.weight`, optionally `{layer}.mask`.
+    Dense {
+        /// `{layer}.bias` is stored.
+        bias: bool,
+        /// `{layer}.mask` is stored.
+        mask: bool,
+    },
+    /// `{layer}.codes`, `{layer}.scales`, `{layer}.zeros` (asymmetric), `{layer}.mask`.
+    Quantized {
+        /// `[out, in]`.
+        shape: [usize; 2],
+        /// Code width, 2–8.
+        bits: u8,
+        /// Scale sharing.
+        granularity: GranularityEntry,
+        /// Zero point fixed at the middle code (no `zeros` tensor).
+        symmetric: bool,
+        /// `{layer}.bias` is stored.
+        bias: bool,
+        /// `{layer}.mask` is stored.
+        mask: bool,
+    },
+    /// `{layer}.up` (`U`), `{layer}.down` (`V`).
+    LowRank {
+        /// `{layer}.bias` is stored.
+        bias: bool,
+    },
+}
+
+/// Scale sharing of a quantized layer, as the header spells it (`"tensor"`, `"channel"`,
+/// `{"group": 32}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GranularityEntry {
+    /// One scale for the matrix.
+    Tensor,
+    /// One scale per row.
+    Channel,
+    /// One scale per this many weights of a row.
+    Group(usize),
+}
+
+/// How the tokenizer is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenizerEntry {
+    /// `gguf_vocab` (the GGUF `tokenizer.ggml.*` vocabulary as JSON) or `tokenizer_json`.
+    pub kind: TokenizerKind,
+    /// Special tokens and the BOS default.
+    pub special: SpecialTokens,
+}
+
+/// What the `tokenizer` tensor holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenizerKind {
+    /// A [`crate::tokenizer::GgufVocab`] serialised as JSON.
+    GgufVocab,
+    /// A Hugging Face `tokenizer.json`.
+    TokenizerJson,
+}
+
+/// Options of [`write_container`].
+#[derive(Debug, Clone, Default)]
+pub struct ContainerOptions {
+    /// Notes stored in the header (source model, recipe text, command line).
+    pub provenance: BTreeMap<String, String>,
+}

@@ -1,0 +1,404 @@
+//! Loading a container (format in the [module docs](super)), verifying everything it states.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use burn::module::Param;
+use burn::tensor::{Device, Tensor, TensorData};
+use compress_core::linear::{CompressedLinear, DenseLinear, LowRankLinear, QuantizedLinear};
+use compress_core::packed::{Bits, Granularity, PackedWeight, QuantScheme, Symmetry};
+use compress_core::sparsity::SparsityMask;
+use half::f16;
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+
+use super::write::precision_name;
+use super::{GranularityEntry, Header, LayerEntry, TokenizerKind, FORMAT, METADATA_KEY, VERSION};
+use crate::error::ModelError;
+use crate::llama::calibrate::LINEAR_NAMES;
+use crate::llama::{Attention, AttentionPrecision, Block, LlamaModel, Mlp, RmsNorm, Rope};
+use crate::load::LoadedModel;
+use crate::tokenizer::{GgufVocab, LlmTokenizer};
+
+/// Whether `path` is a container: a safetensors file whose metadata has the `compress` key.
+/// Reads only the header; `false` for anything unreadable.
+pub fn is_container(path: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    // SAFETY: read-only map; the file is not modified while mapped by this function.
+    let Ok(map) = (unsafe { Mmap::map(&file) }) else {
+        return false;
+    };
+    SafeTensors::read_metadata(&map)
+        .ok()
+        .and_then(|(_, m)| m.metadata().as_ref().map(|m| m.contains_key(METADATA_KEY)))
+        .unwrap_or(false)
+}
+
+struct Reader<'a> {
+    path: &'a Path,
+    st: SafeTensors<'a>,
+    header: &'a Header,
+    device: &'a Device,
+}
+
+impl Reader<'_> {
+    fn err(&self, message: String) -> ModelError {
+        ModelError::Safetensors {
+            path: self.path.to_path_buf(),
+            message,
+        }
+    }
+
+    /// The bytes of `name`, checked for dtype, shape and checksum.
+    fn bytes(&self, name: &str, dtype: Dtype, shape: &[usize]) -> Result<&[u8], ModelError> {
+        let view = self
+            .st
+            .tensor(name)
+            .map_err(|_| self.err(format!("tensor `{name}` is missing")))?;
+        if view.dtype() != dtype || view.shape() != shape {
+            return Err(self.err(format!(
+                "tensor `{name}` is {:?} {:?}, expected {dtype:?} {shape:?}",
+                view.dtype(),
+                view.shape()
+            )));
+        }
+        Ok(view.data())
+    }
+
+    /// The shape of `name` as stored (for tensors whose size the header does not state).
+    fn shape(&self, name: &str) -> Result<Vec<usize>, ModelError> {
+        self.st
+            .tensor(name)
+            .map(|v| v.shape().to_vec())
+            .map_err(|_| self.err(format!("tensor `{name}` is missing")))
+    }
+
+    fn f32<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>, ModelError> {
+        let values: Vec<f32> = self
+            .bytes(name, Dtype::F32, &shape)?
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(ModelError::NonFinite {
+                tensor: name.into(),
+                index: i,
+                value: values[i],
+            });
+        }
+        Ok(Tensor::from_data(
+            TensorData::new(values, shape),
+            self.device,
+        ))
+    }
+
+    fn f16(&self, name: &str, len: usize) -> Result<Vec<f16>, ModelError> {
+        Ok(self
+            .bytes(name, Dtype::F16, &[len])?
+            .chunks_exact(2)
+            .map(|b| f16::from_le_bytes([b[0], b[1]]))
+            .collect())
+    }
+
+    fn mask(&self, name: &str, [out, inp]: [usize; 2]) -> Result<SparsityMask, ModelError> {
+        let n = (out * inp).div_ceil(64);
+        let words = self
+            .bytes(name, Dtype::U64, &[n])?
+            .chunks_exact(8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .collect();
+        SparsityMask::from_words(out, inp, words).map_err(|e| self.err(format!("`{name}`: {e}")))
+    }
+
+    /// Output width of a stored layer, from the tensor that states it.
+    fn out_features(&self, path: &str) -> Result<usize, ModelError> {
+        let first = |name: String| -> Result<usize, ModelError> {
+            self.shape(&name)?
+                .first()
+                .copied()
+                .ok_or_else(|| self.err(format!("`{name}` has no dimensions")))
+        };
+        match self.header.layers.get(path) {
+            Some(LayerEntry::Quantized { shape, .. }) => Ok(shape[0]),
+            Some(LayerEntry::Dense { .. }) => first(format!("{path}.weight")),
+            Some(LayerEntry::LowRank { .. }) => first(format!("{path}.up")),
+            None => Err(self.err(format!("the header does not describe layer `{path}`"))),
+        }
+    }
+
+    fn linear(&self, path: &str, out: usize, inp: usize) -> Result<CompressedLinear, ModelError> {
+        let entry = self
+            .header
+            .layers
+            .get(path)
+            .ok_or_else(|| self.err(format!("the header does not describe layer `{path}`")))?;
+        let bias_of = |has: bool| -> Result<Option<Tensor<1>>, ModelError> {
+            has.then(|| self.f32(&format!("{path}.bias"), [out]))
+                .transpose()
+        };
+        Ok(match entry {
+            LayerEntry::Dense { bias, mask } => {
+                let mut l = DenseLinear::new(
+                    self.f32(&format!("{path}.weight"), [out, inp])?,
+                    bias_of(*bias)?,
+                );
+                if *mask {
+                    l.mask = Some(Arc::new(self.mask(&format!("{path}.mask"), [out, inp])?));
+                }
+                CompressedLinear::Dense(l)
+            }
+            LayerEntry::LowRank { bias } => {
+                let up_shape = self.shape(&format!("{path}.up"))?;
+                let rank = match up_shape.as_slice() {
+                    [o, r] if *o == out => *r,
+                    other => {
+                        return Err(
+                            self.err(format!("`{path}.up` is {other:?}, expected [{out}, rank]"))
+                        )
+                    }
+                };
+                CompressedLinear::LowRank(LowRankLinear::new(
+                    self.f32(&format!("{path}.up"), [out, rank])?,
+                    self.f32(&format!("{path}.down"), [rank, inp])?,
+                    bias_of(*bias)?,
+                ))
+            }
+            LayerEntry::Quantized {
+                shape,
+                bits,
+                granularity,
+                symmetric,
+                bias,
+                mask,
+            } => {
+                if *shape != [out, inp] {
+                    return Err(self.err(format!(
+                        "layer `{path}` is {shape:?} in the header, the model needs [{out}, {inp}]"
+                    )));
+                }
+                let bad = |e: compress_core::packed::PackedError| {
+                    self.err(format!("layer `{path}`: {e}"))
+                };
+                let scheme = QuantScheme {
+                    bits: Bits::new(*bits).map_err(bad)?,
+                    granularity: match granularity {
+                        GranularityEntry::Tensor => Granularity::PerTensor,
+                        GranularityEntry::Channel => Granularity::PerChannel,
+                        GranularityEntry::Group(g) => Granularity::PerGroup(
+                            std::num::NonZeroUsize::new(*g)
+                                .ok_or_else(|| self.err(format!("layer `{path}`: group size 0")))?,
+                        ),
+                    },
+                    symmetry: if *symmetric {
+                        Symmetry::Symmetric
+                    } else {
+                        Symmetry::Asymmetric
+                    },
+                };
+                let codes = self
+                    .bytes(
+                        &format!("{path}.codes"),
+                        Dtype::U8,
+                        &[out, scheme.row_bytes(inp)],
+                    )?
+                    .to_vec();
+                let n = scheme.num_scales(out, inp);
+                let scales = self.f16(&format!("{path}.scales"), n)?;
+                let zeros = (!symmetric)
+                    .then(|| self.f16(&format!("{path}.zeros"), n))
+                    .transpose()?;
+                let mut packed = PackedWeight::from_packed(scheme, out, inp, codes, scales, zeros)
+                    .map_err(bad)?;
+                if *mask {
+                    packed = packed
+                        .with_mask(self.mask(&format!("{path}.mask"), [out, inp])?)
+                        .map_err(bad)?;
+                }
+                CompressedLinear::Quantized(QuantizedLinear::new(
+                    packed,
+                    bias_of(*bias)?,
+                    self.device,
+                ))
+            }
+        })
+    }
+
+    fn tokenizer(&self) -> Result<LlmTokenizer, ModelError> {
+        let len = self.shape(super::TOKENIZER_TENSOR)?.iter().product();
+        let bytes = self.bytes(super::TOKENIZER_TENSOR, Dtype::U8, &[len])?;
+        let t = &self.header.tokenizer;
+        Ok(match t.kind {
+            TokenizerKind::GgufVocab => {
+                let vocab: GgufVocab = serde_json::from_slice(bytes)
+                    .map_err(|e| self.err(format!("tokenizer vocabulary: {e}")))?;
+                LlmTokenizer::from_gguf_vocab(&vocab)?
+            }
+            TokenizerKind::TokenizerJson => {
+                let json = std::str::from_utf8(bytes)
+                    .map_err(|e| self.err(format!("tokenizer.json: {e}")))?;
+                LlmTokenizer::from_json_str(json, t.special)?
+            }
+        })
+    }
+}
+
+/// Loads a container written by [`super::write_container`] onto `device`.
+///
+/// Verifies, before building anything, that the safetensors structure is intact (a truncated
+/// file fails here), that the header is a `compress` header of a version this build reads, and
+/// that every tensor's CRC-32 matches the header (naming the first corrupt tensor); then checks
+/// every tensor's dtype and shape against the config and every f32 value for NaN/Inf.
+pub fn read_container(path: &Path, device: &Device) -> Result<LoadedModel, ModelError> {
+    let io = |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    // SAFETY: read-only map; like every mmap-based loader we assume the file is not truncated
+    // by another process while it is being read.
+    let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+    let st_err = |what: &str, e: safetensors::SafeTensorError| ModelError::Safetensors {
+        path: path.to_path_buf(),
+        message: format!("{what}: {e} (the file is truncated or corrupt)"),
+    };
+    let (_, metadata) = SafeTensors::read_metadata(&map).map_err(|e| st_err("header", e))?;
+    let st = SafeTensors::deserialize(&map).map_err(|e| st_err("layout", e))?;
+    let json = metadata
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(METADATA_KEY))
+        .ok_or_else(|| ModelError::Safetensors {
+            path: path.to_path_buf(),
+            message: format!(
+                "a safetensors file without a `{METADATA_KEY}` header is not a compress container"
+            ),
+        })?;
+    let header: Header = serde_json::from_str(json).map_err(|e| ModelError::Json {
+        path: path.to_path_buf(),
+        message: format!("container header: {e}"),
+    })?;
+    let r = Reader {
+        path,
+        st,
+        header: &header,
+        device,
+    };
+    if header.format != FORMAT {
+        return Err(r.err(format!(
+            "header format `{}` is not `{FORMAT}`",
+            header.format
+        )));
+    }
+    if header.version > VERSION {
+        return Err(r.err(format!(
+            "container version {} is newer than this build reads ({VERSION}); upgrade compress",
+            header.version
+        )));
+    }
+    verify_checksums(&r)?;
+    let c = header.config.clone();
+    c.validate().map_err(ModelError::InvalidConfig)?;
+    if header.blocks.len() != c.num_layers {
+        return Err(r.err(format!(
+            "{} block entries for {} layers",
+            header.blocks.len(),
+            c.num_layers
+        )));
+    }
+    let precision = match header.attention_precision.as_str() {
+        p if p == precision_name(AttentionPrecision::F32) => AttentionPrecision::F32,
+        p if p == precision_name(AttentionPrecision::F16KvCache) => AttentionPrecision::F16KvCache,
+        other => return Err(r.err(format!("unknown attention precision `{other}`"))),
+    };
+    let d = c.hidden_size;
+    let embedding = r.f32("embedding", [c.vocab_size, d])?;
+    let mut layers = Vec::with_capacity(c.num_layers);
+    for (l, b) in header.blocks.iter().enumerate() {
+        if b.num_kv_heads == 0 || !b.num_heads.is_multiple_of(b.num_kv_heads) {
+            return Err(r.err(format!(
+                "block {l}: {} heads, {} KV heads",
+                b.num_heads, b.num_kv_heads
+            )));
+        }
+        let (q, kv) = (b.num_heads * c.head_dim, b.num_kv_heads * c.head_dim);
+        let ffn = r.out_features(&format!("layers.{l}.{}", LINEAR_NAMES[4]))?;
+        let lin = |name: &str, out, inp| r.linear(&format!("layers.{l}.{name}"), out, inp);
+        layers.push(Block {
+            attn_norm: RmsNorm::new(
+                r.f32(&format!("layers.{l}.attn_norm"), [d])?,
+                c.rms_norm_eps,
+            ),
+            attn: Attention {
+                q_proj: lin(LINEAR_NAMES[0], q, d)?,
+                k_proj: lin(LINEAR_NAMES[1], kv, d)?,
+                v_proj: lin(LINEAR_NAMES[2], kv, d)?,
+                o_proj: lin(LINEAR_NAMES[3], d, q)?,
+                num_heads: b.num_heads,
+                num_kv_heads: b.num_kv_heads,
+                head_dim: c.head_dim,
+                precision,
+            },
+            ffn_norm: RmsNorm::new(r.f32(&format!("layers.{l}.ffn_norm"), [d])?, c.rms_norm_eps),
+            mlp: Mlp {
+                gate_proj: lin(LINEAR_NAMES[4], ffn, d)?,
+                up_proj: lin(LINEAR_NAMES[5], ffn, d)?,
+                down_proj: lin(LINEAR_NAMES[6], d, ffn)?,
+            },
+        });
+    }
+    let norm = RmsNorm::new(r.f32("norm", [d])?, c.rms_norm_eps);
+    let lm_head = if header.tied_head {
+        CompressedLinear::Dense(DenseLinear::new(embedding.clone(), None))
+    } else {
+        r.linear("lm_head", c.vocab_size, d)?
+    };
+    let tokenizer = r.tokenizer()?;
+    let rope = Rope::new(
+        c.head_dim,
+        c.max_seq_len,
+        c.rope_theta,
+        c.rope_layout,
+        device,
+    );
+    let model = LlamaModel {
+        embedding: Param::from_tensor(embedding),
+        layers,
+        norm,
+        lm_head,
+        rope,
+        config: c,
+    };
+    Ok(LoadedModel { model, tokenizer })
+}
+
+/// Every tensor in the file is listed in the header and matches its CRC-32, and vice versa.
+fn verify_checksums(r: &Reader<'_>) -> Result<(), ModelError> {
+    let names = r.st.names();
+    for name in &names {
+        let want = r
+            .header
+            .checksums
+            .get(*name)
+            .ok_or_else(|| r.err(format!("tensor `{name}` has no checksum in the header")))?;
+        let view = r.st.tensor(name).map_err(|e| r.err(e.to_string()))?;
+        let got = crc32fast::hash(view.data());
+        if got != *want {
+            return Err(r.err(format!(
+                "tensor `{name}` is corrupt: CRC-32 {got:08x}, the header says {want:08x}"
+            )));
+        }
+    }
+    if let Some(missing) = r
+        .header
+        .checksums
+        .keys()
+        .find(|k| !names.contains(&k.as_str()))
+    {
+        return Err(r.err(format!(
+            "tensor `{missing}` is in the header but not in the file"
+        )));
+    }
+    Ok(())
+}

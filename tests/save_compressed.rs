@@ -1,0 +1,268 @@
+//! A stories260K compressed with every kind of layer storage — packed 4-bit symmetric and
+//! asymmetric codes, 8-bit codes, groups with a ragged last group, a 2:4 mask on dense
+//! weights, a 2:4 mask on packed codes, a low-rank factorization — saved and loaded back:
+//!
+//! - the container restores every layer bit for bit (codes, scales, zeros, masks, factors)
+//!   and the model gives the same logits bit for bit;
+//! - GGUF export writes each ggml-compatible layer in its block format (Q4_0, Q4_1, Q8_0; the
+//!   pruned symmetric one as Q4_0 with exact zeros), refuses the rest (the low-rank layer; the
+//!   172-wide down projections, whose rows are not whole blocks of 32) unless dense fallback is
+//!   asked for, and the reloaded model matches within the reported conversion error;
+//! - gguf-py reads the exported file with the same values (required under `CI=true`).
+
+#[path = "../crates/compress-model/tests/common/mod.rs"]
+mod common;
+
+use std::path::Path;
+
+use common::{logits, max_abs_diff, stories_split};
+use compress::core::calibration::sample_windows;
+use compress::core::linear::{CompressedLinear, LowRankLinear};
+use compress::core::pipeline::BlockwiseModel;
+use compress::model::container::{read_container, write_container};
+use compress::model::gguf::{GgmlType, GgufFile};
+use compress::model::save::{write_gguf, GgufExport};
+use compress::model::LoadedModel;
+use compress::recipe::Recipe;
+
+const RECIPE: &str = r#"
+version = 1
+[calibration]
+nsamples = 8
+seqlen = 64
+seed = 0
+
+[[step]]
+method = "rtn"
+bits = 4
+group = 32
+layers = "attn\\.q_proj$"
+
+[[step]]
+method = "gptq"
+bits = 8
+group = 32
+layers = "attn\\.k_proj$"
+
+[[step]]
+method = "rtn"
+bits = 4
+group = 32
+symmetric = false
+layers = "attn\\.v_proj$"
+
+[[step]]
+method = "sparsegpt"
+nm = "2:4"
+quantize = { bits = 4, group = 32 }
+layers = "mlp\\.gate_proj$"
+
+[[step]]
+method = "sparsegpt"
+nm = "2:4"
+layers = "mlp\\.up_proj$"
+
+[[step]]
+method = "rtn"
+bits = 4
+group = 32
+layers = "mlp\\.down_proj$"
+"#;
+
+/// stories260K after [`RECIPE`], with block 0's o_proj replaced by a rank-8 factorization
+/// (`U` = its first 8 columns, `V` = the first 8 rows of block 1's o_proj: real values; the
+/// test is about storage, not quality — low-rank methods are issue #7's).
+fn compressed() -> Option<(LoadedModel, Vec<u32>)> {
+    let s = stories_split()?;
+    let mut m = s.m;
+    let recipe = Recipe::from_toml(RECIPE).unwrap();
+    let c = recipe.calibration.clone();
+    let windows = sample_windows(&s.calib, c.nsamples, c.seqlen, c.seed).unwrap();
+    recipe
+        .pipeline()
+        .unwrap()
+        .run(&mut m.model, &windows, |_, _, _| {})
+        .unwrap();
+    let o0 = m.model.linear(0, "attn.o_proj").dense_weight();
+    let o1 = m.model.linear(1, "attn.o_proj").dense_weight();
+    let [out, inp] = o0.dims();
+    let up = o0.slice([0..out, 0..8]);
+    let down = o1.slice([0..8, 0..inp]);
+    *m.model.linear_mut(0, "attn.o_proj") =
+        CompressedLinear::LowRank(LowRankLinear::new(up, down, None));
+    let ids = m
+        .tokenizer
+        .encode("Once upon a time, there was a girl", true)
+        .unwrap();
+    Some((m, ids))
+}
+
+#[test]
+fn container_restores_every_layer_kind_bit_for_bit() {
+    let Some((m, ids)) = compressed() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.safetensors");
+    let header = write_container(&m.model, &m.tokenizer, &path, &Default::default()).unwrap();
+    let entries: Vec<String> = header.layers.values().map(|e| format!("{e:?}")).collect();
+    for want in ["LowRank", "symmetric: false", "bits: 8", "mask: true"] {
+        assert!(
+            entries.iter().any(|e| e.contains(want)),
+            "no layer stored as {want}"
+        );
+    }
+    let device = m.model.device();
+    let back = read_container(&path, &device).unwrap();
+    for l in 0..m.model.num_blocks() {
+        for name in compress::model::llama::calibrate::LINEAR_NAMES {
+            let (a, b) = (m.model.linear(l, name), back.model.linear(l, name));
+            let what = format!("layers.{l}.{name}");
+            match (a, b) {
+                (CompressedLinear::Quantized(a), CompressedLinear::Quantized(b)) => {
+                    assert_eq!(a.packed, b.packed, "{what}: codes, scales, zeros and mask")
+                }
+                (CompressedLinear::Dense(a), CompressedLinear::Dense(b)) => {
+                    assert_eq!(a.mask, b.mask, "{what}: mask")
+                }
+                (CompressedLinear::LowRank(a), CompressedLinear::LowRank(b)) => {
+                    assert_eq!(a.rank(), b.rank(), "{what}")
+                }
+                _ => panic!("{what}: stored as a different kind"),
+            }
+            let (wa, wb) = (a.dense_weight(), b.dense_weight());
+            assert_eq!(
+                wa.into_data().try_to_vec::<f32>().unwrap(),
+                wb.into_data().try_to_vec::<f32>().unwrap(),
+                "{what}: weights"
+            );
+        }
+    }
+    assert_eq!(logits(&back.model, &ids), logits(&m.model, &ids));
+    let again = dir.path().join("again.safetensors");
+    write_container(&back.model, &back.tokenizer, &again, &Default::default()).unwrap();
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        std::fs::read(&again).unwrap()
+    );
+}
+
+#[test]
+fn gguf_export_uses_block_formats_and_reports_fallbacks() {
+    let Some((m, ids)) = compressed() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.gguf");
+    // The low-rank layer has no ggml form: refused by default, naming it.
+    let e = write_gguf(&m.model, &m.tokenizer, &path, &GgufExport::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("blk.0.attn_output.weight") && e.contains("rank-8"),
+        "{e}"
+    );
+    assert!(!path.exists());
+
+    let options = GgufExport {
+        fallback_dense: true,
+        ..GgufExport::default()
+    };
+    let report = write_gguf(&m.model, &m.tokenizer, &path, &options).unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    let ty = |n: &str| file.tensor(n).unwrap().ggml_type();
+    for l in 0..m.model.num_blocks() {
+        assert_eq!(ty(&format!("blk.{l}.attn_q.weight")), GgmlType::Q4_0);
+        assert_eq!(ty(&format!("blk.{l}.attn_k.weight")), GgmlType::Q8_0);
+        assert_eq!(ty(&format!("blk.{l}.attn_v.weight")), GgmlType::Q4_1);
+        assert_eq!(
+            ty(&format!("blk.{l}.ffn_gate.weight")),
+            GgmlType::Q4_0,
+            "pruned + 4-bit"
+        );
+        assert_eq!(
+            ty(&format!("blk.{l}.ffn_up.weight")),
+            GgmlType::F32,
+            "pruned dense"
+        );
+        // stories260K's FFN is 172 wide: down_proj rows are not whole blocks of 32.
+        assert_eq!(ty(&format!("blk.{l}.ffn_down.weight")), GgmlType::F32);
+    }
+    let fallbacks: Vec<&str> = report
+        .tensors
+        .iter()
+        .filter(|t| t.fallback.is_some())
+        .map(|t| t.name.as_str())
+        .collect();
+    let mut want = vec!["blk.0.attn_output.weight".to_string()];
+    want.extend((0..m.model.num_blocks()).map(|l| format!("blk.{l}.ffn_down.weight")));
+    want.sort();
+    let mut fallbacks: Vec<String> = fallbacks.iter().map(|s| s.to_string()).collect();
+    fallbacks.sort();
+    assert_eq!(fallbacks, want);
+    let reason = |n: &str| {
+        report
+            .tensors
+            .iter()
+            .find(|t| t.name == n)
+            .unwrap()
+            .fallback
+            .clone()
+            .unwrap()
+    };
+    assert!(
+        reason("blk.1.ffn_down.weight").contains("172"),
+        "{}",
+        reason("blk.1.ffn_down.weight")
+    );
+    assert_eq!(file.get_u32("general.file_type").unwrap(), 2, "mostly Q4_0");
+
+    let back = compress::model::load(&path, &m.model.device()).unwrap();
+    // Every layer but the Q4_1 ones is bit-exact; Q4_1 moves weights by at most the reported
+    // rounding of m = −d·z. Logits (magnitude ~10) move by far less than the 0.05 bound here.
+    let worst_weight = report
+        .tensors
+        .iter()
+        .filter(|t| t.ty == GgmlType::Q4_1)
+        .map(|t| t.max_abs_error)
+        .fold(0.0f32, f32::max);
+    assert!(worst_weight > 0.0 && worst_weight < 1e-3, "{worst_weight}");
+    for l in 0..m.model.num_blocks() {
+        for name in [
+            "attn.q_proj",
+            "attn.k_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        ] {
+            let a = m
+                .model
+                .linear(l, name)
+                .dense_weight()
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap();
+            let b = back
+                .model
+                .linear(l, name)
+                .dense_weight()
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap();
+            assert_eq!(a, b, "layers.{l}.{name} must survive GGUF exactly");
+        }
+    }
+    let d = max_abs_diff(&logits(&back.model, &ids), &logits(&m.model, &ids));
+    assert!(d < 0.05, "max |Δlogit| {d}");
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("crates/compress-model/tests/fixtures/gguf_py_dump.py");
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import gguf, numpy"])
+        .output();
+    if probe.is_ok_and(|o| o.status.success()) {
+        common::compare_with_gguf_py(&script, &path);
+    } else {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "python3 with the gguf package is required under CI=true"
+        );
+        eprintln!("SKIPPED gguf-py check: python3 -c 'import gguf, numpy' failed");
+    }
+}
