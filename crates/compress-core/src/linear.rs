@@ -234,6 +234,38 @@ impl CompressedLinear {
         }
     }
 
+    /// A short description of the storage: `dense f32`, `dense f32, 50.0% pruned`, `int4 g32 sym`,
+    /// `int3 per-channel asym, 50.0% pruned`, `low-rank r16`.
+    pub fn describe(&self) -> String {
+        use crate::packed::{Granularity, Symmetry};
+        let pruned = |m: Option<&SparsityMask>| match m {
+            Some(m) => format!(", {:.1}% pruned", 100.0 * m.sparsity()),
+            None => String::new(),
+        };
+        match self {
+            CompressedLinear::Dense(l) => format!("dense f32{}", pruned(l.mask.as_deref())),
+            CompressedLinear::LowRank(l) => format!("low-rank r{}", l.rank()),
+            CompressedLinear::Quantized(q) => {
+                let s = q.packed.scheme();
+                let g = match s.granularity {
+                    Granularity::PerTensor => "per-tensor".to_string(),
+                    Granularity::PerChannel => "per-channel".to_string(),
+                    Granularity::PerGroup(g) => format!("g{g}"),
+                };
+                let sym = match s.symmetry {
+                    Symmetry::Symmetric => "sym",
+                    Symmetry::Asymmetric => "asym",
+                };
+                format!("int{} {g} {sym}{}", s.bits.get(), pruned(q.packed.mask()))
+            }
+        }
+    }
+
+    /// Stored bits per weight of the `[out, in]` matrix ([`Self::storage_bits`] / (out · in)).
+    pub fn bits_per_weight(&self) -> f64 {
+        self.storage_bits() as f64 / (self.out_features() * self.in_features()).max(1) as f64
+    }
+
     /// Number of stored parameters-equivalent bits (weights only, bias excluded): 32 per dense
     /// or low-rank f32 value, the packed size for quantized layers.
     pub fn storage_bits(&self) -> u64 {

@@ -49,3 +49,8 @@ pub use error::ModelError;
 pub use llama::LlamaModel;
 pub use load::{load, LoadedModel};
 pub use tokenizer::LlmTokenizer;
+
+/// The README's examples, compiled as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

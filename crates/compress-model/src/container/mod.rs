@@ -51,7 +51,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::LlamaConfig;
 use crate::tokenizer::SpecialTokens;
 
-pub use read::{is_container, read_container};
+pub use read::{is_container, read_container, read_header};
 pub use write::write_container;
 
 /// Value of the header's `format` field.

@@ -36,6 +36,42 @@ pub fn is_container(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Reads only the header of the container at `path` (provenance, layer kinds, config).
+pub fn read_header(path: &Path) -> Result<Header, ModelError> {
+    let io = |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    // SAFETY: read-only map, only the header is parsed.
+    let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+    let (_, metadata) = SafeTensors::read_metadata(&map).map_err(|e| ModelError::Safetensors {
+        path: path.to_path_buf(),
+        message: format!("header: {e} (the file is truncated or corrupt)"),
+    })?;
+    parse_header(path, &metadata)
+}
+
+fn parse_header(
+    path: &Path,
+    metadata: &safetensors::tensor::Metadata,
+) -> Result<Header, ModelError> {
+    let json = metadata
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(METADATA_KEY))
+        .ok_or_else(|| ModelError::Safetensors {
+            path: path.to_path_buf(),
+            message: format!(
+                "a safetensors file without a `{METADATA_KEY}` header is not a compress container"
+            ),
+        })?;
+    serde_json::from_str(json).map_err(|e| ModelError::Json {
+        path: path.to_path_buf(),
+        message: format!("container header: {e}"),
+    })
+}
+
 struct Reader<'a> {
     path: &'a Path,
     st: SafeTensors<'a>,
@@ -265,20 +301,7 @@ pub fn read_container(path: &Path, device: &Device) -> Result<LoadedModel, Model
     };
     let (_, metadata) = SafeTensors::read_metadata(&map).map_err(|e| st_err("header", e))?;
     let st = SafeTensors::deserialize(&map).map_err(|e| st_err("layout", e))?;
-    let json = metadata
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(METADATA_KEY))
-        .ok_or_else(|| ModelError::Safetensors {
-            path: path.to_path_buf(),
-            message: format!(
-                "a safetensors file without a `{METADATA_KEY}` header is not a compress container"
-            ),
-        })?;
-    let header: Header = serde_json::from_str(json).map_err(|e| ModelError::Json {
-        path: path.to_path_buf(),
-        message: format!("container header: {e}"),
-    })?;
+    let header = parse_header(path, &metadata)?;
     let r = Reader {
         path,
         st,

@@ -1,0 +1,292 @@
+//! The command line: subcommands and their flags (clap).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use compress::core::backend::BackendKind;
+
+const EXAMPLES: &str = "\
+Examples (from the repository root; without --model the embedded stories260K is used):
+  compress inspect --model .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
+  compress quantize --method gptq --bits 4 --group 32 --output stories-w4.safetensors
+  compress prune --method sparsegpt --nm 2:4 --quantize-bits 4 --output stories-24-w4.gguf
+  compress run examples/recipes/gptq-w4g128.toml --nsamples 32 --seqlen 128 --output out.safetensors --eval ../shared/data/tinystories/val.txt
+  compress eval --model out.safetensors --base-model .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf --text ../shared/data/wikitext-2/wiki.test.raw
+  compress generate --model out.safetensors --prompt \"Once upon a time\"
+
+Output formats (--output): `.gguf` → GGUF for llama.cpp (block formats where the scheme maps
+exactly, see docs/formats.md); anything else → the lossless compress container (safetensors).
+
+Exit codes: 0 success; 1 the work failed; 2 bad arguments or recipe; 3 unreadable or invalid
+input file.";
+
+/// Compress llama-family language models (quantize, prune, compose recipes), evaluate what it
+/// costs, and write formats other runtimes load.
+#[derive(Parser, Debug)]
+#[command(name = "compress", version, after_help = EXAMPLES)]
+pub struct Cli {
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Print one JSON object on stdout instead of text (progress bars are hidden).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Backend: flex, ndarray, wgpu, cuda, tch.
+    #[arg(long, global = true, default_value_t = BackendKind::default())]
+    pub backend: BackendKind,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Architecture, every layer's storage and bits/weight, tensor types of a GGUF file.
+    Inspect(InspectArgs),
+    /// Run a recipe file (any composition of quantizers and pruners) and save the result.
+    Run(RunArgs),
+    /// Quantize every linear layer with one method (a one-step recipe) and save the result.
+    Quantize(QuantizeArgs),
+    /// Prune every linear layer with one method (optionally quantizing jointly) and save it.
+    Prune(PruneArgs),
+    /// Perplexity, KL divergence to a base model, zero-shot tasks.
+    Eval(EvalArgs),
+    /// Generate text from a prompt.
+    Generate(GenerateArgs),
+}
+
+/// Which model to load.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArg {
+    /// GGUF file, compress container or Hugging Face checkpoint directory [default: the
+    /// embedded stories260K].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+}
+
+/// `inspect` flags.
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// The model.
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// List every layer (the default prints one line per kind of storage).
+    #[arg(long)]
+    pub layers: bool,
+}
+
+/// Output format of a compression run.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// The lossless compress container (safetensors + JSON header).
+    Container,
+    /// GGUF v3 for llama.cpp.
+    Gguf,
+}
+
+/// Type of dense tensors in a GGUF file.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DenseType {
+    /// 32-bit float.
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+/// Flags shared by `run`, `quantize` and `prune`: calibration, output, evaluation.
+#[derive(Args, Debug, Clone)]
+pub struct CompressArgs {
+    /// The model.
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// Calibration text.
+    #[arg(long, default_value = "../shared/data/tinystories/val.txt")]
+    pub calib: PathBuf,
+    /// Calibration windows [default: the recipe's; 128 for quantize/prune].
+    #[arg(long)]
+    pub nsamples: Option<usize>,
+    /// Tokens per calibration window [default: the recipe's; 128 for quantize/prune].
+    #[arg(long)]
+    pub seqlen: Option<usize>,
+    /// Calibration sampling seed [default: the recipe's; 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Where to write the compressed model (`.gguf` → GGUF, otherwise the container).
+    #[arg(long, short)]
+    pub output: PathBuf,
+    /// Output format, overriding the file extension.
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// GGUF only: type of dense tensors.
+    #[arg(long, value_enum, default_value_t = DenseType::F32)]
+    pub dense_type: DenseType,
+    /// GGUF only: write layers with no ggml block format (low-rank, 3-bit, groups ≠ 32) as
+    /// dense tensors instead of failing.
+    #[arg(long)]
+    pub dense_fallback: bool,
+    /// Evaluate perplexity and KL divergence to the input model on this text after compressing
+    /// (when it is the calibration file, calibration uses its first half and evaluation the
+    /// second).
+    #[arg(long)]
+    pub eval: Option<PathBuf>,
+    /// Evaluation window length.
+    #[arg(long, default_value_t = 256)]
+    pub context: usize,
+    /// Evaluate at most this many windows.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+/// `run` flags.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Recipe file (TOML, see docs/recipes.md and examples/recipes/).
+    pub recipe: PathBuf,
+    /// Calibration, output and evaluation.
+    #[command(flatten)]
+    pub common: CompressArgs,
+}
+
+/// Quantizers.
+#[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum QuantMethodName {
+    /// Round to nearest.
+    Rtn,
+    /// GPTQ (Frantar et al. 2022).
+    Gptq,
+    /// Half-quadratic quantization (asymmetric).
+    Hqq,
+    /// Activation-aware weight quantization (Lin et al. 2023).
+    Awq,
+}
+
+/// `quantize` flags.
+#[derive(Args, Debug)]
+pub struct QuantizeArgs {
+    /// Method.
+    #[arg(long, value_enum, default_value_t = QuantMethodName::Gptq)]
+    pub method: QuantMethodName,
+    /// Code width, 2–8.
+    #[arg(long, default_value_t = 4)]
+    pub bits: u8,
+    /// Weights per scale (omit with --per-channel).
+    #[arg(long, default_value_t = 128, conflicts_with = "per_channel")]
+    pub group: usize,
+    /// One scale per output row instead of groups.
+    #[arg(long)]
+    pub per_channel: bool,
+    /// Asymmetric grids (a zero point per group).
+    #[arg(long)]
+    pub asym: bool,
+    /// Only layers whose path matches this regex (e.g. `mlp\.`); default all.
+    #[arg(long)]
+    pub layers: Option<String>,
+    /// Calibration, output and evaluation.
+    #[command(flatten)]
+    pub common: CompressArgs,
+}
+
+/// Pruners.
+#[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum PruneMethodName {
+    /// Smallest |w| per layer.
+    Magnitude,
+    /// |w|·‖x‖ per row (Sun et al. 2023).
+    Wanda,
+    /// OBS mask selection with weight reconstruction (Frantar & Alistarh 2023).
+    Sparsegpt,
+}
+
+/// `prune` flags.
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Method.
+    #[arg(long, value_enum, default_value_t = PruneMethodName::Sparsegpt)]
+    pub method: PruneMethodName,
+    /// Fraction of weights removed, in [0, 1).
+    #[arg(long, conflicts_with = "nm", required_unless_present = "nm")]
+    pub sparsity: Option<f64>,
+    /// N:M pattern, N kept of every M (e.g. 2:4).
+    #[arg(long)]
+    pub nm: Option<String>,
+    /// SparseGPT only: quantize the kept weights to this many bits in the same sweep.
+    #[arg(long)]
+    pub quantize_bits: Option<u8>,
+    /// Group size of the joint quantization.
+    #[arg(long, default_value_t = 128)]
+    pub quantize_group: usize,
+    /// Only layers whose path matches this regex; default all.
+    #[arg(long)]
+    pub layers: Option<String>,
+    /// Calibration, output and evaluation.
+    #[command(flatten)]
+    pub common: CompressArgs,
+}
+
+/// Perplexity protocol.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Protocol {
+    /// Every prediction of every window (GPTQ/SparseGPT/Wanda papers).
+    All,
+    /// llama.cpp's `perplexity`: BOS first, second half of each window.
+    Half,
+    /// Both.
+    Both,
+    /// No perplexity (tasks only).
+    None,
+}
+
+/// `eval` flags.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// The model.
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// Also report the KL divergence of --model to this base model on the same windows.
+    #[arg(long)]
+    pub base_model: Option<PathBuf>,
+    /// Text file to score.
+    #[arg(long, default_value = "../shared/data/tinystories/val.txt")]
+    pub text: PathBuf,
+    /// Window length in tokens.
+    #[arg(long, default_value_t = 256)]
+    pub context: usize,
+    /// Perplexity protocol.
+    #[arg(long, value_enum, default_value_t = Protocol::All)]
+    pub scoring: Protocol,
+    /// Evaluate at most this many windows.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Comma-separated zero-shot tasks (hellaswag, arc_easy, arc_challenge, piqa, sciq, lambada).
+    #[arg(long, value_delimiter = ',')]
+    pub tasks: Vec<String>,
+    /// Directory of the task files.
+    #[arg(long, default_value = "../shared/data/tasks")]
+    pub task_dir: PathBuf,
+    /// Score at most this many questions per task.
+    #[arg(long)]
+    pub task_limit: Option<usize>,
+}
+
+/// `generate` flags.
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// The model.
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// Prompt text.
+    #[arg(long, default_value = "Once upon a time")]
+    pub prompt: String,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
+    /// Sampling temperature; greedy decoding when absent.
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Nucleus mass kept when sampling.
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}

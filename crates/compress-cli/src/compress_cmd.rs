@@ -1,0 +1,351 @@
+//! `compress run`, `quantize` and `prune`: a recipe over the block-by-block pipeline, then the
+//! output file, then (with `--eval`) perplexity and KL divergence against the input model.
+//!
+//! `quantize` and `prune` are one-step recipes built from their flags, so they behave exactly
+//! like `run` with the equivalent recipe file (and `--json` prints that recipe).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use compress::core::calibration::sample_windows;
+use compress::eval::kld::{kl_divergence, KldReport};
+use compress::eval::perplexity::{PerplexityConfig, Scoring};
+use compress::model::container::{write_container, ContainerOptions};
+use compress::model::gguf::GgmlType;
+use compress::model::save::{write_gguf, GgufExport};
+use compress::model::LoadedModel;
+use compress::recipe::Recipe;
+use serde::Serialize;
+
+use crate::cli::{CompressArgs, DenseType, Format, PruneArgs, QuantizeArgs, RunArgs};
+use crate::progress::{bar, counter};
+use crate::{load_model, print_json, read_text, CliError, CliResult};
+
+/// What was written.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputReport {
+    /// The file.
+    pub path: String,
+    /// `container` or `gguf`.
+    pub format: String,
+    /// File size.
+    pub bytes: u64,
+    /// GGUF: tensors written dense because their layer has no ggml format, with the reason.
+    pub dense_fallbacks: Vec<(String, String)>,
+    /// GGUF: largest |w_file − w_model| over all tensors (0 when every conversion is exact).
+    pub max_abs_error: f32,
+}
+
+/// What a compression command reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct CompressReport {
+    /// The recipe that ran (TOML).
+    pub recipe: String,
+    /// Layer steps applied.
+    pub layer_steps: usize,
+    /// Wall time of the pipeline, seconds.
+    pub seconds: f64,
+    /// Calibration tokens.
+    pub calibration_tokens: usize,
+    /// Peak resident memory, bytes (Linux).
+    pub peak_rss_bytes: Option<u64>,
+    /// Stored bits per weight over the blocks' linear layers.
+    pub linear_bits_per_weight: f64,
+    /// The output file.
+    pub output: OutputReport,
+    /// With `--eval`: perplexities and KL divergence to the input model.
+    pub eval: Option<KldReport>,
+}
+
+/// Runs `compress run`.
+pub fn run_recipe(args: &RunArgs, device: &burn::tensor::Device, json: bool) -> CliResult<()> {
+    let recipe = Recipe::from_file(&args.recipe)
+        .map_err(|e| CliError::usage(format!("{}: {e}", args.recipe.display())))?;
+    execute(recipe, &args.common, device, json)
+}
+
+fn one_step(
+    step: toml::Table,
+    layers: &Option<String>,
+    common: &CompressArgs,
+) -> CliResult<Recipe> {
+    let mut step = step;
+    if let Some(l) = layers {
+        step.insert("layers".into(), l.clone().into());
+    }
+    let mut root = toml::Table::new();
+    root.insert("version".into(), 1.into());
+    let mut calib = toml::Table::new();
+    calib.insert(
+        "nsamples".into(),
+        (common.nsamples.unwrap_or(128) as i64).into(),
+    );
+    calib.insert(
+        "seqlen".into(),
+        (common.seqlen.unwrap_or(128) as i64).into(),
+    );
+    calib.insert("seed".into(), (common.seed.unwrap_or(0) as i64).into());
+    root.insert("calibration".into(), calib.into());
+    root.insert("step".into(), toml::Value::Array(vec![step.into()]));
+    let text = toml::to_string(&root).map_err(CliError::failed)?;
+    Recipe::from_toml(&text).map_err(CliError::usage)
+}
+
+/// Runs `compress quantize`.
+pub fn quantize(args: &QuantizeArgs, device: &burn::tensor::Device, json: bool) -> CliResult<()> {
+    let name = format!("{:?}", args.method).to_lowercase();
+    let mut t = toml::Table::new();
+    t.insert("method".into(), name.clone().into());
+    t.insert("bits".into(), i64::from(args.bits).into());
+    if !args.per_channel {
+        t.insert("group".into(), (args.group as i64).into());
+    }
+    if name == "hqq" {
+        if !args.asym {
+            eprintln!("note: HQQ is always asymmetric");
+        }
+    } else {
+        t.insert("symmetric".into(), (!args.asym).into());
+    }
+    execute(
+        one_step(t, &args.layers, &args.common)?,
+        &args.common,
+        device,
+        json,
+    )
+}
+
+/// Runs `compress prune`.
+pub fn prune(args: &PruneArgs, device: &burn::tensor::Device, json: bool) -> CliResult<()> {
+    let mut t = toml::Table::new();
+    t.insert(
+        "method".into(),
+        format!("{:?}", args.method).to_lowercase().into(),
+    );
+    if let Some(s) = args.sparsity {
+        t.insert("sparsity".into(), s.into());
+    }
+    if let Some(nm) = &args.nm {
+        t.insert("nm".into(), nm.clone().into());
+    }
+    if let Some(bits) = args.quantize_bits {
+        let mut q = toml::Table::new();
+        q.insert("bits".into(), i64::from(bits).into());
+        q.insert("group".into(), (args.quantize_group as i64).into());
+        t.insert("quantize".into(), q.into());
+    }
+    execute(
+        one_step(t, &args.layers, &args.common)?,
+        &args.common,
+        device,
+        json,
+    )
+}
+
+/// The calibration text and the evaluation text; when both are the same file, calibration
+/// gets its first half (up to a line break) and evaluation the second.
+fn texts(calib: &Path, eval: Option<&Path>) -> CliResult<(String, Option<String>)> {
+    let calib_text = read_text(calib)?;
+    let Some(eval) = eval else {
+        return Ok((calib_text, None));
+    };
+    if std::fs::canonicalize(calib).ok() != std::fs::canonicalize(eval).ok() {
+        return Ok((calib_text, Some(read_text(eval)?)));
+    }
+    let split = calib_text[..calib_text.len() / 2]
+        .rfind('\n')
+        .unwrap_or(calib_text.len() / 2);
+    eprintln!(
+        "calibrating on the first half of {}, evaluating on the second",
+        calib.display()
+    );
+    let eval_part = calib_text[split..].to_string();
+    let mut calib_part = calib_text;
+    calib_part.truncate(split);
+    Ok((calib_part, Some(eval_part)))
+}
+
+fn execute(
+    mut recipe: Recipe,
+    args: &CompressArgs,
+    device: &burn::tensor::Device,
+    json: bool,
+) -> CliResult<()> {
+    let c = &mut recipe.calibration;
+    c.nsamples = args.nsamples.unwrap_or(c.nsamples);
+    c.seqlen = args.seqlen.unwrap_or(c.seqlen);
+    c.seed = args.seed.unwrap_or(c.seed);
+    let pipeline = recipe.pipeline().map_err(CliError::usage)?;
+    let recipe_text = recipe.to_toml().map_err(CliError::failed)?;
+    let format = match args.format {
+        Some(f) => f,
+        None if args.output.extension().is_some_and(|e| e == "gguf") => Format::Gguf,
+        None => Format::Container,
+    };
+    let mut m = load_model(args.model.model.as_deref(), device)?;
+    let base = match args.eval {
+        Some(_) => Some(load_model(args.model.model.as_deref(), device)?),
+        None => None,
+    };
+    let (calib_text, eval_text) = texts(&args.calib, args.eval.as_deref())?;
+    let calib_tokens = m
+        .tokenizer
+        .encode(&calib_text, true)
+        .map_err(CliError::failed)?;
+    let c = &recipe.calibration;
+    let windows = sample_windows(&calib_tokens, c.nsamples, c.seqlen, c.seed)
+        .map_err(|e| CliError::input(format!("{}: {e}", args.calib.display())))?;
+
+    let blocks = m.model.layers.len();
+    let pb = bar("compress", "blocks", blocks, json);
+    let report = pipeline
+        .run(&mut m.model, &windows, |r, block, _| {
+            pb.set_position(block as u64);
+            pb.set_message(format!(
+                "{} ({}, out err {:.1e})",
+                r.path,
+                r.method,
+                r.output_rel_error.unwrap_or(f64::NAN)
+            ));
+        })
+        .map_err(CliError::failed)?;
+    pb.finish_and_clear();
+
+    let output = save(&m, args, format, &recipe_text)?;
+    let eval = match (&base, &eval_text) {
+        (Some(base), Some(text)) => Some(evaluate(base, &m, text, args, json)?),
+        _ => None,
+    };
+    let r = CompressReport {
+        recipe: recipe_text,
+        layer_steps: report.layers.len(),
+        seconds: report.seconds,
+        calibration_tokens: report.calibration_tokens,
+        peak_rss_bytes: report.peak_rss_bytes,
+        linear_bits_per_weight: crate::inspect::report(&m, String::new(), String::new())
+            .linear_bits_per_weight,
+        output,
+        eval,
+    };
+    if json {
+        return print_json(&r);
+    }
+    println!(
+        "{} layer steps in {:.1} s on {} calibration tokens (peak RSS {:.0} MiB); block linears at {:.3} bits/weight",
+        r.layer_steps,
+        r.seconds,
+        r.calibration_tokens,
+        r.peak_rss_bytes.unwrap_or(0) as f64 / (1 << 20) as f64,
+        r.linear_bits_per_weight
+    );
+    println!(
+        "wrote {} ({}, {:.2} MB)",
+        r.output.path,
+        r.output.format,
+        r.output.bytes as f64 / 1e6
+    );
+    for (name, why) in &r.output.dense_fallbacks {
+        println!("  {name}: written dense ({why})");
+    }
+    if r.output.max_abs_error > 0.0 {
+        println!(
+            "  largest |Δw| from format conversion: {:.2e} (Q4_1/Q5_1 round m = −d·z to f16, or dense f16/bf16)",
+            r.output.max_abs_error
+        );
+    }
+    if let Some(k) = &r.eval {
+        println!(
+            "perplexity (context {}, {} tokens): {:.4} → {:.4}; KLD {:.5} (95% {:.5}–{:.5}), same top token {:.4}",
+            args.context,
+            k.tokens,
+            k.mean_nll.0.exp(),
+            k.mean_nll.1.exp(),
+            k.kld.mean,
+            k.kld.lo,
+            k.kld.hi,
+            k.same_top.mean
+        );
+    }
+    Ok(())
+}
+
+fn save(
+    m: &LoadedModel,
+    args: &CompressArgs,
+    format: Format,
+    recipe: &str,
+) -> CliResult<OutputReport> {
+    let path = &args.output;
+    let (dense_fallbacks, max_abs_error) = match format {
+        Format::Container => {
+            let mut provenance = BTreeMap::new();
+            provenance.insert(
+                "source".into(),
+                args.model
+                    .model
+                    .as_ref()
+                    .map_or("embedded stories260K".into(), |p| p.display().to_string()),
+            );
+            provenance.insert("recipe".into(), recipe.to_string());
+            provenance.insert(
+                "tool".into(),
+                format!("compress-cli {}", env!("CARGO_PKG_VERSION")),
+            );
+            let options = ContainerOptions { provenance };
+            write_container(&m.model, &m.tokenizer, path, &options).map_err(CliError::failed)?;
+            (Vec::new(), 0.0)
+        }
+        Format::Gguf => {
+            let options = GgufExport {
+                dense: match args.dense_type {
+                    DenseType::F32 => GgmlType::F32,
+                    DenseType::F16 => GgmlType::F16,
+                    DenseType::Bf16 => GgmlType::BF16,
+                },
+                fallback_dense: args.dense_fallback,
+                name: "compress".into(),
+            };
+            let r = write_gguf(&m.model, &m.tokenizer, path, &options).map_err(CliError::failed)?;
+            let fallbacks = r
+                .tensors
+                .iter()
+                .filter_map(|t| t.fallback.clone().map(|f| (t.name.clone(), f)))
+                .collect();
+            let worst = r
+                .tensors
+                .iter()
+                .map(|t| t.max_abs_error)
+                .fold(0.0, f32::max);
+            (fallbacks, worst)
+        }
+    };
+    let bytes = std::fs::metadata(path).map_err(CliError::failed)?.len();
+    Ok(OutputReport {
+        path: path.display().to_string(),
+        format: format!("{format:?}").to_lowercase(),
+        bytes,
+        dense_fallbacks,
+        max_abs_error,
+    })
+}
+
+fn evaluate(
+    base: &LoadedModel,
+    m: &LoadedModel,
+    text: &str,
+    args: &CompressArgs,
+    json: bool,
+) -> CliResult<KldReport> {
+    let tokens = m.tokenizer.encode(text, true).map_err(CliError::failed)?;
+    let config = PerplexityConfig {
+        context: args.context,
+        scoring: Scoring::AllTokens,
+        max_windows: args.limit,
+        bos: m.tokenizer.bos_id(),
+    };
+    let pb = bar("evaluate", "windows", 0, json);
+    let r = kl_divergence(&base.model, &m.model, &tokens, &config, counter(&pb))
+        .map_err(CliError::failed)?;
+    pb.finish_and_clear();
+    Ok(r)
+}

@@ -1,0 +1,230 @@
+//! `compress inspect`: what a model is and how each layer is stored.
+
+use std::collections::BTreeMap;
+
+use compress::core::pipeline::BlockwiseModel;
+use compress::model::llama::calibrate::LINEAR_NAMES;
+use compress::model::load::GgufModel;
+use compress::model::weights::{Proj, WeightName, WeightSource};
+use compress::model::{LlamaConfig, LoadedModel};
+use serde::Serialize;
+
+use crate::cli::InspectArgs;
+use crate::{load_model, print_json, CliError, CliResult};
+
+/// One linear layer.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerInfo {
+    /// Layer path (`layers.3.mlp.down_proj`, `lm_head`).
+    pub path: String,
+    /// `[out, in]`.
+    pub shape: [usize; 2],
+    /// Storage ([`compress::core::linear::CompressedLinear::describe`]).
+    pub storage: String,
+    /// Stored bits per weight (codes, scales, zeros, masks, factors).
+    pub bits_per_weight: f64,
+}
+
+/// What `inspect` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct InspectReport {
+    /// The file (or `embedded stories260K`).
+    pub source: String,
+    /// `gguf`, `container`, `huggingface` or `embedded`.
+    pub format: String,
+    /// Hyper-parameters.
+    pub config: LlamaConfig,
+    /// Weights in the model (embedding, blocks, norms, head unless tied).
+    pub parameters: usize,
+    /// Every linear layer of the blocks, and the head.
+    pub layers: Vec<LayerInfo>,
+    /// Bits per weight over the blocks' linear layers.
+    pub linear_bits_per_weight: f64,
+    /// Tokenizer vocabulary size.
+    pub vocab_size: usize,
+    /// GGUF files: number of tensors per ggml type.
+    pub gguf_tensor_types: Option<BTreeMap<String, usize>>,
+    /// Containers: the provenance notes of the header.
+    pub provenance: Option<BTreeMap<String, String>>,
+    /// File size in bytes (directories: not reported).
+    pub file_bytes: Option<u64>,
+}
+
+/// Builds the report for a loaded model.
+pub fn report(m: &LoadedModel, source: String, format: String) -> InspectReport {
+    let model = &m.model;
+    let mut layers = Vec::new();
+    for l in 0..model.num_blocks() {
+        for name in LINEAR_NAMES {
+            let lin = model.linear(l, name);
+            layers.push(LayerInfo {
+                path: format!("layers.{l}.{name}"),
+                shape: [lin.out_features(), lin.in_features()],
+                storage: lin.describe(),
+                bits_per_weight: lin.bits_per_weight(),
+            });
+        }
+    }
+    let (bits, weights) = layers.iter().fold((0.0, 0usize), |(b, n), l| {
+        let w = l.shape[0] * l.shape[1];
+        (b + l.bits_per_weight * w as f64, n + w)
+    });
+    let head = &model.lm_head;
+    layers.push(LayerInfo {
+        path: "lm_head".into(),
+        shape: [head.out_features(), head.in_features()],
+        storage: head.describe(),
+        bits_per_weight: head.bits_per_weight(),
+    });
+    InspectReport {
+        source,
+        format,
+        config: model.config().clone(),
+        parameters: model.num_parameters(),
+        layers,
+        linear_bits_per_weight: bits / weights.max(1) as f64,
+        vocab_size: m.tokenizer.vocab_size(),
+        gguf_tensor_types: None,
+        provenance: None,
+        file_bytes: None,
+    }
+}
+
+/// Runs `inspect`.
+pub fn inspect(args: &InspectArgs, device: &burn::tensor::Device, json: bool) -> CliResult<()> {
+    let path = args.model.model.as_deref();
+    let m = load_model(path, device)?;
+    let (source, format) = match path {
+        None => ("embedded stories260K".to_string(), "embedded".to_string()),
+        Some(p) if p.is_dir() => (p.display().to_string(), "huggingface".into()),
+        Some(p) if compress::model::container::is_container(p) => {
+            (p.display().to_string(), "container".into())
+        }
+        Some(p) => (p.display().to_string(), "gguf".into()),
+    };
+    let mut r = report(&m, source, format);
+    if let Some(p) = path.filter(|p| p.is_file()) {
+        r.file_bytes = std::fs::metadata(p).ok().map(|m| m.len());
+        if r.format == "gguf" {
+            gguf_storage(&mut r, p)?;
+        } else if r.format == "container" {
+            r.provenance = Some(container_provenance(p)?);
+        }
+    }
+    if json {
+        return print_json(&r);
+    }
+    print_text(&r, args.layers);
+    Ok(())
+}
+
+/// A GGUF model is dequantized on load, so its layers' storage comes from the file's tensor
+/// types: `ggml Q4_0` at that type's bits per weight (scales included).
+fn gguf_storage(r: &mut InspectReport, p: &std::path::Path) -> CliResult<()> {
+    let source = GgufModel::open(p).map_err(CliError::input)?;
+    let file = source.file();
+    let mut types = BTreeMap::new();
+    for t in file.tensors() {
+        *types.entry(t.ggml_type().name().to_string()).or_insert(0) += 1;
+    }
+    r.gguf_tensor_types = Some(types);
+    let (mut bits, mut weights) = (0.0, 0usize);
+    for layer in r.layers.iter_mut() {
+        let name = match layer.path.split('.').collect::<Vec<_>>().as_slice() {
+            ["lm_head"] => "output.weight".to_string(),
+            ["layers", l, ..] => {
+                let l: usize = l.parse().map_err(CliError::failed)?;
+                let i = LINEAR_NAMES
+                    .iter()
+                    .position(|n| layer.path.ends_with(n))
+                    .ok_or_else(|| CliError::failed(format!("layer path {}", layer.path)))?;
+                source.file_name(WeightName::Weight(l, Proj::ALL[i]))
+            }
+            _ => continue,
+        };
+        // A tied head has no tensor of its own: it is the embedding.
+        let name = if file.tensor(&name).is_none() && name == "output.weight" {
+            "token_embd.weight".to_string()
+        } else {
+            name
+        };
+        let Some(info) = file.tensor(&name) else {
+            continue;
+        };
+        let ty = info.ggml_type();
+        layer.storage = format!("ggml {ty} (dequantized on load)");
+        layer.bits_per_weight = 8.0 * ty.type_size() as f64 / ty.block_size() as f64;
+        if layer.path != "lm_head" {
+            let n = layer.shape[0] * layer.shape[1];
+            bits += layer.bits_per_weight * n as f64;
+            weights += n;
+        }
+    }
+    r.linear_bits_per_weight = bits / weights.max(1) as f64;
+    Ok(())
+}
+
+fn container_provenance(p: &std::path::Path) -> CliResult<BTreeMap<String, String>> {
+    let header = compress::model::container::read_header(p).map_err(CliError::input)?;
+    Ok(header.provenance)
+}
+
+fn print_text(r: &InspectReport, all_layers: bool) {
+    let c = &r.config;
+    println!("{} ({})", r.source, r.format);
+    println!(
+        "  {:?}: {} blocks, hidden {}, FFN {}, {} heads / {} KV heads of {}, vocab {}, context {}, RoPE θ {} ({:?}){}",
+        c.architecture,
+        c.num_layers,
+        c.hidden_size,
+        c.intermediate_size,
+        c.num_heads,
+        c.num_kv_heads,
+        c.head_dim,
+        c.vocab_size,
+        c.max_seq_len,
+        c.rope_theta,
+        c.rope_layout,
+        if c.tie_word_embeddings { ", tied head" } else { "" }
+    );
+    println!(
+        "  {:.2} M parameters; block linears at {:.3} bits/weight{}",
+        r.parameters as f64 / 1e6,
+        r.linear_bits_per_weight,
+        r.file_bytes.map_or(String::new(), |b| format!(
+            "; file {:.2} MB",
+            b as f64 / 1e6
+        ))
+    );
+    if all_layers {
+        for l in &r.layers {
+            println!(
+                "  {:<24} {:>5}×{:<5} {:<32} {:.3} bits/weight",
+                l.path, l.shape[0], l.shape[1], l.storage, l.bits_per_weight
+            );
+        }
+    } else {
+        // Per kind of storage: layer count and the weight-averaged bits/weight.
+        let mut kinds: BTreeMap<&str, (usize, f64, usize)> = BTreeMap::new();
+        for l in &r.layers {
+            let e = kinds.entry(l.storage.as_str()).or_default();
+            let n = l.shape[0] * l.shape[1];
+            e.0 += 1;
+            e.1 += l.bits_per_weight * n as f64;
+            e.2 += n;
+        }
+        for (kind, (layers, bits, n)) in kinds {
+            let bits = bits / n.max(1) as f64;
+            println!("  {layers:>4} layers {kind:<32} ({bits:.3} bits/weight)");
+        }
+    }
+    if let Some(t) = &r.gguf_tensor_types {
+        let list: Vec<String> = t.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        println!("  GGUF tensors: {}", list.join(", "));
+    }
+    if let Some(p) = &r.provenance {
+        for (k, v) in p {
+            println!("  {k}: {}", v.lines().next().unwrap_or(""));
+        }
+    }
+}

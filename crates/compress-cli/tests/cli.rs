@@ -1,0 +1,243 @@
+//! The `compress` binary end to end on stories260K (embedded, and `../shared` for texts and
+//! tasks): the documented commands run, their JSON output says what they did, the files they
+//! write load back, and errors exit with the documented codes naming what is at fault.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `../shared/data/...`, or `None` with the reason printed (a failure under `CI=true`).
+fn shared(rel: &str) -> Option<PathBuf> {
+    let p = workspace().join("../shared").join(rel);
+    if p.exists() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var("CI").map_or(true, |v| v != "true"),
+        "{} is missing under CI=true",
+        p.display()
+    );
+    eprintln!("SKIPPED: {} not found", p.display());
+    None
+}
+
+fn compress(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_compress"))
+        .args(args)
+        .current_dir(workspace())
+        .output()
+        .expect("run compress")
+}
+
+/// Runs a command that must succeed and returns its JSON output.
+fn json(args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = compress(&all);
+    assert!(
+        out.status.success(),
+        "compress {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}", String::from_utf8_lossy(&out.stdout));
+    })
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn generate_inspect_and_quantize_to_a_container() {
+    // Greedy continuation of the embedded stories260K: the reference text of ../shared.
+    let g = json(&["generate", "--max-tokens", "20"]);
+    let text = g["text"].as_str().unwrap();
+    assert!(
+        text.starts_with(", there was a little girl named Lily. She loved to play"),
+        "{text}"
+    );
+
+    let i = json(&["inspect"]);
+    assert_eq!(i["config"]["num_layers"], 5);
+    assert_eq!(i["linear_bits_per_weight"], 32.0);
+
+    let Some(calib) = shared("data/tinystories/val.txt") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("w4.safetensors");
+    let r = json(&[
+        "quantize",
+        "--method",
+        "gptq",
+        "--bits",
+        "4",
+        "--group",
+        "32",
+        "--nsamples",
+        "16",
+        "--calib",
+        s(&calib),
+        "--output",
+        s(&out),
+        "--eval",
+        s(&calib),
+        "--limit",
+        "4",
+    ]);
+    assert_eq!(r["output"]["format"], "container");
+    assert_eq!(r["layer_steps"], 35);
+    // 4-bit codes + one f16 scale per 32 weights (+ the ragged last group of the 172-wide
+    // down projections): between 4.5 and 4.7 bits per weight.
+    let bits = r["linear_bits_per_weight"].as_f64().unwrap();
+    assert!((4.5..4.7).contains(&bits), "{bits}");
+    let kld = r["eval"]["kld"]["mean"].as_f64().unwrap();
+    assert!(kld > 0.0 && kld < 0.5, "KLD {kld}");
+    assert!(r["recipe"].as_str().unwrap().contains("method = \"gptq\""));
+
+    let i = json(&["inspect", "--model", s(&out)]);
+    assert_eq!(i["format"], "container");
+    assert!((i["linear_bits_per_weight"].as_f64().unwrap() - bits).abs() < 1e-9);
+    assert!(i["provenance"]["recipe"].as_str().unwrap().contains("gptq"));
+    assert_eq!(i["layers"][0]["storage"], "int4 g32 sym");
+}
+
+#[test]
+fn prune_and_run_a_recipe_to_gguf_then_evaluate() {
+    let Some(calib) = shared("data/tinystories/val.txt") else {
+        return;
+    };
+    let Some(tasks) = shared("data/tasks") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = dir.path().join("p.gguf");
+    let r = json(&[
+        "prune",
+        "--method",
+        "sparsegpt",
+        "--nm",
+        "2:4",
+        "--quantize-bits",
+        "4",
+        "--quantize-group",
+        "32",
+        "--nsamples",
+        "16",
+        "--calib",
+        s(&calib),
+        "--output",
+        s(&gguf),
+        "--dense-fallback",
+    ]);
+    assert_eq!(r["output"]["format"], "gguf");
+    // stories260K's down projections are 172 wide: not whole Q4_0 blocks, written dense.
+    let fallbacks = r["output"]["dense_fallbacks"].as_array().unwrap();
+    assert_eq!(fallbacks.len(), 5, "{fallbacks:?}");
+    let i = json(&["inspect", "--model", s(&gguf)]);
+    assert_eq!(i["gguf_tensor_types"]["Q4_0"], 30);
+
+    let recipe = workspace().join("examples/recipes/wanda-50-gptq-w4.toml");
+    let container = dir.path().join("r.safetensors");
+    let r = json(&[
+        "run",
+        s(&recipe),
+        "--nsamples",
+        "16",
+        "--seqlen",
+        "64",
+        "--calib",
+        s(&calib),
+        "--output",
+        s(&container),
+    ]);
+    assert!(r["layer_steps"].as_u64().unwrap() >= 35);
+
+    let e = json(&[
+        "eval",
+        "--model",
+        s(&container),
+        "--base-model",
+        s(&gguf),
+        "--text",
+        s(&calib),
+        "--limit",
+        "3",
+        "--scoring",
+        "both",
+        "--tasks",
+        "arc_easy",
+        "--task-dir",
+        s(&tasks),
+        "--task-limit",
+        "10",
+    ]);
+    assert_eq!(e["perplexity"].as_array().unwrap().len(), 2);
+    assert!(e["perplexity"][0]["ppl"].as_f64().unwrap().is_finite());
+    assert!(e["kld"]["kld"]["mean"].as_f64().unwrap() > 0.0);
+    assert_eq!(e["tasks"][0]["report"]["n"], 10);
+}
+
+#[test]
+fn errors_exit_with_their_codes_and_name_the_culprit() {
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+
+    // Usage: an unknown flag (clap) and an invalid recipe field exit with 2.
+    let o = compress(&["quantize", "--bitz", "4", "--output", "x"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "version = 1\n[[step]]\nmethod = \"gptq\"\nbits = 4\ngroupsize = 32\n",
+    )
+    .unwrap();
+    let o = compress(&["run", s(&bad), "--output", s(&dir.path().join("o"))]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("groupsize") && stderr(&o).contains("bad.toml"),
+        "{}",
+        stderr(&o)
+    );
+    let o = compress(&[
+        "quantize",
+        "--bits",
+        "9",
+        "--output",
+        s(&dir.path().join("o")),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+
+    // Input: a model file that does not exist, and one that is not a model, exit with 3.
+    let o = compress(&["inspect", "--model", "no-such-model.gguf"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no-such-model.gguf"), "{}", stderr(&o));
+    let junk = dir.path().join("junk.gguf");
+    std::fs::write(&junk, b"GGUF\x03\x00\x00\x00 truncated").unwrap();
+    let o = compress(&["generate", "--model", s(&junk)]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+
+    // A GGUF export the format cannot express fails (1) without leaving a file.
+    let Some(calib) = shared("data/tinystories/val.txt") else {
+        return;
+    };
+    let out = dir.path().join("g128.gguf");
+    let o = compress(&[
+        "quantize",
+        "--method",
+        "rtn",
+        "--group",
+        "128",
+        "--calib",
+        s(&calib),
+        "--output",
+        s(&out),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("groups of 32"), "{}", stderr(&o));
+    assert!(!out.exists());
+}
