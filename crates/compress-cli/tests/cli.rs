@@ -241,3 +241,51 @@ fn errors_exit_with_their_codes_and_name_the_culprit() {
     assert!(stderr(&o).contains("groups of 32"), "{}", stderr(&o));
     assert!(!out.exists());
 }
+
+/// The command-line block of the workspace README runs as written (in a scratch directory laid
+/// out like the repository: `examples/` and `../shared` beside it), so the documented commands
+/// cannot rot.
+#[test]
+fn readme_command_line_examples_run() {
+    if shared("data/tinystories/val.txt").is_none() {
+        return;
+    }
+    let readme = std::fs::read_to_string(workspace().join("README.md")).unwrap();
+    let section = readme
+        .split("## Command line")
+        .nth(1)
+        .expect("README has a Command line section");
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a sh block in the Command line section");
+    let script = block.replace("\\\n", " ");
+    let commands: Vec<&str> = script
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("target/release/compress"))
+        .collect();
+    assert!(commands.len() >= 6, "{commands:?}");
+
+    let scratch = tempfile::tempdir().unwrap();
+    let root = scratch.path().join("repo");
+    std::fs::create_dir(&root).unwrap();
+    std::os::unix::fs::symlink(workspace().join("examples"), root.join("examples")).unwrap();
+    std::os::unix::fs::symlink(workspace().join("../shared"), scratch.path().join("shared"))
+        .unwrap();
+    for cmd in commands {
+        let cmd = cmd.replacen("target/release/compress", env!("CARGO_BIN_EXE_compress"), 1);
+        let out = Command::new("bash")
+            .args(["-c", &cmd])
+            .current_dir(&root)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "README command failed: {cmd}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(root.join("r.safetensors").exists() && root.join("p.gguf").exists());
+}
