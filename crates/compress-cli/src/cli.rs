@@ -15,7 +15,8 @@ Examples (from the repository root; without --model the embedded stories260K is 
   compress generate --model out.safetensors --prompt \"Once upon a time\"
 
 Output formats (--output): `.gguf` → GGUF for llama.cpp (block formats where the scheme maps
-exactly, see docs/formats.md); anything else → the lossless compress container (safetensors).
+exactly, see docs/formats.md); anything else → the lossless compress container (safetensors);
+`--format compressed-tensors` → a Hugging Face directory vLLM loads.
 
 Exit codes: 0 success; 1 the work failed; 2 bad arguments or recipe; 3 unreadable or invalid
 input file.";
@@ -80,6 +81,8 @@ pub enum Format {
     Container,
     /// GGUF v3 for llama.cpp.
     Gguf,
+    /// A Hugging Face checkpoint directory in compressed-tensors `pack-quantized` form (vLLM).
+    CompressedTensors,
 }
 
 /// Type of dense tensors in a GGUF file.
@@ -111,17 +114,20 @@ pub struct CompressArgs {
     /// Calibration sampling seed [default: the recipe's; 0].
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Where to write the compressed model (`.gguf` → GGUF, otherwise the container).
+    /// Where to write the compressed model (`.gguf` → GGUF, otherwise the container; a
+    /// directory for `--format compressed-tensors`).
     #[arg(long, short)]
     pub output: PathBuf,
     /// Output format, overriding the file extension.
     #[arg(long, value_enum)]
     pub format: Option<Format>,
-    /// GGUF only: type of dense tensors.
-    #[arg(long, value_enum, default_value_t = DenseType::F32)]
-    pub dense_type: DenseType,
-    /// GGUF only: write layers with no ggml block format (low-rank, 3-bit, groups ≠ 32) as
-    /// dense tensors instead of failing.
+    /// GGUF and compressed-tensors: type of dense tensors (compressed-tensors: f16 or bf16,
+    /// default f16).
+    #[arg(long, value_enum)]
+    pub dense_type: Option<DenseType>,
+    /// GGUF and compressed-tensors: write layers the format cannot express (low-rank; for GGUF
+    /// 3-bit or groups ≠ 32; for compressed-tensors ragged groups or fractional zero points)
+    /// as dense tensors instead of failing.
     #[arg(long)]
     pub dense_fallback: bool,
     /// Evaluate perplexity and KL divergence to the input model on this text after compressing

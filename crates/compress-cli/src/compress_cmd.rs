@@ -12,7 +12,9 @@ use compress::eval::kld::{kl_divergence, KldReport};
 use compress::eval::perplexity::{PerplexityConfig, Scoring};
 use compress::model::container::{write_container, ContainerOptions};
 use compress::model::gguf::GgmlType;
-use compress::model::save::{write_gguf, GgufExport};
+use compress::model::save::{
+    write_compressed_tensors, write_gguf, CompressedTensorsExport, GgufExport, HfDtype,
+};
 use compress::model::LoadedModel;
 use compress::recipe::Recipe;
 use serde::Serialize;
@@ -26,11 +28,11 @@ use crate::{load_model, print_json, read_text, CliError, CliResult};
 pub struct OutputReport {
     /// The file.
     pub path: String,
-    /// `container` or `gguf`.
+    /// `container`, `gguf` or `compressed-tensors`.
     pub format: String,
     /// File size.
     pub bytes: u64,
-    /// GGUF: tensors written dense because their layer has no ggml format, with the reason.
+    /// Layers written dense because the format cannot express them, with the reason.
     pub dense_fallbacks: Vec<(String, String)>,
     /// GGUF: largest |w_file − w_model| over all tensors (0 when every conversion is exact).
     pub max_abs_error: f32,
@@ -182,6 +184,12 @@ fn execute(
         None if args.output.extension().is_some_and(|e| e == "gguf") => Format::Gguf,
         None => Format::Container,
     };
+    if format == Format::CompressedTensors && args.output.exists() {
+        return Err(CliError::usage(format!(
+            "{} exists: compressed-tensors output is a new directory",
+            args.output.display()
+        )));
+    }
     let mut m = load_model(args.model.model.as_deref(), device)?;
     let base = match args.eval {
         Some(_) => Some(load_model(args.model.model.as_deref(), device)?),
@@ -295,12 +303,34 @@ fn save(
             write_container(&m.model, &m.tokenizer, path, &options).map_err(CliError::failed)?;
             (Vec::new(), 0.0)
         }
+        Format::CompressedTensors => {
+            let options = CompressedTensorsExport {
+                dtype: match args.dense_type {
+                    None | Some(DenseType::F16) => HfDtype::F16,
+                    Some(DenseType::Bf16) => HfDtype::Bf16,
+                    Some(DenseType::F32) => {
+                        return Err(CliError::usage(
+                            "compressed-tensors checkpoints are f16 or bf16 (--dense-type)",
+                        ))
+                    }
+                },
+                fallback_dense: args.dense_fallback,
+            };
+            let r = write_compressed_tensors(&m.model, &m.tokenizer, path, &options)
+                .map_err(CliError::failed)?;
+            let fallbacks = r
+                .dense
+                .into_iter()
+                .filter_map(|(name, why)| why.map(|w| (name, w)))
+                .collect();
+            (fallbacks, 0.0)
+        }
         Format::Gguf => {
             let options = GgufExport {
                 dense: match args.dense_type {
-                    DenseType::F32 => GgmlType::F32,
-                    DenseType::F16 => GgmlType::F16,
-                    DenseType::Bf16 => GgmlType::BF16,
+                    None | Some(DenseType::F32) => GgmlType::F32,
+                    Some(DenseType::F16) => GgmlType::F16,
+                    Some(DenseType::Bf16) => GgmlType::BF16,
                 },
                 fallback_dense: args.dense_fallback,
                 name: "compress".into(),
@@ -319,10 +349,23 @@ fn save(
             (fallbacks, worst)
         }
     };
-    let bytes = std::fs::metadata(path).map_err(CliError::failed)?.len();
+    let bytes = if path.is_dir() {
+        std::fs::read_dir(path)
+            .map_err(CliError::failed)?
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    } else {
+        std::fs::metadata(path).map_err(CliError::failed)?.len()
+    };
     Ok(OutputReport {
         path: path.display().to_string(),
-        format: format!("{format:?}").to_lowercase(),
+        format: match format {
+            Format::Container => "container",
+            Format::Gguf => "gguf",
+            Format::CompressedTensors => "compressed-tensors",
+        }
+        .into(),
         bytes,
         dense_fallbacks,
         max_abs_error,

@@ -141,6 +141,30 @@ fn prune_and_run_a_recipe_to_gguf_then_evaluate() {
     let i = json(&["inspect", "--model", s(&gguf)]);
     assert_eq!(i["gguf_tensor_types"]["Q4_0"], 30);
 
+    let ct = dir.path().join("ct");
+    let r = json(&[
+        "quantize",
+        "--method",
+        "rtn",
+        "--bits",
+        "4",
+        "--group",
+        "32",
+        "--calib",
+        s(&calib),
+        "--output",
+        s(&ct),
+        "--format",
+        "compressed-tensors",
+        "--dense-fallback",
+    ]);
+    assert_eq!(r["output"]["format"], "compressed-tensors");
+    assert_eq!(r["output"]["dense_fallbacks"].as_array().unwrap().len(), 5);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ct.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["quantization_config"]["format"], "pack-quantized");
+    assert!(ct.join("model.safetensors").is_file() && ct.join("tokenizer.json").is_file());
+
     let recipe = workspace().join("examples/recipes/wanda-50-gptq-w4.toml");
     let container = dir.path().join("r.safetensors");
     let r = json(&[

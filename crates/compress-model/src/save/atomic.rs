@@ -92,6 +92,58 @@ pub fn write_atomic(
     Ok(())
 }
 
+/// Removes the temporary directory unless the write completed.
+struct TempDirGuard {
+    path: PathBuf,
+    done: bool,
+}
+
+impl Drop for TempDirGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Writes the directory `target` atomically: `write` fills a temporary directory beside it,
+/// whose files are synced and which is then renamed to `target`. `target` must not exist (a
+/// directory cannot be replaced in one step); on any error nothing is left behind.
+pub fn write_atomic_dir(
+    target: &Path,
+    write: impl FnOnce(&Path) -> Result<(), ModelError>,
+) -> Result<(), ModelError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ModelError::Io { path, source }
+    };
+    if target.exists() {
+        return Err(ModelError::Io {
+            path: target.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "the output directory exists; remove it or choose another name",
+            ),
+        });
+    }
+    let guard_path = temp_path_for(target);
+    std::fs::create_dir(&guard_path).map_err(io(&guard_path))?;
+    let mut guard = TempDirGuard {
+        path: guard_path,
+        done: false,
+    };
+    write(&guard.path)?;
+    for entry in std::fs::read_dir(&guard.path).map_err(io(&guard.path))? {
+        let path = entry.map_err(io(&guard.path))?.path();
+        std::fs::File::open(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(io(&path))?;
+    }
+    std::fs::rename(&guard.path, target).map_err(io(target))?;
+    guard.done = true;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +186,34 @@ mod tests {
         assert!(result.is_err());
         assert_eq!(std::fs::read(&target).unwrap(), b"old");
         assert_eq!(leftovers(dir.path()), vec!["model.bin".to_string()]);
+    }
+
+    #[test]
+    fn directories_are_written_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("ckpt");
+        let err = write_atomic_dir(&target, |tmp| {
+            std::fs::write(tmp.join("config.json"), b"{}").unwrap();
+            Err(ModelError::InvalidInput(
+                "failed halfway (simulated)".into(),
+            ))
+        });
+        assert!(err.is_err());
+        assert!(
+            leftovers(dir.path()).is_empty(),
+            "{:?}",
+            leftovers(dir.path())
+        );
+        write_atomic_dir(&target, |tmp| {
+            std::fs::write(tmp.join("config.json"), b"{}").map_err(|source| ModelError::Io {
+                path: tmp.to_path_buf(),
+                source,
+            })
+        })
+        .unwrap();
+        assert_eq!(std::fs::read(target.join("config.json")).unwrap(), b"{}");
+        let again = write_atomic_dir(&target, |_| Ok(())).unwrap_err();
+        assert!(again.to_string().contains("exists"), "{again}");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use burn::tensor::Tensor;
 use compress_core::linear::CompressedLinear;
 use compress_core::pipeline::BlockwiseModel;
 
-use super::host;
+use super::{host, rope_row_order};
 use crate::config::{Architecture, RopeLayout};
 use crate::error::ModelError;
 use crate::gguf::encode::{encode_float, encode_packed, Encoded};
@@ -86,29 +86,6 @@ fn gguf_proj(name: &str) -> &'static str {
         "mlp.down_proj" => "ffn_down",
         other => panic!("unknown linear {other}"),
     }
-}
-
-/// Row order that converts q/k rows from layout `from` to `to`, head by head (`hd` wide):
-/// interleaved row `2i` (`2i + 1`) is NeoX row `i` (`i + hd/2`).
-fn rope_row_order(rows: usize, hd: usize, from: RopeLayout, to: RopeLayout) -> Option<Vec<usize>> {
-    if from == to {
-        return None;
-    }
-    let half = hd / 2;
-    let mut order = vec![0; rows];
-    for h in 0..rows / hd {
-        for i in 0..half {
-            let (inter, neox) = ([2 * i, 2 * i + 1], [i, i + half]);
-            for k in 0..2 {
-                let (dst, src) = match to {
-                    RopeLayout::Interleaved => (inter[k], neox[k]),
-                    RopeLayout::NeoX => (neox[k], inter[k]),
-                };
-                order[h * hd + dst] = h * hd + src;
-            }
-        }
-    }
-    Some(order)
 }
 
 /// Reorders the rows of encoded tensor data (every ggml format encodes rows independently).
@@ -430,20 +407,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rope_orders_are_inverse_permutations() {
-        let to_inter = rope_row_order(8, 4, RopeLayout::NeoX, RopeLayout::Interleaved).unwrap();
-        // Head of 4: interleaved rows (0,1,2,3) are NeoX rows (0,2,1,3).
-        assert_eq!(to_inter, vec![0, 2, 1, 3, 4, 6, 5, 7]);
-        let (a, b) = (
-            rope_row_order(16, 8, RopeLayout::NeoX, RopeLayout::Interleaved).unwrap(),
-            rope_row_order(16, 8, RopeLayout::Interleaved, RopeLayout::NeoX).unwrap(),
-        );
-        assert_eq!(a[..8], [0, 4, 1, 5, 2, 6, 3, 7]);
-        // Converting there and back (new[d] = old[order[d]], twice) is the identity.
-        let round: Vec<usize> = (0..16).map(|d| a[b[d]]).collect();
-        assert_eq!(round, (0..16).collect::<Vec<_>>());
-        assert!(rope_row_order(8, 4, RopeLayout::NeoX, RopeLayout::NeoX).is_none());
+    fn rows_are_permuted_whole() {
         let data: Vec<u8> = (0..8).flat_map(|r| [r, r]).collect();
-        assert_eq!(permute_rows(&data, &to_inter)[2..4], [2, 2]);
+        let order = rope_row_order(8, 4, RopeLayout::NeoX, RopeLayout::Interleaved).unwrap();
+        assert_eq!(permute_rows(&data, &order)[2..4], [2, 2]);
     }
 }

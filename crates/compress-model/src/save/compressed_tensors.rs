@@ -1,0 +1,432 @@
+//! Writing a model as a Hugging Face checkpoint in the compressed-tensors `pack-quantized`
+//! format (what vLLM and llm-compressor load).
+//!
+//! The directory holds `config.json` (the architecture plus a `quantization_config` with one
+//! config group per distinct quantization scheme, targeting its layers by name),
+//! `model.safetensors` and `tokenizer.json`. A packed layer `M` becomes
+//!
+//! - `M.weight_packed`: int32 `[out, ceil(in·b/32)]`, each row a little-endian bit stream of
+//!   its codes (element `i` at bit `i·b`), codes stored unsigned as `q + 2^(b−1)`;
+//! - `M.weight_scale`: `[out, in/g]` (groups), `[out, 1]` (channel) or `[1]` (tensor), in the
+//!   checkpoint dtype;
+//! - `M.weight_zero_point` (asymmetric only): int32, the signed zero points `z − 2^(b−1)`
+//!   packed the same way along the output dimension: `[ceil(out·b/32), in/g]`;
+//! - `M.weight_shape`: int64 `[out, in]`.
+//!
+//! and decompresses to `(q − zp)·scale`. Our packed layout is the same bit stream per row
+//! (padded to bytes instead of words) with the code as the unsigned value, so codes are copied,
+//! not requantized; with f16 scales the stored scales are ours exactly. The format needs whole
+//! groups (`in` a multiple of the group size) and integer zero points: this project's
+//! asymmetric quantizers keep fractional f16 zero points (a finer grid placement than
+//! rounding them), so asymmetric layers are written only when every zero is an integer —
+//! symmetric schemes always are. Pruned weights are written as the code of zero (exact). Everything else — dense layers, norms, the embedding — is stored in the
+//! checkpoint dtype; low-rank layers are refused unless `fallback_dense`.
+//!
+//! Hugging Face checkpoints pair RoPE dimensions NeoX-style, so q/k rows of a model loaded from
+//! GGUF (interleaved) are permuted on the way out.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use compress_core::linear::CompressedLinear;
+use compress_core::packed::{pack_row, Granularity, PackedWeight, Symmetry};
+use compress_core::pipeline::BlockwiseModel;
+use half::{bf16, f16};
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+use serde_json::{json, Value};
+
+use super::{head_is_tied_copy, host, rope_row_order};
+use crate::config::{Architecture, RopeLayout};
+use crate::error::ModelError;
+use crate::llama::calibrate::LINEAR_NAMES;
+use crate::llama::LlamaModel;
+use crate::tokenizer::LlmTokenizer;
+
+/// Floating-point dtype of the checkpoint's unquantized tensors and scales.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HfDtype {
+    /// `float16`: f16 scales are stored exactly.
+    F16,
+    /// `bfloat16`: scales are rounded to bf16.
+    Bf16,
+}
+
+/// Options of [`write_compressed_tensors`].
+#[derive(Debug, Clone)]
+pub struct CompressedTensorsExport {
+    /// Dtype of dense tensors and scales.
+    pub dtype: HfDtype,
+    /// Write layers the format cannot express (low-rank, ragged groups, fractional zeros) as
+    /// dense weights instead of failing.
+    pub fallback_dense: bool,
+}
+
+impl Default for CompressedTensorsExport {
+    fn default() -> Self {
+        Self {
+            dtype: HfDtype::F16,
+            fallback_dense: false,
+        }
+    }
+}
+
+/// What [`write_compressed_tensors`] wrote.
+#[derive(Debug, Clone, Default)]
+pub struct CompressedTensorsReport {
+    /// Quantized modules, by HF name.
+    pub quantized: Vec<String>,
+    /// Linear modules written dense, with the reason when they were compressed.
+    pub dense: Vec<(String, Option<String>)>,
+    /// Number of quantization config groups (distinct schemes).
+    pub config_groups: usize,
+}
+
+struct Tensors {
+    map: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>,
+    dtype: HfDtype,
+}
+
+impl Tensors {
+    fn float(&mut self, name: String, shape: Vec<usize>, values: &[f32]) {
+        let (dt, data) = match self.dtype {
+            HfDtype::F16 => (
+                Dtype::F16,
+                values
+                    .iter()
+                    .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+                    .collect(),
+            ),
+            HfDtype::Bf16 => (
+                Dtype::BF16,
+                values
+                    .iter()
+                    .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+                    .collect(),
+            ),
+        };
+        self.map.insert(name, (dt, shape, data));
+    }
+}
+
+/// The compressed-tensors `QuantizationArgs` of a packed weight, or why it has none.
+fn scheme_args(p: &PackedWeight) -> Result<Value, String> {
+    let s = p.scheme();
+    let [_, inp] = p.shape();
+    let (strategy, group) = match s.granularity {
+        Granularity::PerTensor => ("tensor", None),
+        Granularity::PerChannel => ("channel", None),
+        Granularity::PerGroup(g) if inp.is_multiple_of(g.get()) => ("group", Some(g.get())),
+        Granularity::PerGroup(g) => {
+            return Err(format!(
+                "rows of {inp} weights are not whole groups of {g} (compressed-tensors needs them)"
+            ))
+        }
+    };
+    if let Some(z) = p.zeros() {
+        if let Some(bad) = z.iter().find(|z| z.to_f32().fract() != 0.0) {
+            return Err(format!("zero point {bad} is not an integer"));
+        }
+        if strategy == "tensor" {
+            return Err("asymmetric per-tensor zero points are not packed by the format".into());
+        }
+    }
+    Ok(json!({
+        "num_bits": s.bits.get(),
+        "type": "int",
+        "symmetric": s.symmetry == Symmetry::Symmetric,
+        "strategy": strategy,
+        "group_size": group,
+        "dynamic": false,
+        "observer": "minmax",
+    }))
+}
+
+/// Little-endian bit stream of `values` (each `< 2^bits`), as int32 words (`ceil(n·b/32)`).
+fn pack_words(values: &[u8], bits: compress_core::packed::Bits) -> Vec<u8> {
+    let mut bytes = vec![0u8; (values.len() * bits.get() as usize).div_ceil(8)];
+    pack_row(values, bits, &mut bytes);
+    bytes.resize((values.len() * bits.get() as usize).div_ceil(32) * 4, 0);
+    bytes
+}
+
+/// Writes one packed layer's tensors under `m`, rows reordered by `order`.
+fn packed_tensors(t: &mut Tensors, m: &str, p: &PackedWeight, order: Option<&[usize]>) {
+    let [out, inp] = p.shape();
+    let bits = p.scheme().bits;
+    let rows: Vec<usize> = order.map_or_else(|| (0..out).collect(), <[usize]>::to_vec);
+    let gpr = p.scheme().num_scales(out, inp) / out.max(1);
+    let per_tensor = p.scheme().granularity == Granularity::PerTensor;
+    let mut codes = vec![0u8; inp];
+    let (mut packed, mut scales, mut zero_codes) = (Vec::new(), Vec::new(), Vec::new());
+    for &r in &rows {
+        p.unpack_row(r, &mut codes);
+        if let Some(mask) = p.mask() {
+            for (c, code) in codes.iter_mut().enumerate() {
+                if !mask.is_kept(r, c) {
+                    // The code of 0: the zero point (an integer, checked by scheme_args).
+                    *code = p.scale_zero(r, c).1 as u8;
+                }
+            }
+        }
+        packed.extend(pack_words(&codes, bits));
+        if !per_tensor {
+            let g = p.scheme().group_len(inp);
+            for k in 0..gpr {
+                let (s, z) = p.scale_zero(r, k * g);
+                scales.push(s);
+                zero_codes.push(z as u8);
+            }
+        }
+    }
+    let words = (inp * bits.get() as usize).div_ceil(32);
+    t.map.insert(
+        format!("{m}.weight_packed"),
+        (Dtype::I32, vec![out, words], packed),
+    );
+    if per_tensor {
+        t.float(
+            format!("{m}.weight_scale"),
+            vec![1],
+            &[p.scale_zero(0, 0).0],
+        );
+    } else {
+        t.float(format!("{m}.weight_scale"), vec![out, gpr], &scales);
+    }
+    let shape: Vec<u8> = [out as i64, inp as i64]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    t.map
+        .insert(format!("{m}.weight_shape"), (Dtype::I64, vec![2], shape));
+    if p.zeros().is_some() {
+        // Packed along the output dimension: one bit stream per group column.
+        let mut data = Vec::new();
+        let col_words = (out * bits.get() as usize).div_ceil(32);
+        let mut cols = vec![Vec::new(); gpr];
+        for g in 0..gpr {
+            let column: Vec<u8> = (0..out).map(|r| zero_codes[r * gpr + g]).collect();
+            cols[g] = pack_words(&column, bits);
+        }
+        // Row-major [col_words, gpr] of int32 words.
+        for w in 0..col_words {
+            for col in &cols {
+                data.extend_from_slice(&col[4 * w..4 * w + 4]);
+            }
+        }
+        t.map.insert(
+            format!("{m}.weight_zero_point"),
+            (Dtype::I32, vec![col_words, gpr], data),
+        );
+    }
+}
+
+fn hf_name(name: &str) -> String {
+    name.replace("attn.", "self_attn.")
+}
+
+/// Writes `model` to the directory `dir` (which must not exist) as a compressed-tensors
+/// checkpoint, atomically (a temporary directory renamed into place).
+pub fn write_compressed_tensors(
+    model: &LlamaModel,
+    tokenizer: &LlmTokenizer,
+    dir: &Path,
+    options: &CompressedTensorsExport,
+) -> Result<CompressedTensorsReport, ModelError> {
+    let c = model.config();
+    for (l, b) in model.layers.iter().enumerate() {
+        if (b.mlp.gate_proj.out_features(), b.attn.num_heads) != (c.intermediate_size, c.num_heads)
+        {
+            return Err(ModelError::InvalidInput(format!(
+                "block {l} has a different width from the config: a Hugging Face config has one \
+                 width for every block (save to the container format instead)"
+            )));
+        }
+    }
+    let mut t = Tensors {
+        map: BTreeMap::new(),
+        dtype: options.dtype,
+    };
+    let mut report = CompressedTensorsReport::default();
+    let mut groups: Vec<(Value, Vec<String>)> = Vec::new();
+    let emb = model.embedding.val();
+    let shape = emb.dims().to_vec();
+    t.float(
+        "model.embed_tokens.weight".into(),
+        shape,
+        &host(emb, "embedding")?,
+    );
+    let mut linear = |t: &mut Tensors,
+                      report: &mut CompressedTensorsReport,
+                      m: String,
+                      lin: &CompressedLinear,
+                      order: Option<Vec<usize>>|
+     -> Result<(), ModelError> {
+        let order = order.as_deref();
+        if let Some(b) = lin.bias() {
+            let mut v = host(b, &m)?;
+            if let Some(o) = order {
+                v = o.iter().map(|&i| v[i]).collect();
+            }
+            t.float(format!("{m}.bias"), vec![v.len()], &v);
+        }
+        let why = match lin {
+            CompressedLinear::Quantized(q) => match scheme_args(&q.packed) {
+                Ok(args) => {
+                    packed_tensors(t, &m, &q.packed, order);
+                    match groups.iter_mut().find(|(a, _)| *a == args) {
+                        Some((_, targets)) => targets.push(m.clone()),
+                        None => groups.push((args, vec![m.clone()])),
+                    }
+                    report.quantized.push(m);
+                    return Ok(());
+                }
+                Err(why) => Some(why),
+            },
+            CompressedLinear::LowRank(l) => Some(format!("a rank-{} factorization", l.rank())),
+            CompressedLinear::Dense(_) => None,
+        };
+        if let (Some(why), false) = (&why, options.fallback_dense) {
+            return Err(ModelError::InvalidInput(format!(
+                "{m}: {why}; allow writing it dense (fallback_dense / --dense-fallback)"
+            )));
+        }
+        let [out, inp] = [lin.out_features(), lin.in_features()];
+        let w = host(lin.dense_weight(), &m)?;
+        let w: Vec<f32> = match order {
+            Some(o) => o
+                .iter()
+                .flat_map(|&r| w[r * inp..(r + 1) * inp].to_vec())
+                .collect(),
+            None => w,
+        };
+        t.float(format!("{m}.weight"), vec![out, inp], &w);
+        report.dense.push((m, why));
+        Ok(())
+    };
+    for (l, block) in model.layers.iter().enumerate() {
+        let p = format!("model.layers.{l}");
+        let v = host(block.attn_norm.weight.val(), "attn_norm")?;
+        t.float(format!("{p}.input_layernorm.weight"), vec![v.len()], &v);
+        let v = host(block.ffn_norm.weight.val(), "ffn_norm")?;
+        t.float(
+            format!("{p}.post_attention_layernorm.weight"),
+            vec![v.len()],
+            &v,
+        );
+        for name in LINEAR_NAMES {
+            let lin = model.linear(l, name);
+            let order = match name {
+                "attn.q_proj" | "attn.k_proj" => rope_row_order(
+                    lin.out_features(),
+                    c.head_dim,
+                    c.rope_layout,
+                    RopeLayout::NeoX,
+                ),
+                _ => None,
+            };
+            linear(
+                &mut t,
+                &mut report,
+                format!("{p}.{}", hf_name(name)),
+                lin,
+                order,
+            )?;
+        }
+    }
+    let v = host(model.norm.weight.val(), "norm")?;
+    t.float("model.norm.weight".into(), vec![v.len()], &v);
+    let tied = head_is_tied_copy(model)?;
+    if !tied {
+        linear(&mut t, &mut report, "lm_head".into(), &model.lm_head, None)?;
+    }
+    report.config_groups = groups.len();
+
+    let dtype_name = match options.dtype {
+        HfDtype::F16 => "float16",
+        HfDtype::Bf16 => "bfloat16",
+    };
+    let config_groups: serde_json::Map<String, Value> = groups
+        .iter()
+        .enumerate()
+        .map(|(i, (args, targets))| {
+            (
+                format!("group_{i}"),
+                json!({
+                    "targets": targets,
+                    "weights": args,
+                    "input_activations": null,
+                    "output_activations": null,
+                    "format": "pack-quantized",
+                }),
+            )
+        })
+        .collect();
+    let ignore: Vec<&String> = report.dense.iter().map(|(m, _)| m).collect();
+    let (arch, model_type) = match c.architecture {
+        Architecture::Llama => ("LlamaForCausalLM", "llama"),
+        Architecture::Mistral => ("MistralForCausalLM", "mistral"),
+        Architecture::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
+    };
+    let mut config = json!({
+        "architectures": [arch],
+        "model_type": model_type,
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "num_hidden_layers": c.num_layers,
+        "num_attention_heads": c.num_heads,
+        "num_key_value_heads": c.num_kv_heads,
+        "head_dim": c.head_dim,
+        "rms_norm_eps": c.rms_norm_eps,
+        "rope_theta": c.rope_theta,
+        "max_position_embeddings": c.max_seq_len,
+        "tie_word_embeddings": tied,
+        "attention_bias": c.attention_bias,
+        "hidden_act": "silu",
+        "torch_dtype": dtype_name,
+        "bos_token_id": tokenizer.bos_id(),
+        "eos_token_id": tokenizer.eos_id(),
+    });
+    if !groups.is_empty() {
+        config["quantization_config"] = json!({
+            "quant_method": "compressed-tensors",
+            "format": "pack-quantized",
+            "quantization_status": "compressed",
+            "config_groups": config_groups,
+            "ignore": ignore,
+            "kv_cache_scheme": null,
+        });
+    }
+    let config_text = serde_json::to_string_pretty(&config)
+        .map_err(|e| ModelError::InvalidInput(e.to_string()))?;
+    let tokenizer_json = tokenizer.to_json()?;
+    super::write_atomic_dir(dir, |tmp| {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ModelError::Io { path, source }
+        };
+        let cfg = tmp.join("config.json");
+        std::fs::write(&cfg, &config_text).map_err(io(&cfg))?;
+        let tok = tmp.join("tokenizer.json");
+        std::fs::write(&tok, &tokenizer_json).map_err(io(&tok))?;
+        let st = tmp.join("model.safetensors");
+        let views = t
+            .map
+            .iter()
+            .map(|(name, (dt, shape, data))| {
+                TensorView::new(*dt, shape.clone(), data)
+                    .map(|v| (name.clone(), v))
+                    .map_err(|e| ModelError::InvalidInput(format!("tensor {name}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+        safetensors::serialize_to_file(views, Some(meta), &st).map_err(|e| {
+            ModelError::Safetensors {
+                path: st.clone(),
+                message: e.to_string(),
+            }
+        })
+    })?;
+    Ok(report)
+}
