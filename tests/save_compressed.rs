@@ -400,4 +400,37 @@ fn compressed_tensors_export_decompresses_to_our_weights() {
         }
     }
     assert_eq!(checked, 15);
+
+    // transformers loads the directory (decompressing it) and computes the same logits, up to
+    // the f16 storage of the dense tensors: f16 rounding of every dense weight moves logits of
+    // magnitude ~10 by a few hundredths (see crates/compress-model/tests/hf_checkpoint.rs).
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("crates/compress-model/tests/fixtures/hf_logits.py");
+    let (_, ids) = compressed().unwrap();
+    let o = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(&out)
+        .arg(serde_json::to_string(&ids).unwrap())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let theirs: Vec<Vec<f32>> = serde_json::from_slice(&o.stdout).unwrap();
+    let ours = logits(&m.model, &ids);
+    let vocab = m.model.config().vocab_size;
+    let argmax = |r: &[f32]| (0..r.len()).max_by(|&a, &b| r[a].total_cmp(&r[b])).unwrap();
+    let mut worst = 0f32;
+    for (t, row) in theirs.iter().enumerate() {
+        let mine = &ours[t * vocab..(t + 1) * vocab];
+        let d = max_abs_diff(row, mine);
+        worst = worst.max(d);
+        assert!(
+            d < 0.1,
+            "position {t}: max |Δlogit| {d} between transformers and compress"
+        );
+        assert_eq!(argmax(row), argmax(mine), "position {t}: top token");
+    }
+    eprintln!(
+        "transformers vs compress on {} positions: max |Δlogit| {worst}",
+        theirs.len()
+    );
 }
