@@ -33,6 +33,7 @@
 
 pub use compress_core as core;
 pub use compress_eval as eval;
+pub use compress_lowrank as lowrank;
 pub use compress_model as model;
 pub use compress_prune as prune;
 pub use compress_quant as quant;

@@ -1,8 +1,9 @@
 //! Recipes over every method the workspace implements so far.
 //!
 //! [`Method`] is the union of the method crates' recipe configurations: the quantizers (`rtn`,
-//! `gptq`, `hqq`, `awq`; [`compress_quant::recipe`]) and the pruners (`magnitude`, `wanda`,
-//! `sparsegpt`; [`compress_prune::recipe`]). See [`compress_core::recipe`] for the file format
+//! `gptq`, `hqq`, `awq`; [`compress_quant::recipe`]), the pruners (`magnitude`, `wanda`,
+//! `sparsegpt`; [`compress_prune::recipe`]) and the low-rank factorizations (`svd`, `asvd`,
+//! `svd-llm`; [`compress_lowrank::recipe`]). See [`compress_core::recipe`] for the file format
 //! and `examples/recipes/` for complete recipes.
 //!
 //! ```
@@ -23,6 +24,7 @@
 
 use compress_core::compressor::Compressor;
 use compress_core::recipe::StepMethod;
+use compress_lowrank::recipe::LowRankMethod;
 use compress_prune::recipe::PruneMethod;
 use compress_quant::recipe::QuantMethod;
 use serde::de::Error as _;
@@ -36,10 +38,13 @@ pub enum Method {
     Quant(QuantMethod),
     /// `magnitude`, `wanda`, `sparsegpt`.
     Prune(PruneMethod),
+    /// `svd`, `asvd`, `svd-llm`.
+    LowRank(LowRankMethod),
 }
 
 const QUANT: [&str; 4] = ["rtn", "gptq", "hqq", "awq"];
 const PRUNE: [&str; 3] = ["magnitude", "wanda", "sparsegpt"];
+const LOWRANK: [&str; 3] = ["svd", "asvd", "svd-llm"];
 
 impl<'de> Deserialize<'de> for Method {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -58,12 +63,17 @@ impl<'de> Deserialize<'de> for Method {
             PruneMethod::deserialize(v)
                 .map(Method::Prune)
                 .map_err(D::Error::custom)
+        } else if LOWRANK.contains(&name.as_str()) {
+            LowRankMethod::deserialize(v)
+                .map(Method::LowRank)
+                .map_err(D::Error::custom)
         } else {
             Err(D::Error::custom(format!(
                 "unknown method `{name}`, expected one of {}",
                 QUANT
                     .iter()
                     .chain(&PRUNE)
+                    .chain(&LOWRANK)
                     .map(|m| format!("`{m}`"))
                     .collect::<Vec<_>>()
                     .join(", ")
@@ -78,6 +88,12 @@ impl From<QuantMethod> for Method {
     }
 }
 
+impl From<LowRankMethod> for Method {
+    fn from(m: LowRankMethod) -> Self {
+        Method::LowRank(m)
+    }
+}
+
 impl From<PruneMethod> for Method {
     fn from(m: PruneMethod) -> Self {
         Method::Prune(m)
@@ -89,6 +105,7 @@ impl StepMethod for Method {
         match self {
             Method::Quant(m) => m.method_name(),
             Method::Prune(m) => m.method_name(),
+            Method::LowRank(m) => m.method_name(),
         }
     }
 
@@ -96,6 +113,7 @@ impl StepMethod for Method {
         match self {
             Method::Quant(m) => m.build(),
             Method::Prune(m) => m.build(),
+            Method::LowRank(m) => m.build(),
         }
     }
 }

@@ -10,6 +10,7 @@ Examples (from the repository root; without --model the embedded stories260K is 
   compress inspect --model .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
   compress quantize --method gptq --bits 4 --group 32 --output stories-w4.safetensors
   compress prune --method sparsegpt --nm 2:4 --quantize-bits 4 --output stories-24-w4.gguf
+  compress lowrank --method svd-llm --ratio 0.8 --output stories-svdllm.safetensors
   compress run examples/recipes/gptq-w4g128.toml --nsamples 32 --seqlen 128 --output out.safetensors --eval ../shared/data/tinystories/val.txt
   compress eval --model out.safetensors --base-model .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf --text ../shared/data/wikitext-2/wiki.test.raw
   compress generate --model out.safetensors --prompt \"Once upon a time\"
@@ -48,6 +49,8 @@ pub enum Command {
     Quantize(QuantizeArgs),
     /// Prune every linear layer with one method (optionally quantizing jointly) and save it.
     Prune(PruneArgs),
+    /// Factorize every linear layer into U·V (plain SVD, ASVD, SVD-LLM) and save the result.
+    Lowrank(LowrankArgs),
     /// Perplexity, KL divergence to a base model, zero-shot tasks.
     Eval(EvalArgs),
     /// Generate text from a prompt.
@@ -221,6 +224,40 @@ pub struct PruneArgs {
     /// Group size of the joint quantization.
     #[arg(long, default_value_t = 128)]
     pub quantize_group: usize,
+    /// Only layers whose path matches this regex; default all.
+    #[arg(long)]
+    pub layers: Option<String>,
+    /// Calibration, output and evaluation.
+    #[command(flatten)]
+    pub common: CompressArgs,
+}
+
+/// Low-rank methods.
+#[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum LowRankMethodName {
+    /// Truncated SVD of the weight.
+    Svd,
+    /// SVD with input channels scaled by activation magnitude (Yuan et al. 2023).
+    Asvd,
+    /// SVD whitened by the Cholesky factor of XᵀX (Wang et al. 2024).
+    SvdLlm,
+}
+
+/// `lowrank` flags.
+#[derive(Args, Debug)]
+pub struct LowrankArgs {
+    /// Method.
+    #[arg(long, value_enum, default_value_t = LowRankMethodName::SvdLlm)]
+    pub method: LowRankMethodName,
+    /// Fraction of each layer's parameters kept, in (0, 1] (0.8 = a 20% reduction).
+    #[arg(long, conflicts_with_all = ["energy", "rank"], required_unless_present_any = ["energy", "rank"])]
+    pub ratio: Option<f64>,
+    /// Fraction of spectral energy kept, in (0, 1].
+    #[arg(long, conflicts_with = "rank")]
+    pub energy: Option<f64>,
+    /// A fixed rank for every layer.
+    #[arg(long)]
+    pub rank: Option<usize>,
     /// Only layers whose path matches this regex; default all.
     #[arg(long)]
     pub layers: Option<String>,

@@ -1,7 +1,7 @@
-//! `compress run`, `quantize` and `prune`: a recipe over the block-by-block pipeline, then the
+//! `compress run`, `quantize`, `prune` and `lowrank`: a recipe over the block-by-block pipeline, then the
 //! output file, then (with `--eval`) perplexity and KL divergence against the input model.
 //!
-//! `quantize` and `prune` are one-step recipes built from their flags, so they behave exactly
+//! `quantize`, `prune` and `lowrank` are one-step recipes built from their flags, so they behave exactly
 //! like `run` with the equivalent recipe file (and `--json` prints that recipe).
 
 use std::collections::BTreeMap;
@@ -19,7 +19,10 @@ use compress::model::LoadedModel;
 use compress::recipe::Recipe;
 use serde::Serialize;
 
-use crate::cli::{CompressArgs, DenseType, Format, PruneArgs, QuantizeArgs, RunArgs};
+use crate::cli::{
+    CompressArgs, DenseType, Format, LowRankMethodName, LowrankArgs, PruneArgs, QuantizeArgs,
+    RunArgs,
+};
 use crate::progress::{bar, counter};
 use crate::{load_model, print_json, read_text, CliError, CliResult};
 
@@ -135,6 +138,32 @@ pub fn prune(args: &PruneArgs, device: &burn::tensor::Device, json: bool) -> Cli
         q.insert("bits".into(), i64::from(bits).into());
         q.insert("group".into(), (args.quantize_group as i64).into());
         t.insert("quantize".into(), q.into());
+    }
+    execute(
+        one_step(t, &args.layers, &args.common)?,
+        &args.common,
+        device,
+        json,
+    )
+}
+
+/// Runs `compress lowrank`.
+pub fn lowrank(args: &LowrankArgs, device: &burn::tensor::Device, json: bool) -> CliResult<()> {
+    let mut t = toml::Table::new();
+    let method = match args.method {
+        LowRankMethodName::Svd => "svd",
+        LowRankMethodName::Asvd => "asvd",
+        LowRankMethodName::SvdLlm => "svd-llm",
+    };
+    t.insert("method".into(), method.into());
+    if let Some(r) = args.ratio {
+        t.insert("ratio".into(), r.into());
+    }
+    if let Some(e) = args.energy {
+        t.insert("energy".into(), e.into());
+    }
+    if let Some(r) = args.rank {
+        t.insert("rank".into(), (r as i64).into());
     }
     execute(
         one_step(t, &args.layers, &args.common)?,

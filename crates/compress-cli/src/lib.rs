@@ -1,6 +1,6 @@
 //! # compress-cli
 //!
-//! The `compress` command: `inspect`, `run RECIPE.toml`, `quantize`, `prune`, `eval`,
+//! The `compress` command: `inspect`, `run RECIPE.toml`, `quantize`, `prune`, `lowrank`, `eval`,
 //! `generate` over llama-family models (GGUF files, compress containers, Hugging Face
 //! checkpoints), writing the lossless container or GGUF. Run `compress --help` for the flags
 //! and examples; `--json` prints one machine-readable object per command on stdout.
@@ -14,7 +14,7 @@
 //! compress_cli::run(cli).unwrap();
 //! ```
 //!
-//! `lowrank` and `slice` land with the low-rank and Matryoshka crates (issues #7 and #8).
+//! `slice` lands with the Matryoshka work (issue #8).
 
 #![warn(missing_docs)]
 
@@ -67,6 +67,7 @@ pub fn run(cli: cli::Cli) -> CliResult<()> {
         cli::Command::Run(a) => compress_cmd::run_recipe(&a, &device, cli.json),
         cli::Command::Quantize(a) => compress_cmd::quantize(&a, &device, cli.json),
         cli::Command::Prune(a) => compress_cmd::prune(&a, &device, cli.json),
+        cli::Command::Lowrank(a) => compress_cmd::lowrank(&a, &device, cli.json),
         cli::Command::Eval(a) => eval_cmd::eval(&a, &device, cli.json),
         cli::Command::Generate(a) => generate_cmd::generate(&a, &device, cli.json),
     }

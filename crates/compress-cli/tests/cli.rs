@@ -181,6 +181,30 @@ fn prune_and_run_a_recipe_to_gguf_then_evaluate() {
     ]);
     assert!(r["layer_steps"].as_u64().unwrap() >= 35);
 
+    let lr = dir.path().join("lr.safetensors");
+    let r = json(&[
+        "lowrank",
+        "--method",
+        "svd-llm",
+        "--ratio",
+        "0.8",
+        "--nsamples",
+        "16",
+        "--calib",
+        s(&calib),
+        "--output",
+        s(&lr),
+    ]);
+    assert_eq!(r["layer_steps"], 35);
+    let i = json(&["inspect", "--model", s(&lr)]);
+    assert!(i["layers"][0]["storage"]
+        .as_str()
+        .unwrap()
+        .starts_with("low-rank r"));
+    // 80% of the parameters in f32 factors: at most 0.8 · 32 bits per dense-equivalent weight.
+    let bits = i["linear_bits_per_weight"].as_f64().unwrap();
+    assert!(bits <= 0.8 * 32.0 && bits > 0.6 * 32.0, "{bits}");
+
     let e = json(&[
         "eval",
         "--model",

@@ -136,6 +136,16 @@ pub enum LayerWeights {
     },
     /// Packed low-bit codes with scales and zeros (and a mask when also pruned).
     Quantized(PackedWeight),
+    /// A rank-`rank` factorization `W ≈ U V`: `up` = `U`, row-major `[out, rank]`; `down` =
+    /// `V`, row-major `[rank, in]`.
+    LowRank {
+        /// `U`, `[out, rank]`.
+        up: Vec<f32>,
+        /// `V`, `[rank, in]`.
+        down: Vec<f32>,
+        /// The rank.
+        rank: usize,
+    },
 }
 
 impl LayerWeights {
@@ -144,29 +154,39 @@ impl LayerWeights {
         match self {
             LayerWeights::Dense(w) | LayerWeights::Sparse { weight: w, .. } => w.clone(),
             LayerWeights::Quantized(p) => p.dequantize(),
+            LayerWeights::LowRank { up, down, rank } => low_rank_product(up, down, *rank),
         }
     }
 
     /// Stored bits per weight: 32 for dense f32, pruned or not (the zeros are stored); the packed
-    /// size, mask included, for quantized weights.
+    /// size, mask included, for quantized weights; `32·r·(out + in) / (out·in)` for a rank-`r`
+    /// factorization.
     pub fn bits_per_weight(&self) -> f64 {
         match self {
             LayerWeights::Dense(_) | LayerWeights::Sparse { .. } => 32.0,
             LayerWeights::Quantized(p) => p.bits_per_weight(),
+            LayerWeights::LowRank { up, down, rank } => {
+                // 32 bits for each of the r·(out + in) factor entries, over the out·in weights.
+                let r = (*rank).max(1);
+                let weights = (up.len() / r) * (down.len() / r);
+                32.0 * (up.len() + down.len()) as f64 / weights.max(1) as f64
+            }
         }
     }
 
     /// The sparsity mask, if the weight is pruned.
     pub fn mask(&self) -> Option<&SparsityMask> {
         match self {
-            LayerWeights::Dense(_) => None,
+            LayerWeights::Dense(_) | LayerWeights::LowRank { .. } => None,
             LayerWeights::Sparse { mask, .. } => Some(mask),
             LayerWeights::Quantized(p) => p.mask(),
         }
     }
 
     /// The same storage also pruned by `mask` (intersected with any mask it has): pruned values
-    /// become exactly 0.
+    /// become exactly 0. A low-rank factorization cannot hold a mask; it becomes the masked
+    /// dense product `U V` (the factorization is lost, so prune after factorizing only when that
+    /// is what is wanted).
     ///
     /// # Panics
     /// If the mask's shape differs from the weight's (the pipeline builds both from one layer).
@@ -193,8 +213,29 @@ impl LayerWeights {
                 let m = merged(p.mask());
                 LayerWeights::Quantized(p.with_mask(m).expect("mask shape equals the layer's"))
             }
+            low_rank @ LayerWeights::LowRank { .. } => {
+                LayerWeights::Dense(low_rank.to_dense()).with_mask(mask)
+            }
         }
     }
+}
+
+/// `U V` for `U: [out, r]`, `V: [r, in]` (row-major), accumulated in f32 in index order.
+fn low_rank_product(up: &[f32], down: &[f32], rank: usize) -> Vec<f32> {
+    if rank == 0 {
+        return Vec::new();
+    }
+    let (out, inp) = (up.len() / rank, down.len() / rank);
+    let mut w = vec![0f32; out * inp];
+    for (o, row) in w.chunks_exact_mut(inp.max(1)).enumerate() {
+        for k in 0..rank {
+            let u = up[o * rank + k];
+            for (x, &v) in row.iter_mut().zip(&down[k * inp..(k + 1) * inp]) {
+                *x += u * v;
+            }
+        }
+    }
+    w
 }
 
 /// What one compressor did to one layer.

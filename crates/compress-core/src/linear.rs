@@ -231,6 +231,11 @@ impl CompressedLinear {
             LayerWeights::Quantized(p) => {
                 CompressedLinear::Quantized(QuantizedLinear::new(p, bias, device))
             }
+            LayerWeights::LowRank { up, down, rank } => {
+                let up = Tensor::from_data(TensorData::new(up, [out_features, rank]), device);
+                let down = Tensor::from_data(TensorData::new(down, [rank, in_features]), device);
+                CompressedLinear::LowRank(LowRankLinear::new(up, down, bias))
+            }
         }
     }
 
