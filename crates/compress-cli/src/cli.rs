@@ -75,6 +75,10 @@ pub struct InspectArgs {
     /// List every layer (the default prints one line per kind of storage).
     #[arg(long)]
     pub layers: bool,
+    /// Singular-value analysis of every linear: effective rank, stable rank, energy in the
+    /// top 10/25/50% of the directions (which layers are inherently low-rank).
+    #[arg(long)]
+    pub spectrum: bool,
 }
 
 /// Output format of a compression run.

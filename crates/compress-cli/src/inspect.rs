@@ -23,6 +23,20 @@ pub struct LayerInfo {
     pub storage: String,
     /// Stored bits per weight (codes, scales, zeros, masks, factors).
     pub bits_per_weight: f64,
+    /// With `--spectrum`: the singular-value analysis of the layer's (dense-equivalent) weight.
+    pub spectrum: Option<SpectrumInfo>,
+}
+
+/// The spectrum summary of one layer (the full normalised spectrum is in the library's
+/// [`compress::lowrank::spectrum::Spectrum`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct SpectrumInfo {
+    /// `exp(entropy)` of the normalised singular values.
+    pub effective_rank: f64,
+    /// `‖W‖_F² / σ_max²`.
+    pub stable_rank: f64,
+    /// Energy fraction in the top 10%, 25%, 50% of the directions.
+    pub energy_at_10_25_50: [f64; 3],
 }
 
 /// What `inspect` reports.
@@ -62,6 +76,7 @@ pub fn report(m: &LoadedModel, source: String, format: String) -> InspectReport 
                 shape: [lin.out_features(), lin.in_features()],
                 storage: lin.describe(),
                 bits_per_weight: lin.bits_per_weight(),
+                spectrum: None,
             });
         }
     }
@@ -75,6 +90,7 @@ pub fn report(m: &LoadedModel, source: String, format: String) -> InspectReport 
         shape: [head.out_features(), head.in_features()],
         storage: head.describe(),
         bits_per_weight: head.bits_per_weight(),
+        spectrum: None,
     });
     InspectReport {
         source,
@@ -103,6 +119,9 @@ pub fn inspect(args: &InspectArgs, device: &burn::tensor::Device, json: bool) ->
         Some(p) => (p.display().to_string(), "gguf".into()),
     };
     let mut r = report(&m, source, format);
+    if args.spectrum {
+        add_spectra(&mut r, &m)?;
+    }
     if let Some(p) = path.filter(|p| p.is_file()) {
         r.file_bytes = std::fs::metadata(p).ok().map(|m| m.len());
         if r.format == "gguf" {
@@ -115,6 +134,30 @@ pub fn inspect(args: &InspectArgs, device: &burn::tensor::Device, json: bool) ->
         return print_json(&r);
     }
     print_text(&r, args.layers);
+    Ok(())
+}
+
+/// Fills every block linear's spectrum (an SVD per layer, in f64: seconds for SmolLM2).
+fn add_spectra(r: &mut InspectReport, m: &LoadedModel) -> CliResult<()> {
+    for (i, layer) in r.layers.iter_mut().enumerate() {
+        let (l, name) = (i / LINEAR_NAMES.len(), LINEAR_NAMES[i % LINEAR_NAMES.len()]);
+        if l >= m.model.num_blocks() {
+            break; // the head
+        }
+        let lin = m.model.linear(l, name);
+        let w: Vec<f32> = lin
+            .dense_weight()
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| CliError::failed(format!("{}: {e:?}", layer.path)))?;
+        let s = compress::lowrank::spectrum::spectrum(&w, layer.shape[0], layer.shape[1])
+            .map_err(|e| CliError::failed(format!("{}: {e}", layer.path)))?;
+        layer.spectrum = Some(SpectrumInfo {
+            effective_rank: s.effective_rank,
+            stable_rank: s.stable_rank,
+            energy_at_10_25_50: [s.energy_at[0].1, s.energy_at[1].1, s.energy_at[2].1],
+        });
+    }
     Ok(())
 }
 
@@ -196,10 +239,21 @@ fn print_text(r: &InspectReport, all_layers: bool) {
             b as f64 / 1e6
         ))
     );
-    if all_layers {
+    if all_layers || r.layers.iter().any(|l| l.spectrum.is_some()) {
         for l in &r.layers {
+            let spectrum = l.spectrum.as_ref().map_or(String::new(), |s| {
+                format!(
+                    "; effective rank {:.0} of {}, stable rank {:.1}, energy at 10/25/50% {:.2}/{:.2}/{:.2}",
+                    s.effective_rank,
+                    l.shape[0].min(l.shape[1]),
+                    s.stable_rank,
+                    s.energy_at_10_25_50[0],
+                    s.energy_at_10_25_50[1],
+                    s.energy_at_10_25_50[2]
+                )
+            });
             println!(
-                "  {:<24} {:>5}×{:<5} {:<32} {:.3} bits/weight",
+                "  {:<24} {:>5}×{:<5} {:<32} {:.3} bits/weight{spectrum}",
                 l.path, l.shape[0], l.shape[1], l.storage, l.bits_per_weight
             );
         }

@@ -61,9 +61,22 @@ fn generate_inspect_and_quantize_to_a_container() {
         "{text}"
     );
 
-    let i = json(&["inspect"]);
+    let i = json(&["inspect", "--spectrum"]);
     assert_eq!(i["config"]["num_layers"], 5);
     assert_eq!(i["linear_bits_per_weight"], 32.0);
+    for l in i["layers"].as_array().unwrap().iter().take(35) {
+        let s = &l["spectrum"];
+        let full = l["shape"][0]
+            .as_f64()
+            .unwrap()
+            .min(l["shape"][1].as_f64().unwrap());
+        let eff = s["effective_rank"].as_f64().unwrap();
+        assert!(eff >= 1.0 && eff <= full, "{l}");
+        let e: Vec<f64> = (0..3)
+            .map(|k| s["energy_at_10_25_50"][k].as_f64().unwrap())
+            .collect();
+        assert!(e[0] <= e[1] && e[1] <= e[2] && e[2] <= 1.0 + 1e-12, "{l}");
+    }
 
     let Some(calib) = shared("data/tinystories/val.txt") else {
         return;
