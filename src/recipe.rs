@@ -38,13 +38,13 @@ pub enum Method {
     Quant(QuantMethod),
     /// `magnitude`, `wanda`, `sparsegpt`.
     Prune(PruneMethod),
-    /// `svd`, `asvd`, `svd-llm`.
+    /// `svd`, `asvd`, `svd-llm`, `lowrank-correction`.
     LowRank(LowRankMethod),
 }
 
 const QUANT: [&str; 4] = ["rtn", "gptq", "hqq", "awq"];
 const PRUNE: [&str; 3] = ["magnitude", "wanda", "sparsegpt"];
-const LOWRANK: [&str; 3] = ["svd", "asvd", "svd-llm"];
+const LOWRANK: [&str; 4] = ["svd", "asvd", "svd-llm", "lowrank-correction"];
 
 impl<'de> Deserialize<'de> for Method {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

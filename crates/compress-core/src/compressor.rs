@@ -106,6 +106,10 @@ pub struct LayerView<'a> {
     /// The layer's packed codes when an earlier step quantized it (`weight` is their dequantized
     /// value). Pruners use it to prune a quantized layer without leaving its grid.
     pub packed: Option<&'a PackedWeight>,
+    /// The layer's weight before the first step of this pipeline run touched it (after any
+    /// function-preserving stage scaling), when the pipeline provides it: what a correction
+    /// step measures the accumulated error against.
+    pub original: Option<&'a [f32]>,
 }
 
 impl<'a> LayerView<'a> {
@@ -118,6 +122,7 @@ impl<'a> LayerView<'a> {
             in_features,
             mask: None,
             packed: None,
+            original: None,
         }
     }
 }
@@ -136,6 +141,18 @@ pub enum LayerWeights {
     },
     /// Packed low-bit codes with scales and zeros (and a mask when also pruned).
     Quantized(PackedWeight),
+    /// Packed codes plus a rank-`rank` correction term: `W ≈ Q + U V` (`up` `[out, rank]`,
+    /// `down` `[rank, in]`), the low-rank approximation of the quantization residual.
+    QuantizedCorrected {
+        /// The packed codes (unpruned).
+        packed: PackedWeight,
+        /// `U`, `[out, rank]`.
+        up: Vec<f32>,
+        /// `V`, `[rank, in]`.
+        down: Vec<f32>,
+        /// The rank of the correction.
+        rank: usize,
+    },
     /// A rank-`rank` factorization `W ≈ U V`: `up` = `U`, row-major `[out, rank]`; `down` =
     /// `V`, row-major `[rank, in]`.
     LowRank {
@@ -155,6 +172,18 @@ impl LayerWeights {
             LayerWeights::Dense(w) | LayerWeights::Sparse { weight: w, .. } => w.clone(),
             LayerWeights::Quantized(p) => p.dequantize(),
             LayerWeights::LowRank { up, down, rank } => low_rank_product(up, down, *rank),
+            LayerWeights::QuantizedCorrected {
+                packed,
+                up,
+                down,
+                rank,
+            } => {
+                let mut w = packed.dequantize();
+                for (x, c) in w.iter_mut().zip(low_rank_product(up, down, *rank)) {
+                    *x += c;
+                }
+                w
+            }
         }
     }
 
@@ -171,22 +200,31 @@ impl LayerWeights {
                 let weights = (up.len() / r) * (down.len() / r);
                 32.0 * (up.len() + down.len()) as f64 / weights.max(1) as f64
             }
+            LayerWeights::QuantizedCorrected {
+                packed, up, down, ..
+            } => {
+                let [out, inp] = packed.shape();
+                packed.bits_per_weight()
+                    + 32.0 * (up.len() + down.len()) as f64 / (out * inp).max(1) as f64
+            }
         }
     }
 
     /// The sparsity mask, if the weight is pruned.
     pub fn mask(&self) -> Option<&SparsityMask> {
         match self {
-            LayerWeights::Dense(_) | LayerWeights::LowRank { .. } => None,
+            LayerWeights::Dense(_)
+            | LayerWeights::LowRank { .. }
+            | LayerWeights::QuantizedCorrected { .. } => None,
             LayerWeights::Sparse { mask, .. } => Some(mask),
             LayerWeights::Quantized(p) => p.mask(),
         }
     }
 
     /// The same storage also pruned by `mask` (intersected with any mask it has): pruned values
-    /// become exactly 0. A low-rank factorization cannot hold a mask; it becomes the masked
-    /// dense product `U V` (the factorization is lost, so prune after factorizing only when that
-    /// is what is wanted).
+    /// become exactly 0. A low-rank factorization (or a quantized layer with a low-rank
+    /// correction) cannot hold a mask; it becomes the masked dense weight (the factorization is
+    /// lost, so prune after factorizing only when that is what is wanted).
     ///
     /// # Panics
     /// If the mask's shape differs from the weight's (the pipeline builds both from one layer).
@@ -213,7 +251,7 @@ impl LayerWeights {
                 let m = merged(p.mask());
                 LayerWeights::Quantized(p.with_mask(m).expect("mask shape equals the layer's"))
             }
-            low_rank @ LayerWeights::LowRank { .. } => {
+            low_rank @ (LayerWeights::LowRank { .. } | LayerWeights::QuantizedCorrected { .. }) => {
                 LayerWeights::Dense(low_rank.to_dense()).with_mask(mask)
             }
         }

@@ -111,6 +111,9 @@ pub struct QuantizedLinear {
     pub packed: Arc<PackedWeight>,
     /// Optional bias, `[out_features]`.
     pub bias: Option<Param<Tensor<1>>>,
+    /// Optional low-rank correction `U V` added to the dequantized weight (the approximation of
+    /// the quantization residual `W − Q`); stored in f32 next to the codes.
+    pub correction: Option<LowRankLinear>,
 }
 
 impl QuantizedLinear {
@@ -128,7 +131,22 @@ impl QuantizedLinear {
             weight,
             packed: Arc::new(packed),
             bias: bias.map(Param::from_tensor),
+            correction: None,
         }
+    }
+
+    /// The same layer plus the correction `U V` (`U: [out, r]`, `V: [r, in]`).
+    ///
+    /// # Panics
+    /// If the factors' outer dimensions differ from the layer's.
+    pub fn with_correction(mut self, up: Tensor<2>, down: Tensor<2>) -> Self {
+        let [out, inp] = self.packed.shape();
+        assert!(
+            up.dims()[0] == out && down.dims()[1] == inp,
+            "a correction of a [{out}, {inp}] layer is [{out}, r]·[r, {inp}]"
+        );
+        self.correction = Some(LowRankLinear::new(up, down, None));
+        self
     }
 }
 
@@ -157,7 +175,14 @@ impl CompressedLinear {
                 let h = matmul_wt(x, l.down.val());
                 add_bias(matmul_wt(h, l.up.val()), &l.bias)
             }
-            CompressedLinear::Quantized(l) => add_bias(matmul_wt(x, l.weight.clone()), &l.bias),
+            CompressedLinear::Quantized(l) => {
+                let y = matmul_wt(x.clone(), l.weight.clone());
+                let y = match &l.correction {
+                    Some(c) => y + matmul_wt(matmul_wt(x, c.down.val()), c.up.val()),
+                    None => y,
+                };
+                add_bias(y, &l.bias)
+            }
         }
     }
 
@@ -185,7 +210,10 @@ impl CompressedLinear {
         match self {
             CompressedLinear::Dense(l) => l.weight.val(),
             CompressedLinear::LowRank(l) => l.up.val().matmul(l.down.val()),
-            CompressedLinear::Quantized(l) => l.weight.clone(),
+            CompressedLinear::Quantized(l) => match &l.correction {
+                Some(c) => l.weight.clone() + c.up.val().matmul(c.down.val()),
+                None => l.weight.clone(),
+            },
         }
     }
 
@@ -231,6 +259,18 @@ impl CompressedLinear {
             LayerWeights::Quantized(p) => {
                 CompressedLinear::Quantized(QuantizedLinear::new(p, bias, device))
             }
+            LayerWeights::QuantizedCorrected {
+                packed,
+                up,
+                down,
+                rank,
+            } => {
+                let up = Tensor::from_data(TensorData::new(up, [out_features, rank]), device);
+                let down = Tensor::from_data(TensorData::new(down, [rank, in_features]), device);
+                CompressedLinear::Quantized(
+                    QuantizedLinear::new(packed, bias, device).with_correction(up, down),
+                )
+            }
             LayerWeights::LowRank { up, down, rank } => {
                 let up = Tensor::from_data(TensorData::new(up, [out_features, rank]), device);
                 let down = Tensor::from_data(TensorData::new(down, [rank, in_features]), device);
@@ -261,7 +301,15 @@ impl CompressedLinear {
                     Symmetry::Symmetric => "sym",
                     Symmetry::Asymmetric => "asym",
                 };
-                format!("int{} {g} {sym}{}", s.bits.get(), pruned(q.packed.mask()))
+                let correction = q
+                    .correction
+                    .as_ref()
+                    .map_or(String::new(), |c| format!(" + r{} correction", c.rank()));
+                format!(
+                    "int{} {g} {sym}{}{correction}",
+                    s.bits.get(),
+                    pruned(q.packed.mask())
+                )
             }
         }
     }
@@ -280,7 +328,13 @@ impl CompressedLinear {
                 32 * (l.up.dims().iter().product::<usize>()
                     + l.down.dims().iter().product::<usize>()) as u64
             }
-            CompressedLinear::Quantized(l) => 8 * l.packed.storage_bytes() as u64,
+            CompressedLinear::Quantized(l) => {
+                let correction = l.correction.as_ref().map_or(0, |c| {
+                    32 * (c.up.dims().iter().product::<usize>()
+                        + c.down.dims().iter().product::<usize>()) as u64
+                });
+                8 * l.packed.storage_bytes() as u64 + correction
+            }
         }
     }
 }

@@ -252,8 +252,19 @@ impl Pipeline {
                         .iter()
                         .filter(|s| s.filter.matches(path))
                         .collect();
+                    // The layer's weight before its first step, for correction steps.
+                    let mut original = None;
                     for step in steps {
-                        let r = compress_one(model, block, name, path, step, &stats, &device)?;
+                        let r = compress_one(
+                            model,
+                            block,
+                            name,
+                            path,
+                            step,
+                            &stats,
+                            &mut original,
+                            &device,
+                        )?;
                         progress(&r, block, blocks);
                         reports.push(r);
                     }
@@ -381,7 +392,9 @@ fn check_finite_tensors(xs: &[Tensor<3>], what: &str) -> Result<(), PipelineErro
     Ok(())
 }
 
-/// Runs one step on one linear and swaps its storage.
+/// Runs one step on one linear and swaps its storage; `original` is the layer's weight before
+/// its first step (filled on that first step).
+#[allow(clippy::too_many_arguments)]
 fn compress_one<M: BlockwiseModel>(
     model: &mut M,
     block: usize,
@@ -389,6 +402,7 @@ fn compress_one<M: BlockwiseModel>(
     path: &str,
     step: &PipelineStep,
     stats: &LayerStats,
+    original: &mut Option<Vec<f32>>,
     device: &Device,
 ) -> Result<LayerReport, PipelineError> {
     let t0 = Instant::now();
@@ -401,6 +415,9 @@ fn compress_one<M: BlockwiseModel>(
         &format!("the weight of {path}"),
     )?;
     ensure_finite(path, "weight", &w)?;
+    if original.is_none() {
+        *original = Some(w.clone());
+    }
     let mask = lin.mask().cloned();
     let packed = match lin {
         CompressedLinear::Quantized(q) => Some(q.packed.clone()),
@@ -413,6 +430,7 @@ fn compress_one<M: BlockwiseModel>(
         in_features: inp,
         mask: mask.as_ref(),
         packed: packed.as_deref(),
+        original: original.as_deref(),
     };
     let mut new: LayerWeights = step.compressor.compress(view, stats)?;
     if let Some(m) = &mask {

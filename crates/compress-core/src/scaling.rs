@@ -49,6 +49,7 @@ pub fn apply_stage_scales<M: BlockwiseModel>(
             in_features: *i,
             mask: mask.as_ref(),
             packed: None,
+            original: None,
         })
         .collect();
     let Some(s) = compressor.stage_scales(&views, &stats)? else {
@@ -139,7 +140,14 @@ pub fn scale_output_rows(linear: &mut CompressedLinear, s: &[f32]) -> bool {
         CompressedLinear::Quantized(l) => {
             let packed = rescaled.take().expect("rescaled above");
             let bias = l.bias.take().map(|b| b.val() * inv.clone());
+            let correction = l.correction.take();
             *l = crate::linear::QuantizedLinear::new(packed, bias, &device);
+            if let Some(c) = correction {
+                // U V rows scale with U's rows.
+                *l = l
+                    .clone()
+                    .with_correction(c.up.val() * col.clone(), c.down.val());
+            }
         }
     }
     true

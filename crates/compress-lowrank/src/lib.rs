@@ -11,7 +11,9 @@
 //!   energy threshold;
 //! - [`svd`]: the [`Compressor`](compress_core::compressor::Compressor) (`LowRank`) the
 //!   calibration pipeline runs; [`recipe`]: its recipe steps (`svd`, `asvd`, `svd-llm`);
-//! - [`spectrum`]: singular-value decay, effective and stable rank, energy at 10/25/50% rank.
+//! - [`spectrum`]: singular-value decay, effective and stable rank, energy at 10/25/50% rank;
+//! - [`correction`]: a low-rank correction of quantization error (`W ≈ Q + U V`), a recipe
+//!   step after any quantizer.
 //!
 //! ```
 //! use compress_lowrank::factor::{factorize, InputTransform};
@@ -23,11 +25,11 @@
 //! assert!(f.tail_energy() < 1e-12);
 //! ```
 //!
-//! Not yet (issue #7): rank allocation across layers from measured sensitivity, low-rank
-//! correction of quantization error.
+//! Not yet (issue #7): rank allocation across layers from measured sensitivity.
 
 #![warn(missing_docs)]
 
+pub mod correction;
 pub mod factor;
 pub mod rank;
 pub mod recipe;

@@ -6,12 +6,22 @@
 //! ratio = 0.8            # exactly one of: ratio (kept parameter fraction), energy, rank
 //! damp = 0.01            # svd-llm only
 //! # alpha = 0.5          # asvd only
+//!
+//! [[step]]
+//! method = "gptq"
+//! bits = 3
+//!
+//! [[step]]
+//! method = "lowrank-correction"   # after a quantizer: W ≈ Q + U V
+//! rank = 16
+//! whiten = true                   # default; false: plain SVD of the residual
 //! ```
 
 use compress_core::compressor::Compressor;
 use compress_core::recipe::StepMethod;
 use serde::{Deserialize, Serialize};
 
+use crate::correction::LowRankCorrection;
 use crate::rank::RankRule;
 use crate::svd::{LowRank, Whitening};
 
@@ -28,6 +38,27 @@ pub enum LowRankMethod {
     /// Truncation-aware whitened SVD.
     #[serde(rename = "svd-llm")]
     SvdLlm(LowRankConfig),
+    /// Low-rank correction of the quantization error of the step before.
+    #[serde(rename = "lowrank-correction")]
+    Correction(CorrectionConfig),
+}
+
+/// Parameters of a `lowrank-correction` step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorrectionConfig {
+    /// Rank of the correction term.
+    pub rank: usize,
+    /// Whiten by the Cholesky factor of XᵀX (default true).
+    #[serde(default = "yes")]
+    pub whiten: bool,
+    /// Damping fraction of the whitening (default 0.01).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damp: Option<f64>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Parameters of a low-rank step.
@@ -70,11 +101,13 @@ impl StepMethod for LowRankMethod {
             LowRankMethod::Svd(_) => "svd",
             LowRankMethod::Asvd(_) => "asvd",
             LowRankMethod::SvdLlm(_) => "svd-llm",
+            LowRankMethod::Correction(_) => "lowrank-correction",
         }
     }
 
     fn build(&self) -> Result<Box<dyn Compressor>, String> {
         let (c, whitening) = match self {
+            LowRankMethod::Correction(c) => return build_correction(c),
             LowRankMethod::Svd(c) => (c, Whitening::None),
             LowRankMethod::Asvd(c) => (
                 c,
@@ -111,6 +144,23 @@ impl StepMethod for LowRankMethod {
             rule: c.rule()?,
         }))
     }
+}
+
+fn build_correction(c: &CorrectionConfig) -> Result<Box<dyn Compressor>, String> {
+    if c.rank == 0 {
+        return Err("rank = 0: a correction keeps at least one direction".into());
+    }
+    let damp = c.damp.unwrap_or(0.01);
+    if !(damp.is_finite() && damp >= 0.0) {
+        return Err(format!("damp = {damp}: must be a finite value ≥ 0"));
+    }
+    if !c.whiten && c.damp.is_some() {
+        return Err("`damp` only applies with whiten = true".into());
+    }
+    Ok(Box::new(LowRankCorrection {
+        rank: c.rank,
+        whitening_damp: c.whiten.then_some(damp),
+    }))
 }
 
 #[cfg(test)]

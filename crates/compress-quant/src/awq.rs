@@ -208,6 +208,7 @@ mod tests {
             in_features: n,
             mask: None,
             packed: None,
+            original: None,
         };
         let s = awq
             .stage_scales(&[view], &stats)

@@ -191,6 +191,7 @@ mod tests {
                 in_features: n,
                 mask: None,
                 packed: None,
+                original: None,
             };
             let q = gptq_quantize(view, &g, tokens, &cfg).unwrap();
             let rtn = crate::rtn::quantize_rtn("t", &w, out, n, &scheme, &cfg.grid, None).unwrap();
@@ -222,6 +223,7 @@ mod tests {
             in_features: n,
             mask: None,
             packed: None,
+            original: None,
         };
         let a = gptq_quantize(
             view,
@@ -256,6 +258,7 @@ mod tests {
             in_features: n,
             mask: None,
             packed: None,
+            original: None,
         };
         let q = gptq_quantize(view, &g, 1, &Gptq::new(scheme)).unwrap();
         let d = q.dequantize();

@@ -218,6 +218,7 @@ mod tests {
                 in_features: 64,
                 mask: None,
                 packed: None,
+                original: None,
             };
             let h = Hqq::new(scheme)
                 .compress(view, &LayerStats::default())
@@ -248,6 +249,7 @@ mod tests {
             in_features: 8,
             mask: None,
             packed: None,
+            original: None,
         };
         let e = Hqq::new(scheme)
             .compress(view, &LayerStats::default())

@@ -106,6 +106,7 @@ pub fn measure_sensitivity<M: BlockwiseModel, S: StepMethod>(
                     in_features: i,
                     mask: mask.as_ref(),
                     packed: packed.as_deref(),
+                    original: None,
                 };
                 let mut options = Vec::with_capacity(compressors.len());
                 for c in &compressors {

@@ -276,6 +276,7 @@ mod tests {
             in_features: 48,
             mask: None,
             packed: None,
+            original: None,
         };
         let LayerWeights::Quantized(p) =
             Rtn::new(s).compress(view, &LayerStats::default()).unwrap()
@@ -326,6 +327,7 @@ mod tests {
             in_features: 16,
             mask: None,
             packed: None,
+            original: None,
         };
         let e = r.compress(view, &LayerStats::default()).unwrap_err();
         assert!(matches!(e, CompressError::MissingStats { .. }));

@@ -34,6 +34,7 @@ fn asymmetric_rtn_g32_recovers_the_q4_1_grids() {
                     in_features: lin.in_features(),
                     mask: None,
                     packed: None,
+                    original: None,
                 };
                 let e = weight_rel_error(
                     &w,

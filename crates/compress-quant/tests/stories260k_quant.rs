@@ -62,6 +62,7 @@ fn gptq_output_error_is_below_rtn_on_real_layers() {
             in_features: inp,
             mask: None,
             packed: None,
+            original: None,
         };
         let gram = stats.gram.clone().unwrap();
         let err = |wq: Vec<f32>| {

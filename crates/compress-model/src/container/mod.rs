@@ -13,6 +13,7 @@
 //! | `{layer}.scales`, `.zeros`   | F16   | `[n_scales]`     | group scales, zero points (code units) |
 //! | `{layer}.mask`               | U64   | `[ceil(out·in/64)]` | sparsity bitmap, bit set = kept   |
 //! | `{layer}.up`, `{layer}.down` | F32   | `[out, r]`, `[r, in]` | low-rank factors `U`, `V`       |
+//! | `{layer}.correction_up`, `.correction_down` | F32 | `[out, r]`, `[r, in]` | low-rank correction of a quantized layer (v2) |
 //! | `{layer}.bias`               | F32   | `[out]`          | bias                                 |
 //! | `tokenizer`                  | U8    | `[bytes]`        | the tokenizer as JSON (below)        |
 //!
@@ -56,8 +57,10 @@ pub use write::write_container;
 
 /// Value of the header's `format` field.
 pub const FORMAT: &str = "compress";
-/// The header version this build writes; it reads versions up to this one.
-pub const VERSION: u32 = 1;
+/// The newest header version this build reads and writes. Version 2 adds low-rank corrections
+/// of quantized layers; files without one are still written as version 1, so older builds read
+/// them.
+pub const VERSION: u32 = 2;
 /// The `__metadata__` key holding the header.
 pub const METADATA_KEY: &str = "compress";
 /// The tensor holding the tokenizer JSON.
@@ -123,6 +126,10 @@ pub enum LayerEntry {
         bias: bool,
         /// `{layer}.mask` is stored.
         mask: bool,
+        /// Rank of the low-rank correction `{layer}.correction_up` · `{layer}.correction_down`
+        /// added to the dequantized weight (version 2).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        correction_rank: Option<usize>,
     },
     /// `{layer}.up` (`U`), `{layer}.down` (`V`).
     LowRank {

@@ -208,6 +208,7 @@ impl Reader<'_> {
                 symmetric,
                 bias,
                 mask,
+                correction_rank,
             } => {
                 if *shape != [out, inp] {
                     return Err(self.err(format!(
@@ -252,11 +253,14 @@ impl Reader<'_> {
                         .with_mask(self.mask(&format!("{path}.mask"), [out, inp])?)
                         .map_err(bad)?;
                 }
-                CompressedLinear::Quantized(QuantizedLinear::new(
-                    packed,
-                    bias_of(*bias)?,
-                    self.device,
-                ))
+                let mut q = QuantizedLinear::new(packed, bias_of(*bias)?, self.device);
+                if let Some(r) = *correction_rank {
+                    q = q.with_correction(
+                        self.f32(&format!("{path}.correction_up"), [out, r])?,
+                        self.f32(&format!("{path}.correction_down"), [r, inp])?,
+                    );
+                }
+                CompressedLinear::Quantized(q)
             }
         })
     }

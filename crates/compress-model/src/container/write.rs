@@ -97,6 +97,10 @@ impl Tensors {
                 if let Some(m) = p.mask() {
                     self.mask(format!("{path}.mask"), m);
                 }
+                if let Some(c) = &q.correction {
+                    self.f32(format!("{path}.correction_up"), c.up.val())?;
+                    self.f32(format!("{path}.correction_down"), c.down.val())?;
+                }
                 LayerEntry::Quantized {
                     shape: [out, inp],
                     bits: scheme.bits.get(),
@@ -108,6 +112,7 @@ impl Tensors {
                     symmetric: scheme.symmetry == Symmetry::Symmetric,
                     bias: has_bias,
                     mask: p.mask().is_some(),
+                    correction_rank: q.correction.as_ref().map(|c| c.rank()),
                 }
             }
         })
@@ -174,7 +179,19 @@ pub fn write_container(
             .collect();
     let header = Header {
         format: FORMAT.into(),
-        version: VERSION,
+        version: if layers.values().any(|e| {
+            matches!(
+                e,
+                LayerEntry::Quantized {
+                    correction_rank: Some(_),
+                    ..
+                }
+            )
+        }) {
+            VERSION
+        } else {
+            1
+        },
         config: model.config().clone(),
         attention_precision: precision_name(model.attention_precision()).into(),
         blocks,

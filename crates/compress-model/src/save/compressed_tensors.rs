@@ -271,6 +271,9 @@ pub fn write_compressed_tensors(
             t.float(format!("{m}.bias"), vec![v.len()], &v);
         }
         let why = match lin {
+            CompressedLinear::Quantized(q) if q.correction.is_some() => {
+                Some("a low-rank correction term (the format has no such layer)".to_string())
+            }
             CompressedLinear::Quantized(q) => match scheme_args(&q.packed) {
                 Ok(args) => {
                     packed_tensors(t, &m, &q.packed, order);

@@ -150,6 +150,9 @@ impl Export<'_> {
         let why = match lin {
             CompressedLinear::Dense(_) => None,
             CompressedLinear::LowRank(l) => Some(format!("a rank-{} factorization", l.rank())),
+            CompressedLinear::Quantized(q) if q.correction.is_some() => {
+                Some("a low-rank correction term (ggml has no such layer)".to_string())
+            }
             CompressedLinear::Quantized(q) => match encode_packed(&q.packed) {
                 Ok(e) => return self.add(weight, &shape, e, order, None),
                 Err(why) => Some(why),
