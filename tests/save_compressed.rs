@@ -371,20 +371,8 @@ fn compressed_tensors_export_decompresses_to_our_weights() {
                 ours = to_neox(&ours, rows, cols, hd);
             }
             let module = &dump["modules"][format!("model.layers.{l}.{hf}")];
-            let hex = module["f32_hex"]
-                .as_str()
-                .expect("module decompressed")
-                .as_bytes();
-            let theirs: Vec<f32> = hex
-                .chunks_exact(8)
-                .map(|c| {
-                    let b: Vec<u8> = c
-                        .chunks_exact(2)
-                        .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
-                        .collect();
-                    f32::from_le_bytes([b[0], b[1], b[2], b[3]])
-                })
-                .collect();
+            let theirs =
+                common::f32_from_hex(module["f32_hex"].as_str().expect("module decompressed"));
             assert_eq!(theirs.len(), ours.len());
             for (i, (a, b)) in theirs.iter().zip(&ours).enumerate() {
                 // One f16 rounding: half an ulp, 2^-11 relative (f16 normals).

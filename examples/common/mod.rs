@@ -91,17 +91,12 @@ pub fn calibration_and_eval_text(
     if !same_file {
         return Ok((calib_text, read(eval)?));
     }
-    let split = calib_text[..calib_text.len() / 2]
-        .rfind('\n')
-        .unwrap_or(calib_text.len() / 2);
     eprintln!(
         "calibrating on the first half of {}, evaluating on the second",
         calib.display()
     );
-    let eval_part = calib_text[split..].to_string();
-    let mut calib_part = calib_text;
-    calib_part.truncate(split);
-    Ok((calib_part, eval_part))
+    let (c, e) = compress::core::calibration::split_halves(&calib_text);
+    Ok((c.to_string(), e.to_string()))
 }
 
 /// A progress callback for [`Pipeline::run`](compress::core::pipeline::Pipeline::run): blocks

@@ -183,17 +183,12 @@ fn texts(calib: &Path, eval: Option<&Path>) -> CliResult<(String, Option<String>
     if std::fs::canonicalize(calib).ok() != std::fs::canonicalize(eval).ok() {
         return Ok((calib_text, Some(read_text(eval)?)));
     }
-    let split = calib_text[..calib_text.len() / 2]
-        .rfind('\n')
-        .unwrap_or(calib_text.len() / 2);
     eprintln!(
         "calibrating on the first half of {}, evaluating on the second",
         calib.display()
     );
-    let eval_part = calib_text[split..].to_string();
-    let mut calib_part = calib_text;
-    calib_part.truncate(split);
-    Ok((calib_part, Some(eval_part)))
+    let (c, e) = compress::core::calibration::split_halves(&calib_text);
+    Ok((c.to_string(), Some(e.to_string())))
 }
 
 fn execute(

@@ -29,6 +29,18 @@ pub enum CalibrationError {
     },
 }
 
+/// Splits a text at a line break near its middle: the first half for calibration, the second for
+/// evaluation, so one file can serve both without scoring the text the model was calibrated on.
+/// Without a line break in the first half, it splits at the middle byte boundary.
+pub fn split_halves(text: &str) -> (&str, &str) {
+    let mut mid = text.len() / 2;
+    while !text.is_char_boundary(mid) {
+        mid -= 1;
+    }
+    let split = text[..mid].rfind('\n').unwrap_or(mid);
+    text.split_at(split)
+}
+
 /// `n` windows of `len` consecutive tokens, starting at positions drawn uniformly (with
 /// replacement, as in the GPTQ reference) from a generator seeded with `seed`.
 pub fn sample_windows(

@@ -12,7 +12,7 @@ use compress_core::calibration::sample_windows;
 use compress_core::compressor::{output_rel_error, Compressor, LayerView, StatsRequest};
 use compress_core::linear::CompressedLinear;
 use compress_core::packed::{QuantScheme, Symmetry};
-use compress_core::pipeline::{collect_stats, BlockwiseModel, LayerFilter, Pipeline};
+use compress_core::pipeline::{BlockwiseModel, LayerFilter, Pipeline};
 use compress_core::sparsity::SparsityPattern;
 use compress_eval::perplexity::{perplexity, PerplexityConfig, Scoring};
 use compress_model::LlamaModel;
@@ -47,21 +47,13 @@ fn sparsegpt_below_wanda_below_magnitude_on_real_layers() {
     let Some(s) = setup() else { return };
     let model = &s.m.model;
     let device = BlockwiseModel::device(model);
-    let windows = sample_windows(&s.calib, 16, 128, 0).unwrap();
-    let mut xs = Pipeline::new()
-        .embed_calibration(model, &windows, &device)
-        .unwrap();
-    for x in xs.iter_mut() {
-        *x = model.block_forward(0, x.clone());
-    }
     let request = StatsRequest {
         gram: true,
         col_sq_norms: true,
         ..StatsRequest::NONE
     };
     for (stage, name) in [(0, "attn.q_proj"), (2, "mlp.up_proj"), (3, "mlp.down_proj")] {
-        let mut caches: Vec<_> = xs.iter().map(|x| model.begin_block(1, x.clone())).collect();
-        let stats = collect_stats(model, 1, stage, &mut caches, request).unwrap();
+        let stats = common::block1_stats(&s, stage, request);
         let lin = model.linear(1, name);
         let (out, inp) = (lin.out_features(), lin.in_features());
         let w: Vec<f32> = lin.dense_weight().into_data().try_to_vec::<f32>().unwrap();

@@ -11,16 +11,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::ModelError;
 
-/// Removes the temporary file unless the write completed.
+/// Removes the temporary file (or directory) unless the write completed.
 struct TempGuard {
     path: PathBuf,
+    dir: bool,
     done: bool,
 }
 
 impl Drop for TempGuard {
     fn drop(&mut self) {
         if !self.done {
-            let _ = std::fs::remove_file(&self.path);
+            let _ = if self.dir {
+                std::fs::remove_dir_all(&self.path)
+            } else {
+                std::fs::remove_file(&self.path)
+            };
         }
     }
 }
@@ -75,6 +80,7 @@ pub fn write_atomic(
     }
     let mut guard = TempGuard {
         path: temp_path_for(target),
+        dir: false,
         done: false,
     };
     write(&guard.path)?;
@@ -90,20 +96,6 @@ pub fn write_atomic(
         }
     }
     Ok(())
-}
-
-/// Removes the temporary directory unless the write completed.
-struct TempDirGuard {
-    path: PathBuf,
-    done: bool,
-}
-
-impl Drop for TempDirGuard {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
 }
 
 /// Writes the directory `target` atomically: `write` fills a temporary directory beside it,
@@ -128,8 +120,9 @@ pub fn write_atomic_dir(
     }
     let guard_path = temp_path_for(target);
     std::fs::create_dir(&guard_path).map_err(io(&guard_path))?;
-    let mut guard = TempDirGuard {
+    let mut guard = TempGuard {
         path: guard_path,
+        dir: true,
         done: false,
     };
     write(&guard.path)?;

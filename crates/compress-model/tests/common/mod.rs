@@ -169,14 +169,14 @@ pub fn stories_split() -> Option<StoriesSplit> {
     let text = std::fs::read_to_string(shared("data/tinystories/val.txt")?).unwrap();
     let device = compress_core::backend::BackendKind::Flex.device().unwrap();
     let m = compress_model::load(path, &device).unwrap();
-    let split = text[..text.len() / 2].rfind('\n').unwrap_or(text.len() / 2);
-    let calib = m.tokenizer.encode(&text[..split], true).unwrap();
-    let eval = m.tokenizer.encode(&text[split..], true).unwrap();
+    let (calib_text, eval_text) = compress_core::calibration::split_halves(&text);
+    let calib = m.tokenizer.encode(calib_text, true).unwrap();
+    let eval = m.tokenizer.encode(eval_text, true).unwrap();
     Some(StoriesSplit {
         m,
         calib,
         eval,
-        eval_bytes: text.len() - split,
+        eval_bytes: eval_text.len(),
     })
 }
 
@@ -232,16 +232,9 @@ pub fn compare_with_gguf_py(script: &std::path::Path, path: &std::path::Path) {
             .map(|d| d.as_u64().unwrap())
             .collect();
         assert_eq!(shape, info.shape_row_major(), "{} shape", info.name());
-        let hex = t["f32_hex"].as_str().unwrap().as_bytes();
-        let theirs: Vec<u32> = hex
-            .chunks_exact(8)
-            .map(|c| {
-                let b: Vec<u8> = c
-                    .chunks_exact(2)
-                    .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
-                    .collect();
-                u32::from_le_bytes([b[0], b[1], b[2], b[3]])
-            })
+        let theirs: Vec<u32> = f32_from_hex(t["f32_hex"].as_str().unwrap())
+            .iter()
+            .map(|v| v.to_bits())
             .collect();
         let ours: Vec<u32> = file
             .dequantize(info.name())
@@ -255,4 +248,41 @@ pub fn compare_with_gguf_py(script: &std::path::Path, path: &std::path::Path) {
             info.name()
         );
     }
+}
+
+/// Little-endian f32 values from their bytes in hex (how the Python reference scripts dump
+/// arrays without losing a bit).
+pub fn f32_from_hex(hex: &str) -> Vec<f32> {
+    hex.as_bytes()
+        .chunks_exact(8)
+        .map(|c| {
+            let b: Vec<u8> = c
+                .chunks_exact(2)
+                .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
+                .collect();
+            f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        })
+        .collect()
+}
+
+/// The statistics of block 1's stage `stage` inputs, accumulated as the pipeline does over 16
+/// seeded windows of 128 calibration tokens: real activations (after embedding and a full block
+/// 0), for the layer-level comparisons of the method crates' tests.
+pub fn block1_stats(
+    s: &StoriesSplit,
+    stage: usize,
+    request: compress_core::compressor::StatsRequest,
+) -> compress_core::compressor::LayerStats {
+    use compress_core::pipeline::{collect_stats, BlockwiseModel, Pipeline};
+    let model = &s.m.model;
+    let device = BlockwiseModel::device(model);
+    let windows = compress_core::calibration::sample_windows(&s.calib, 16, 128, 0).unwrap();
+    let xs = Pipeline::new()
+        .embed_calibration(model, &windows, &device)
+        .unwrap();
+    let mut caches: Vec<_> = xs
+        .into_iter()
+        .map(|x| model.begin_block(1, model.block_forward(0, x)))
+        .collect();
+    collect_stats(model, 1, stage, &mut caches, request).unwrap()
 }
