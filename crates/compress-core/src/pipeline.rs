@@ -419,8 +419,10 @@ fn compress_one<M: BlockwiseModel>(
         *original = Some(w.clone());
     }
     let mask = lin.mask().cloned();
+    // A layer with a low-rank correction is not its codes alone: later steps see its dense
+    // weight (a pruner after a correction prunes Q + U V, it does not drop U V).
     let packed = match lin {
-        CompressedLinear::Quantized(q) => Some(q.packed.clone()),
+        CompressedLinear::Quantized(q) if q.correction.is_none() => Some(q.packed.clone()),
         _ => None,
     };
     let view = LayerView {

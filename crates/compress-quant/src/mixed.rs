@@ -96,7 +96,9 @@ pub fn measure_sensitivity<M: BlockwiseModel, S: StepMethod>(
                     .map_err(|e| PipelineError::Config(format!("{path}: {e:?}")))?;
                 let mask = original.mask().cloned();
                 let packed = match &original {
-                    CompressedLinear::Quantized(q) => Some(q.packed.clone()),
+                    CompressedLinear::Quantized(q) if q.correction.is_none() => {
+                        Some(q.packed.clone())
+                    }
                     _ => None,
                 };
                 let view = LayerView {
