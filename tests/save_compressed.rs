@@ -253,17 +253,12 @@ fn gguf_export_uses_block_formats_and_reports_fallbacks() {
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("crates/compress-model/tests/fixtures/gguf_py_dump.py");
-    let probe = std::process::Command::new("python3")
-        .args(["-c", "import gguf, numpy"])
-        .output();
-    if probe.is_ok_and(|o| o.status.success()) {
+    if common::python_has(
+        "gguf, numpy",
+        common::under_ci(),
+        ".ci/run installs gguf-py",
+    ) {
         common::compare_with_gguf_py(&script, &path);
-    } else {
-        assert!(
-            std::env::var("CI").map_or(true, |v| v != "true"),
-            "python3 with the gguf package is required under CI=true"
-        );
-        eprintln!("SKIPPED gguf-py check: python3 -c 'import gguf, numpy' failed");
     }
 }
 
@@ -337,15 +332,12 @@ fn compressed_tensors_export_decompresses_to_our_weights() {
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("crates/compress-model/tests/fixtures/ct_decompress.py");
-    let probe = std::process::Command::new("python3")
-        .args(["-c", "import compressed_tensors, torch"])
-        .output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        assert!(
-            std::env::var("COMPRESS_REQUIRE_COMPRESSED_TENSORS").map_or(true, |v| v != "1"),
-            "the compressed-tensors package is required (COMPRESS_REQUIRE_COMPRESSED_TENSORS=1)"
-        );
-        eprintln!("SKIPPED compressed-tensors check: python3 -c 'import compressed_tensors, torch' failed");
+    let required = std::env::var("COMPRESS_REQUIRE_COMPRESSED_TENSORS").is_ok_and(|v| v == "1");
+    if !common::python_has(
+        "compressed_tensors, torch",
+        required,
+        "COMPRESS_REQUIRE_COMPRESSED_TENSORS=1 is set by .ci/run, which installs it",
+    ) {
         return;
     }
     let o = std::process::Command::new("python3")

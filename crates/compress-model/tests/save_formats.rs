@@ -192,15 +192,11 @@ fn gguf_round_trip_through_our_reader() {
 fn gguf_read_by_gguf_py() {
     let Some(m) = stories() else { return };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf_py_dump.py");
-    let probe = Command::new("python3")
-        .args(["-c", "import gguf, numpy"])
-        .output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        assert!(
-            std::env::var("CI").map_or(true, |v| v != "true"),
-            "python3 with the gguf package is required under CI=true (.ci/run installs it)"
-        );
-        eprintln!("SKIPPED: python3 -c 'import gguf, numpy' failed (pip install gguf)");
+    if !common::python_has(
+        "gguf, numpy",
+        common::under_ci(),
+        ".ci/run installs gguf-py",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

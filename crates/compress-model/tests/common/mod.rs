@@ -39,7 +39,7 @@ fn asset(path: PathBuf, what: &str) -> Option<PathBuf> {
     if path.exists() {
         return Some(path);
     }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
+    if under_ci() {
         panic!(
             "{} is missing under CI=true: {what} must be present",
             path.display()
@@ -285,4 +285,26 @@ pub fn block1_stats(
         .map(|x| model.begin_block(1, model.block_forward(0, x)))
         .collect();
     collect_stats(model, 1, stage, &mut caches, request).unwrap()
+}
+
+/// Whether `python3 -c "import {modules}"` succeeds. When it does not: a failure if `required`
+/// (naming `how` to install them), otherwise `false` with the reason printed (a skip).
+pub fn python_has(modules: &str, required: bool, how: &str) -> bool {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            !required,
+            "python3 with `{modules}` is required here ({how})"
+        );
+        eprintln!("SKIPPED: python3 -c 'import {modules}' failed ({how})");
+    }
+    ok
+}
+
+/// Whether `CI=true` is set (assets and reference tools must then be present).
+pub fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
 }
