@@ -13,6 +13,9 @@
 //! - [`quant`] — RTN, GPTQ, AWQ and HQQ weight quantization into the packed low-bit layout.
 //! - [`prune`] — magnitude, Wanda and SparseGPT pruning (unstructured, N:M; joint with
 //!   quantization).
+//! - [`lowrank`] — truncated SVD, ASVD, SVD-LLM and low-rank correction of quantization error.
+//! - [`distill`] — distillation (logit KL, hidden MSE, AdamW training with exact resume),
+//!   Matryoshka sorting, nested-width training, nested bits and slicing.
 //! - [`recipe`] — TOML recipes over all of the above.
 //!
 //! ```no_run
@@ -32,6 +35,7 @@
 #![warn(missing_docs)]
 
 pub use compress_core as core;
+pub use compress_distill as distill;
 pub use compress_eval as eval;
 pub use compress_lowrank as lowrank;
 pub use compress_model as model;

@@ -3,15 +3,17 @@
 //! model's `keep_*` methods).
 //!
 //! Dense and low-rank layers are cut exactly (`U`'s rows or `V`'s columns for a low-rank layer),
-//! keeping the bias entries and any sparsity mask of the kept weights. Quantized layers are refused:
-//! their groups run along rows, so removing columns would break them, and structured pruning is a
-//! step that comes before quantization.
+//! keeping the bias entries and any sparsity mask of the kept weights. Quantized layers are cut
+//! exactly too where no scale group is split: any rows (groups run along rows), and columns with
+//! per-channel scales or, with per-group scales, a prefix of whole groups (what slicing a nested
+//! model needs); other column cuts are refused, as are layers with a low-rank correction.
 
 use std::sync::Arc;
 
 use burn::tensor::{Int, Tensor, TensorData};
 
-use crate::linear::{CompressedLinear, DenseLinear, LowRankLinear};
+use crate::linear::{CompressedLinear, DenseLinear, LowRankLinear, QuantizedLinear};
+use crate::packed::{Granularity, PackedWeight};
 use crate::sparsity::SparsityMask;
 
 /// Which dimension of a `[out, in]` weight to cut.
@@ -66,13 +68,86 @@ pub fn keep_indices(
                 Axis::Rows => (pick(l.up.val(), 0), l.down.val()),
                 Axis::Cols => (l.up.val(), pick(l.down.val(), 1)),
             };
-            Ok(CompressedLinear::LowRank(LowRankLinear::new(up, down, bias(lin.bias()))))
+            Ok(CompressedLinear::LowRank(LowRankLinear::new(
+                up,
+                down,
+                bias(lin.bias()),
+            )))
         }
-        CompressedLinear::Quantized(_) => Err(
-            "the layer is quantized: remove structures before quantizing (cutting packed groups is not exact)"
-                .into(),
-        ),
+        CompressedLinear::Quantized(q) => {
+            if q.correction.is_some() {
+                return Err("the layer carries a low-rank correction fitted to all its weights: remove structures before correcting".into());
+            }
+            let packed = cut_packed(&q.packed, axis, keep)?;
+            Ok(CompressedLinear::Quantized(QuantizedLinear::new(
+                packed,
+                bias(lin.bias()),
+                &q.weight.device(),
+            )))
+        }
     }
+}
+
+/// Cuts a packed weight exactly: any rows (each row has its own groups), or columns when no
+/// group is split — per-channel and per-tensor scales allow any columns, per-group scales a
+/// prefix `0..k` that ends on a group boundary (or at the row's end).
+fn cut_packed(p: &PackedWeight, axis: Axis, keep: &[usize]) -> Result<PackedWeight, String> {
+    let scheme = p.scheme();
+    let [out, inp] = p.shape();
+    let gpr = p.groups_per_row();
+    let per_tensor = scheme.granularity == Granularity::PerTensor;
+    let codes = p.unpack_codes();
+    let (o, i, new_codes, scale_idx): (usize, usize, Vec<u8>, Vec<usize>) = match axis {
+        Axis::Rows => {
+            let c = keep
+                .iter()
+                .flat_map(|&r| codes[r * inp..(r + 1) * inp].iter().copied())
+                .collect();
+            let idx = if per_tensor {
+                vec![0]
+            } else {
+                keep.iter().flat_map(|&r| r * gpr..(r + 1) * gpr).collect()
+            };
+            (keep.len(), inp, c, idx)
+        }
+        Axis::Cols => {
+            let g = scheme.group_len(inp);
+            let new_gpr = match scheme.granularity {
+                Granularity::PerGroup(_) => {
+                    let k = keep.len();
+                    let prefix = keep.iter().enumerate().all(|(j, &c)| j == c);
+                    if !prefix || (k % g != 0 && k != inp) {
+                        return Err(format!(
+                            "cutting columns of a layer quantized in groups of {g} must keep a prefix of whole groups (asked for {k} of {inp} columns{}); quantize after slicing or pick a width that is a multiple of {g}",
+                            if prefix { "" } else { ", not a prefix" }
+                        ));
+                    }
+                    k.div_ceil(g)
+                }
+                _ => 1,
+            };
+            let c = (0..out)
+                .flat_map(|r| keep.iter().map(move |&c| (r, c)))
+                .map(|(r, c)| codes[r * inp + c])
+                .collect();
+            let idx = if per_tensor {
+                vec![0]
+            } else {
+                (0..out).flat_map(|r| r * gpr..r * gpr + new_gpr).collect()
+            };
+            (out, keep.len(), c, idx)
+        }
+    };
+    let scales = scale_idx.iter().map(|&j| p.scales()[j]).collect();
+    let zeros = p.zeros().map(|z| scale_idx.iter().map(|&j| z[j]).collect());
+    let mut cut = PackedWeight::from_codes(scheme, o, i, &new_codes, scales, zeros)
+        .map_err(|e| e.to_string())?;
+    if let Some(m) = p.mask() {
+        cut = cut
+            .with_mask(cut_mask(m, axis, keep))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(cut)
 }
 
 fn cut_mask(m: &SparsityMask, axis: Axis, keep: &[usize]) -> SparsityMask {
@@ -132,5 +207,38 @@ mod tests {
             .unwrap_err()
             .contains("out of range"));
         assert!(keep_indices(&lin, Axis::Rows, &[]).is_err());
+    }
+
+    #[test]
+    fn quantized_layers_cut_rows_and_whole_group_prefixes_exactly() {
+        use crate::packed::{QuantScheme, Symmetry};
+        use half::f16;
+        let device = BackendKind::Flex.device().unwrap();
+        // 3 × 10, 4-bit groups of 4 (ragged last group of 2): codes r·10 + c mod 16.
+        let (out, inp) = (3, 10);
+        let codes: Vec<u8> = (0..out * inp).map(|i| (i % 16) as u8).collect();
+        let scheme = QuantScheme::new(4, Some(4), Symmetry::Asymmetric).unwrap();
+        let n = scheme.num_scales(out, inp);
+        let scales: Vec<f16> = (0..n)
+            .map(|i| f16::from_f32(0.1 + i as f32 * 0.01))
+            .collect();
+        let zeros: Vec<f16> = (0..n).map(|i| f16::from_f32(i as f32 * 0.5)).collect();
+        let p = PackedWeight::from_codes(scheme, out, inp, &codes, scales, Some(zeros)).unwrap();
+        let full = p.dequantize();
+        let lin = CompressedLinear::Quantized(QuantizedLinear::new(p, None, &device));
+        let v = |l: &CompressedLinear| l.dense_weight().into_data().try_to_vec::<f32>().unwrap();
+        let rows = keep_indices(&lin, Axis::Rows, &[2, 0]).unwrap();
+        assert_eq!(v(&rows), [&full[20..30], &full[0..10]].concat());
+        for k in [4, 8, 10] {
+            let cols = keep_indices(&lin, Axis::Cols, &(0..k).collect::<Vec<_>>()).unwrap();
+            let expect: Vec<f32> = (0..out)
+                .flat_map(|r| full[r * inp..r * inp + k].to_vec())
+                .collect();
+            assert_eq!(v(&cols), expect, "prefix of {k}");
+            assert!(matches!(cols, CompressedLinear::Quantized(_)));
+        }
+        let err = keep_indices(&lin, Axis::Cols, &[0, 1, 2]).unwrap_err();
+        assert!(err.contains("whole groups"), "{err}");
+        assert!(keep_indices(&lin, Axis::Cols, &[1, 2, 3, 4]).is_err());
     }
 }

@@ -264,6 +264,83 @@ pub fn prune_structured(
     })
 }
 
+/// Importance of every query head and FFN neuron of one block (higher = more important).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockScores {
+    /// One score per query head.
+    pub heads: Vec<f64>,
+    /// One score per FFN neuron.
+    pub ffn: Vec<f64>,
+}
+
+/// Scores every block's heads and FFN neurons without removing anything — the ranking behind
+/// Matryoshka reordering. Activation-based scores use each block's inputs from the unchanged
+/// model on `calibration` windows (unused for [`Importance::Magnitude`]); FFN neurons accept
+/// magnitude, activation or Taylor importance.
+pub fn structure_scores(
+    model: &LlamaModel,
+    calibration: &[Vec<u32>],
+    ffn_importance: Importance,
+    head_importance: Importance,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Vec<BlockScores>, PipelineError> {
+    if ffn_importance == Importance::Entropy {
+        return Err(PipelineError::Config(
+            "ffn_importance = Entropy: attention entropy ranks heads only".into(),
+        ));
+    }
+    let device = BlockwiseModel::device(model);
+    let needs = |i: Importance| ffn_importance == i || head_importance == i;
+    let taylor = if needs(Importance::Taylor) {
+        Some(
+            model
+                .taylor_scores(calibration)
+                .map_err(|e| PipelineError::Config(e.to_string()))?,
+        )
+    } else {
+        None
+    };
+    let activation = needs(Importance::Activation) || needs(Importance::Entropy);
+    let mut xs = if activation {
+        Pipeline::new().embed_calibration(model, calibration, &device)?
+    } else {
+        Vec::new()
+    };
+    let stage = |name: &str| {
+        model
+            .stages()
+            .iter()
+            .position(|s| s.name == name)
+            .ok_or_else(|| PipelineError::Config(format!("the model has no `{name}` stage")))
+    };
+    let (attn_out, mlp_down) = (stage("attn_out")?, stage("mlp_down")?);
+    let blocks = model.layers.len();
+    let mut out = Vec::with_capacity(blocks);
+    for block in 0..blocks {
+        let heads = match (&taylor, head_importance) {
+            (Some(t), Importance::Taylor) => t.heads[block].clone(),
+            (_, Importance::Magnitude) => {
+                head_scores(model, block, &[], head_importance, attn_out)?
+            }
+            _ => head_scores(model, block, &xs, head_importance, attn_out)?,
+        };
+        let ffn = match (&taylor, ffn_importance) {
+            (Some(t), Importance::Taylor) => t.ffn[block].clone(),
+            (_, Importance::Activation) => ffn_scores(model, block, &xs, mlp_down)?,
+            _ => ffn_scores(model, block, &[], mlp_down)?,
+        };
+        out.push(BlockScores { heads, ffn });
+        if activation {
+            xs = xs
+                .into_iter()
+                .map(|x| model.block_forward(block, x))
+                .collect();
+        }
+        progress(block + 1, blocks);
+    }
+    Ok(out)
+}
+
 /// One score per query head of `block` (higher = more important), by `importance`; `xs` are the
 /// block's inputs (empty for magnitude).
 fn head_scores(

@@ -14,6 +14,8 @@
 //! - [`hqq`]: HQQ (Badri & Shaji 2023), calibration-free half-quadratic fitting of zero points.
 //! - [`mixed`]: automatic mixed precision — per-layer bit widths from measured sensitivity that
 //!   meet an average bits-per-weight budget, written out as a recipe.
+//! - [`nested`]: nested bit widths — the 4- and 2-bit models inside one 8-bit code (Matryoshka
+//!   Quantization).
 //! - [`recipe`]: the quantizers' recipe configurations (`method = "rtn" | "gptq" | "hqq"`).
 //! - [`grid`]: how one group's scale and zero point are fitted and weights rounded — shared by all.
 //!
@@ -40,6 +42,7 @@ pub mod grid;
 pub mod hessian;
 pub mod hqq;
 pub mod mixed;
+pub mod nested;
 pub mod obs;
 pub mod recipe;
 pub mod rtn;

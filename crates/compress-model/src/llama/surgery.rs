@@ -19,11 +19,11 @@ use compress_core::structured::{keep_indices, Axis};
 use super::LlamaModel;
 use crate::error::ModelError;
 
-fn invalid(msg: String) -> ModelError {
+pub(super) fn invalid(msg: String) -> ModelError {
     ModelError::InvalidInput(msg)
 }
 
-fn cut(
+pub(super) fn cut(
     lin: &mut CompressedLinear,
     axis: Axis,
     keep: &[usize],

@@ -1,0 +1,122 @@
+//! Slicing a nested model: a real, smaller model with fewer neurons, heads and bits.
+
+use compress_core::linear::{CompressedLinear, QuantizedLinear};
+use compress_core::packed::{QuantScheme, Symmetry};
+use compress_model::llama::PrefixWidth;
+use compress_model::LlamaModel;
+use compress_quant::grid::GridConfig;
+use compress_quant::nested::slice_bits;
+use compress_quant::rtn::quantize_rtn;
+
+use super::Width;
+use crate::error::DistillError;
+
+/// What to cut out of a nested model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SliceSpec {
+    /// Fractions of the FFN neurons and key/value groups kept.
+    pub width: Width,
+    /// Bits of the sliced projections, read from the top bits of their 8-bit codes
+    /// ([`quantize_nested`]); `None` keeps the stored weights.
+    pub bits: Option<u8>,
+}
+
+/// What [`slice()`] produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SliceReport {
+    /// The prefix kept in every block.
+    pub prefix: PrefixWidth,
+    /// Parameters before and after ([`LlamaModel::num_parameters`]).
+    pub parameters: (usize, usize),
+    /// Storage bits of all block projections after slicing (codes, scales, zeros, masks).
+    pub projection_bits: u64,
+}
+
+fn projections(model: &mut LlamaModel) -> Vec<(String, &mut CompressedLinear)> {
+    let mut out = Vec::new();
+    for (i, b) in model.layers.iter_mut().enumerate() {
+        let a = &mut b.attn;
+        let m = &mut b.mlp;
+        for (name, l) in [
+            ("attn.q_proj", &mut a.q_proj),
+            ("attn.k_proj", &mut a.k_proj),
+            ("attn.v_proj", &mut a.v_proj),
+            ("attn.o_proj", &mut a.o_proj),
+            ("mlp.gate_proj", &mut m.gate_proj),
+            ("mlp.up_proj", &mut m.up_proj),
+            ("mlp.down_proj", &mut m.down_proj),
+        ] {
+            out.push((format!("layers.{i}.{name}"), l));
+        }
+    }
+    out
+}
+
+/// Stores every block projection of `model` as 8-bit asymmetric codes in groups of `group`
+/// (round to nearest, min–max grid), the nested store from which [`slice()`] reads 4-, 3- and
+/// 2-bit models. The embedding, norms and output head stay as they are.
+pub fn quantize_nested(model: &mut LlamaModel, group: usize) -> Result<(), DistillError> {
+    let scheme = QuantScheme::new(8, Some(group), Symmetry::Asymmetric)
+        .map_err(|e| DistillError::Config(format!("group = {group}: {e}")))?;
+    for (name, lin) in projections(model) {
+        let (out, inp) = (lin.out_features(), lin.in_features());
+        let device = lin.dense_weight().device();
+        let w = lin
+            .dense_weight()
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| DistillError::Config(format!("{name}: {e:?}")))?;
+        let packed = quantize_rtn(&name, &w, out, inp, &scheme, &GridConfig::default(), None)
+            .map_err(|e| DistillError::Config(e.to_string()))?;
+        *lin = CompressedLinear::Quantized(QuantizedLinear::new(packed, lin.bias(), &device));
+    }
+    Ok(())
+}
+
+/// A copy of `model` cut to `spec`: the first FFN neurons and key/value groups of every block
+/// (the model should be nested: [`super::sort_by_importance`] or nested training), and with
+/// `spec.bits`, every 8-bit projection re-expressed by its top bits. The matrices really shrink.
+///
+/// Quantized layers are cut exactly when no scale group is split: with per-group codes the
+/// kept FFN width and head columns must be multiples of the group size (the error says so).
+pub fn slice(
+    model: &LlamaModel,
+    spec: &SliceSpec,
+) -> Result<(LlamaModel, SliceReport), DistillError> {
+    let prefix = spec.width.prefix(model)?;
+    let before = model.num_parameters();
+    let mut m = model.clone();
+    m.keep_prefix(prefix)?;
+    if let Some(bits) = spec.bits {
+        for (name, lin) in projections(&mut m) {
+            let CompressedLinear::Quantized(q) = &*lin else {
+                return Err(DistillError::Config(format!(
+                    "{name} is {}: slicing bits needs 8-bit nested codes (quantize_nested)",
+                    lin.describe()
+                )));
+            };
+            if q.correction.is_some() {
+                return Err(DistillError::Config(format!(
+                    "{name} has a low-rank correction fitted to its 8-bit codes"
+                )));
+            }
+            let packed = slice_bits(&q.packed, bits)
+                .map_err(|e| DistillError::Config(format!("{name}: {e}")))?;
+            let device = q.weight.device();
+            *lin = CompressedLinear::Quantized(QuantizedLinear::new(packed, lin.bias(), &device));
+        }
+    }
+    let projection_bits = projections(&mut m)
+        .iter()
+        .map(|(_, l)| l.storage_bits())
+        .sum();
+    let after = m.num_parameters();
+    Ok((
+        m,
+        SliceReport {
+            prefix,
+            parameters: (before, after),
+            projection_bits,
+        },
+    ))
+}

@@ -1,0 +1,476 @@
+//! The distillation training loop on burn autodiff.
+//!
+//! Each step draws `batch_size` windows of `seq_len` tokens from the training stream (seeded by
+//! `(seed, step)`, so the data order does not depend on where a run resumed), runs the teacher
+//! without gradients and the student with them, and takes one AdamW step (Loshchilov & Hutter
+//! 2019, arXiv:1711.05101; burn-optim's implementation) with a linear warm-up then cosine decay
+//! of the learning rate and clipping of the global gradient norm.
+//!
+//! With a [`WidthSchedule::Nested`] schedule the step also trains prefix sub-models of the same
+//! weights (MatFormer, Devvrit et al. 2023, arXiv:2310.07707): the full student learns from the
+//! teacher, and each sampled prefix width learns from the full student's (detached) output —
+//! the smaller models are distilled from the largest, in one backward pass over the summed
+//! loss.
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Int, Tensor, TensorData};
+use compress_core::calibration::sample_windows;
+use compress_core::linear::CompressedLinear;
+use compress_model::llama::PrefixWidth;
+use compress_model::LlamaModel;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, CheckpointState};
+use crate::error::DistillError;
+use crate::loss::{ce_loss, hidden_mse, kl_loss, DistillLoss};
+
+/// Optimiser, schedule and data settings of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainConfig {
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Windows per step.
+    pub batch_size: usize,
+    /// Tokens per window.
+    pub seq_len: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Steps of linear warm-up from `lr / warmup_steps` to `lr`.
+    pub warmup_steps: usize,
+    /// The cosine decays to `lr · min_lr_ratio` at the last step.
+    pub min_lr_ratio: f64,
+    /// AdamW's decoupled weight decay.
+    pub weight_decay: f32,
+    /// Clip the global gradient norm to this value (`None`: no clipping).
+    pub grad_clip: Option<f32>,
+    /// Seed of the data order and of the sub-width sampling.
+    pub seed: u64,
+    /// Write a checkpoint every this many steps into this directory, and resume from the
+    /// latest one found there.
+    pub checkpoint: Option<(usize, PathBuf)>,
+}
+
+impl Default for TrainConfig {
+    /// 200 steps of 8 × 128 tokens at a peak rate of 1e-3, 20 warm-up steps, decay to 10%,
+    /// weight decay 0, clipping at 1.0, seed 0, no checkpoints.
+    fn default() -> Self {
+        Self {
+            steps: 200,
+            batch_size: 8,
+            seq_len: 128,
+            lr: 1e-3,
+            warmup_steps: 20,
+            min_lr_ratio: 0.1,
+            weight_decay: 0.0,
+            grad_clip: Some(1.0),
+            seed: 0,
+            checkpoint: None,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The learning rate of `step` (0-based): linear warm-up, then cosine decay to
+    /// `lr · min_lr_ratio` at step `steps − 1`.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        if step < self.warmup_steps {
+            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        let span = self.steps.saturating_sub(self.warmup_steps + 1).max(1) as f64;
+        let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
+        let floor = self.lr * self.min_lr_ratio;
+        floor + 0.5 * (self.lr - floor) * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+
+    fn validate(&self) -> Result<(), DistillError> {
+        let bad = |m: String| Err(DistillError::Config(m));
+        if self.steps == 0 || self.batch_size == 0 {
+            return bad(format!(
+                "steps = {}, batch_size = {}: both must be positive",
+                self.steps, self.batch_size
+            ));
+        }
+        if self.seq_len < 2 {
+            return bad(format!("seq_len = {}: at least 2 tokens", self.seq_len));
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad(format!("lr = {}: must be positive", self.lr));
+        }
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            return bad(format!(
+                "min_lr_ratio = {}: must lie in [0, 1]",
+                self.min_lr_ratio
+            ));
+        }
+        if self
+            .grad_clip
+            .is_some_and(|c| c.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater))
+        {
+            return bad(format!(
+                "grad_clip = {:?}: must be positive",
+                self.grad_clip
+            ));
+        }
+        if let Some((0, _)) = self.checkpoint {
+            return bad("checkpoint every 0 steps".into());
+        }
+        Ok(())
+    }
+}
+
+/// Which widths of the student each step trains.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WidthSchedule {
+    /// Only the whole student.
+    Full,
+    /// MatFormer-style nested training: the whole student plus `per_step` prefix widths drawn
+    /// (seeded, without replacement) from `widths`.
+    Nested {
+        /// Candidate prefix widths (each smaller than the model).
+        widths: Vec<PrefixWidth>,
+        /// Prefix widths trained per step (at most `widths.len()`).
+        per_step: usize,
+    },
+}
+
+/// Loss values of one step (the values before the step's update).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepLoss {
+    /// 0-based step.
+    pub step: usize,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Sum of every term.
+    pub total: f64,
+    /// The whole student's loss.
+    pub full: f64,
+    /// `(ffn, kv_groups, loss)` of each prefix width trained this step.
+    pub widths: Vec<(usize, usize, f64)>,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+/// What a progress callback sees after each step.
+#[derive(Debug, Clone)]
+pub struct StepInfo<'a> {
+    /// The step's losses.
+    pub loss: &'a StepLoss,
+    /// Total steps of the run.
+    pub steps: usize,
+    /// Training tokens per second so far in this process.
+    pub tokens_per_s: f64,
+}
+
+/// The result of [`distill`].
+#[derive(Debug)]
+pub struct TrainOutcome {
+    /// The trained student (on the device it came from, without autodiff).
+    pub student: LlamaModel,
+    /// Losses of every step, including steps run before a resume.
+    pub history: Vec<StepLoss>,
+    /// The step the run resumed from (0 for a fresh run).
+    pub resumed_from: usize,
+    /// Whether the progress callback stopped the run early.
+    pub stopped: bool,
+}
+
+struct Ids(Vec<(ParamId, usize)>);
+
+impl ModuleVisitor for Ids {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.0.push((param.id, D));
+    }
+}
+
+/// Scales every gradient so their global L2 norm is at most `max`; returns the norm before.
+fn clip_global_norm(
+    grads: &mut GradientsParams,
+    ids: &[(ParamId, usize)],
+    max: Option<f32>,
+) -> f64 {
+    let sq = |g: &GradientsParams, id: ParamId, d: usize| -> f64 {
+        let s = match d {
+            1 => g.get::<1>(id).map(|t| t.square().sum()),
+            2 => g.get::<2>(id).map(|t| t.square().sum()),
+            _ => None,
+        };
+        s.map_or(0.0, |t| {
+            t.into_data().try_to_vec::<f32>().unwrap_or_default()[0] as f64
+        })
+    };
+    let norm = ids
+        .iter()
+        .map(|&(id, d)| sq(grads, id, d))
+        .sum::<f64>()
+        .sqrt();
+    if let Some(max) = max {
+        if norm > max as f64 {
+            let f = max as f64 / (norm + 1e-12);
+            for &(id, d) in ids {
+                match d {
+                    1 => {
+                        if let Some(g) = grads.remove::<1>(id) {
+                            grads.register(id, g * f);
+                        }
+                    }
+                    2 => {
+                        if let Some(g) = grads.remove::<2>(id) {
+                            grads.register(id, g * f);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    norm
+}
+
+fn scalar(t: &Tensor<1>) -> f64 {
+    t.clone()
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap_or_default()[0] as f64
+}
+
+fn check_dense(model: &LlamaModel) -> Result<(), DistillError> {
+    for (i, b) in model.layers.iter().enumerate() {
+        let lins = [
+            ("attn.q_proj", &b.attn.q_proj),
+            ("attn.k_proj", &b.attn.k_proj),
+            ("attn.v_proj", &b.attn.v_proj),
+            ("attn.o_proj", &b.attn.o_proj),
+            ("mlp.gate_proj", &b.mlp.gate_proj),
+            ("mlp.up_proj", &b.mlp.up_proj),
+            ("mlp.down_proj", &b.mlp.down_proj),
+        ];
+        for (name, l) in lins {
+            if !matches!(l, CompressedLinear::Dense(_)) {
+                return Err(DistillError::Config(format!(
+                    "layers.{i}.{name} is {}: full distillation trains dense layers only",
+                    l.describe()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Distils `teacher` into `student` on windows of `tokens` (a tokenized training text or teacher
+/// samples, [`crate::data::teacher_samples`]).
+///
+/// `progress` runs after every step; returning `ControlFlow::Break(())` stops the run after
+/// that step (and after its checkpoint, if one was due) — what an interrupted run looks like.
+pub fn distill(
+    student: LlamaModel,
+    teacher: &LlamaModel,
+    tokens: &[u32],
+    cfg: &TrainConfig,
+    objective: &DistillLoss,
+    widths: &WidthSchedule,
+    mut progress: impl FnMut(&StepInfo) -> ControlFlow<()>,
+) -> Result<TrainOutcome, DistillError> {
+    cfg.validate()?;
+    check_dense(&student)?;
+    if student.config().vocab_size != teacher.config().vocab_size {
+        return Err(DistillError::Config(format!(
+            "student vocabulary {} differs from the teacher's {}",
+            student.config().vocab_size,
+            teacher.config().vocab_size
+        )));
+    }
+    if !(objective.temperature > 0.0) {
+        return Err(DistillError::Config(format!(
+            "temperature = {}: must be positive",
+            objective.temperature
+        )));
+    }
+    if let WidthSchedule::Nested {
+        widths: w,
+        per_step,
+    } = widths
+    {
+        if *per_step > w.len() {
+            return Err(DistillError::Config(format!(
+                "per_step = {per_step} with {} candidate widths",
+                w.len()
+            )));
+        }
+        for &pw in w {
+            student.prefix_gates(pw, &student.device())?;
+        }
+    }
+    let hidden_at: Vec<usize> = objective.hidden.iter().map(|&(b, _)| b).collect();
+    let base = student.device();
+    let ad = base.clone().autodiff();
+    let mut optim: ModuleOptimizer = AdamWConfig::new()
+        .with_weight_decay(cfg.weight_decay)
+        .with_epsilon(1e-8)
+        .init();
+
+    let (student, mut history, start) = match &cfg.checkpoint {
+        Some((_, dir)) => match checkpoint::latest(dir) {
+            Some(path) => {
+                let (m, o, state) = checkpoint::load(&path, student, optim, &base)?;
+                optim = o;
+                (m, state.history, state.next_step)
+            }
+            None => (student, Vec::new(), 0),
+        },
+        None => (student, Vec::new(), 0),
+    };
+    let mut ids = Ids(Vec::new());
+    student.visit(&mut ids);
+    let ids = ids.0;
+    // Loaded weights do not track gradients; every parameter of the student trains.
+    let mut student = student.train().set_require_grad(true);
+    let clock = Instant::now();
+    let mut stopped = false;
+    for step in start..cfg.steps {
+        let windows = sample_windows(
+            tokens,
+            cfg.batch_size,
+            cfg.seq_len,
+            cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step as u64,
+        )
+        .map_err(|e| DistillError::Config(format!("training data: {e}")))?;
+        let ids_flat: Vec<i64> = windows.iter().flatten().map(|&t| t as i64).collect();
+        let shape = [cfg.batch_size, cfg.seq_len];
+        let on = |d| Tensor::<2, Int>::from_data(TensorData::new(ids_flat.clone(), shape), d);
+        let (t_logits, t_hidden) = teacher.forward_train(on(&base), None, &hidden_at)?;
+        let batch = on(&ad);
+        let (s_logits, s_hidden) = student.forward_train(batch.clone(), None, &hidden_at)?;
+        let term = |logits: Tensor<3>, target: Tensor<3>| {
+            let mut l = kl_loss(logits.clone(), target, objective.temperature) * objective.kl;
+            if objective.ce > 0.0 {
+                l = l + ce_loss(logits, batch.clone()) * objective.ce;
+            }
+            l
+        };
+        let mut full = term(s_logits.clone(), t_logits);
+        for ((&(_, w), s), t) in objective.hidden.iter().zip(s_hidden).zip(t_hidden) {
+            full = full + hidden_mse(s, t) * w;
+        }
+        let mut total = full.clone();
+        let mut width_losses = Vec::new();
+        if let WidthSchedule::Nested {
+            widths: w,
+            per_step,
+        } = widths
+        {
+            let mut pick = w.clone();
+            let mut rng = StdRng::seed_from_u64(cfg.seed ^ (step as u64).rotate_left(32));
+            pick.shuffle(&mut rng);
+            let target = s_logits.detach();
+            for pw in pick.into_iter().take(*per_step) {
+                let gates = student.prefix_gates(pw, &ad)?;
+                let (logits, _) = student.forward_train(batch.clone(), Some(&gates), &[])?;
+                let l = term(logits, target.clone());
+                width_losses.push((pw.ffn, pw.kv_groups, scalar(&l)));
+                total = total + l;
+            }
+        }
+        let total_v = scalar(&total);
+        if !total_v.is_finite() {
+            return Err(DistillError::NonFinite {
+                step,
+                value: total_v,
+            });
+        }
+        let mut grads = GradientsParams::from_grads(total.backward(), &student);
+        let grad_norm = clip_global_norm(&mut grads, &ids, cfg.grad_clip);
+        let lr = cfg.lr_at(step);
+        student = optim.step(lr, student, grads);
+        history.push(StepLoss {
+            step,
+            lr,
+            total: total_v,
+            full: scalar(&full),
+            widths: width_losses,
+            grad_norm,
+        });
+        if let Some((every, dir)) = &cfg.checkpoint {
+            if (step + 1) % every == 0 || step + 1 == cfg.steps {
+                let state = CheckpointState::new(step + 1, history.clone());
+                checkpoint::save(dir, &student.valid(), &optim, &state)?;
+            }
+        }
+        let done = (step + 1 - start) as f64;
+        let info = StepInfo {
+            loss: history.last().expect("just pushed"),
+            steps: cfg.steps,
+            tokens_per_s: done * (cfg.batch_size * cfg.seq_len) as f64
+                / clock.elapsed().as_secs_f64().max(1e-9),
+        };
+        if progress(&info).is_break() {
+            stopped = step + 1 < cfg.steps;
+            break;
+        }
+    }
+    let mut student = student.valid();
+    student.retie_head();
+    Ok(TrainOutcome {
+        student,
+        history,
+        resumed_from: start,
+        stopped,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_the_floor() {
+        let cfg = TrainConfig {
+            steps: 110,
+            warmup_steps: 10,
+            lr: 1.0,
+            min_lr_ratio: 0.1,
+            ..TrainConfig::default()
+        };
+        assert!((cfg.lr_at(0) - 0.1).abs() < 1e-12);
+        assert!((cfg.lr_at(9) - 1.0).abs() < 1e-12);
+        assert!((cfg.lr_at(10) - 1.0).abs() < 1e-12);
+        assert!((cfg.lr_at(109) - 0.1).abs() < 1e-12);
+        // Half-way through the decay: the mean of peak and floor.
+        let mid = cfg.lr_at(10 + 99 / 2);
+        assert!((mid - 0.55).abs() < 0.02, "{mid}");
+        assert!((1..110).all(|s| s < 10 || cfg.lr_at(s) <= cfg.lr_at(s - 1) + 1e-12));
+    }
+
+    #[test]
+    fn bad_settings_are_rejected_naming_the_field() {
+        let bad = |c: TrainConfig| c.validate().unwrap_err().to_string();
+        assert!(bad(TrainConfig {
+            steps: 0,
+            ..Default::default()
+        })
+        .contains("steps"));
+        assert!(bad(TrainConfig {
+            seq_len: 1,
+            ..Default::default()
+        })
+        .contains("seq_len"));
+        assert!(bad(TrainConfig {
+            lr: -1.0,
+            ..Default::default()
+        })
+        .contains("lr"));
+        assert!(bad(TrainConfig {
+            grad_clip: Some(0.0),
+            ..Default::default()
+        })
+        .contains("grad_clip"));
+    }
+}
