@@ -13,6 +13,8 @@ Examples (from the repository root; without --model the embedded stories260K is 
   compress lowrank --method svd-llm --ratio 0.8 --output stories-svdllm.safetensors
   compress run examples/recipes/gptq-w4g128.toml --nsamples 32 --seqlen 128 --output out.safetensors --eval ../shared/data/tinystories/val.txt
   compress eval --model out.safetensors --base-model .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf --text ../shared/data/wikitext-2/wiki.test.raw
+  compress slice --sort --width 0.5 --output stories-half.safetensors --eval ../shared/data/tinystories/val.txt
+  compress slice --model assets/matryoshka/nested.compress --width 0.75 --nest-bits --bits 4 --output nested-75-w4.safetensors
   compress generate --model out.safetensors --prompt \"Once upon a time\"
 
 Output formats (--output): `.gguf` → GGUF for llama.cpp (block formats where the scheme maps
@@ -53,6 +55,9 @@ pub enum Command {
     Lowrank(LowrankArgs),
     /// Perplexity, KL divergence to a base model, zero-shot tasks.
     Eval(EvalArgs),
+    /// Cut a smaller model out of a nested (Matryoshka) one: a prefix of every block's FFN
+    /// neurons and key/value groups, and/or the top bits of 8-bit codes.
+    Slice(SliceArgs),
     /// Generate text from a prompt.
     Generate(GenerateArgs),
 }
@@ -336,4 +341,38 @@ pub struct GenerateArgs {
     /// Sampling seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+}
+
+/// `slice` flags.
+#[derive(Args, Debug)]
+pub struct SliceArgs {
+    /// Fraction of every block's FFN neurons and key/value groups kept, in (0, 1].
+    #[arg(long, default_value_t = 1.0)]
+    pub width: f64,
+    /// Fraction of FFN neurons kept, overriding --width for the FFN.
+    #[arg(long)]
+    pub ffn_width: Option<f64>,
+    /// Fraction of key/value groups (with their query heads) kept, overriding --width.
+    #[arg(long)]
+    pub head_width: Option<f64>,
+    /// Re-express every 8-bit projection by its top this-many bits (2–8).
+    #[arg(long)]
+    pub bits: Option<u8>,
+    /// Store every projection of the width slice as 8-bit codes (round to nearest, asymmetric)
+    /// so that --bits can slice them (a model already holding 8-bit codes needs no flag).
+    #[arg(long)]
+    pub nest_bits: bool,
+    /// Group size of --nest-bits.
+    #[arg(long, default_value_t = 32)]
+    pub nest_group: usize,
+    /// First sort neurons and key/value groups by activation importance on --calib (post-hoc
+    /// nesting of a model that was not trained nested).
+    #[arg(long)]
+    pub sort: bool,
+    /// Calibration windows for --sort.
+    #[arg(long, default_value_t = 32)]
+    pub sort_samples: usize,
+    /// Calibration, output and evaluation (--eval compares the slice with the input model).
+    #[command(flatten)]
+    pub common: CompressArgs,
 }

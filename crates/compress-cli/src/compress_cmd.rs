@@ -175,7 +175,7 @@ pub fn lowrank(args: &LowrankArgs, device: &burn::tensor::Device, json: bool) ->
 
 /// The calibration text and the evaluation text; when both are the same file, calibration
 /// gets its first half (up to a line break) and evaluation the second.
-fn texts(calib: &Path, eval: Option<&Path>) -> CliResult<(String, Option<String>)> {
+pub(crate) fn texts(calib: &Path, eval: Option<&Path>) -> CliResult<(String, Option<String>)> {
     let calib_text = read_text(calib)?;
     let Some(eval) = eval else {
         return Ok((calib_text, None));
@@ -286,22 +286,26 @@ fn execute(
         );
     }
     if let Some(k) = &r.eval {
-        println!(
-            "perplexity (context {}, {} tokens): {:.4} → {:.4}; KLD {:.5} (95% {:.5}–{:.5}), same top token {:.4}",
-            args.context,
-            k.tokens,
-            k.mean_nll.0.exp(),
-            k.mean_nll.1.exp(),
-            k.kld.mean,
-            k.kld.lo,
-            k.kld.hi,
-            k.same_top.mean
-        );
+        print_kld(args.context, k);
     }
     Ok(())
 }
 
-fn save(
+/// Prints the perplexities and KL divergence of an `--eval` run on one line.
+pub(crate) fn print_kld(context: usize, k: &KldReport) {
+    println!(
+        "perplexity (context {context}, {} tokens): {:.4} → {:.4}; KLD {:.5} (95% {:.5}–{:.5}), same top token {:.4}",
+        k.tokens,
+        k.mean_nll.0.exp(),
+        k.mean_nll.1.exp(),
+        k.kld.mean,
+        k.kld.lo,
+        k.kld.hi,
+        k.same_top.mean
+    );
+}
+
+pub(crate) fn save(
     m: &LoadedModel,
     args: &CompressArgs,
     format: Format,
@@ -396,7 +400,7 @@ fn save(
     })
 }
 
-fn evaluate(
+pub(crate) fn evaluate(
     base: &LoadedModel,
     m: &LoadedModel,
     text: &str,

@@ -1,7 +1,7 @@
 //! # compress-cli
 //!
-//! The `compress` command: `inspect`, `run RECIPE.toml`, `quantize`, `prune`, `lowrank`, `eval`,
-//! `generate` over llama-family models (GGUF files, compress containers, Hugging Face
+//! The `compress` command: `inspect`, `run RECIPE.toml`, `quantize`, `prune`, `lowrank`, `slice`,
+//! `eval`, `generate` over llama-family models (GGUF files, compress containers, Hugging Face
 //! checkpoints), writing the lossless container or GGUF. Run `compress --help` for the flags
 //! and examples; `--json` prints one machine-readable object per command on stdout.
 //!
@@ -14,8 +14,6 @@
 //! compress_cli::run(cli).unwrap();
 //! ```
 //!
-//! `slice` lands with the Matryoshka work (issue #8).
-
 #![warn(missing_docs)]
 
 pub mod cli;
@@ -25,6 +23,7 @@ pub mod eval_cmd;
 pub mod generate_cmd;
 pub mod inspect;
 pub mod progress;
+pub mod slice_cmd;
 
 use std::path::Path;
 
@@ -69,6 +68,7 @@ pub fn run(cli: cli::Cli) -> CliResult<()> {
         cli::Command::Prune(a) => compress_cmd::prune(&a, &device, cli.json),
         cli::Command::Lowrank(a) => compress_cmd::lowrank(&a, &device, cli.json),
         cli::Command::Eval(a) => eval_cmd::eval(&a, &device, cli.json),
+        cli::Command::Slice(a) => slice_cmd::slice_cmd(&a, &device, cli.json),
         cli::Command::Generate(a) => generate_cmd::generate(&a, &device, cli.json),
     }
 }

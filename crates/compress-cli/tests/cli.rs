@@ -303,6 +303,73 @@ fn errors_exit_with_their_codes_and_name_the_culprit() {
     assert!(!out.exists());
 }
 
+/// `slice` cuts real smaller models: post-hoc sorted at half width (fewer parameters, the
+/// shapes in the saved file), and the shipped nested model at 75% width with its 4-bit codes
+/// read from nested 8-bit ones; a width of 0 is a usage error naming the field.
+#[test]
+fn slice_writes_smaller_models() {
+    let Some(calib) = shared("data/tinystories/val.txt") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let half = dir.path().join("half.safetensors");
+    let r = json(&[
+        "slice",
+        "--sort",
+        "--width",
+        "0.5",
+        "--calib",
+        s(&calib),
+        "--output",
+        s(&half),
+    ]);
+    // stories260K: FFN 172 → 86, 4 KV groups → 2.
+    assert_eq!(
+        (r["ffn"].as_u64(), r["kv_groups"].as_u64()),
+        (Some(86), Some(2))
+    );
+    assert_eq!(r["parameters"][0], 292_800);
+    assert_eq!(r["parameters"][1], 179_520);
+    let i = json(&["inspect", "--model", s(&half)]);
+    assert_eq!(i["config"]["intermediate_size"], 86);
+    assert_eq!(i["config"]["num_kv_heads"], 2);
+
+    let nested = workspace().join("assets/matryoshka/nested.compress");
+    let small = dir.path().join("n75w4.safetensors");
+    let r = json(&[
+        "slice",
+        "--model",
+        s(&nested),
+        "--width",
+        "0.75",
+        "--nest-bits",
+        "--bits",
+        "4",
+        "--output",
+        s(&small),
+        "--eval",
+        s(&calib),
+        "--limit",
+        "4",
+    ]);
+    assert_eq!(r["bits"], 4);
+    let kld = r["eval"]["kld"]["mean"].as_f64().unwrap();
+    assert!(kld > 0.0 && kld.is_finite(), "KLD {kld}");
+    let i = json(&["inspect", "--model", s(&small)]);
+    assert_eq!(i["layers"][0]["storage"], "int4 g32 asym");
+    assert_eq!(i["config"]["intermediate_size"], 129);
+
+    let out = compress(&[
+        "slice",
+        "--width",
+        "0",
+        "--output",
+        s(&dir.path().join("x")),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("width.ffn"));
+}
+
 /// The command-line block of the workspace README runs as written (in a scratch directory laid
 /// out like the repository: `examples/` and `../shared` beside it), so the documented commands
 /// cannot rot.

@@ -39,3 +39,8 @@ pub mod matryoshka;
 pub mod train;
 
 pub use error::DistillError;
+
+/// The README's example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -11,7 +11,9 @@ use std::ops::ControlFlow;
 use burn::tensor::{Int, Tensor, TensorData};
 use compress_core::calibration::sample_windows;
 use compress_distill::loss::{kl_loss, DistillLoss};
-use compress_distill::matryoshka::{quantize_nested, slice, sort_by_importance, SliceSpec, Width};
+use compress_distill::matryoshka::{
+    quantize_nested, slice, sort_by_activation, sort_by_importance, SliceSpec, Width,
+};
 use compress_distill::train::{distill, TrainConfig, WidthSchedule};
 use compress_eval::perplexity::{perplexity, PerplexityConfig, Scoring};
 use compress_model::LlamaModel;
@@ -186,14 +188,7 @@ fn training_steps_lower_the_loss_on_a_fixed_batch() {
     let teacher = &s.m.model;
     let calib = sample_windows(&s.calib, 8, 64, 0).unwrap();
     let mut sorted = teacher.clone();
-    sort_by_importance(
-        &mut sorted,
-        &calib,
-        Importance::Activation,
-        Importance::Activation,
-        |_, _| {},
-    )
-    .unwrap();
+    sort_by_activation(&mut sorted, &calib).unwrap();
     let spec = SliceSpec {
         width: Width::ffn_only(0.5),
         bits: None,

@@ -12,10 +12,11 @@
 //!   bootstrap);
 //! - [`stats`]: the intervals and percentiles they share;
 //! - [`weights`]: weight-distribution statistics (excess kurtosis, outlier fraction, histogram);
-//! - [`progress`]: a throttled progress line with ETA for long runs.
+//! - [`progress`]: a throttled progress line with ETA for long runs;
+//! - [`plot`]: SVG/PNG line and scatter charts (elasticity curves, quality vs bits/weight with
+//!   the Pareto frontier).
 //!
-//! Planned (issue #3): aggregation over seeds, speed and memory, JSON/Markdown reports and
-//! plots.
+//! Planned (issue #3): aggregation over seeds, speed and memory, JSON/Markdown reports.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -35,6 +36,7 @@
 pub mod compare;
 pub mod kld;
 pub mod perplexity;
+pub mod plot;
 pub mod progress;
 pub mod stats;
 pub mod tasks;

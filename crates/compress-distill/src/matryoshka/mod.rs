@@ -16,8 +16,8 @@
 mod slice;
 mod sort;
 
-pub use slice::{quantize_nested, slice, SliceReport, SliceSpec};
-pub use sort::{sort_by_importance, NestedOrder};
+pub use slice::{quantize_nested, quantize_projections, slice, SliceReport, SliceSpec};
+pub use sort::{sort_by_activation, sort_by_importance, NestedOrder};
 
 use compress_model::llama::PrefixWidth;
 use compress_model::LlamaModel;

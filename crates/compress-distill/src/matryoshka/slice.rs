@@ -56,8 +56,19 @@ fn projections(model: &mut LlamaModel) -> Vec<(String, &mut CompressedLinear)> {
 /// (round to nearest, min–max grid), the nested store from which [`slice()`] reads 4-, 3- and
 /// 2-bit models. The embedding, norms and output head stay as they are.
 pub fn quantize_nested(model: &mut LlamaModel, group: usize) -> Result<(), DistillError> {
-    let scheme = QuantScheme::new(8, Some(group), Symmetry::Asymmetric)
-        .map_err(|e| DistillError::Config(format!("group = {group}: {e}")))?;
+    quantize_projections(model, 8, group)
+}
+
+/// Round-to-nearest quantization of every block projection to `bits`-bit asymmetric codes in
+/// groups of `group` (min–max grid) — [`quantize_nested`] at 8 bits, and the separately
+/// quantized baseline a nested slice is compared with at fewer bits.
+pub fn quantize_projections(
+    model: &mut LlamaModel,
+    bits: u8,
+    group: usize,
+) -> Result<(), DistillError> {
+    let scheme = QuantScheme::new(bits, Some(group), Symmetry::Asymmetric)
+        .map_err(|e| DistillError::Config(format!("{bits} bits, group = {group}: {e}")))?;
     for (name, lin) in projections(model) {
         let (out, inp) = (lin.out_features(), lin.in_features());
         let device = lin.dense_weight().device();

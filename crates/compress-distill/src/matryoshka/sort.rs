@@ -65,6 +65,21 @@ pub fn sort_by_importance(
     Ok(order)
 }
 
+/// [`sort_by_importance`] with activation energy for both neurons and heads — the default
+/// post-hoc nesting.
+pub fn sort_by_activation(
+    model: &mut LlamaModel,
+    calibration: &[Vec<u32>],
+) -> Result<NestedOrder, DistillError> {
+    sort_by_importance(
+        model,
+        calibration,
+        Importance::Activation,
+        Importance::Activation,
+        |_, _| {},
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
