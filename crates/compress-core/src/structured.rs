@@ -116,7 +116,7 @@ fn cut_packed(p: &PackedWeight, axis: Axis, keep: &[usize]) -> Result<PackedWeig
                 Granularity::PerGroup(_) => {
                     let k = keep.len();
                     let prefix = keep.iter().enumerate().all(|(j, &c)| j == c);
-                    if !prefix || (k % g != 0 && k != inp) {
+                    if !prefix || (!k.is_multiple_of(g) && k != inp) {
                         return Err(format!(
                             "cutting columns of a layer quantized in groups of {g} must keep a prefix of whole groups (asked for {k} of {inp} columns{}); quantize after slicing or pick a width that is a multiple of {g}",
                             if prefix { "" } else { ", not a prefix" }

@@ -288,7 +288,7 @@ pub fn distill(
             teacher.config().vocab_size
         )));
     }
-    if !(objective.temperature > 0.0) {
+    if objective.temperature.is_nan() || objective.temperature <= 0.0 {
         return Err(DistillError::Config(format!(
             "temperature = {}: must be positive",
             objective.temperature
