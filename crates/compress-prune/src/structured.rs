@@ -81,6 +81,15 @@ pub struct StructuredReport {
     pub kept_heads: Vec<Vec<usize>>,
 }
 
+/// The index of the calibration stage `name` of `model` (`attn_out`, `mlp_down`, ...).
+fn stage(model: &LlamaModel, name: &str) -> Result<usize, PipelineError> {
+    model
+        .stages()
+        .iter()
+        .position(|s| s.name == name)
+        .ok_or_else(|| PipelineError::Config(format!("the model has no `{name}` stage")))
+}
+
 /// Which query heads to keep for a block of `heads` in `kv` groups, removing about `fraction`
 /// of them, given one score per head.
 pub fn select_heads(scores: &[f64], kv: usize, fraction: f64) -> Vec<usize> {
@@ -192,14 +201,7 @@ pub fn prune_structured(
     let (mut ffn_removed, mut heads_removed) = (0, (0, 0));
     let (mut kept_ffn, mut kept_heads) = (Vec::new(), Vec::new());
     let blocks = model.layers.len();
-    let stage = |name: &str| {
-        model
-            .stages()
-            .iter()
-            .position(|s| s.name == name)
-            .ok_or_else(|| PipelineError::Config(format!("the model has no `{name}` stage")))
-    };
-    let (attn_out, mlp_down) = (stage("attn_out")?, stage("mlp_down")?);
+    let (attn_out, mlp_down) = (stage(model, "attn_out")?, stage(model, "mlp_down")?);
     let data = |needed: bool, xs: &[Tensor<3>]| if needed { xs.to_vec() } else { Vec::new() };
     for block in 0..blocks {
         // Heads first; the FFN is then ranked on the MLP input the pruned attention produces.
@@ -306,14 +308,7 @@ pub fn structure_scores(
     } else {
         Vec::new()
     };
-    let stage = |name: &str| {
-        model
-            .stages()
-            .iter()
-            .position(|s| s.name == name)
-            .ok_or_else(|| PipelineError::Config(format!("the model has no `{name}` stage")))
-    };
-    let (attn_out, mlp_down) = (stage("attn_out")?, stage("mlp_down")?);
+    let (attn_out, mlp_down) = (stage(model, "attn_out")?, stage(model, "mlp_down")?);
     let blocks = model.layers.len();
     let mut out = Vec::with_capacity(blocks);
     for block in 0..blocks {

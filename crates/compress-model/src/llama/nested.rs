@@ -114,36 +114,7 @@ impl LlamaModel {
             }
             groups.push(kv);
         }
-        let hd = shape.head_dim;
-        let rows = |units: &[usize]| -> Vec<usize> {
-            units.iter().flat_map(|&h| h * hd..(h + 1) * hd).collect()
-        };
-        let (q_rows, kv_rows) = (rows(order), rows(&groups));
-        let attn = &mut self.layers[block].attn;
-        cut(
-            &mut attn.q_proj,
-            Axis::Rows,
-            &q_rows,
-            &format!("{what}.q_proj"),
-        )?;
-        cut(
-            &mut attn.k_proj,
-            Axis::Rows,
-            &kv_rows,
-            &format!("{what}.k_proj"),
-        )?;
-        cut(
-            &mut attn.v_proj,
-            Axis::Rows,
-            &kv_rows,
-            &format!("{what}.v_proj"),
-        )?;
-        cut(
-            &mut attn.o_proj,
-            Axis::Cols,
-            &q_rows,
-            &format!("{what}.o_proj"),
-        )
+        self.cut_heads(block, order, &groups)
     }
 
     /// Gates that keep the prefix `width` of every block (on `device`), or an error naming the

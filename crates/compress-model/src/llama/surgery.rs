@@ -161,11 +161,29 @@ impl LlamaModel {
                 "{what}: grouped-query attention needs the same number of query heads in every kept group (kept per group: {per_group:?})"
             )));
         }
-        let hd = shape.head_dim;
-        let rows = |heads: &[usize]| -> Vec<usize> {
-            heads.iter().flat_map(|&h| h * hd..(h + 1) * hd).collect()
+        self.cut_heads(block, &keep, &kept_groups)?;
+        let attn = &mut self.layers[block].attn;
+        attn.num_heads = keep.len();
+        attn.num_kv_heads = kept_groups.len();
+        self.refresh_config();
+        Ok(())
+    }
+
+    /// Keeps (in this order) the query heads `heads` and key/value heads `groups` of block
+    /// `block`: their rows of `q_proj` / `k_proj` / `v_proj` and columns of `o_proj`. Head counts
+    /// are left to the caller.
+    pub(super) fn cut_heads(
+        &mut self,
+        block: usize,
+        heads: &[usize],
+        groups: &[usize],
+    ) -> Result<(), ModelError> {
+        let what = format!("layers.{block}.attn");
+        let hd = self.head_shape(block).head_dim;
+        let rows = |units: &[usize]| -> Vec<usize> {
+            units.iter().flat_map(|&h| h * hd..(h + 1) * hd).collect()
         };
-        let (q_rows, kv_rows) = (rows(&keep), rows(&kept_groups));
+        let (q_rows, kv_rows) = (rows(heads), rows(groups));
         let attn = &mut self.layers[block].attn;
         cut(
             &mut attn.q_proj,
@@ -190,11 +208,7 @@ impl LlamaModel {
             Axis::Cols,
             &q_rows,
             &format!("{what}.o_proj"),
-        )?;
-        attn.num_heads = keep.len();
-        attn.num_kv_heads = kept_groups.len();
-        self.refresh_config();
-        Ok(())
+        )
     }
 
     /// Removes the blocks `remove` (any order); at least one block must stay.
