@@ -16,7 +16,7 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::module::{Lora, Module, ModuleVisitor, Param, ParamGroup, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Int, Tensor, TensorData};
 use compress_core::calibration::sample_windows;
@@ -51,11 +51,28 @@ pub struct TrainConfig {
     pub weight_decay: f32,
     /// Clip the global gradient norm to this value (`None`: no clipping).
     pub grad_clip: Option<f32>,
-    /// Seed of the data order and of the sub-width sampling.
+    /// Seed of the data order, of the sub-width sampling and of the LoRA initialisation.
     pub seed: u64,
     /// Write a checkpoint every this many steps into this directory, and resume from the
     /// latest one found there.
     pub checkpoint: Option<(usize, PathBuf)>,
+    /// Train LoRA adapters on the block projections instead of every weight (healing), merged
+    /// into the weights at the end.
+    pub lora: Option<LoraConfig>,
+}
+
+/// LoRA adapters (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models",
+/// arXiv:2106.09685): each block projection `W` becomes `W + (α / r)·A B` with trainable `A`, `B`
+/// of rank `r` (B starts at 0, so training starts from the compressed model) and `W` frozen;
+/// burn's `Module::apply_lora` implements it. After training the product is merged into `W`, and
+/// a pruned layer's mask is applied again so its sparsity is kept (the merged update at pruned
+/// positions is dropped).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoraConfig {
+    /// Rank `r` of the adapters.
+    pub rank: usize,
+    /// Scale numerator `α` (the update is scaled by `α / r`).
+    pub alpha: f64,
 }
 
 impl Default for TrainConfig {
@@ -73,6 +90,7 @@ impl Default for TrainConfig {
             grad_clip: Some(1.0),
             seed: 0,
             checkpoint: None,
+            lora: None,
         }
     }
 }
@@ -121,6 +139,14 @@ impl TrainConfig {
         }
         if let Some((0, _)) = self.checkpoint {
             return bad("checkpoint every 0 steps".into());
+        }
+        if let Some(l) = self.lora {
+            if l.rank == 0 || !(l.alpha.is_finite() && l.alpha > 0.0) {
+                return bad(format!("lora = {l:?}: rank and alpha must be positive"));
+            }
+            if self.checkpoint.is_some() {
+                return bad("lora with checkpoint: resuming LoRA runs is not supported yet".into());
+            }
         }
         Ok(())
     }
@@ -234,6 +260,53 @@ fn clip_global_norm(
     norm
 }
 
+/// The burn ids of every block projection's weight (the LoRA targets).
+fn projection_weight_ids(model: &LlamaModel) -> Vec<ParamId> {
+    let mut ids = Vec::new();
+    for b in &model.layers {
+        for l in [
+            &b.attn.q_proj,
+            &b.attn.k_proj,
+            &b.attn.v_proj,
+            &b.attn.o_proj,
+            &b.mlp.gate_proj,
+            &b.mlp.up_proj,
+            &b.mlp.down_proj,
+        ] {
+            if let CompressedLinear::Dense(d) = l {
+                ids.push(d.weight.id);
+            }
+        }
+    }
+    ids
+}
+
+/// Zeroes the pruned weights of every masked dense projection again (after a LoRA merge).
+fn reapply_masks(model: &mut LlamaModel) {
+    for b in &mut model.layers {
+        for l in [
+            &mut b.attn.q_proj,
+            &mut b.attn.k_proj,
+            &mut b.attn.v_proj,
+            &mut b.attn.o_proj,
+            &mut b.mlp.gate_proj,
+            &mut b.mlp.up_proj,
+            &mut b.mlp.down_proj,
+        ] {
+            if let CompressedLinear::Dense(d) = l {
+                if let Some(mask) = d.mask.clone() {
+                    let w = d.weight.val();
+                    let (device, dims) = (w.device(), w.dims());
+                    let mut v = w.into_data().try_to_vec::<f32>().unwrap_or_default();
+                    mask.apply(&mut v);
+                    let t = Tensor::<2>::from_data(TensorData::new(v, dims), &device);
+                    d.weight = Param::initialized(d.weight.id, t);
+                }
+            }
+        }
+    }
+}
+
 fn scalar(t: &Tensor<1>) -> f64 {
     t.clone()
         .into_data()
@@ -328,11 +401,22 @@ pub fn distill(
         },
         None => (student, Vec::new(), 0),
     };
+    let student = match cfg.lora {
+        // Loaded weights do not track gradients; every parameter of the student trains.
+        None => student.train().set_require_grad(true),
+        Some(l) => {
+            // The adapters' random A factors come from the device's generator: seed it.
+            base.seed(cfg.seed);
+            let group = ParamGroup::from_ids(projection_weight_ids(&student));
+            student
+                .apply_lora(Lora::new(l.rank, l.alpha).set_param_group(group))
+                .train()
+        }
+    };
     let mut ids = Ids(Vec::new());
     student.visit(&mut ids);
     let ids = ids.0;
-    // Loaded weights do not track gradients; every parameter of the student trains.
-    let mut student = student.train().set_require_grad(true);
+    let mut student = student;
     let clock = Instant::now();
     let mut stopped = false;
     for step in start..cfg.steps {
@@ -417,6 +501,10 @@ pub fn distill(
         }
     }
     let mut student = student.valid();
+    if cfg.lora.is_some() {
+        student = student.materialize();
+        reapply_masks(&mut student);
+    }
     student.retie_head();
     Ok(TrainOutcome {
         student,
