@@ -359,7 +359,11 @@ fn lora_healing_after_wanda_keeps_the_mask_and_lowers_perplexity() {
     )
     .unwrap();
     // Clipping sees the adapters' gradients (the frozen weights have none).
-    assert!(out.history.iter().all(|h| h.grad_norm > 0.0), "{:?}", out.history);
+    assert!(
+        out.history.iter().all(|h| h.grad_norm > 0.0),
+        "{:?}",
+        out.history
+    );
     let healed = out.student;
     let after = ppl(&healed, &s.eval, s.eval_bytes);
     let dense = ppl(teacher, &s.eval, s.eval_bytes);

@@ -16,9 +16,8 @@
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use compress_core::linear::{CompressedLinear, DenseLinear};
-use compress_core::structured::Axis;
 
-use super::surgery::{cut, invalid};
+use super::surgery::invalid;
 use super::{full_sequence, LlamaModel};
 use crate::error::ModelError;
 
@@ -72,25 +71,7 @@ impl LlamaModel {
             .gate_proj
             .out_features();
         check_permutation(order, width, &what)?;
-        let mlp = &mut self.layers[block].mlp;
-        cut(
-            &mut mlp.gate_proj,
-            Axis::Rows,
-            order,
-            &format!("{what}.gate_proj"),
-        )?;
-        cut(
-            &mut mlp.up_proj,
-            Axis::Rows,
-            order,
-            &format!("{what}.up_proj"),
-        )?;
-        cut(
-            &mut mlp.down_proj,
-            Axis::Cols,
-            order,
-            &format!("{what}.down_proj"),
-        )
+        self.cut_ffn(block, order)
     }
 
     /// Permutes the query heads of block `block`: new head `j` is old head `order[j]`. Every run

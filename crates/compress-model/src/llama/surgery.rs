@@ -23,7 +23,7 @@ pub(super) fn invalid(msg: String) -> ModelError {
     ModelError::InvalidInput(msg)
 }
 
-pub(super) fn cut(
+fn cut(
     lin: &mut CompressedLinear,
     axis: Axis,
     keep: &[usize],
@@ -115,25 +115,7 @@ impl LlamaModel {
             .gate_proj
             .out_features();
         let keep = sorted_unique(keep, width, &what)?;
-        let mlp = &mut self.layers[block].mlp;
-        cut(
-            &mut mlp.gate_proj,
-            Axis::Rows,
-            &keep,
-            &format!("{what}.gate_proj"),
-        )?;
-        cut(
-            &mut mlp.up_proj,
-            Axis::Rows,
-            &keep,
-            &format!("{what}.up_proj"),
-        )?;
-        cut(
-            &mut mlp.down_proj,
-            Axis::Cols,
-            &keep,
-            &format!("{what}.down_proj"),
-        )?;
+        self.cut_ffn(block, &keep)?;
         self.refresh_config();
         Ok(())
     }
@@ -167,6 +149,31 @@ impl LlamaModel {
         attn.num_kv_heads = kept_groups.len();
         self.refresh_config();
         Ok(())
+    }
+
+    /// Keeps (in this order) the FFN neurons `neurons` of block `block`: their rows of
+    /// `gate_proj` and `up_proj` and columns of `down_proj`.
+    pub(super) fn cut_ffn(&mut self, block: usize, neurons: &[usize]) -> Result<(), ModelError> {
+        let what = format!("layers.{block}.mlp");
+        let mlp = &mut self.layers[block].mlp;
+        cut(
+            &mut mlp.gate_proj,
+            Axis::Rows,
+            neurons,
+            &format!("{what}.gate_proj"),
+        )?;
+        cut(
+            &mut mlp.up_proj,
+            Axis::Rows,
+            neurons,
+            &format!("{what}.up_proj"),
+        )?;
+        cut(
+            &mut mlp.down_proj,
+            Axis::Cols,
+            neurons,
+            &format!("{what}.down_proj"),
+        )
     }
 
     /// Keeps (in this order) the query heads `heads` and key/value heads `groups` of block
