@@ -5,7 +5,8 @@
 //! - [`loss`]: logit KL at a temperature, next-token cross-entropy, hidden-state MSE.
 //! - [`train`]: the training loop on burn autodiff — AdamW, warm-up + cosine schedule, global
 //!   gradient-norm clipping, seeded data order, checkpoints that resume exactly
-//!   ([`checkpoint`]), and MatFormer-style nested-width training.
+//!   ([`checkpoint`]), MatFormer-style nested-width training, and LoRA healing
+//!   ([`train::LoraConfig`]: adapters on the block projections, merged, pruning masks kept).
 //! - [`data`]: training text from a file or sampled from the teacher (data-free).
 //! - [`matryoshka`]: post-hoc importance sorting of neurons and heads, nested 8/4/2-bit codes,
 //!   and [`matryoshka::slice()`], which cuts a real smaller model out of a nested one.
