@@ -34,6 +34,7 @@
 use burn::tensor::Tensor;
 use compress_core::compressor::StatsRequest;
 use compress_core::pipeline::{collect_stats, BlockwiseModel, Pipeline, PipelineError};
+use compress_model::llama::TaylorScores;
 use compress_model::LlamaModel;
 
 /// How structures are ranked.
@@ -178,42 +179,24 @@ pub fn prune_structured(
         ));
     }
     let before = model.num_parameters();
-    let device = BlockwiseModel::device(model);
     let uses = |i: Importance| {
         (cfg.ffn_fraction > 0.0 && cfg.ffn_importance == i)
             || (cfg.head_fraction > 0.0 && cfg.head_importance == i)
     };
-    let activation = uses(Importance::Activation) || uses(Importance::Entropy);
-    let taylor = if uses(Importance::Taylor) {
-        Some(
-            model
-                .taylor_scores(calibration)
-                .map_err(|e| PipelineError::Config(e.to_string()))?,
-        )
-    } else {
-        None
-    };
-    let mut xs = if activation {
-        Pipeline::new().embed_calibration(model, calibration, &device)?
-    } else {
-        Vec::new()
-    };
+    let mut scorer = Scorer::new(
+        model,
+        calibration,
+        uses(Importance::Taylor),
+        uses(Importance::Activation) || uses(Importance::Entropy),
+    )?;
     let (mut ffn_removed, mut heads_removed) = (0, (0, 0));
     let (mut kept_ffn, mut kept_heads) = (Vec::new(), Vec::new());
     let blocks = model.layers.len();
-    let (attn_out, mlp_down) = (stage(model, "attn_out")?, stage(model, "mlp_down")?);
-    let data = |needed: bool, xs: &[Tensor<3>]| if needed { xs.to_vec() } else { Vec::new() };
     for block in 0..blocks {
         // Heads first; the FFN is then ranked on the MLP input the pruned attention produces.
         let shape = model.head_shape(block);
         let keep = if cfg.head_fraction > 0.0 {
-            let scores = match &taylor {
-                Some(t) if cfg.head_importance == Importance::Taylor => t.heads[block].clone(),
-                _ => {
-                    let on = data(cfg.head_importance != Importance::Magnitude, &xs);
-                    head_scores(model, block, &on, cfg.head_importance, attn_out)?
-                }
-            };
+            let scores = scorer.heads(model, block, cfg.head_importance)?;
             select_heads(&scores, shape.kv_heads, cfg.head_fraction)
         } else {
             (0..shape.heads).collect()
@@ -231,13 +214,7 @@ pub fn prune_structured(
         // At least one neuron stays (a fraction just below 1 can round to the whole width).
         let remove = ((cfg.ffn_fraction * width as f64).round() as usize).min(width - 1);
         let keep_ffn = if remove > 0 {
-            let scores = match &taylor {
-                Some(t) if cfg.ffn_importance == Importance::Taylor => t.ffn[block].clone(),
-                _ => {
-                    let on = data(cfg.ffn_importance == Importance::Activation, &xs);
-                    ffn_scores(model, block, &on, mlp_down)?
-                }
-            };
+            let scores = scorer.ffn(model, block, cfg.ffn_importance)?;
             keep_top(&scores, remove)
         } else {
             (0..width).collect()
@@ -249,12 +226,7 @@ pub fn prune_structured(
         }
         ffn_removed = remove;
         kept_ffn.push(keep_ffn);
-        if activation {
-            xs = xs
-                .into_iter()
-                .map(|x| model.block_forward(block, x))
-                .collect();
-        }
+        scorer.advance(model, block);
         progress(block + 1, blocks);
     }
     Ok(StructuredReport {
@@ -291,49 +263,101 @@ pub fn structure_scores(
             "ffn_importance = Entropy: attention entropy ranks heads only".into(),
         ));
     }
-    let device = BlockwiseModel::device(model);
     let needs = |i: Importance| ffn_importance == i || head_importance == i;
-    let taylor = if needs(Importance::Taylor) {
-        Some(
-            model
-                .taylor_scores(calibration)
-                .map_err(|e| PipelineError::Config(e.to_string()))?,
-        )
-    } else {
-        None
-    };
-    let activation = needs(Importance::Activation) || needs(Importance::Entropy);
-    let mut xs = if activation {
-        Pipeline::new().embed_calibration(model, calibration, &device)?
-    } else {
-        Vec::new()
-    };
-    let (attn_out, mlp_down) = (stage(model, "attn_out")?, stage(model, "mlp_down")?);
+    let mut scorer = Scorer::new(
+        model,
+        calibration,
+        needs(Importance::Taylor),
+        needs(Importance::Activation) || needs(Importance::Entropy),
+    )?;
     let blocks = model.layers.len();
     let mut out = Vec::with_capacity(blocks);
     for block in 0..blocks {
-        let heads = match (&taylor, head_importance) {
-            (Some(t), Importance::Taylor) => t.heads[block].clone(),
-            (_, Importance::Magnitude) => {
-                head_scores(model, block, &[], head_importance, attn_out)?
-            }
-            _ => head_scores(model, block, &xs, head_importance, attn_out)?,
-        };
-        let ffn = match (&taylor, ffn_importance) {
-            (Some(t), Importance::Taylor) => t.ffn[block].clone(),
-            (_, Importance::Activation) => ffn_scores(model, block, &xs, mlp_down)?,
-            _ => ffn_scores(model, block, &[], mlp_down)?,
-        };
-        out.push(BlockScores { heads, ffn });
-        if activation {
-            xs = xs
-                .into_iter()
-                .map(|x| model.block_forward(block, x))
-                .collect();
-        }
+        out.push(BlockScores {
+            heads: scorer.heads(model, block, head_importance)?,
+            ffn: scorer.ffn(model, block, ffn_importance)?,
+        });
+        scorer.advance(model, block);
         progress(block + 1, blocks);
     }
     Ok(out)
+}
+
+/// What block-by-block scoring carries: Taylor scores of the unpruned model (when asked) and
+/// the current block's inputs on the calibration windows (when an activation-based score is
+/// asked; empty otherwise).
+struct Scorer {
+    taylor: Option<TaylorScores>,
+    xs: Vec<Tensor<3>>,
+    attn_out: usize,
+    mlp_down: usize,
+}
+
+impl Scorer {
+    fn new(
+        model: &LlamaModel,
+        calibration: &[Vec<u32>],
+        taylor: bool,
+        activation: bool,
+    ) -> Result<Self, PipelineError> {
+        let taylor = if taylor {
+            Some(
+                model
+                    .taylor_scores(calibration)
+                    .map_err(|e| PipelineError::Config(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let xs = if activation {
+            let device = BlockwiseModel::device(model);
+            Pipeline::new().embed_calibration(model, calibration, &device)?
+        } else {
+            Vec::new()
+        };
+        Ok(Self {
+            taylor,
+            xs,
+            attn_out: stage(model, "attn_out")?,
+            mlp_down: stage(model, "mlp_down")?,
+        })
+    }
+
+    /// Head scores of `block` by `importance`.
+    fn heads(
+        &self,
+        model: &LlamaModel,
+        block: usize,
+        importance: Importance,
+    ) -> Result<Vec<f64>, PipelineError> {
+        match (&self.taylor, importance) {
+            (Some(t), Importance::Taylor) => Ok(t.heads[block].clone()),
+            (_, Importance::Magnitude) => head_scores(model, block, &[], importance, self.attn_out),
+            _ => head_scores(model, block, &self.xs, importance, self.attn_out),
+        }
+    }
+
+    /// FFN neuron scores of `block` by `importance` (activation energy, Taylor, else magnitude).
+    fn ffn(
+        &self,
+        model: &LlamaModel,
+        block: usize,
+        importance: Importance,
+    ) -> Result<Vec<f64>, PipelineError> {
+        match (&self.taylor, importance) {
+            (Some(t), Importance::Taylor) => Ok(t.ffn[block].clone()),
+            (_, Importance::Activation) => ffn_scores(model, block, &self.xs, self.mlp_down),
+            _ => ffn_scores(model, block, &[], self.mlp_down),
+        }
+    }
+
+    /// Moves the inputs past `block` (as it is now, e.g. after pruning it).
+    fn advance(&mut self, model: &LlamaModel, block: usize) {
+        self.xs = std::mem::take(&mut self.xs)
+            .into_iter()
+            .map(|x| model.block_forward(block, x))
+            .collect();
+    }
 }
 
 /// One score per query head of `block` (higher = more important), by `importance`; `xs` are the

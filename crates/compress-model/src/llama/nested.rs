@@ -63,13 +63,7 @@ impl LlamaModel {
     /// block computes the same function.
     pub fn reorder_ffn_neurons(&mut self, block: usize, order: &[usize]) -> Result<(), ModelError> {
         let what = format!("layers.{block}.mlp");
-        let width = self
-            .layers
-            .get(block)
-            .ok_or_else(|| invalid(format!("{what}: no such block")))?
-            .mlp
-            .gate_proj
-            .out_features();
+        let width = self.checked_ffn_width(block)?;
         check_permutation(order, width, &what)?;
         self.cut_ffn(block, order)
     }

@@ -104,16 +104,18 @@ impl LlamaModel {
         self.layers[block].mlp.gate_proj.out_features()
     }
 
+    /// FFN width of block `block`, or an error naming the missing block.
+    pub(super) fn checked_ffn_width(&self, block: usize) -> Result<usize, ModelError> {
+        self.layers
+            .get(block)
+            .map(|b| b.mlp.gate_proj.out_features())
+            .ok_or_else(|| invalid(format!("layers.{block}.mlp: no such block")))
+    }
+
     /// Keeps only the FFN neurons `keep` of block `block` (any order; kept in increasing order).
     pub fn keep_ffn_neurons(&mut self, block: usize, keep: &[usize]) -> Result<(), ModelError> {
         let what = format!("layers.{block}.mlp");
-        let width = self
-            .layers
-            .get(block)
-            .ok_or_else(|| invalid(format!("{what}: no such block")))?
-            .mlp
-            .gate_proj
-            .out_features();
+        let width = self.checked_ffn_width(block)?;
         let keep = sorted_unique(keep, width, &what)?;
         self.cut_ffn(block, &keep)?;
         self.refresh_config();
