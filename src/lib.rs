@@ -16,6 +16,8 @@
 //! - [`lowrank`] — truncated SVD, ASVD, SVD-LLM and low-rank correction of quantization error.
 //! - [`distill`] — distillation (logit KL, hidden MSE, AdamW training with exact resume),
 //!   Matryoshka sorting, nested-width training, nested bits and slicing.
+//! - [`kernels`] — fused low-bit matmul (reference, portable, AVX2, AVX-512, VNNI tiers chosen at
+//!   run time) that quantized layers run on the CPU backends.
 //! - [`recipe`] — TOML recipes over all of the above.
 //!
 //! ```no_run
@@ -37,6 +39,7 @@
 pub use compress_core as core;
 pub use compress_distill as distill;
 pub use compress_eval as eval;
+pub use compress_kernels as kernels;
 pub use compress_lowrank as lowrank;
 pub use compress_model as model;
 pub use compress_prune as prune;

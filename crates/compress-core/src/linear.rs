@@ -13,6 +13,8 @@ use std::sync::Arc;
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor, TensorData};
 
+use compress_kernels::Activations;
+
 use crate::compressor::LayerWeights;
 use crate::packed::PackedWeight;
 use crate::sparsity::SparsityMask;
@@ -98,14 +100,20 @@ impl LowRankLinear {
 
 /// A layer whose weight is stored as packed low-bit codes ([`PackedWeight`]).
 ///
-/// The packed codes are the layer's storage (what is saved and counted in bits/weight). Until the
-/// fused kernels of compress-kernels are wired in, the forward pass multiplies by the dequantized
-/// weight, computed once when the layer is built — numerically what a fused kernel computes, at
-/// dense speed and memory.
+/// The packed codes are the layer's storage (what is saved and counted in bits/weight). On the
+/// CPU backends (flex, ndarray) without autodiff, the forward pass runs compress-kernels' fused
+/// matmul straight from the codes (SIMD tier chosen at run time, see [`Self::kernel`]). Elsewhere
+/// — wgpu, CUDA, libtorch, training through autodiff, pruned layers — it multiplies by the
+/// dequantized weight, computed once when the layer is built: numerically the same product up to
+/// f32 rounding.
 #[derive(Module, Debug)]
 pub struct QuantizedLinear {
     /// The dense f32 weight the codes stand for, `[out, in]`, on the layer's device.
     pub weight: Tensor<2>,
+    /// Whether (and at which activation precision) the fused CPU kernels run the forward pass;
+    /// `None` always uses the dequantized weight (for side-by-side comparisons).
+    #[module(skip)]
+    pub kernel: Option<Activations>,
     /// The packed codes, scales and zeros.
     #[module(skip)]
     pub packed: Arc<PackedWeight>,
@@ -129,10 +137,54 @@ impl QuantizedLinear {
         let weight = Tensor::from_data(TensorData::new(packed.dequantize(), [out, inp]), device);
         Self {
             weight,
+            kernel: Some(Activations::F32),
             packed: Arc::new(packed),
             bias: bias.map(Param::from_tensor),
             correction: None,
         }
+    }
+
+    /// The kernel tier the forward pass runs on, or `None` when it uses the dequantized weight:
+    /// [`Self::kernel`] is `None`, the layer is pruned, or it lives on a non-CPU backend or an
+    /// autodiff device (the kernels read plain f32 host memory and record no graph).
+    pub fn kernel_tier(&self) -> Option<compress_kernels::Tier> {
+        let activations = self.kernel?;
+        let device = self.weight.device();
+        #[allow(deprecated)] // burn-ndarray is deprecated upstream but still a supported backend
+        let cpu = device == Device::flex() || device == Device::ndarray();
+        if device.is_autodiff() || !cpu {
+            return None;
+        }
+        let w = self.packed.kernel_matrix()?;
+        Some(compress_kernels::Tier::select(&w, activations))
+    }
+
+    /// `x Wᵀ` through the fused CPU kernel, when [`Self::kernel_tier`] names one and `x` is on
+    /// the layer's device.
+    fn kernel_product<const D: usize>(&self, x: &Tensor<D>) -> Option<Tensor<D>> {
+        let tier = self.kernel_tier()?;
+        let device = x.device();
+        if device != self.weight.device() || device.is_autodiff() {
+            return None;
+        }
+        let w = self.packed.kernel_matrix()?;
+        let dims = x.dims();
+        let [n, k] = w.shape();
+        let rows = dims[..D - 1].iter().product::<usize>();
+        let xs = x
+            .clone()
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .ok()?;
+        let mut y = vec![0f32; rows * n];
+        // Lengths match by construction (`rows · k` activations, `rows · n` outputs), and
+        // `select` only returns tiers this CPU and format support.
+        debug_assert_eq!(xs.len(), rows * k);
+        compress_kernels::matmul_with(tier, &xs, rows, &w, &mut y).ok()?;
+        let mut shape = dims;
+        shape[D - 1] = n;
+        Some(Tensor::from_data(TensorData::new(y, shape), &device))
     }
 
     /// The same layer plus the correction `U V` (`U: [out, r]`, `V: [r, in]`).
@@ -176,7 +228,9 @@ impl CompressedLinear {
                 add_bias(matmul_wt(h, l.up.val()), &l.bias)
             }
             CompressedLinear::Quantized(l) => {
-                let y = matmul_wt(x.clone(), l.weight.clone());
+                let y = l
+                    .kernel_product(&x)
+                    .unwrap_or_else(|| matmul_wt(x.clone(), l.weight.clone()));
                 let y = match &l.correction {
                     Some(c) => y + matmul_wt(matmul_wt(x, c.down.val()), c.up.val()),
                     None => y,

@@ -345,6 +345,34 @@ impl PackedWeight {
         (self.scales[idx].to_f32(), zero)
     }
 
+    /// The view compress-kernels' fused matmul reads (codes, scales and zeros are borrowed, not
+    /// copied), or `None` for a pruned layer: its pruned weights must read as 0 whatever their
+    /// codes, which the kernels do not model yet.
+    pub fn kernel_matrix(&self) -> Option<compress_kernels::QuantMatrix<'_>> {
+        if self.mask.is_some() {
+            return None;
+        }
+        let layout = match self.scheme.granularity {
+            Granularity::PerTensor => compress_kernels::ScaleLayout::PerTensor,
+            Granularity::PerChannel => compress_kernels::ScaleLayout::PerGroup {
+                group_len: self.in_features.max(1),
+            },
+            Granularity::PerGroup(g) => {
+                compress_kernels::ScaleLayout::PerGroup { group_len: g.get() }
+            }
+        };
+        // Every buffer was validated against the same shape and scheme when `self` was built.
+        compress_kernels::QuantMatrix::new(
+            self.scheme.bits.get(),
+            [self.out_features, self.in_features],
+            layout,
+            &self.codes,
+            &self.scales,
+            self.zeros.as_deref(),
+        )
+        .ok()
+    }
+
     /// Groups (scales) per row, `ceil(in / group)`; 1 for per-tensor and per-channel.
     pub fn groups_per_row(&self) -> usize {
         self.scheme.groups_per_row(self.in_features)

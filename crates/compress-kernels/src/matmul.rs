@@ -1,0 +1,211 @@
+//! The entry points: `Y = X · Wᵀ` for f32 activations `X` (`M × K`, row-major) and a packed
+//! weight `W` (`N × K`), into f32 `Y` (`M × N`, row-major).
+//!
+//! - **GEMV path** (`M < GEMM_MIN_ROWS`, decode): each output is one fused pass over a packed
+//!   row (codes widened in registers, never written out); rows are split across threads (rayon).
+//! - **GEMM path** (prefill): threads take tiles of [`TILE_ROWS`] weight rows, dequantize the
+//!   tile into a per-task buffer of `TILE_ROWS × K` f32 (a few hundred KiB: it stays in cache,
+//!   and the whole `W` is never materialised) and multiply with faer's register-blocked GEMM,
+//!   so the unpacking cost is shared by all `M` rows.
+
+use faer::linalg::matmul::matmul as faer_matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
+
+use crate::matrix::{KernelError, QuantMatrix};
+use crate::prepare::{F32Activations, Int8Activations};
+use crate::tier::{Activations, Tier};
+use crate::{portable, reference};
+
+/// From this many activation rows on, the GEMM path is used.
+pub const GEMM_MIN_ROWS: usize = 8;
+/// Weight rows per GEMM task.
+pub const TILE_ROWS: usize = 32;
+/// Below this many weights per product, work stays on the calling thread.
+const PARALLEL_MIN_WEIGHTS: usize = 1 << 16;
+
+/// `Y = X · Wᵀ` on the fastest tier for this CPU and format (f32 activations); returns the tier
+/// that ran. `x` is `m × K`, `out` is `m × N`, both row-major.
+///
+/// ```
+/// use compress_kernels::{matmul, QuantMatrix, ScaleLayout};
+/// use half::f16;
+///
+/// // A 2 × 4 symmetric 4-bit weight (zero point 8), one scale of 0.5 per row:
+/// // row 0 codes [9, 10, 8, 7] → weights [0.5, 1, 0, -0.5]; row 1 all code 8 → zeros.
+/// let codes = [0xa9, 0x78, 0x88, 0x88];
+/// let scales = [f16::from_f32(0.5); 2];
+/// let w = QuantMatrix::new(4, [2, 4], ScaleLayout::PerGroup { group_len: 4 }, &codes, &scales, None)?;
+/// let x = [1.0, 2.0, 3.0, 4.0];
+/// let mut y = [0.0; 2];
+/// matmul(&x, 1, &w, &mut y)?;
+/// assert_eq!(y, [0.5 + 2.0 - 2.0, 0.0]);
+/// # Ok::<(), compress_kernels::KernelError>(())
+/// ```
+pub fn matmul(
+    x: &[f32],
+    m: usize,
+    w: &QuantMatrix<'_>,
+    out: &mut [f32],
+) -> Result<Tier, KernelError> {
+    let tier = Tier::select(w, Activations::F32);
+    matmul_with(tier, x, m, w, out)?;
+    Ok(tier)
+}
+
+/// `Y = X · Wᵀ` on a chosen tier. Fails with [`KernelError::Unsupported`] when this CPU lacks the
+/// tier's features or the tier cannot run the format, and with [`KernelError::Length`] on
+/// mismatched buffers. [`Tier::Avx512Vnni`] quantizes activations to int8 on the GEMV path; its
+/// GEMM path is the (exact) AVX-512 one.
+pub fn matmul_with(
+    tier: Tier,
+    x: &[f32],
+    m: usize,
+    w: &QuantMatrix<'_>,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    let [n, k] = w.shape();
+    check("activations (m × in_features)", m * k, x.len())?;
+    check("output (m × out_features)", m * n, out.len())?;
+    if !tier.is_available() {
+        return Err(KernelError::Unsupported {
+            tier: tier.name(),
+            what: "this CPU (missing instruction-set features)".into(),
+        });
+    }
+    if let Some(why) = tier.format_limit(w) {
+        return Err(KernelError::Unsupported {
+            tier: tier.name(),
+            what: why,
+        });
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        out.fill(0.0);
+        return Ok(());
+    }
+    match tier {
+        Tier::Reference => reference::matmul(x, m, w, out),
+        _ if m >= GEMM_MIN_ROWS => gemm(tier, x, m, w, out),
+        _ => {
+            for (xr, yr) in x.chunks_exact(k).zip(out.chunks_exact_mut(n)) {
+                gemv(tier, xr, w, yr);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check(what: &'static str, expected: usize, found: usize) -> Result<(), KernelError> {
+    if expected == found {
+        Ok(())
+    } else {
+        Err(KernelError::Length {
+            what,
+            expected,
+            found,
+        })
+    }
+}
+
+/// Runs `f(row)` for every output, on the calling thread for small products.
+fn for_rows(w: &QuantMatrix<'_>, out: &mut [f32], f: impl Fn(usize) -> f32 + Sync) {
+    let [n, k] = w.shape();
+    if n * k < PARALLEL_MIN_WEIGHTS {
+        out.iter_mut().enumerate().for_each(|(r, o)| *o = f(r));
+        return;
+    }
+    let chunk = (n / (4 * rayon::current_num_threads())).clamp(8, 256);
+    out.par_chunks_mut(chunk).enumerate().for_each(|(c, o)| {
+        for (i, y) in o.iter_mut().enumerate() {
+            *y = f(c * chunk + i);
+        }
+    });
+}
+
+/// One activation row against every weight row.
+fn gemv(tier: Tier, x: &[f32], w: &QuantMatrix<'_>, out: &mut [f32]) {
+    let permute = tier.permutes(w.bits());
+    match tier {
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx512Vnni => {
+            let a = Int8Activations::new(x, w, permute);
+            // SAFETY: `matmul_with` checked the CPU features and the format.
+            for_rows(w, out, |r| unsafe { crate::x86::vnni::row_dot(w, r, &a) });
+        }
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx512 => {
+            let a = F32Activations::new(x, w, permute);
+            // SAFETY: as above.
+            for_rows(w, out, |r| unsafe { crate::x86::avx512::row_dot(w, r, &a) });
+        }
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx2 => {
+            let a = F32Activations::new(x, w, permute);
+            // SAFETY: as above.
+            for_rows(w, out, |r| unsafe { crate::x86::avx2::row_dot(w, r, &a) });
+        }
+        _ => {
+            let a = F32Activations::new(x, w, false);
+            for_rows(w, out, |r| portable::row_dot(w, r, &a));
+        }
+    }
+}
+
+/// Dequantizes row `r` in the tier's activation order.
+fn dequantize_row(tier: Tier, w: &QuantMatrix<'_>, r: usize, dst: &mut [f32]) {
+    match tier {
+        // SAFETY: `matmul_with` checked the CPU features and the format.
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx512 | Tier::Avx512Vnni => unsafe { crate::x86::avx512::dequantize_row(w, r, dst) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx2 => unsafe { crate::x86::avx2::dequantize_row(w, r, dst) },
+        Tier::Reference => reference::dequantize_row(w, r, dst),
+        _ => portable::dequantize_row(w, r, dst),
+    }
+}
+
+fn gemm(tier: Tier, x: &[f32], m: usize, w: &QuantMatrix<'_>, out: &mut [f32]) {
+    let [n, k] = w.shape();
+    let permute = tier.permutes(w.bits());
+    let xp: Vec<f32> = if permute {
+        x.chunks_exact(k)
+            .flat_map(|r| F32Activations::new(r, w, true).x)
+            .collect()
+    } else {
+        x.to_vec()
+    };
+    let lhs = MatRef::from_row_major_slice(&xp, m, k);
+    let tiles = n.div_ceil(TILE_ROWS);
+    let run = |t: usize| {
+        let r0 = t * TILE_ROWS;
+        let rows = TILE_ROWS.min(n - r0);
+        let mut wt = vec![0f32; rows * k];
+        for (i, dst) in wt.chunks_exact_mut(k).enumerate() {
+            dequantize_row(tier, w, r0 + i, dst);
+        }
+        let mut yt = vec![0f32; m * rows];
+        faer_matmul(
+            MatMut::from_row_major_slice_mut(&mut yt, m, rows),
+            Accum::Replace,
+            lhs,
+            MatRef::from_column_major_slice(&wt, k, rows),
+            1.0f32,
+            Par::Seq,
+        );
+        (r0, rows, yt)
+    };
+    let results: Vec<(usize, usize, Vec<f32>)> = if n * k < PARALLEL_MIN_WEIGHTS {
+        (0..tiles).map(run).collect()
+    } else {
+        (0..tiles).into_par_iter().map(run).collect()
+    };
+    for (r0, rows, yt) in results {
+        for (yrow, trow) in out.chunks_exact_mut(n).zip(yt.chunks_exact(rows)) {
+            yrow[r0..r0 + rows].copy_from_slice(trow);
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Per-product preparation of the activations: done once per row of `X`, reused by every row of
+//! the weight.
+//!
+//! Every tier computes, per weight row and group, `s · (Σ c·x − z · Σ x)`: the zero point leaves
+//! the inner loop, which then only multiplies codes by activations. Two preparations serve that:
+//!
+//! - [`F32Activations`]: the row (for 4-bit SIMD tiers re-ordered inside each block of 32 so the
+//!   low nibbles of 16 bytes meet the even columns and the high nibbles the odd ones — a
+//!   permutation of the reduction index, so the dot product is unchanged) and `Σ x` per group.
+//! - [`Int8Activations`]: the same blocks quantized to `i8` with one scale per block of 32
+//!   (`x ≈ d · q`, `d = max|x| / 127`), the form integer dot-product instructions (VNNI) consume,
+//!   as llama.cpp's CPU backend does; the columns after the last full block of a group stay f32.
+
+use crate::matrix::QuantMatrix;
+
+/// Width of the activation blocks the SIMD tiers consume.
+pub const BLOCK: usize = 32;
+
+/// Re-orders one block of 32 values from natural column order to `[even 16, odd 16]`.
+#[inline]
+fn permute_block<T: Copy>(src: &[T], dst: &mut [T]) {
+    for p in 0..BLOCK / 2 {
+        dst[p] = src[2 * p];
+        dst[BLOCK / 2 + p] = src[2 * p + 1];
+    }
+}
+
+/// A row of f32 activations laid out for one weight (see the [module docs](self)).
+#[derive(Debug, Clone)]
+pub struct F32Activations {
+    /// The row, block-permuted when `permuted`.
+    pub x: Vec<f32>,
+    /// `Σ x` over each group of the weight's rows.
+    pub group_sums: Vec<f32>,
+    /// Whether full blocks of 32 are in `[even, odd]` order.
+    pub permuted: bool,
+}
+
+impl F32Activations {
+    /// Prepares `x` (length `in_features`) for `w`; `permute` re-orders full blocks of 32 inside
+    /// each group (only meaningful for 4-bit codes, whose groups must then start on even columns).
+    pub fn new(x: &[f32], w: &QuantMatrix<'_>, permute: bool) -> Self {
+        let mut out = x.to_vec();
+        let mut group_sums = Vec::with_capacity(w.groups_per_row());
+        for (s, e) in w.groups() {
+            group_sums.push(x[s..e].iter().sum());
+            if permute {
+                let full = (e - s) / BLOCK * BLOCK;
+                for b in (s..s + full).step_by(BLOCK) {
+                    permute_block(&x[b..b + BLOCK], &mut out[b..b + BLOCK]);
+                }
+            }
+        }
+        Self {
+            x: out,
+            group_sums,
+            permuted: permute,
+        }
+    }
+}
+
+/// A row of activations quantized to `i8` per block of 32 (see the [module docs](self)).
+#[derive(Debug, Clone)]
+pub struct Int8Activations {
+    /// Quantized full blocks of every group, in column order of the blocks (block-permuted for
+    /// 4-bit); the tail of each group is not stored here.
+    pub q: Vec<i8>,
+    /// One scale per full block, in the same order.
+    pub block_scales: Vec<f32>,
+    /// Per group, `Σ_b d_b · Σ q_b` over its full blocks (the zero-point correction).
+    pub group_corrections: Vec<f32>,
+    /// The original row (tails are computed from it in f32).
+    pub x: Vec<f32>,
+}
+
+impl Int8Activations {
+    /// Quantizes `x` for `w`, permuting blocks when `permute` (4-bit codes).
+    pub fn new(x: &[f32], w: &QuantMatrix<'_>, permute: bool) -> Self {
+        let mut q = Vec::with_capacity(x.len());
+        let mut block_scales = Vec::with_capacity(x.len() / BLOCK);
+        let mut group_corrections = Vec::with_capacity(w.groups_per_row());
+        let mut natural = [0i8; BLOCK];
+        let mut ordered = [0i8; BLOCK];
+        for (s, e) in w.groups() {
+            let full = (e - s) / BLOCK * BLOCK;
+            let mut corr = 0f32;
+            for b in (s..s + full).step_by(BLOCK) {
+                let block = &x[b..b + BLOCK];
+                let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let d = amax / 127.0;
+                let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+                let mut sum = 0i32;
+                for (n, &v) in natural.iter_mut().zip(block) {
+                    *n = (v * inv).round().clamp(-127.0, 127.0) as i8;
+                    sum += *n as i32;
+                }
+                if permute {
+                    permute_block(&natural, &mut ordered);
+                    q.extend_from_slice(&ordered);
+                } else {
+                    q.extend_from_slice(&natural);
+                }
+                block_scales.push(d);
+                corr += d * sum as f32;
+            }
+            group_corrections.push(corr);
+        }
+        Self {
+            q,
+            block_scales,
+            group_corrections,
+            x: x.to_vec(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matrix::ScaleLayout;
+    use half::f16;
+
+    #[test]
+    fn permutation_keeps_values_and_sums() {
+        let x: Vec<f32> = (0..70).map(|i| i as f32).collect();
+        let codes = vec![0u8; 35];
+        let scales = vec![f16::ONE; 2];
+        let w = QuantMatrix::new(
+            4,
+            [1, 70],
+            ScaleLayout::PerGroup { group_len: 64 },
+            &codes,
+            &scales,
+            None,
+        )
+        .unwrap();
+        let p = F32Activations::new(&x, &w, true);
+        assert_eq!(&p.x[..4], &[0.0, 2.0, 4.0, 6.0]);
+        assert_eq!(p.x[16], 1.0);
+        assert_eq!(p.x[32], 32.0);
+        assert_eq!(
+            &p.x[64..],
+            &x[64..],
+            "the short last group is not a full block"
+        );
+        assert_eq!(
+            p.group_sums,
+            vec![
+                (0..64).sum::<i32>() as f32,
+                64.0 + 65.0 + 66.0 + 67.0 + 68.0 + 69.0
+            ]
+        );
+        let mut sorted = p.x.clone();
+        sorted.sort_by(f32::total_cmp);
+        assert_eq!(sorted, x);
+    }
+
+    #[test]
+    fn int8_blocks_reconstruct_within_half_a_step() {
+        let x: Vec<f32> = (0..64)
+            .map(|i| ((i * 37 % 17) as f32 - 8.0) * 0.31)
+            .collect();
+        let codes = vec![0u8; 64];
+        let scales = vec![f16::ONE];
+        let w =
+            QuantMatrix::new(8, [1, 64], ScaleLayout::PerTensor, &codes, &scales, None).unwrap();
+        let a = Int8Activations::new(&x, &w, false);
+        assert_eq!(a.block_scales.len(), 2);
+        for (i, &v) in x.iter().enumerate() {
+            let d = a.block_scales[i / BLOCK];
+            assert!(
+                (a.q[i] as f32 * d - v).abs() <= d / 2.0 + 1e-6,
+                "column {i}"
+            );
+        }
+        let corr: f32 = (0..2)
+            .map(|b| {
+                a.block_scales[b]
+                    * a.q[b * 32..(b + 1) * 32]
+                        .iter()
+                        .map(|&q| q as f32)
+                        .sum::<f32>()
+            })
+            .sum();
+        assert!((a.group_corrections[0] - corr).abs() < 1e-4);
+    }
+}

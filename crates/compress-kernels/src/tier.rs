@@ -1,0 +1,120 @@
+//! Kernel tiers and their run-time selection (CPU feature detection, never `target-cpu=native`).
+
+use std::fmt;
+
+use crate::matrix::QuantMatrix;
+
+/// One implementation of the packed matmul.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tier {
+    /// Scalar, bit-by-bit, f64 accumulation: the yardstick.
+    Reference,
+    /// Plain Rust, any bit width and group size.
+    Portable,
+    /// AVX2 + FMA, f32 activations; 4- and 8-bit codes.
+    Avx2,
+    /// AVX-512F, f32 activations; 4- and 8-bit codes.
+    Avx512,
+    /// AVX-512 VNNI with activations quantized to int8 per block of 32 (llama.cpp's CPU
+    /// precision); 4- and 8-bit codes. Only chosen when [`Activations::Int8`] is asked for.
+    Avx512Vnni,
+}
+
+/// The precision the activations are multiplied at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Activations {
+    /// f32: the result equals the dequantized product up to f32 rounding.
+    #[default]
+    F32,
+    /// int8 per block of 32 on CPUs with VNNI (faster; adds the activation rounding error).
+    Int8,
+}
+
+impl Tier {
+    /// Every tier, slowest first.
+    pub const ALL: [Tier; 5] = [
+        Tier::Reference,
+        Tier::Portable,
+        Tier::Avx2,
+        Tier::Avx512,
+        Tier::Avx512Vnni,
+    ];
+
+    /// A short name (`reference`, `portable`, `avx2`, `avx512`, `avx512-vnni`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Reference => "reference",
+            Tier::Portable => "portable",
+            Tier::Avx2 => "avx2",
+            Tier::Avx512 => "avx512",
+            Tier::Avx512Vnni => "avx512-vnni",
+        }
+    }
+
+    /// Whether this CPU can run the tier (detected at run time).
+    pub fn is_available(self) -> bool {
+        match self {
+            Tier::Reference | Tier::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Tier::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Tier::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            Tier::Avx512Vnni => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
+                    && std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// Why this tier cannot run `w`, if it cannot (format limits, not CPU features).
+    pub fn format_limit(self, w: &QuantMatrix<'_>) -> Option<String> {
+        match self {
+            Tier::Reference | Tier::Portable => None,
+            _ if !matches!(w.bits(), 4 | 8) => {
+                Some(format!("{}-bit codes (4 and 8 only)", w.bits()))
+            }
+            _ if w.bits() == 4 && w.groups_per_row() > 1 && w.group_len() % 2 == 1 => {
+                Some(format!(
+                    "4-bit codes in odd groups of {} (groups must start on a byte)",
+                    w.group_len()
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the tier reads 4-bit activations in `[even, odd]` block order.
+    pub(crate) fn permutes(self, bits: u8) -> bool {
+        bits == 4 && matches!(self, Tier::Avx2 | Tier::Avx512 | Tier::Avx512Vnni)
+    }
+
+    /// The fastest tier that runs `w` on this CPU at the asked activation precision. With
+    /// [`Activations::Int8`] on a CPU without VNNI the f32 tiers are used (more precise).
+    pub fn select(w: &QuantMatrix<'_>, activations: Activations) -> Tier {
+        let order: &[Tier] = match activations {
+            Activations::Int8 => &[Tier::Avx512Vnni, Tier::Avx512, Tier::Avx2],
+            Activations::F32 => &[Tier::Avx512, Tier::Avx2],
+        };
+        order
+            .iter()
+            .copied()
+            .find(|t| t.is_available() && t.format_limit(w).is_none())
+            .unwrap_or(Tier::Portable)
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}

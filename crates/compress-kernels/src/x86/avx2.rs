@@ -1,0 +1,115 @@
+//! The AVX2 + FMA tier (f32 activations): as the AVX-512 tier with 8 lanes. A block of 32 4-bit
+//! codes is two loads of 8 bytes, each widened to 8 × i32 and split into nibbles.
+
+use std::arch::x86_64::*;
+
+use crate::matrix::QuantMatrix;
+use crate::portable::{tail_dequantize, tail_dot};
+use crate::prepare::{F32Activations, BLOCK};
+
+/// Horizontal sum of 8 lanes.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
+    _mm_cvtss_f32(s)
+}
+
+/// One output: row `row` of `w` against `a` (block-permuted for 4-bit).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `w` must be 4- or 8-bit, with even group starts for 4-bit.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn row_dot(w: &QuantMatrix<'_>, row: usize, a: &F32Activations) -> f32 {
+    let codes = w.row_codes(row);
+    let x = a.x.as_ptr();
+    let mut total = _mm256_setzero_ps();
+    let mut scalar = 0f32;
+    let nib = _mm256_set1_epi32(0x0f);
+    for (gi, (s0, e)) in w.groups().enumerate() {
+        let (s, z) = w.scale_zero(row, gi);
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let full = match w.bits() {
+            4 => {
+                let full = (e - s0) / BLOCK * BLOCK;
+                let base = codes.as_ptr().add(s0 / 2);
+                for b in (0..full).step_by(BLOCK) {
+                    let xb = x.add(s0 + b);
+                    for half in 0..2 {
+                        let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                            base.add(b / 2 + 8 * half).cast(),
+                        ));
+                        let lo = _mm256_cvtepi32_ps(_mm256_and_si256(v, nib));
+                        let hi = _mm256_cvtepi32_ps(_mm256_srli_epi32::<4>(v));
+                        acc0 = _mm256_fmadd_ps(lo, _mm256_loadu_ps(xb.add(8 * half)), acc0);
+                        acc1 = _mm256_fmadd_ps(hi, _mm256_loadu_ps(xb.add(16 + 8 * half)), acc1);
+                    }
+                }
+                full
+            }
+            _ => {
+                let full = (e - s0) / 16 * 16;
+                let base = codes.as_ptr().add(s0);
+                for b in (0..full).step_by(16) {
+                    let v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(base.add(b).cast()));
+                    let v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(base.add(b + 8).cast()));
+                    let xb = x.add(s0 + b);
+                    acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v0), _mm256_loadu_ps(xb), acc0);
+                    acc1 =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(v1), _mm256_loadu_ps(xb.add(8)), acc1);
+                }
+                full
+            }
+        };
+        total = _mm256_fmadd_ps(_mm256_add_ps(acc0, acc1), _mm256_set1_ps(s), total);
+        let tail = tail_dot(w, row, s0 + full, e, &a.x);
+        scalar += s * (tail - z * a.group_sums[gi]);
+    }
+    hsum(total) + scalar
+}
+
+/// Dequantizes row `row` into `out` in [`row_dot`]'s activation order (block-permuted for 4-bit).
+///
+/// # Safety
+/// As [`row_dot`].
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dequantize_row(w: &QuantMatrix<'_>, row: usize, out: &mut [f32]) {
+    let codes = w.row_codes(row);
+    let nib = _mm256_set1_epi32(0x0f);
+    for (gi, (s0, e)) in w.groups().enumerate() {
+        let (s, z) = w.scale_zero(row, gi);
+        let (vs, vb) = (_mm256_set1_ps(s), _mm256_set1_ps(-s * z));
+        let o = out.as_mut_ptr().add(s0);
+        let full = match w.bits() {
+            4 => {
+                let full = (e - s0) / BLOCK * BLOCK;
+                let base = codes.as_ptr().add(s0 / 2);
+                for b in (0..full).step_by(BLOCK) {
+                    for half in 0..2 {
+                        let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                            base.add(b / 2 + 8 * half).cast(),
+                        ));
+                        let lo = _mm256_cvtepi32_ps(_mm256_and_si256(v, nib));
+                        let hi = _mm256_cvtepi32_ps(_mm256_srli_epi32::<4>(v));
+                        _mm256_storeu_ps(o.add(b + 8 * half), _mm256_fmadd_ps(lo, vs, vb));
+                        _mm256_storeu_ps(o.add(b + 16 + 8 * half), _mm256_fmadd_ps(hi, vs, vb));
+                    }
+                }
+                full
+            }
+            _ => {
+                let full = (e - s0) / 8 * 8;
+                let base = codes.as_ptr().add(s0);
+                for b in (0..full).step_by(8) {
+                    let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(base.add(b).cast()));
+                    _mm256_storeu_ps(o.add(b), _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), vs, vb));
+                }
+                full
+            }
+        };
+        tail_dequantize(w, row, (s0 + full, e), (s, z), out);
+    }
+}
