@@ -110,17 +110,26 @@ fn check(what: &'static str, expected: usize, found: usize) -> Result<(), Kernel
     }
 }
 
-/// Runs `f(row)` for every output, on the calling thread for small products.
-fn for_rows(w: &QuantMatrix<'_>, out: &mut [f32], f: impl Fn(usize) -> f32 + Sync) {
+/// Runs `f(scratch, row)` for every output, on the calling thread for small products; each task
+/// makes one scratch value for all its rows.
+fn for_rows<S: Default>(
+    w: &QuantMatrix<'_>,
+    out: &mut [f32],
+    f: impl Fn(&mut S, usize) -> f32 + Sync,
+) {
     let [n, k] = w.shape();
     if n * k < PARALLEL_MIN_WEIGHTS {
-        out.iter_mut().enumerate().for_each(|(r, o)| *o = f(r));
+        let mut s = S::default();
+        out.iter_mut()
+            .enumerate()
+            .for_each(|(r, o)| *o = f(&mut s, r));
         return;
     }
     let chunk = (n / (4 * rayon::current_num_threads())).clamp(8, 256);
     out.par_chunks_mut(chunk).enumerate().for_each(|(c, o)| {
+        let mut s = S::default();
         for (i, y) in o.iter_mut().enumerate() {
-            *y = f(c * chunk + i);
+            *y = f(&mut s, c * chunk + i);
         }
     });
 }
@@ -131,25 +140,37 @@ fn gemv(tier: Tier, x: &[f32], w: &QuantMatrix<'_>, out: &mut [f32]) {
     match tier {
         #[cfg(target_arch = "x86_64")]
         Tier::Avx512Vnni => {
-            let a = Int8Activations::new(x, w, permute);
-            // SAFETY: `matmul_with` checked the CPU features and the format.
-            for_rows(w, out, |r| unsafe { crate::x86::vnni::row_dot(w, r, &a) });
+            use crate::x86::vnni;
+            let mut a = Int8Activations::new(x, w, permute);
+            if vnni::pairs_apply(w) {
+                a.interleave_pairs();
+                // SAFETY: `matmul_with` checked the CPU features and the format, and
+                // `pairs_apply` the two-block loop's conditions.
+                for_rows(w, out, |s, r| unsafe { vnni::row_dot_pairs(w, r, &a, s) });
+            } else {
+                // SAFETY: `matmul_with` checked the CPU features and the format.
+                for_rows(w, out, |s, r| unsafe { vnni::row_dot(w, r, &a, s) });
+            }
         }
         #[cfg(target_arch = "x86_64")]
         Tier::Avx512 => {
             let a = F32Activations::new(x, w, permute);
             // SAFETY: as above.
-            for_rows(w, out, |r| unsafe { crate::x86::avx512::row_dot(w, r, &a) });
+            for_rows(w, out, |s, r| unsafe {
+                crate::x86::avx512::row_dot(w, r, &a, s)
+            });
         }
         #[cfg(target_arch = "x86_64")]
         Tier::Avx2 => {
             let a = F32Activations::new(x, w, permute);
             // SAFETY: as above.
-            for_rows(w, out, |r| unsafe { crate::x86::avx2::row_dot(w, r, &a) });
+            for_rows(w, out, |s, r| unsafe {
+                crate::x86::avx2::row_dot(w, r, &a, s)
+            });
         }
         _ => {
             let a = F32Activations::new(x, w, false);
-            for_rows(w, out, |r| portable::row_dot(w, r, &a));
+            for_rows(w, out, |_: &mut (), r| portable::row_dot(w, r, &a));
         }
     }
 }

@@ -175,6 +175,35 @@ impl<'a> QuantMatrix<'a> {
         &self.codes[row * self.row_bytes..(row + 1) * self.row_bytes]
     }
 
+    /// The scales of row `row` (`groups_per_row` values; the single value of a per-tensor layout).
+    #[inline]
+    pub fn row_scales(&self, row: usize) -> &'a [f16] {
+        match self.layout {
+            ScaleLayout::PerTensor => self.scales,
+            ScaleLayout::PerGroup { .. } => {
+                &self.scales[row * self.groups_per_row..(row + 1) * self.groups_per_row]
+            }
+        }
+    }
+
+    /// The zero points of row `row` (asymmetric), laid out as [`Self::row_scales`].
+    #[inline]
+    pub fn row_zeros(&self, row: usize) -> Option<&'a [f16]> {
+        let z = self.zeros?;
+        Some(match self.layout {
+            ScaleLayout::PerTensor => z,
+            ScaleLayout::PerGroup { .. } => {
+                &z[row * self.groups_per_row..(row + 1) * self.groups_per_row]
+            }
+        })
+    }
+
+    /// The zero point of a symmetric layout, `2^(b−1)`.
+    #[inline]
+    pub fn mid_code(&self) -> f32 {
+        (1u32 << (self.bits - 1)) as f32
+    }
+
     /// Bytes the kernels read per product: codes, scales and zeros.
     pub fn storage_bytes(&self) -> usize {
         self.codes.len() + 2 * self.scales.len() + 2 * self.zeros.map_or(0, <[f16]>::len)
@@ -189,7 +218,7 @@ impl<'a> QuantMatrix<'a> {
         };
         let zero = match self.zeros {
             Some(z) => z[idx].to_f32(),
-            None => (1u32 << (self.bits - 1)) as f32,
+            None => self.mid_code(),
         };
         (self.scales[idx].to_f32(), zero)
     }

@@ -11,9 +11,9 @@ pub enum Tier {
     Reference,
     /// Plain Rust, any bit width and group size.
     Portable,
-    /// AVX2 + FMA, f32 activations; 4- and 8-bit codes.
+    /// AVX2 + FMA + F16C, f32 activations; 4- and 8-bit codes.
     Avx2,
-    /// AVX-512F, f32 activations; 4- and 8-bit codes.
+    /// AVX-512F (and the AVX2 tier's features), f32 activations; 4- and 8-bit codes.
     Avx512,
     /// AVX-512 VNNI with activations quantized to int8 per block of 32 (llama.cpp's CPU
     /// precision); 4- and 8-bit codes. Only chosen when [`Activations::Int8`] is asked for.
@@ -59,17 +59,19 @@ impl Tier {
             Tier::Avx2 => {
                 std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("f16c")
             }
             #[cfg(target_arch = "x86_64")]
-            Tier::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            Tier::Avx512 => {
+                std::arch::is_x86_feature_detected!("avx512f") && Tier::Avx2.is_available()
+            }
             #[cfg(target_arch = "x86_64")]
             Tier::Avx512Vnni => {
                 std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512bw")
                     && std::arch::is_x86_feature_detected!("avx512vl")
                     && std::arch::is_x86_feature_detected!("avx512vnni")
-                    && std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
+                    && Tier::Avx2.is_available()
             }
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,

@@ -6,6 +6,7 @@ use std::arch::x86_64::*;
 use crate::matrix::QuantMatrix;
 use crate::portable::{tail_dequantize, tail_dot};
 use crate::prepare::{F32Activations, BLOCK};
+use crate::x86::{dot3, row_scales, Scratch, SCALE_CHUNK};
 
 /// Horizontal sum of 8 lanes.
 #[inline]
@@ -20,53 +21,67 @@ unsafe fn hsum(v: __m256) -> f32 {
 /// One output: row `row` of `w` against `a` (block-permuted for 4-bit).
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA; `w` must be 4- or 8-bit, with even group starts for 4-bit.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn row_dot(w: &QuantMatrix<'_>, row: usize, a: &F32Activations) -> f32 {
-    let codes = w.row_codes(row);
+/// The CPU must support AVX2, FMA and F16C; `w` must be 4- or 8-bit, with even group starts for
+/// 4-bit.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn row_dot(
+    w: &QuantMatrix<'_>,
+    row: usize,
+    a: &F32Activations,
+    scratch: &mut Scratch,
+) -> f32 {
+    let codes = w.row_codes(row).as_ptr();
     let x = a.x.as_ptr();
+    let (k, g, gpr) = (w.in_features(), w.group_len(), w.groups_per_row());
+    let four = w.bits() == 4;
+    let nib = _mm256_set1_epi32(0x0f);
     let mut total = _mm256_setzero_ps();
     let mut scalar = 0f32;
-    let nib = _mm256_set1_epi32(0x0f);
-    for (gi, (s0, e)) in w.groups().enumerate() {
-        let (s, z) = w.scale_zero(row, gi);
-        let mut acc0 = _mm256_setzero_ps();
-        let mut acc1 = _mm256_setzero_ps();
-        let full = match w.bits() {
-            4 => {
-                let full = (e - s0) / BLOCK * BLOCK;
-                let base = codes.as_ptr().add(s0 / 2);
-                for b in (0..full).step_by(BLOCK) {
-                    let xb = x.add(s0 + b);
-                    for half in 0..2 {
+    let Scratch { sb, zb, .. } = scratch;
+    for c0 in (0..gpr).step_by(SCALE_CHUNK) {
+        let cn = SCALE_CHUNK.min(gpr - c0);
+        row_scales(w, row, c0, cn, sb, zb);
+        for (j, &sj) in sb[..cn].iter().enumerate() {
+            let s0 = (c0 + j) * g;
+            let e = (s0 + g).min(k);
+            let full = (e - s0) / BLOCK * BLOCK;
+            let mut acc0 = _mm256_setzero_ps();
+            let mut acc1 = _mm256_setzero_ps();
+            let mut b = s0;
+            while b < s0 + full {
+                let xb = x.add(b);
+                for half in 0..2 {
+                    if four {
                         let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
-                            base.add(b / 2 + 8 * half).cast(),
+                            codes.add(b / 2 + 8 * half).cast(),
                         ));
                         let lo = _mm256_cvtepi32_ps(_mm256_and_si256(v, nib));
                         let hi = _mm256_cvtepi32_ps(_mm256_srli_epi32::<4>(v));
                         acc0 = _mm256_fmadd_ps(lo, _mm256_loadu_ps(xb.add(8 * half)), acc0);
                         acc1 = _mm256_fmadd_ps(hi, _mm256_loadu_ps(xb.add(16 + 8 * half)), acc1);
+                    } else {
+                        let v0 =
+                            _mm256_cvtepu8_epi32(_mm_loadl_epi64(codes.add(b + 16 * half).cast()));
+                        let v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                            codes.add(b + 16 * half + 8).cast(),
+                        ));
+                        let xh = xb.add(16 * half);
+                        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v0), _mm256_loadu_ps(xh), acc0);
+                        acc1 = _mm256_fmadd_ps(
+                            _mm256_cvtepi32_ps(v1),
+                            _mm256_loadu_ps(xh.add(8)),
+                            acc1,
+                        );
                     }
                 }
-                full
+                b += BLOCK;
             }
-            _ => {
-                let full = (e - s0) / 16 * 16;
-                let base = codes.as_ptr().add(s0);
-                for b in (0..full).step_by(16) {
-                    let v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(base.add(b).cast()));
-                    let v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(base.add(b + 8).cast()));
-                    let xb = x.add(s0 + b);
-                    acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v0), _mm256_loadu_ps(xb), acc0);
-                    acc1 =
-                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(v1), _mm256_loadu_ps(xb.add(8)), acc1);
-                }
-                full
+            total = _mm256_fmadd_ps(_mm256_add_ps(acc0, acc1), _mm256_set1_ps(sj), total);
+            if full < e - s0 {
+                scalar += sj * tail_dot(w, row, s0 + full, e, &a.x);
             }
-        };
-        total = _mm256_fmadd_ps(_mm256_add_ps(acc0, acc1), _mm256_set1_ps(s), total);
-        let tail = tail_dot(w, row, s0 + full, e, &a.x);
-        scalar += s * (tail - z * a.group_sums[gi]);
+        }
+        scalar -= dot3(&sb[..cn], &zb[..cn], &a.group_sums[c0..c0 + cn]);
     }
     hsum(total) + scalar
 }
@@ -75,7 +90,7 @@ pub unsafe fn row_dot(w: &QuantMatrix<'_>, row: usize, a: &F32Activations) -> f3
 ///
 /// # Safety
 /// As [`row_dot`].
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dequantize_row(w: &QuantMatrix<'_>, row: usize, out: &mut [f32]) {
     let codes = w.row_codes(row);
     let nib = _mm256_set1_epi32(0x0f);

@@ -5,11 +5,18 @@
 //! The result differs from the exact product only by the activation rounding: at most
 //! `Σ_k |w_k| · d_b(k) / 2` (`d_b = max|x| / 127` over the block of 32 holding `k`), plus f32
 //! rounding. This is the precision llama.cpp's CPU backend runs quantized models at.
+//!
+//! 4-bit weights whose groups are whole blocks (group size a multiple of 32, or one group per
+//! row) take a two-block loop ([`row_dot_pairs`]): one 32-byte load, broadcast to both halves
+//! of a 64-byte register, a per-half shift and a mask give both blocks' low and high nibbles,
+//! and one `vpdpbusd` multiplies 64 codes. Each block's factor `s_g · d_b` (weight scale times
+//! activation scale) is computed per row up front, so the loop carries no per-group work.
 
 use std::arch::x86_64::*;
 
 use crate::matrix::QuantMatrix;
 use crate::prepare::{Int8Activations, BLOCK};
+use crate::x86::{dot3, row_scales, Scratch, SCALE_CHUNK};
 
 /// Horizontal sum of 8 lanes.
 #[inline]
@@ -24,43 +31,173 @@ unsafe fn hsum(v: __m256) -> f32 {
 /// One output: row `row` of `w` against int8 activations (block-permuted for 4-bit).
 ///
 /// # Safety
-/// The CPU must support AVX-512F/BW/VL and VNNI; `w` must be 4- or 8-bit, with even group starts
-/// for 4-bit.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-pub unsafe fn row_dot(w: &QuantMatrix<'_>, row: usize, a: &Int8Activations) -> f32 {
-    let codes = w.row_codes(row);
+/// The CPU must support AVX-512F/BW/VL, VNNI and F16C; `w` must be 4- or 8-bit, with even group
+/// starts for 4-bit.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn row_dot(
+    w: &QuantMatrix<'_>,
+    row: usize,
+    a: &Int8Activations,
+    scratch: &mut Scratch,
+) -> f32 {
+    let codes = w.row_codes(row).as_ptr();
     let q = a.q.as_ptr();
+    let d = a.block_scales.as_ptr();
+    let (k, g, gpr) = (w.in_features(), w.group_len(), w.groups_per_row());
+    let four = w.bits() == 4;
+    let nib = _mm_set1_epi8(0x0f);
     let mut total = _mm256_setzero_ps();
     let mut scalar = 0f32;
-    let nib = _mm_set1_epi8(0x0f);
     let mut blk = 0usize;
-    for (gi, (s0, e)) in w.groups().enumerate() {
-        let (s, z) = w.scale_zero(row, gi);
-        let nb = (e - s0) / BLOCK;
-        let mut acc = _mm256_setzero_ps();
-        for j in 0..nb {
-            let cv = if w.bits() == 4 {
-                let b = _mm_loadu_si128(codes.as_ptr().add(s0 / 2 + 16 * j).cast());
-                let lo = _mm_and_si128(b, nib);
-                let hi = _mm_and_si128(_mm_srli_epi16::<4>(b), nib);
-                _mm256_set_m128i(hi, lo)
-            } else {
-                _mm256_loadu_si256(codes.as_ptr().add(s0 + BLOCK * j).cast())
-            };
-            let qv = _mm256_loadu_si256(q.add((blk + j) * BLOCK).cast());
-            let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), cv, qv);
-            acc = _mm256_fmadd_ps(
-                _mm256_cvtepi32_ps(dot),
-                _mm256_set1_ps(*a.block_scales.get_unchecked(blk + j)),
-                acc,
-            );
+    let Scratch { sb, zb, .. } = scratch;
+    for c0 in (0..gpr).step_by(SCALE_CHUNK) {
+        let cn = SCALE_CHUNK.min(gpr - c0);
+        row_scales(w, row, c0, cn, sb, zb);
+        for j in 0..cn {
+            let s0 = (c0 + j) * g;
+            let e = (s0 + g).min(k);
+            let nb = (e - s0) / BLOCK;
+            let mut acc = _mm256_setzero_ps();
+            for i in 0..nb {
+                let cv = if four {
+                    let b = _mm_loadu_si128(codes.add(s0 / 2 + 16 * i).cast());
+                    let lo = _mm_and_si128(b, nib);
+                    let hi = _mm_and_si128(_mm_srli_epi16::<4>(b), nib);
+                    _mm256_set_m128i(hi, lo)
+                } else {
+                    _mm256_loadu_si256(codes.add(s0 + BLOCK * i).cast())
+                };
+                let qv = _mm256_loadu_si256(q.add((blk + i) * BLOCK).cast());
+                let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), cv, qv);
+                acc = _mm256_fmadd_ps(
+                    _mm256_cvtepi32_ps(dot),
+                    _mm256_set1_ps(*d.add(blk + i)),
+                    acc,
+                );
+            }
+            blk += nb;
+            total = _mm256_fmadd_ps(acc, _mm256_set1_ps(sb[j]), total);
+            for c in s0 + nb * BLOCK..e {
+                scalar += sb[j] * (w.code(row, c) as f32 - zb[j]) * a.x[c];
+            }
         }
-        blk += nb;
-        total = _mm256_fmadd_ps(acc, _mm256_set1_ps(s), total);
-        scalar -= s * z * a.group_corrections[gi];
-        for c in s0 + nb * BLOCK..e {
-            scalar += s * (w.code(row, c) as f32 - z) * a.x[c];
-        }
+        scalar -= dot3(&sb[..cn], &zb[..cn], &a.group_corrections[c0..c0 + cn]);
     }
     hsum(total) + scalar
+}
+
+/// Largest row, in blocks of 32, the two-block loop handles (its per-row buffers live on the
+/// stack).
+pub(crate) const PAIR_MAX_BLOCKS: usize = 1024;
+
+/// Whether [`row_dot_pairs`] runs `w`: 4-bit, groups made of whole blocks, at most
+/// [`PAIR_MAX_BLOCKS`] blocks per row.
+pub(crate) fn pairs_apply(w: &QuantMatrix<'_>) -> bool {
+    w.bits() == 4
+        && (w.groups_per_row() == 1 || w.group_len().is_multiple_of(BLOCK))
+        && w.in_features().div_ceil(BLOCK) <= PAIR_MAX_BLOCKS
+}
+
+/// One output of a 4-bit row against int8 activations laid out by
+/// [`Int8Activations::interleave_pairs`] (see the module docs).
+///
+/// # Safety
+/// As [`row_dot`], and [`pairs_apply`] must hold for `w`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn row_dot_pairs(
+    w: &QuantMatrix<'_>,
+    row: usize,
+    a: &Int8Activations,
+    scratch: &mut Scratch,
+) -> f32 {
+    let codes = w.row_codes(row).as_ptr();
+    let (k, g, gpr) = (w.in_features(), w.group_len(), w.groups_per_row());
+    // With groups of whole blocks, the full blocks are the first ⌊k/32⌋ of the row and only the
+    // last group can have a tail.
+    let nb = k / BLOCK;
+    let per_group = if gpr == 1 { nb.max(1) } else { g / BLOCK };
+    let Scratch { sb, zb, f } = scratch;
+    let mut correction = 0f32;
+    for c0 in (0..gpr).step_by(SCALE_CHUNK) {
+        let cn = SCALE_CHUNK.min(gpr - c0);
+        row_scales(w, row, c0, cn, sb, zb);
+        if per_group == 1 {
+            // One block per group (groups of 32): one multiply per block, vectorized.
+            let b1 = (c0 + cn).min(nb);
+            let d = &a.block_scales[c0..b1];
+            for ((fb, &s), &d) in f[c0..b1].iter_mut().zip(&sb[..cn]).zip(d) {
+                *fb = s * d;
+            }
+        } else {
+            for (j, &s) in sb[..cn].iter().enumerate() {
+                let b0 = (c0 + j) * per_group;
+                let b1 = (b0 + per_group).min(nb);
+                for (fb, &d) in f[b0..b1].iter_mut().zip(&a.block_scales[b0..b1]) {
+                    *fb = s * d;
+                }
+            }
+        }
+        correction += dot3(&sb[..cn], &zb[..cn], &a.group_corrections[c0..c0 + cn]);
+    }
+    let q = a.q.as_ptr();
+    let mask = _mm512_set1_epi8(0x0f);
+    let shifts = _mm512_inserti64x4::<1>(_mm512_setzero_si512(), _mm256_set1_epi16(4));
+    let lanes = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
+    let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    let mut b = 0;
+    while b + 4 <= nb {
+        let (d0, f0) = pair(codes, q, f, b, (mask, shifts, lanes));
+        let (d1, f1) = pair(codes, q, f, b + 2, (mask, shifts, lanes));
+        acc0 = _mm512_fmadd_ps(d0, f0, acc0);
+        acc1 = _mm512_fmadd_ps(d1, f1, acc1);
+        b += 4;
+    }
+    if b + 2 <= nb {
+        let (d0, f0) = pair(codes, q, f, b, (mask, shifts, lanes));
+        acc0 = _mm512_fmadd_ps(d0, f0, acc0);
+        b += 2;
+    }
+    let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+    if b < nb {
+        // An odd last block: [low | high] nibbles against its `[e o]` activations.
+        let v = _mm_loadu_si128(codes.add(b * BLOCK / 2).cast());
+        let nib = _mm_set1_epi8(0x0f);
+        let cv = _mm256_set_m128i(
+            _mm_and_si128(_mm_srli_epi16::<4>(v), nib),
+            _mm_and_si128(v, nib),
+        );
+        let dot = _mm256_dpbusd_epi32(
+            _mm256_setzero_si256(),
+            cv,
+            _mm256_loadu_si256(q.add(b * BLOCK).cast()),
+        );
+        sum += hsum(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(f[b])));
+    }
+    if nb * BLOCK < k {
+        let (s, z) = w.scale_zero(row, gpr - 1);
+        for c in nb * BLOCK..k {
+            sum += s * (w.code(row, c) as f32 - z) * a.x[c];
+        }
+    }
+    sum - correction
+}
+
+/// Blocks `b` and `b + 1`: their 64 codes times their int8 activations (`vpdpbusd`, as f32) and
+/// the matching per-lane factors.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn pair(
+    codes: *const u8,
+    q: *const i8,
+    f: &[f32; PAIR_MAX_BLOCKS],
+    b: usize,
+    (mask, shifts, lanes): (__m512i, __m512i, __m512i),
+) -> (__m512, __m512) {
+    let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(codes.add(b * BLOCK / 2).cast()));
+    let c = _mm512_and_si512(_mm512_srlv_epi16(v, shifts), mask);
+    let qv = _mm512_loadu_si512(q.add(b * BLOCK).cast());
+    let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c, qv);
+    let two = _mm_castsi128_ps(_mm_loadl_epi64(f.as_ptr().add(b).cast()));
+    let fac = _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(two));
+    (_mm512_cvtepi32_ps(dot), fac)
 }

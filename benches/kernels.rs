@@ -1,0 +1,63 @@
+//! Fused low-bit matmul (compress-kernels) against burn's dense f32 matmul on the same CPU
+//! backend (flex), for the issue's shapes and M = 1, 16, 512.
+//!
+//! ```text
+//! cargo bench --bench kernels              # everything (about 15 minutes on 2 cores)
+//! cargo bench --bench kernels -- 'm1/'     # decode GEMV only
+//! ```
+//! Throughput is the weight's stored bytes, so criterion prints effective weight bytes/s; the
+//! `kernel_speed` example prints the same comparisons as a table of ratios.
+
+#[path = "../examples/common/kernel_cases.rs"]
+mod cases;
+
+use std::time::Duration;
+
+use burn::tensor::{Tensor, TensorData};
+use compress::core::backend::BackendKind;
+use compress::kernels::{matmul_with, Activations, Tier};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+fn kernels(c: &mut Criterion) {
+    let device = BackendKind::Flex.device().unwrap();
+    for (k, n) in cases::SHAPES {
+        let dense_w: Vec<f32> = cases::values(k * n, 1);
+        let wt = Tensor::<2>::from_data(TensorData::new(dense_w, [k, n]), &device);
+        let packed: Vec<_> = cases::FORMATS
+            .iter()
+            .map(|&f| (f, cases::packed(f, n, k, 2)))
+            .collect();
+        for m in cases::ROWS {
+            let x = cases::values(m * k, 3);
+            let xt = Tensor::<2>::from_data(TensorData::new(x.clone(), [m, k]), &device);
+            let mut group = c.benchmark_group(format!("m{m}/{k}x{n}"));
+            group
+                .sample_size(10)
+                .warm_up_time(Duration::from_millis(500))
+                .measurement_time(Duration::from_secs(2));
+            group.throughput(Throughput::Bytes((4 * k * n) as u64));
+            group.bench_function("dense-f32-flex", |b| {
+                b.iter(|| xt.clone().matmul(wt.clone()).into_data())
+            });
+            for (f, p) in &packed {
+                let w = p.kernel_matrix().unwrap();
+                let mut y = vec![0f32; m * n];
+                group.throughput(Throughput::Bytes(w.storage_bytes() as u64));
+                let mut modes = vec![Activations::F32];
+                if m == 1 && Tier::Avx512Vnni.is_available() {
+                    modes.push(Activations::Int8);
+                }
+                for a in modes {
+                    let tier = Tier::select(&w, a);
+                    group.bench_function(format!("{}-{tier}", f.name), |b| {
+                        b.iter(|| matmul_with(tier, &x, m, &w, &mut y).unwrap())
+                    });
+                }
+            }
+            group.finish();
+        }
+    }
+}
+
+criterion_group!(benches, kernels);
+criterion_main!(benches);

@@ -1,0 +1,70 @@
+//! Quick GEMV timing of every tier on one shape, without burn (fast to build): for iterating on
+//! the kernels. `cargo run --release -p compress-kernels --example gemv_probe -- 4096 4096 32`
+//! (K, N, group; symmetric 4-bit), prints ms and effective weight GB/s per tier, single- and
+//! multi-threaded.
+
+use std::time::Instant;
+
+use compress_kernels::{matmul_with, QuantMatrix, ScaleLayout, Tier};
+use half::f16;
+
+fn main() {
+    let a: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let (k, n, g) = (
+        a.first().copied().unwrap_or(4096),
+        a.get(1).copied().unwrap_or(4096),
+        a.get(2).copied().unwrap_or(32),
+    );
+    let bits = a.get(3).copied().unwrap_or(4) as u8;
+    let rb = (k * bits as usize).div_ceil(8);
+    let codes: Vec<u8> = (0..n * rb)
+        .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
+        .collect();
+    let gpr = k.div_ceil(g);
+    let scales: Vec<f16> = (0..n * gpr)
+        .map(|i| f16::from_f32(0.01 + (i % 7) as f32 * 1e-3))
+        .collect();
+    let w = QuantMatrix::new(
+        bits,
+        [n, k],
+        ScaleLayout::PerGroup { group_len: g },
+        &codes,
+        &scales,
+        None,
+    )
+    .unwrap();
+    let x: Vec<f32> = (0..k)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+        .collect();
+    let mut y = vec![0f32; n];
+    for threads in [1, 0] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        for tier in [Tier::Portable, Tier::Avx2, Tier::Avx512, Tier::Avx512Vnni] {
+            if !tier.is_available() {
+                continue;
+            }
+            let t = pool.install(|| {
+                matmul_with(tier, &x, 1, &w, &mut y).unwrap();
+                let mut best = f64::MAX;
+                for _ in 0..30 {
+                    let s = Instant::now();
+                    matmul_with(tier, &x, 1, &w, &mut y).unwrap();
+                    best = best.min(s.elapsed().as_secs_f64());
+                }
+                best
+            });
+            println!(
+                "threads {}: {tier:12} {:.3} ms  {:.1} GB/s",
+                pool.current_num_threads(),
+                t * 1e3,
+                w.storage_bytes() as f64 / t / 1e9
+            );
+        }
+    }
+}

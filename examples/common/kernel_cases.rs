@@ -1,0 +1,71 @@
+//! Shapes and formats the kernel benchmarks share (`benches/kernels.rs` and the
+//! `kernel_speed` example): the shapes, seeded weights quantized with RTN.
+//!
+//! Speed does not depend on the weights' values, so a seeded Gaussian-like matrix stands in for
+//! a real layer (SmolLM2's own 576×1536 and 1536×576, and the 4096-wide llama-7B shapes).
+#![allow(dead_code)] // each user takes a subset
+
+use compress::core::packed::{PackedWeight, QuantScheme, Symmetry};
+use compress::quant::grid::GridConfig;
+use compress::quant::rtn::quantize_rtn;
+
+/// `(K, N)`: in_features × out_features.
+pub const SHAPES: [(usize, usize); 4] = [(576, 1536), (1536, 576), (4096, 4096), (4096, 11008)];
+/// Activation rows: decode, a small batch, a prefill.
+pub const ROWS: [usize; 3] = [1, 16, 512];
+
+/// A packed format the kernels run.
+#[derive(Clone, Copy, Debug)]
+pub struct Format {
+    /// Short name for tables.
+    pub name: &'static str,
+    /// Code width.
+    pub bits: u8,
+    /// Group size (`None` = per channel).
+    pub group: Option<usize>,
+    /// Zero points stored.
+    pub symmetry: Symmetry,
+}
+
+/// int8 per channel, int4 groups of 32 symmetric (= Q4_0), int4 groups of 128 asymmetric (GPTQ's
+/// usual layout).
+pub const FORMATS: [Format; 3] = [
+    Format {
+        name: "int8",
+        bits: 8,
+        group: None,
+        symmetry: Symmetry::Symmetric,
+    },
+    Format {
+        name: "int4-g32",
+        bits: 4,
+        group: Some(32),
+        symmetry: Symmetry::Symmetric,
+    },
+    Format {
+        name: "int4-g128a",
+        bits: 4,
+        group: Some(128),
+        symmetry: Symmetry::Asymmetric,
+    },
+];
+
+/// Seeded values in about `[-1, 1]` (SplitMix64; the sum of two uniforms, so bell-shaped).
+pub fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    let mut next = move || {
+        s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
+    };
+    (0..len).map(|_| next() + next() - 1.0).collect()
+}
+
+/// An `[n, k]` weight quantized with RTN in `format`.
+pub fn packed(format: Format, n: usize, k: usize, seed: u64) -> PackedWeight {
+    let w = values(n * k, seed);
+    let scheme = QuantScheme::new(format.bits, format.group, format.symmetry).unwrap();
+    quantize_rtn("bench", &w, n, k, &scheme, &GridConfig::default(), None).unwrap()
+}

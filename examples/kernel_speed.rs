@@ -1,0 +1,154 @@
+//! Fused low-bit matmul against burn's dense f32 matmul, side by side in one run, printed as
+//! Markdown tables (what docs/performance.md quotes), plus the machine's streaming-read
+//! bandwidth and GEMV on a weight larger than the last-level cache as a fraction of it.
+//!
+//! ```text
+//! cargo run --release --example kernel_speed                # all shapes, M = 1, 16, 512
+//! cargo run --release --example kernel_speed -- --rows 1    # decode only (about a minute)
+//! ```
+//! Each time is the median of repeated runs (at least 3, until 0.5 s has been spent).
+
+#[path = "common/kernel_cases.rs"]
+mod cases;
+
+use std::time::Instant;
+
+use burn::tensor::{Tensor, TensorData};
+use clap::Parser;
+use compress::core::backend::BackendKind;
+use compress::kernels::bandwidth::streaming_read;
+use compress::kernels::{matmul_with, Activations, QuantMatrix, Tier};
+
+#[derive(Parser, Debug)]
+#[command(about = "Fused low-bit matmul vs dense f32, side by side")]
+struct Args {
+    /// Activation rows to measure (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = cases::ROWS)]
+    rows: Vec<usize>,
+    /// Skip the larger-than-cache GEMV and the bandwidth probe.
+    #[arg(long)]
+    no_large: bool,
+}
+
+/// Median seconds of `f` over at least 3 runs and at least 0.5 s.
+fn time(mut f: impl FnMut()) -> f64 {
+    f(); // warm-up
+    let mut t = Vec::new();
+    let start = Instant::now();
+    while t.len() < 3 || (start.elapsed().as_secs_f64() < 0.5 && t.len() < 50) {
+        let s = Instant::now();
+        f();
+        t.push(s.elapsed().as_secs_f64());
+    }
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// Times our kernel on `w` at every activation precision this CPU offers for `m` rows.
+fn ours(w: &QuantMatrix<'_>, x: &[f32], m: usize) -> Vec<(Tier, f64)> {
+    let mut y = vec![0f32; m * w.out_features()];
+    let mut modes = vec![Activations::F32];
+    if m == 1 && Tier::Avx512Vnni.is_available() {
+        modes.push(Activations::Int8);
+    }
+    modes
+        .into_iter()
+        .map(|a| {
+            let tier = Tier::select(w, a);
+            (tier, time(|| matmul_with(tier, x, m, w, &mut y).unwrap()))
+        })
+        .collect()
+}
+
+fn main() {
+    let args = Args::parse();
+    let device = BackendKind::Flex.device().expect("flex is always compiled");
+    println!(
+        "{}, {} threads; tiers available: {}",
+        cpu_name(),
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        Tier::ALL
+            .iter()
+            .filter(|t| t.is_available())
+            .map(|t| t.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let bandwidth = (!args.no_large).then(|| streaming_read(256 << 20, 10));
+    if let Some(bw) = bandwidth {
+        println!("streaming read, 256 MiB buffer: {:.1} GB/s", bw / 1e9);
+    }
+    println!();
+    println!("| M | K×N | dense f32 (flex) | format | tier | time | speedup | weight GB/s |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (k, n) in cases::SHAPES {
+        let wt = Tensor::<2>::from_data(TensorData::new(cases::values(k * n, 1), [k, n]), &device);
+        let packed: Vec<_> = cases::FORMATS
+            .iter()
+            .map(|&f| (f, cases::packed(f, n, k, 2)))
+            .collect();
+        for &m in &args.rows {
+            let x = cases::values(m * k, 3);
+            let xt = Tensor::<2>::from_data(TensorData::new(x.clone(), [m, k]), &device);
+            let dense = time(|| {
+                xt.clone().matmul(wt.clone()).into_data();
+            });
+            for (f, p) in &packed {
+                let w = p.kernel_matrix().unwrap();
+                for (tier, t) in ours(&w, &x, m) {
+                    println!(
+                        "| {m} | {k}×{n} | {:.3} ms | {} | {tier} | {:.3} ms | **{:.2}×** | {:.1} |",
+                        dense * 1e3,
+                        f.name,
+                        t * 1e3,
+                        dense / t,
+                        w.storage_bytes() as f64 / t / 1e9
+                    );
+                }
+            }
+        }
+    }
+    if let Some(bw) = bandwidth {
+        // 16384 × 8192 int4 in groups of 32: 64 MiB of codes + 8 MiB of scales, twice the LLC
+        // of the development machine, so every GEMV streams the weight from memory.
+        let (k, n) = (8192, 16384);
+        let f = cases::FORMATS[1];
+        let p = cases::packed(f, n, k, 5);
+        let w = p.kernel_matrix().unwrap();
+        let x = cases::values(k, 6);
+        let wt = Tensor::<2>::from_data(TensorData::new(cases::values(k * n, 1), [k, n]), &device);
+        let xt = Tensor::<2>::from_data(TensorData::new(x.clone(), [1, k]), &device);
+        let dense = time(|| {
+            xt.clone().matmul(wt.clone()).into_data();
+        });
+        println!();
+        println!(
+            "GEMV beyond the cache, {k}×{n}: dense f32 {:.2} ms ({:.1} GB/s of weights)",
+            dense * 1e3,
+            (4 * k * n) as f64 / dense / 1e9
+        );
+        for (tier, t) in ours(&w, &x, 1) {
+            let rate = w.storage_bytes() as f64 / t;
+            println!(
+                "  {} on {tier}: {:.2} ms, {:.1} GB/s = {:.0}% of streaming read; {:.2}× dense",
+                f.name,
+                t * 1e3,
+                rate / 1e9,
+                100.0 * rate / bw,
+                dense / t
+            );
+        }
+    }
+}
