@@ -48,6 +48,10 @@ pub mod scaling;
 pub mod sparsity;
 pub mod structured;
 
+/// The fused low-bit kernels quantized layers run on the CPU backends (re-exported so crates
+/// that set [`linear::QuantizedLinear::kernel`] need no extra dependency).
+pub use compress_kernels as kernels;
+
 /// The README's examples, compiled and run as doctests.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

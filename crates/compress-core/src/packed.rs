@@ -361,8 +361,9 @@ impl PackedWeight {
                 compress_kernels::ScaleLayout::PerGroup { group_len: g.get() }
             }
         };
-        // Every buffer was validated against the same shape and scheme when `self` was built.
-        compress_kernels::QuantMatrix::new(
+        // Scales and zeros were checked finite, and every buffer against the same shape and
+        // scheme, when `self` was built; only the (cheap) length checks run again.
+        compress_kernels::QuantMatrix::with_lengths_checked(
             self.scheme.bits.get(),
             [self.out_features, self.in_features],
             layout,

@@ -31,15 +31,18 @@ impl ProgressLine {
             return;
         }
         self.last = secs;
-        let eta = if done == 0 {
-            f64::NAN
-        } else {
-            secs / done as f64 * total.saturating_sub(done) as f64
+        // No estimate before the first step is done.
+        let eta = match done {
+            0 => "?".to_string(),
+            _ => format!(
+                "{:.0}",
+                secs / done as f64 * total.saturating_sub(done) as f64
+            ),
         };
         let mut err = std::io::stderr().lock();
         let _ = write!(
             err,
-            "\r{}: {done}/{total} {detail} {secs:.0} s elapsed, ETA {eta:.0} s   ",
+            "\r{}: {done}/{total} {detail} {secs:.0} s elapsed, ETA {eta} s   ",
             self.label
         );
         if finished {

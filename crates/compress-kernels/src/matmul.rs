@@ -3,10 +3,10 @@
 //!
 //! - **GEMV path** (`M < GEMM_MIN_ROWS`, decode): each output is one fused pass over a packed
 //!   row (codes widened in registers, never written out); rows are split across threads (rayon).
-//! - **GEMM path** (prefill): threads take tiles of [`TILE_ROWS`] weight rows, dequantize the
-//!   tile into a per-task buffer of `TILE_ROWS × K` f32 (a few hundred KiB: it stays in cache,
-//!   and the whole `W` is never materialised) and multiply with faer's register-blocked GEMM,
-//!   so the unpacking cost is shared by all `M` rows.
+//! - **GEMM path** (prefill): threads take tiles of [`tile_rows`] weight rows, dequantize the
+//!   tile into a per-task buffer (about 512 KiB of f32: it stays in cache, and the whole `W` is
+//!   never materialised) and multiply with faer's register-blocked GEMM, so the unpacking cost is
+//!   shared by all `M` rows.
 
 use faer::linalg::matmul::matmul as faer_matmul;
 use faer::{Accum, MatMut, MatRef, Par};
@@ -19,10 +19,10 @@ use crate::{portable, reference};
 
 /// From this many activation rows on, the GEMM path is used.
 pub const GEMM_MIN_ROWS: usize = 8;
-/// Weight rows per GEMM task.
-pub const TILE_ROWS: usize = 32;
+/// f32 values of one dequantized GEMM tile (512 KiB).
+const TILE_FLOATS: usize = 1 << 17;
 /// Below this many weights per product, work stays on the calling thread.
-const PARALLEL_MIN_WEIGHTS: usize = 1 << 16;
+const PARALLEL_MIN_WEIGHTS: usize = 1 << 19;
 
 /// `Y = X · Wᵀ` on the fastest tier for this CPU and format (f32 activations); returns the tier
 /// that ran. `x` is `m × K`, `out` is `m × N`, both row-major.
@@ -189,6 +189,12 @@ fn dequantize_row(tier: Tier, w: &QuantMatrix<'_>, r: usize, dst: &mut [f32]) {
     }
 }
 
+/// Weight rows per GEMM task for rows of `k`: a dequantized tile of about 512 KiB (half this
+/// machine's L2), between 16 and 256 rows, so short rows still give faer a sizeable product.
+pub fn tile_rows(k: usize) -> usize {
+    ((TILE_FLOATS / k.max(1)) / 8 * 8).clamp(16, 256)
+}
+
 fn gemm(tier: Tier, x: &[f32], m: usize, w: &QuantMatrix<'_>, out: &mut [f32]) {
     let [n, k] = w.shape();
     let permute = tier.permutes(w.bits());
@@ -200,12 +206,14 @@ fn gemm(tier: Tier, x: &[f32], m: usize, w: &QuantMatrix<'_>, out: &mut [f32]) {
         x.to_vec()
     };
     let lhs = MatRef::from_row_major_slice(&xp, m, k);
-    let tiles = n.div_ceil(TILE_ROWS);
-    let run = |t: usize| {
-        let r0 = t * TILE_ROWS;
-        let rows = TILE_ROWS.min(n - r0);
-        let mut wt = vec![0f32; rows * k];
-        for (i, dst) in wt.chunks_exact_mut(k).enumerate() {
+    let tr = tile_rows(k);
+    let tiles = n.div_ceil(tr);
+    // One dequantized tile buffer per task, reused across its tiles.
+    let run = |wt: &mut Vec<f32>, t: usize| {
+        let r0 = t * tr;
+        let rows = tr.min(n - r0);
+        wt.resize(tr * k, 0.0);
+        for (i, dst) in wt[..rows * k].chunks_exact_mut(k).enumerate() {
             dequantize_row(tier, w, r0 + i, dst);
         }
         let mut yt = vec![0f32; m * rows];
@@ -213,16 +221,20 @@ fn gemm(tier: Tier, x: &[f32], m: usize, w: &QuantMatrix<'_>, out: &mut [f32]) {
             MatMut::from_row_major_slice_mut(&mut yt, m, rows),
             Accum::Replace,
             lhs,
-            MatRef::from_column_major_slice(&wt, k, rows),
+            MatRef::from_column_major_slice(&wt[..rows * k], k, rows),
             1.0f32,
             Par::Seq,
         );
         (r0, rows, yt)
     };
     let results: Vec<(usize, usize, Vec<f32>)> = if n * k < PARALLEL_MIN_WEIGHTS {
-        (0..tiles).map(run).collect()
+        let mut wt = Vec::new();
+        (0..tiles).map(|t| run(&mut wt, t)).collect()
     } else {
-        (0..tiles).into_par_iter().map(run).collect()
+        (0..tiles)
+            .into_par_iter()
+            .map_init(Vec::new, |wt, t| run(wt, t))
+            .collect()
     };
     for (r0, rows, yt) in results {
         for (yrow, trow) in out.chunks_exact_mut(n).zip(yt.chunks_exact(rows)) {

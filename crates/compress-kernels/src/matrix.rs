@@ -90,6 +90,33 @@ impl<'a> QuantMatrix<'a> {
         scales: &'a [f16],
         zeros: Option<&'a [f16]>,
     ) -> Result<Self, KernelError> {
+        let m = Self::with_lengths_checked(
+            bits,
+            [out_features, in_features],
+            layout,
+            codes,
+            scales,
+            zeros,
+        )?;
+        check_finite("scale", scales)?;
+        if let Some(z) = zeros {
+            check_finite("zero", z)?;
+        }
+        Ok(m)
+    }
+
+    /// As [`Self::new`] but without the NaN/Inf scan of scales and zeros, for owners that
+    /// validated them when they were built (compress-core's `PackedWeight` does, and calls this
+    /// on every forward pass, where the scan would cost as much as a small product). Lengths are
+    /// still checked: the kernels' memory safety depends on them, not on finiteness.
+    pub fn with_lengths_checked(
+        bits: u8,
+        [out_features, in_features]: [usize; 2],
+        layout: ScaleLayout,
+        codes: &'a [u8],
+        scales: &'a [f16],
+        zeros: Option<&'a [f16]>,
+    ) -> Result<Self, KernelError> {
         if !(2..=8).contains(&bits) {
             return Err(KernelError::Bits(bits));
         }
@@ -105,10 +132,8 @@ impl<'a> QuantMatrix<'a> {
         let row_bytes = (in_features * bits as usize).div_ceil(8);
         check_len("codes", out_features * row_bytes, codes.len())?;
         check_len("scales", num_scales, scales.len())?;
-        check_finite("scale", scales)?;
         if let Some(z) = zeros {
             check_len("zeros", num_scales, z.len())?;
-            check_finite("zero", z)?;
         }
         Ok(Self {
             bits,

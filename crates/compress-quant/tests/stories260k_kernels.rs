@@ -47,22 +47,6 @@ fn rtn_model(model: &LlamaModel, scheme: QuantScheme) -> LlamaModel {
     q
 }
 
-/// Sets every quantized layer's kernel mode; returns the tier each layer then runs on.
-fn set_kernel(model: &mut LlamaModel, mode: Option<Activations>) -> Vec<Option<Tier>> {
-    let mut tiers = Vec::new();
-    for block in 0..model.layers.len() {
-        for stage in model.stages() {
-            for name in stage.linears {
-                if let CompressedLinear::Quantized(q) = model.linear_mut(block, name) {
-                    q.kernel = mode;
-                    tiers.push(q.kernel_tier());
-                }
-            }
-        }
-    }
-    tiers
-}
-
 #[test]
 fn kernels_give_the_dequantized_models_logits() {
     let Some(s) = common::stories_split() else {
@@ -79,7 +63,7 @@ fn kernels_give_the_dequantized_models_logits() {
     ];
     for scheme in schemes {
         let mut q = rtn_model(&s.m.model, scheme);
-        let tiers = set_kernel(&mut q, Some(Activations::F32));
+        let tiers = q.set_kernels(Some(Activations::F32));
         assert_eq!(tiers.len(), 7 * q.layers.len());
         let tier = tiers[0].expect("a quantized layer on flex runs on a kernel");
         assert!(tiers.iter().all(|t| *t == Some(tier)), "{tiers:?}");
@@ -89,7 +73,7 @@ fn kernels_give_the_dequantized_models_logits() {
         // 96 tokens at once (the GEMM path) and the last one alone through the cache (GEMV).
         let fused = common::logits(&q, ids);
         let fused_one = common::logits(&q, &ids[..1]);
-        assert!(set_kernel(&mut q, None).iter().all(Option::is_none));
+        assert!(q.set_kernels(None).iter().all(Option::is_none));
         let dequantized = common::logits(&q, ids);
         let dequantized_one = common::logits(&q, &ids[..1]);
         let scale = dequantized.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -130,9 +114,9 @@ fn int8_activations_cost_under_one_percent_perplexity() {
         QuantScheme::new(4, Some(32), Symmetry::Symmetric).unwrap(),
     );
     let ids = &s.eval[..200];
-    set_kernel(&mut q, Some(Activations::F32));
+    q.set_kernels(Some(Activations::F32));
     let exact = decode_nll(&q, ids).exp();
-    set_kernel(&mut q, Some(Activations::Int8));
+    q.set_kernels(Some(Activations::Int8));
     let int8 = decode_nll(&q, ids).exp();
     let change = int8 / exact - 1.0;
     eprintln!(

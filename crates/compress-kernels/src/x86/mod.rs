@@ -50,8 +50,17 @@ unsafe fn widen(src: &[f16], dst: &mut [f32; SCALE_CHUNK]) {
         _mm256_storeu_ps(dst.as_mut_ptr().add(i), v);
         i += 8;
     }
-    for j in i..n {
-        dst[j] = src[j].to_f32();
+    if i < n {
+        // The last < 8 values through a zero-padded copy, still one F16C conversion (a scalar
+        // `f16::to_f32` per value costs more than the whole row on short rows).
+        let mut pad = [f16::ZERO; 8];
+        pad[..n - i].copy_from_slice(&src[i..]);
+        let mut out = [0f32; 8];
+        _mm256_storeu_ps(
+            out.as_mut_ptr(),
+            _mm256_cvtph_ps(_mm_loadu_si128(pad.as_ptr().cast())),
+        );
+        dst[i..n].copy_from_slice(&out[..n - i]);
     }
 }
 

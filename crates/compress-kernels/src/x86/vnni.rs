@@ -86,20 +86,20 @@ pub unsafe fn row_dot(
     hsum(total) + scalar
 }
 
-/// Largest row, in blocks of 32, the two-block loop handles (its per-row buffers live on the
-/// stack).
-pub(crate) const PAIR_MAX_BLOCKS: usize = 1024;
+/// Per-block factors held at once (one chunk of groups of one block).
+pub(crate) const PAIR_MAX_BLOCKS: usize = SCALE_CHUNK;
 
-/// Whether [`row_dot_pairs`] runs `w`: 4-bit, groups made of whole blocks, at most
-/// [`PAIR_MAX_BLOCKS`] blocks per row.
+/// Whether [`row_dot_pairs`] runs `w`: 4-bit, groups made of whole blocks (or one per row).
 pub(crate) fn pairs_apply(w: &QuantMatrix<'_>) -> bool {
-    w.bits() == 4
-        && (w.groups_per_row() == 1 || w.group_len().is_multiple_of(BLOCK))
-        && w.in_features().div_ceil(BLOCK) <= PAIR_MAX_BLOCKS
+    w.bits() == 4 && (w.groups_per_row() == 1 || w.group_len().is_multiple_of(BLOCK))
 }
 
 /// One output of a 4-bit row against int8 activations laid out by
 /// [`Int8Activations::interleave_pairs`] (see the module docs).
+///
+/// Groups of one block (32) take per-block factors `s_g · d_b`, computed for the row up front
+/// with one vectorized multiply; larger groups accumulate `d_b · dot_b` over the group (factors
+/// that do not depend on the row) and multiply by `s_g` once per group.
 ///
 /// # Safety
 /// As [`row_dot`], and [`pairs_apply`] must hold for `w`.
@@ -117,62 +117,75 @@ pub unsafe fn row_dot_pairs(
     let nb = k / BLOCK;
     let per_group = if gpr == 1 { nb.max(1) } else { g / BLOCK };
     let Scratch { sb, zb, f } = scratch;
+    let q = a.q.as_ptr();
+    let consts = (
+        _mm512_set1_epi8(0x0f),
+        _mm512_inserti64x4::<1>(_mm512_setzero_si512(), _mm256_set1_epi16(4)),
+        _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0),
+    );
+    let mut total = _mm512_setzero_ps();
+    let mut sum = 0f32;
     let mut correction = 0f32;
+    let mut b = 0;
     for c0 in (0..gpr).step_by(SCALE_CHUNK) {
         let cn = SCALE_CHUNK.min(gpr - c0);
         row_scales(w, row, c0, cn, sb, zb);
+        correction += dot3(&sb[..cn], &zb[..cn], &a.group_corrections[c0..c0 + cn]);
         if per_group == 1 {
-            // One block per group (groups of 32): one multiply per block, vectorized.
+            // One block per group: factors s_g · d_b for the chunk, then pairs across groups.
             let b1 = (c0 + cn).min(nb);
-            let d = &a.block_scales[c0..b1];
-            for ((fb, &s), &d) in f[c0..b1].iter_mut().zip(&sb[..cn]).zip(d) {
+            for ((fb, &s), &d) in f[..b1 - c0]
+                .iter_mut()
+                .zip(&sb[..cn])
+                .zip(&a.block_scales[c0..b1])
+            {
                 *fb = s * d;
             }
-        } else {
-            for (j, &s) in sb[..cn].iter().enumerate() {
-                let b0 = (c0 + j) * per_group;
-                let b1 = (b0 + per_group).min(nb);
-                for (fb, &d) in f[b0..b1].iter_mut().zip(&a.block_scales[b0..b1]) {
-                    *fb = s * d;
-                }
+            let fp = f.as_ptr().sub(c0);
+            let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+            while b + 4 <= b1 {
+                let (d0, f0) = pair(codes, q, fp, b, consts);
+                let (d1, f1) = pair(codes, q, fp, b + 2, consts);
+                acc0 = _mm512_fmadd_ps(d0, f0, acc0);
+                acc1 = _mm512_fmadd_ps(d1, f1, acc1);
+                b += 4;
+            }
+            if b + 2 <= b1 {
+                let (d0, f0) = pair(codes, q, fp, b, consts);
+                acc0 = _mm512_fmadd_ps(d0, f0, acc0);
+                b += 2;
+            }
+            total = _mm512_add_ps(total, _mm512_add_ps(acc0, acc1));
+            if b < b1 {
+                sum += single(codes, q, b) * *fp.add(b);
+                b += 1;
+            }
+            continue;
+        }
+        let dp = a.block_scales.as_ptr();
+        for (j, &s) in sb[..cn].iter().enumerate() {
+            let b1 = ((c0 + j + 1) * per_group).min(nb);
+            let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+            while b + 4 <= b1 {
+                let (d0, f0) = pair(codes, q, dp, b, consts);
+                let (d1, f1) = pair(codes, q, dp, b + 2, consts);
+                acc0 = _mm512_fmadd_ps(d0, f0, acc0);
+                acc1 = _mm512_fmadd_ps(d1, f1, acc1);
+                b += 4;
+            }
+            if b + 2 <= b1 {
+                let (d0, f0) = pair(codes, q, dp, b, consts);
+                acc0 = _mm512_fmadd_ps(d0, f0, acc0);
+                b += 2;
+            }
+            total = _mm512_fmadd_ps(_mm512_add_ps(acc0, acc1), _mm512_set1_ps(s), total);
+            if b < b1 {
+                sum += s * single(codes, q, b) * *dp.add(b);
+                b += 1;
             }
         }
-        correction += dot3(&sb[..cn], &zb[..cn], &a.group_corrections[c0..c0 + cn]);
     }
-    let q = a.q.as_ptr();
-    let mask = _mm512_set1_epi8(0x0f);
-    let shifts = _mm512_inserti64x4::<1>(_mm512_setzero_si512(), _mm256_set1_epi16(4));
-    let lanes = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
-    let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-    let mut b = 0;
-    while b + 4 <= nb {
-        let (d0, f0) = pair(codes, q, f, b, (mask, shifts, lanes));
-        let (d1, f1) = pair(codes, q, f, b + 2, (mask, shifts, lanes));
-        acc0 = _mm512_fmadd_ps(d0, f0, acc0);
-        acc1 = _mm512_fmadd_ps(d1, f1, acc1);
-        b += 4;
-    }
-    if b + 2 <= nb {
-        let (d0, f0) = pair(codes, q, f, b, (mask, shifts, lanes));
-        acc0 = _mm512_fmadd_ps(d0, f0, acc0);
-        b += 2;
-    }
-    let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-    if b < nb {
-        // An odd last block: [low | high] nibbles against its `[e o]` activations.
-        let v = _mm_loadu_si128(codes.add(b * BLOCK / 2).cast());
-        let nib = _mm_set1_epi8(0x0f);
-        let cv = _mm256_set_m128i(
-            _mm_and_si128(_mm_srli_epi16::<4>(v), nib),
-            _mm_and_si128(v, nib),
-        );
-        let dot = _mm256_dpbusd_epi32(
-            _mm256_setzero_si256(),
-            cv,
-            _mm256_loadu_si256(q.add(b * BLOCK).cast()),
-        );
-        sum += hsum(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(f[b])));
-    }
+    sum += _mm512_reduce_add_ps(total);
     if nb * BLOCK < k {
         let (s, z) = w.scale_zero(row, gpr - 1);
         for c in nb * BLOCK..k {
@@ -182,14 +195,33 @@ pub unsafe fn row_dot_pairs(
     sum - correction
 }
 
+/// `Σ c·q` of one block (an odd one out of the two-block loop): `[low | high]` nibbles against
+/// its `[e o]` activations.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
+unsafe fn single(codes: *const u8, q: *const i8, b: usize) -> f32 {
+    let v = _mm_loadu_si128(codes.add(b * BLOCK / 2).cast());
+    let nib = _mm_set1_epi8(0x0f);
+    let cv = _mm256_set_m128i(
+        _mm_and_si128(_mm_srli_epi16::<4>(v), nib),
+        _mm_and_si128(v, nib),
+    );
+    let dot = _mm256_dpbusd_epi32(
+        _mm256_setzero_si256(),
+        cv,
+        _mm256_loadu_si256(q.add(b * BLOCK).cast()),
+    );
+    hsum(_mm256_cvtepi32_ps(dot))
+}
+
 /// Blocks `b` and `b + 1`: their 64 codes times their int8 activations (`vpdpbusd`, as f32) and
-/// the matching per-lane factors.
+/// the per-lane factors `f[b]`, `f[b + 1]`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn pair(
     codes: *const u8,
     q: *const i8,
-    f: &[f32; PAIR_MAX_BLOCKS],
+    f: *const f32,
     b: usize,
     (mask, shifts, lanes): (__m512i, __m512i, __m512i),
 ) -> (__m512, __m512) {
@@ -197,7 +229,7 @@ unsafe fn pair(
     let c = _mm512_and_si512(_mm512_srlv_epi16(v, shifts), mask);
     let qv = _mm512_loadu_si512(q.add(b * BLOCK).cast());
     let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c, qv);
-    let two = _mm_castsi128_ps(_mm_loadl_epi64(f.as_ptr().add(b).cast()));
+    let two = _mm_castsi128_ps(_mm_loadl_epi64(f.add(b).cast()));
     let fac = _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(two));
     (_mm512_cvtepi32_ps(dot), fac)
 }

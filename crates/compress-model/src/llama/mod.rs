@@ -133,6 +133,36 @@ impl LlamaModel {
             .map_or_else(AttentionPrecision::default, |l| l.attn.precision)
     }
 
+    /// Chooses how every quantized layer multiplies (see
+    /// [`QuantizedLinear::kernel`](compress_core::linear::QuantizedLinear::kernel)): fused CPU
+    /// kernels with f32 activations (`Some(Activations::F32)`, the default), with int8
+    /// activations on VNNI CPUs (`Some(Activations::Int8)`), or the dequantized weight (`None`).
+    /// Returns, per quantized layer in order (blocks, then the head), the kernel tier it will run
+    /// on, `None` where it uses the dequantized weight (pruned layers, GPU backends, autodiff).
+    pub fn set_kernels(
+        &mut self,
+        mode: Option<compress_core::kernels::Activations>,
+    ) -> Vec<Option<compress_core::kernels::Tier>> {
+        let mut tiers = Vec::new();
+        let mut set = |l: &mut CompressedLinear| {
+            if let CompressedLinear::Quantized(q) = l {
+                q.kernel = mode;
+                tiers.push(q.kernel_tier());
+            }
+        };
+        for layer in &mut self.layers {
+            let (a, m) = (&mut layer.attn, &mut layer.mlp);
+            for l in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj] {
+                set(l);
+            }
+            for l in [&mut m.gate_proj, &mut m.up_proj, &mut m.down_proj] {
+                set(l);
+            }
+        }
+        set(&mut self.lm_head);
+        tiers
+    }
+
     /// The device the weights live on.
     pub fn device(&self) -> Device {
         self.embedding.val().device()
