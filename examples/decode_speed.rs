@@ -152,17 +152,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "\ndecode, {} new tokens after a {}-token prompt, {} backend, median of {}:\n",
         args.new_tokens, args.prompt_tokens, args.backend, args.repeats
     );
-    println!("| weights | decode tokens/s | × dense | greedy tokens equal to dense |");
-    println!("|---|---|---|---|");
-    for (name, rate, tokens) in &rows {
-        let same = tokens
-            .iter()
-            .zip(&dense_tokens)
-            .take_while(|(a, b)| a == b)
-            .count();
+    println!("| weights | decode tokens/s | × dense | greedy tokens as dense | as dequantized |");
+    println!("|---|---|---|---|---|");
+    let agree = |a: &[u32], b: &[u32]| a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let reference = rows[1].2.clone();
+    for (i, (name, rate, tokens)) in rows.iter().enumerate() {
+        let vs_deq = if i >= 1 {
+            format!("{}/{}", agree(tokens, &reference), reference.len())
+        } else {
+            "–".into()
+        };
         println!(
-            "| {name} | {rate:.1} | {:.2}× | {same}/{} |",
+            "| {name} | {rate:.1} | {:.2}× | {}/{} | {vs_deq} |",
             rate / dense,
+            agree(tokens, &dense_tokens),
             dense_tokens.len()
         );
     }

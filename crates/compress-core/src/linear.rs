@@ -103,7 +103,7 @@ impl LowRankLinear {
 /// The packed codes are the layer's storage (what is saved and counted in bits/weight). On the
 /// CPU backends (flex, ndarray) without autodiff, the forward pass runs compress-kernels' fused
 /// matmul straight from the codes (SIMD tier chosen at run time, see [`Self::kernel`]). Elsewhere
-/// — wgpu, CUDA, libtorch, training through autodiff, pruned layers — it multiplies by the
+/// — wgpu, CUDA, libtorch, training through autodiff, pruned asymmetric layers — it multiplies by the
 /// dequantized weight, computed once when the layer is built: numerically the same product up to
 /// f32 rounding.
 #[derive(Module, Debug)]
@@ -114,6 +114,10 @@ pub struct QuantizedLinear {
     /// `None` always uses the dequantized weight (for side-by-side comparisons).
     #[module(skip)]
     pub kernel: Option<Activations>,
+    /// For a pruned symmetric layer, the codes with pruned weights at the zero point (see
+    /// [`PackedWeight::masked_kernel_codes`]), which the kernels read instead of the mask.
+    #[module(skip)]
+    kernel_codes: Option<Arc<Vec<u8>>>,
     /// The packed codes, scales and zeros.
     #[module(skip)]
     pub packed: Arc<PackedWeight>,
@@ -138,15 +142,27 @@ impl QuantizedLinear {
         Self {
             weight,
             kernel: Some(Activations::F32),
+            kernel_codes: packed.masked_kernel_codes().map(Arc::new),
             packed: Arc::new(packed),
             bias: bias.map(Param::from_tensor),
             correction: None,
         }
     }
 
+    /// The kernels' view of the weight: the packed codes, or for a pruned symmetric layer the
+    /// codes with pruned weights at the zero point; `None` for a pruned asymmetric layer.
+    fn kernel_view(&self) -> Option<compress_kernels::QuantMatrix<'_>> {
+        match (&self.kernel_codes, self.packed.mask()) {
+            (Some(codes), _) => self.packed.kernel_matrix_with_codes(codes),
+            (None, Some(_)) => None,
+            (None, None) => self.packed.kernel_matrix(),
+        }
+    }
+
     /// The kernel tier the forward pass runs on, or `None` when it uses the dequantized weight:
-    /// [`Self::kernel`] is `None`, the layer is pruned, or it lives on a non-CPU backend or an
-    /// autodiff device (the kernels read plain f32 host memory and record no graph).
+    /// [`Self::kernel`] is `None`, the layer is pruned with an asymmetric grid, or it lives on a
+    /// non-CPU backend or an autodiff device (the kernels read plain f32 host memory and record
+    /// no graph).
     pub fn kernel_tier(&self) -> Option<compress_kernels::Tier> {
         let activations = self.kernel?;
         let device = self.weight.device();
@@ -155,7 +171,7 @@ impl QuantizedLinear {
         if device.is_autodiff() || !cpu {
             return None;
         }
-        let w = self.packed.kernel_matrix()?;
+        let w = self.kernel_view()?;
         Some(compress_kernels::Tier::select(&w, activations))
     }
 
@@ -167,7 +183,7 @@ impl QuantizedLinear {
         if device != self.weight.device() || device.is_autodiff() {
             return None;
         }
-        let w = self.packed.kernel_matrix()?;
+        let w = self.kernel_view()?;
         let dims = x.dims();
         let [n, k] = w.shape();
         let rows = dims[..D - 1].iter().product::<usize>();

@@ -242,3 +242,50 @@ fn pipeline_prunes_exactly_and_masks_survive_quantization() {
     );
     assert!(ps.is_finite() && pj.is_finite() && pj > base && pq > base);
 }
+
+/// Pruned + quantized layers run on the fused kernels when their grid is symmetric (pruned codes
+/// are set to the zero point, which reads as exactly 0): the logits equal those through the
+/// dequantized weights up to f32 summation order (1e-3 of the largest logit, as in
+/// compress-quant's kernel test). Asymmetric grids keep the dequantized path.
+#[test]
+fn pruned_symmetric_layers_run_on_the_kernels() {
+    use compress_core::kernels::Activations;
+    use compress_quant::rtn::Rtn;
+    let Some(s) = setup() else { return };
+    let nm = SparsityPattern::NM { n: 2, m: 4 };
+    let ids = &s.eval[..64];
+    for symmetry in [Symmetry::Symmetric, Symmetry::Asymmetric] {
+        let scheme = QuantScheme::new(4, Some(32), symmetry).unwrap();
+        let mut model = s.m.model.clone();
+        Pipeline::new()
+            .step(LayerFilter::All, Magnitude::new(nm))
+            .step(LayerFilter::All, Rtn::new(scheme))
+            .run(&mut model, &[], |_, _, _| {})
+            .unwrap();
+        assert!(masks(&model)
+            .iter()
+            .all(|(_, m, q)| *q && m.satisfies_n_m(2, 4)));
+        let tiers = model.set_kernels(Some(Activations::F32));
+        assert_eq!(tiers.len(), 7 * model.layers.len());
+        if symmetry == Symmetry::Asymmetric {
+            assert!(tiers.iter().all(Option::is_none), "{tiers:?}");
+            continue;
+        }
+        assert!(tiers.iter().all(Option::is_some), "{tiers:?}");
+        let fused = common::logits(&model, ids);
+        let fused_one = common::logits(&model, &ids[..1]);
+        model.set_kernels(None);
+        let dequantized = common::logits(&model, ids);
+        let dequantized_one = common::logits(&model, &ids[..1]);
+        let scale = dequantized.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let (d, d1) = (
+            common::max_abs_diff(&fused, &dequantized),
+            common::max_abs_diff(&fused_one, &dequantized_one),
+        );
+        eprintln!("2:4 + int4 g32 sym through the kernels ({:?}): max |Δlogit| {d:.2e} (64 tokens), {d1:.2e} (1 token) of {scale:.1}", tiers[0]);
+        assert!(
+            d <= 1e-3 * scale && d1 <= 1e-3 * scale,
+            "{d} {d1} vs {scale}"
+        );
+    }
+}
