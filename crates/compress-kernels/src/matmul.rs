@@ -141,13 +141,14 @@ fn gemv(tier: Tier, x: &[f32], w: &QuantMatrix<'_>, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         Tier::Avx512Vnni => {
             use crate::x86::vnni;
-            let mut a = Int8Activations::new(x, w, permute);
             if vnni::pairs_apply(w) {
+                let mut a = Int8Activations::with_span(x, w, permute, crate::prepare::int8_span(w));
                 a.interleave_pairs();
                 // SAFETY: `matmul_with` checked the CPU features and the format, and
                 // `pairs_apply` the two-block loop's conditions.
                 for_rows(w, out, |s, r| unsafe { vnni::row_dot_pairs(w, r, &a, s) });
             } else {
+                let a = Int8Activations::new(x, w, permute);
                 // SAFETY: `matmul_with` checked the CPU features and the format.
                 for_rows(w, out, |s, r| unsafe { vnni::row_dot(w, r, &a, s) });
             }

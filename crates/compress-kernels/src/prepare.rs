@@ -69,6 +69,24 @@ impl F32Activations {
     }
 }
 
+/// How many consecutive blocks of 32 share one int8 activation scale when the VNNI tier runs
+/// `w` (see [`Int8Activations::with_span`]): for 4-bit weights whose groups are 2, 4, 6 or 8
+/// whole blocks, one scale per group (the group's sum then stays in integers); with one group
+/// per row, one per 256 columns; otherwise one per block.
+pub fn int8_span(w: &QuantMatrix<'_>) -> usize {
+    let per_group = w.group_len() / BLOCK;
+    let whole_blocks = w.groups_per_row() == 1 || w.group_len().is_multiple_of(BLOCK);
+    if w.bits() != 4 || !whole_blocks {
+        1
+    } else if w.groups_per_row() == 1 {
+        8
+    } else if (2..=8).contains(&per_group) && per_group.is_multiple_of(2) {
+        per_group
+    } else {
+        1
+    }
+}
+
 /// A row of activations quantized to `i8` per block of 32 (see the [module docs](self)).
 #[derive(Debug, Clone)]
 pub struct Int8Activations {
@@ -81,11 +99,25 @@ pub struct Int8Activations {
     pub group_corrections: Vec<f32>,
     /// The original row (tails are computed from it in f32).
     pub x: Vec<f32>,
+    /// Consecutive full blocks of a group that share one scale (see [`Self::with_span`]).
+    pub span: usize,
 }
 
 impl Int8Activations {
-    /// Quantizes `x` for `w`, permuting blocks when `permute` (4-bit codes).
+    /// Quantizes `x` for `w` with one scale per block of 32, permuting blocks when `permute`
+    /// (4-bit codes).
     pub fn new(x: &[f32], w: &QuantMatrix<'_>, permute: bool) -> Self {
+        Self::with_span(x, w, permute, 1)
+    }
+
+    /// As [`Self::new`], with one scale shared by each run of `span` consecutive full blocks of a
+    /// group (the last run of a group may be shorter). `block_scales` still holds one entry per
+    /// block (equal within a run), so every kernel can read it per block; the VNNI tier with
+    /// `span > 1` sums a whole run in integers before one conversion to f32. A larger span
+    /// rounds small activations next to a large one more coarsely (the step is the run's
+    /// `max|x| / 127`), as llama.cpp's 256-wide `Q8_K` activation blocks do.
+    pub fn with_span(x: &[f32], w: &QuantMatrix<'_>, permute: bool, span: usize) -> Self {
+        let span = span.max(1);
         let mut q = Vec::with_capacity(x.len());
         let mut block_scales = Vec::with_capacity(x.len() / BLOCK);
         let mut group_corrections = Vec::with_capacity(w.groups_per_row());
@@ -94,24 +126,26 @@ impl Int8Activations {
         for (s, e) in w.groups() {
             let full = (e - s) / BLOCK * BLOCK;
             let mut corr = 0f32;
-            for b in (s..s + full).step_by(BLOCK) {
-                let block = &x[b..b + BLOCK];
-                let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for run in (s..s + full).step_by(span * BLOCK) {
+                let run_end = (run + span * BLOCK).min(s + full);
+                let amax = x[run..run_end].iter().fold(0f32, |m, v| m.max(v.abs()));
                 let d = amax / 127.0;
                 let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-                let mut sum = 0i32;
-                for (n, &v) in natural.iter_mut().zip(block) {
-                    *n = round_to_i8(v * inv);
-                    sum += *n as i32;
+                for b in (run..run_end).step_by(BLOCK) {
+                    let mut sum = 0i32;
+                    for (n, &v) in natural.iter_mut().zip(&x[b..b + BLOCK]) {
+                        *n = round_to_i8(v * inv);
+                        sum += *n as i32;
+                    }
+                    if permute {
+                        permute_block(&natural, &mut ordered);
+                        q.extend_from_slice(&ordered);
+                    } else {
+                        q.extend_from_slice(&natural);
+                    }
+                    block_scales.push(d);
+                    corr += d * sum as f32;
                 }
-                if permute {
-                    permute_block(&natural, &mut ordered);
-                    q.extend_from_slice(&ordered);
-                } else {
-                    q.extend_from_slice(&natural);
-                }
-                block_scales.push(d);
-                corr += d * sum as f32;
             }
             group_corrections.push(corr);
         }
@@ -120,10 +154,10 @@ impl Int8Activations {
             block_scales,
             group_corrections,
             x: x.to_vec(),
+            span,
         }
     }
 }
-
 impl Int8Activations {
     /// Re-orders each pair of consecutive blocks from `[e₀ o₀] [e₁ o₁]` (16 values each) to
     /// `[e₀ e₁ o₀ o₁]`, the order a 64-byte register of two blocks' low then high nibbles meets

@@ -130,6 +130,7 @@ fn tolerance(
     let xr = &x[i * k..(i + 1) * k];
     let g = w.group_len();
     let u = f64::from(2f32.powi(-24));
+    let span = compress_kernels::prepare::int8_span(w);
     let gamma = (k + 8) as f64 * u / (1.0 - (k + 8) as f64 * u);
     let mut b = 0f64;
     let mut act = 0f64;
@@ -137,13 +138,16 @@ fn tolerance(
     for (col, &xv) in xr.iter().enumerate() {
         let (s, z) = w.scale_zero(n, col / g);
         let c = w.code(n, col) as f64;
-        // Columns of full blocks of 32 inside a group are int8-quantized; the tail is f32.
+        // Columns of full blocks of 32 inside a group are int8-quantized, with one scale per
+        // run of `span` blocks (`int8_span`); the tail is f32.
         let gs = col / g * g;
         let ge = (gs + g).min(k);
         let full_end = gs + (ge - gs) / 32 * 32;
         let d = if int8 && col < full_end {
-            let bs = gs + (col - gs) / 32 * 32;
-            xr[bs..bs + 32].iter().fold(0f32, |m, v| m.max(v.abs())) as f64 / 127.0
+            let run = span * 32;
+            let rs = gs + (col - gs) / run * run;
+            let re = (rs + run).min(full_end);
+            xr[rs..re].iter().fold(0f32, |m, v| m.max(v.abs())) as f64 / 127.0
         } else {
             0.0
         };

@@ -163,6 +163,30 @@ pub unsafe fn row_dot_pairs(
             continue;
         }
         let dp = a.block_scales.as_ptr();
+        if a.span > 1 {
+            // Runs of `span` blocks share one activation scale: sum each run in i32 (exact:
+            // at most 8 × 32 × 15 × 127 per lane), convert once, scale by s_g · d_run.
+            for (j, &s) in sb[..cn].iter().enumerate() {
+                let b1 = ((c0 + j + 1) * per_group).min(nb);
+                while b < b1 {
+                    let run_end = (b + a.span).min(b1);
+                    let d = *dp.add(b);
+                    let mut acc = _mm512_setzero_si512();
+                    let mut single_sum = 0i32;
+                    while b + 2 <= run_end {
+                        acc = pair_i32(codes, q, b, acc, consts.0, consts.1);
+                        b += 2;
+                    }
+                    if b < run_end {
+                        single_sum = single_i32(codes, q, b);
+                        b += 1;
+                    }
+                    let total_i = _mm512_reduce_add_epi32(acc) + single_sum;
+                    sum += s * d * total_i as f32;
+                }
+            }
+            continue;
+        }
         for (j, &s) in sb[..cn].iter().enumerate() {
             let b1 = ((c0 + j + 1) * per_group).min(nb);
             let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
@@ -200,6 +224,13 @@ pub unsafe fn row_dot_pairs(
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
 unsafe fn single(codes: *const u8, q: *const i8, b: usize) -> f32 {
+    single_i32(codes, q, b) as f32
+}
+
+/// [`single`] as an exact i32.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
+unsafe fn single_i32(codes: *const u8, q: *const i8, b: usize) -> i32 {
     let v = _mm_loadu_si128(codes.add(b * BLOCK / 2).cast());
     let nib = _mm_set1_epi8(0x0f);
     let cv = _mm256_set_m128i(
@@ -211,7 +242,29 @@ unsafe fn single(codes: *const u8, q: *const i8, b: usize) -> f32 {
         cv,
         _mm256_loadu_si256(q.add(b * BLOCK).cast()),
     );
-    hsum(_mm256_cvtepi32_ps(dot))
+    let s = _mm_add_epi32(
+        _mm256_castsi256_si128(dot),
+        _mm256_extracti128_si256::<1>(dot),
+    );
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+/// Blocks `b` and `b + 1` accumulated into the i32 lanes of `acc` (`vpdpbusd`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn pair_i32(
+    codes: *const u8,
+    q: *const i8,
+    b: usize,
+    acc: __m512i,
+    mask: __m512i,
+    shifts: __m512i,
+) -> __m512i {
+    let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(codes.add(b * BLOCK / 2).cast()));
+    let c = _mm512_and_si512(_mm512_srlv_epi16(v, shifts), mask);
+    _mm512_dpbusd_epi32(acc, c, _mm512_loadu_si512(q.add(b * BLOCK).cast()))
 }
 
 /// Blocks `b` and `b + 1`: their 64 codes times their int8 activations (`vpdpbusd`, as f32) and
