@@ -19,8 +19,11 @@ use std::time::Instant;
 use clap::Parser;
 use compress::core::calibration::sample_windows;
 use compress::core::kernels::{Activations, Tier};
+use compress::core::packed::{QuantScheme, Symmetry};
+use compress::eval::perplexity::{perplexity, PerplexityConfig, Scoring};
 use compress::model::generate::{generate, GenerateOptions, Sampling};
 use compress::model::LlamaModel;
+use compress::quant::rtn::Rtn;
 use compress::recipe::Recipe;
 
 #[derive(Parser, Debug)]
@@ -50,15 +53,24 @@ struct Args {
     /// Tokens generated per run.
     #[arg(long, default_value_t = 64)]
     new_tokens: usize,
-    /// Runs per configuration (the median is reported).
+    /// Runs per configuration, interleaved (the median is reported).
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// Also measure the model with its output head quantized by RTN at this width (per channel,
+    /// symmetric); 0 leaves the head dense. The head is a 49152 × 576 f32 matrix on SmolLM2
+    /// (113 MB read per token), which no block recipe touches.
+    #[arg(long, default_value_t = 8)]
+    head_bits: u8,
+    /// Perplexity windows (512 tokens of `--text`) per model, to show what each row costs in
+    /// quality; 0 skips.
+    #[arg(long, default_value_t = 4)]
+    ppl_windows: usize,
     /// Backend (the kernels run on flex and ndarray).
     #[arg(long, default_value_t = compress::core::backend::BackendKind::Flex)]
     backend: compress::core::backend::BackendKind,
 }
 
-/// Median decode tokens/s and the generated ids.
+/// Decode tokens/s of one greedy run and the generated ids.
 fn decode(
     model: &LlamaModel,
     prompt: &[u32],
@@ -69,15 +81,8 @@ fn decode(
         sampling: Sampling::Greedy,
         stop_token: None,
     };
-    let mut rates = Vec::new();
-    let mut tokens = Vec::new();
-    for _ in 0..args.repeats.max(1) {
-        let out = generate(model, prompt, &options, |_| {})?;
-        rates.push(out.decode_tokens_per_second());
-        tokens = out.tokens;
-    }
-    rates.sort_by(f64::total_cmp);
-    Ok((rates[rates.len() / 2], tokens))
+    let out = generate(model, prompt, &options, |_| {})?;
+    Ok((out.decode_tokens_per_second(), out.tokens))
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -117,8 +122,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     eprintln!("quantized in {:.1} s", t.elapsed().as_secs_f64());
     common::print_summary(&args.recipe.display().to_string(), &report, &quantized)?;
 
-    let (dense, dense_tokens) = decode(&m.model, prompt, &args)?;
-    let mut rows = vec![("dense f32".to_string(), dense, dense_tokens.clone())];
+    // Every configuration is its own model (kernel modes differ per layer), and the repeats
+    // interleave the configurations, so drift in the machine's speed hits all of them alike.
+    let mut configs: Vec<(String, LlamaModel)> = vec![("dense f32".into(), m.model.clone())];
     let modes = [
         ("quantized, dequantized weights", None),
         (
@@ -131,22 +137,52 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
     ];
     for (name, mode) in modes {
-        let tiers = quantized.set_kernels(mode);
-        let mut used: Vec<Tier> = tiers.iter().flatten().copied().collect();
-        used.sort_by_key(|t| t.name());
+        let mut q = quantized.clone();
+        let tiers = q.set_kernels(mode);
+        let mut used: Vec<&str> = tiers.iter().flatten().map(|t: &Tier| t.name()).collect();
+        used.sort();
         used.dedup();
-        let (rate, tokens) = decode(&quantized, prompt, &args)?;
         let tiers = if used.is_empty() {
             String::new()
         } else {
-            format!(
-                " [{}]",
-                used.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
-            )
+            format!(" [{}]", used.join(", "))
         };
-        rows.push((format!("{name}{tiers}"), rate, tokens));
+        configs.push((format!("{name}{tiers}"), q));
     }
-    quantized.set_kernels(Some(Activations::F32));
+    if args.head_bits > 0 {
+        let mut with_head = quantized.clone();
+        let head = QuantScheme::new(args.head_bits, None, Symmetry::Symmetric)?;
+        with_head.lm_head =
+            Rtn::new(head).quantize_linear("lm_head", &with_head.lm_head, &device)?;
+        with_head.set_kernels(Some(Activations::Int8));
+        configs.push((
+            format!(
+                "quantized + int{} head, kernels (int8 activations)",
+                args.head_bits
+            ),
+            with_head,
+        ));
+    }
+    let mut rates = vec![Vec::new(); configs.len()];
+    let mut outputs = vec![Vec::new(); configs.len()];
+    for _ in 0..args.repeats.max(1) {
+        for (i, (_, model)) in configs.iter().enumerate() {
+            let (rate, tokens) = decode(model, prompt, &args)?;
+            rates[i].push(rate);
+            outputs[i] = tokens;
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let rows: Vec<(String, f64, Vec<u32>)> = configs
+        .iter()
+        .zip(rates.iter_mut())
+        .zip(&outputs)
+        .map(|(((name, _), r), t)| (name.clone(), median(r), t.clone()))
+        .collect();
+    let (dense, dense_tokens) = (rows[0].1, rows[0].2.clone());
 
     println!(
         "\ndecode, {} new tokens after a {}-token prompt, {} backend, median of {}:\n",
@@ -168,6 +204,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             agree(tokens, &dense_tokens),
             dense_tokens.len()
         );
+    }
+    if args.ppl_windows > 0 {
+        let ids = m.tokenizer.encode(&text, true)?;
+        let config = PerplexityConfig {
+            context: 512,
+            scoring: Scoring::AllTokens,
+            max_windows: Some(args.ppl_windows),
+            bos: m.tokenizer.bos_id(),
+        };
+        println!(
+            "\nperplexity on {} × 512 tokens of {}:\n",
+            args.ppl_windows,
+            args.text.display()
+        );
+        let models = [&configs[0], &configs[2], configs.last().unwrap()];
+        for (name, model) in models {
+            let r = perplexity(model, &ids, text.len(), &config, |_, _| {})?;
+            println!("- {name}: {:.3}", r.ppl);
+        }
     }
     Ok(())
 }

@@ -121,12 +121,10 @@ fn main() {
         }
     }
     if let Some(bw) = bandwidth {
-        // 16384 × 8192 int4 in groups of 32: 64 MiB of codes + 8 MiB of scales, twice the LLC
-        // of the development machine, so every GEMV streams the weight from memory.
+        // 16384 × 8192 int4: 64 MiB of codes plus 8 MiB (g32) or 2–4 MiB (g128) of scales and
+        // zeros, twice the LLC of the development machine, so every GEMV streams the weight from
+        // memory.
         let (k, n) = (8192, 16384);
-        let f = cases::FORMATS[1];
-        let p = cases::packed(f, n, k, 5);
-        let w = p.kernel_matrix().unwrap();
         let x = cases::values(k, 6);
         let wt = Tensor::<2>::from_data(TensorData::new(cases::values(k * n, 1), [k, n]), &device);
         let xt = Tensor::<2>::from_data(TensorData::new(x.clone(), [1, k]), &device);
@@ -139,16 +137,21 @@ fn main() {
             dense * 1e3,
             (4 * k * n) as f64 / dense / 1e9
         );
-        for (tier, t) in ours(&w, &x, 1) {
-            let rate = w.storage_bytes() as f64 / t;
-            println!(
-                "  {} on {tier}: {:.2} ms, {:.1} GB/s = {:.0}% of streaming read; {:.2}× dense",
-                f.name,
-                t * 1e3,
-                rate / 1e9,
-                100.0 * rate / bw,
-                dense / t
-            );
+        drop(wt);
+        for f in &cases::FORMATS[1..] {
+            let p = cases::packed(*f, n, k, 5);
+            let w = p.kernel_matrix().unwrap();
+            for (tier, t) in ours(&w, &x, 1) {
+                let rate = w.storage_bytes() as f64 / t;
+                println!(
+                    "  {} on {tier}: {:.2} ms, {:.1} GB/s = {:.0}% of streaming read; {:.2}× dense",
+                    f.name,
+                    t * 1e3,
+                    rate / 1e9,
+                    100.0 * rate / bw,
+                    dense / t
+                );
+            }
         }
     }
 }

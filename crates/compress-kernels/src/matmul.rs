@@ -12,7 +12,7 @@ use faer::linalg::matmul::matmul as faer_matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-use crate::matrix::{KernelError, QuantMatrix};
+use crate::matrix::{check_len, KernelError, QuantMatrix};
 use crate::prepare::{F32Activations, Int8Activations};
 use crate::tier::{Activations, Tier};
 use crate::{portable, reference};
@@ -65,8 +65,8 @@ pub fn matmul_with(
     out: &mut [f32],
 ) -> Result<(), KernelError> {
     let [n, k] = w.shape();
-    check("activations (m × in_features)", m * k, x.len())?;
-    check("output (m × out_features)", m * n, out.len())?;
+    check_len("activations (m × in_features)", m * k, x.len())?;
+    check_len("output (m × out_features)", m * n, out.len())?;
     if !tier.is_available() {
         return Err(KernelError::Unsupported {
             tier: tier.name(),
@@ -96,18 +96,6 @@ pub fn matmul_with(
         }
     }
     Ok(())
-}
-
-fn check(what: &'static str, expected: usize, found: usize) -> Result<(), KernelError> {
-    if expected == found {
-        Ok(())
-    } else {
-        Err(KernelError::Length {
-            what,
-            expected,
-            found,
-        })
-    }
 }
 
 /// Runs `f(scratch, row)` for every output, on the calling thread for small products; each task

@@ -289,7 +289,11 @@ impl<'a> QuantMatrix<'a> {
     }
 }
 
-fn check_len(what: &'static str, expected: usize, found: usize) -> Result<(), KernelError> {
+pub(crate) fn check_len(
+    what: &'static str,
+    expected: usize,
+    found: usize,
+) -> Result<(), KernelError> {
     if expected == found {
         Ok(())
     } else {

@@ -10,9 +10,11 @@
 //! symmetric grid, which reaches `−2^(b−1)` steps one way and `2^(b−1) − 1` the other — saturates
 //! at the nearest end of the range.
 
+use burn::tensor::Device;
 use compress_core::compressor::{
     ensure_finite, CompressError, Compressor, LayerStats, LayerView, LayerWeights, StatsRequest,
 };
+use compress_core::linear::CompressedLinear;
 use compress_core::packed::{Granularity, PackedWeight, QuantScheme};
 use half::f16;
 
@@ -53,6 +55,50 @@ pub fn scheme_tag(s: &QuantScheme) -> String {
         compress_core::packed::Symmetry::Asymmetric => "a",
     };
     format!("w{}{g}{a}", s.bits.get())
+}
+
+impl Rtn {
+    /// Quantizes one whole layer outside a pipeline (RTN needs no calibration): the layer's
+    /// current weight, whatever its storage, becomes packed codes on `device`; bias and sparsity
+    /// mask are kept. `path` names the layer in errors. Useful for layers no block recipe
+    /// touches, such as the output head.
+    pub fn quantize_linear(
+        &self,
+        path: &str,
+        lin: &CompressedLinear,
+        device: &Device,
+    ) -> Result<CompressedLinear, CompressError> {
+        let weight: Vec<f32> = lin
+            .dense_weight()
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| CompressError::Shape {
+                layer: path.to_string(),
+                message: format!("cannot read the weight as f32: {e:?}"),
+            })?;
+        let (out_features, in_features) = (lin.out_features(), lin.in_features());
+        let view = LayerView {
+            path,
+            weight: &weight,
+            out_features,
+            in_features,
+            mask: lin.mask(),
+            packed: None,
+            original: None,
+        };
+        let mut weights = self.compress(view, &LayerStats::default())?;
+        if let Some(mask) = lin.mask() {
+            weights = weights.with_mask(mask);
+        }
+        Ok(CompressedLinear::from_weights(
+            weights,
+            out_features,
+            in_features,
+            lin.bias(),
+            device,
+        ))
+    }
 }
 
 impl Compressor for Rtn {

@@ -10,8 +10,6 @@
 #[path = "../../compress-model/tests/common/mod.rs"]
 mod common;
 
-use compress_core::compressor::{Compressor, LayerStats, LayerView};
-use compress_core::linear::CompressedLinear;
 use compress_core::packed::{QuantScheme, Symmetry};
 use compress_core::pipeline::BlockwiseModel;
 use compress_kernels::{Activations, Tier};
@@ -26,21 +24,10 @@ fn rtn_model(model: &LlamaModel, scheme: QuantScheme) -> LlamaModel {
     for block in 0..q.layers.len() {
         for stage in q.stages() {
             for name in stage.linears {
-                let lin = q.linear(block, name);
-                let w: Vec<f32> = lin.dense_weight().into_data().try_to_vec::<f32>().unwrap();
-                let (out, inp) = (lin.out_features(), lin.in_features());
-                let view = LayerView {
-                    path: name,
-                    weight: &w,
-                    out_features: out,
-                    in_features: inp,
-                    mask: None,
-                    packed: None,
-                    original: None,
-                };
-                let weights = rtn.compress(view, &LayerStats::default()).unwrap();
-                *q.linear_mut(block, name) =
-                    CompressedLinear::from_weights(weights, out, inp, lin.bias(), &device);
+                let lin = rtn
+                    .quantize_linear(name, q.linear(block, name), &device)
+                    .unwrap();
+                *q.linear_mut(block, name) = lin;
             }
         }
     }

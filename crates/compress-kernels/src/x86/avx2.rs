@@ -6,17 +6,7 @@ use std::arch::x86_64::*;
 use crate::matrix::QuantMatrix;
 use crate::portable::{tail_dequantize, tail_dot};
 use crate::prepare::{F32Activations, BLOCK};
-use crate::x86::{dot3, row_scales, Scratch, SCALE_CHUNK};
-
-/// Horizontal sum of 8 lanes.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
-    _mm_cvtss_f32(s)
-}
+use crate::x86::{dot3, hsum, row_scales, Scratch, SCALE_CHUNK};
 
 /// One output: row `row` of `w` against `a` (block-permuted for 4-bit).
 ///

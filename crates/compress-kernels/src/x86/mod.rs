@@ -82,6 +82,16 @@ pub(crate) unsafe fn row_scales(
     }
 }
 
+/// Horizontal sum of 8 lanes.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
+    _mm_cvtss_f32(s)
+}
+
 /// `Σ_j a_j · b_j · c_j` with eight independent lanes (vectorized in the caller's features).
 #[inline(always)]
 pub(crate) fn dot3(a: &[f32], b: &[f32], c: &[f32]) -> f32 {

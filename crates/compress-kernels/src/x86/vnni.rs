@@ -16,17 +16,7 @@ use std::arch::x86_64::*;
 
 use crate::matrix::QuantMatrix;
 use crate::prepare::{Int8Activations, BLOCK};
-use crate::x86::{dot3, row_scales, Scratch, SCALE_CHUNK};
-
-/// Horizontal sum of 8 lanes.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
-    _mm_cvtss_f32(s)
-}
+use crate::x86::{dot3, hsum, row_scales, Scratch, SCALE_CHUNK};
 
 /// One output: row `row` of `w` against int8 activations (block-permuted for 4-bit).
 ///
@@ -142,24 +132,9 @@ pub unsafe fn row_dot_pairs(
                 *fb = s * d;
             }
             let fp = f.as_ptr().sub(c0);
-            let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-            while b + 4 <= b1 {
-                let (d0, f0) = pair(codes, q, fp, b, consts);
-                let (d1, f1) = pair(codes, q, fp, b + 2, consts);
-                acc0 = _mm512_fmadd_ps(d0, f0, acc0);
-                acc1 = _mm512_fmadd_ps(d1, f1, acc1);
-                b += 4;
-            }
-            if b + 2 <= b1 {
-                let (d0, f0) = pair(codes, q, fp, b, consts);
-                acc0 = _mm512_fmadd_ps(d0, f0, acc0);
-                b += 2;
-            }
-            total = _mm512_add_ps(total, _mm512_add_ps(acc0, acc1));
-            if b < b1 {
-                sum += single(codes, q, b) * *fp.add(b);
-                b += 1;
-            }
+            let (acc, odd) = blocks(codes, q, fp, &mut b, b1, consts);
+            total = _mm512_add_ps(total, acc);
+            sum += odd;
             continue;
         }
         let dp = a.block_scales.as_ptr();
@@ -189,24 +164,9 @@ pub unsafe fn row_dot_pairs(
         }
         for (j, &s) in sb[..cn].iter().enumerate() {
             let b1 = ((c0 + j + 1) * per_group).min(nb);
-            let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-            while b + 4 <= b1 {
-                let (d0, f0) = pair(codes, q, dp, b, consts);
-                let (d1, f1) = pair(codes, q, dp, b + 2, consts);
-                acc0 = _mm512_fmadd_ps(d0, f0, acc0);
-                acc1 = _mm512_fmadd_ps(d1, f1, acc1);
-                b += 4;
-            }
-            if b + 2 <= b1 {
-                let (d0, f0) = pair(codes, q, dp, b, consts);
-                acc0 = _mm512_fmadd_ps(d0, f0, acc0);
-                b += 2;
-            }
-            total = _mm512_fmadd_ps(_mm512_add_ps(acc0, acc1), _mm512_set1_ps(s), total);
-            if b < b1 {
-                sum += s * single(codes, q, b) * *dp.add(b);
-                b += 1;
-            }
+            let (acc, odd) = blocks(codes, q, dp, &mut b, b1, consts);
+            total = _mm512_fmadd_ps(acc, _mm512_set1_ps(s), total);
+            sum += s * odd;
         }
     }
     sum += _mm512_reduce_add_ps(total);
@@ -217,6 +177,39 @@ pub unsafe fn row_dot_pairs(
         }
     }
     sum - correction
+}
+
+/// `Σ_b f[b] · dot_b` over blocks `*b..b1`, two at a time (as 16 f32 lanes) plus an odd last
+/// block (as a scalar); advances `*b` to `b1`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
+unsafe fn blocks(
+    codes: *const u8,
+    q: *const i8,
+    f: *const f32,
+    b: &mut usize,
+    b1: usize,
+    consts: (__m512i, __m512i, __m512i),
+) -> (__m512, f32) {
+    let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    while *b + 4 <= b1 {
+        let (d0, f0) = pair(codes, q, f, *b, consts);
+        let (d1, f1) = pair(codes, q, f, *b + 2, consts);
+        acc0 = _mm512_fmadd_ps(d0, f0, acc0);
+        acc1 = _mm512_fmadd_ps(d1, f1, acc1);
+        *b += 4;
+    }
+    if *b + 2 <= b1 {
+        let (d0, f0) = pair(codes, q, f, *b, consts);
+        acc0 = _mm512_fmadd_ps(d0, f0, acc0);
+        *b += 2;
+    }
+    let mut odd = 0f32;
+    if *b < b1 {
+        odd = single(codes, q, *b) * *f.add(*b);
+        *b += 1;
+    }
+    (_mm512_add_ps(acc0, acc1), odd)
 }
 
 /// `Σ c·q` of one block (an odd one out of the two-block loop): `[low | high]` nibbles against
