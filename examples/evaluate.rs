@@ -7,14 +7,21 @@
 //!     --text ../shared/data/wikitext-2/wiki.test.raw --context 2048 --scoring both --limit 8
 //! cargo run --release --example evaluate -- --model .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf \
 //!     --scoring none --tasks arc_easy,piqa --task-limit 200
+//! cargo run --release --example evaluate -- --scoring all --speed 32 --report dense.json
 //! ```
+//!
+//! `--report` writes a [`compress::eval::report::Report`] (size, the first protocol's
+//! perplexity, tasks, speed) as JSON and prints it as a Markdown row; `report_table` turns a
+//! set of them into one table and a Pareto chart.
 
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 use compress::core::backend::BackendKind;
+use compress::eval::efficiency::{measure_speed, SizeReport};
 use compress::eval::perplexity::{perplexity, PerplexityConfig, Scoring};
 use compress::eval::progress::ProgressLine;
+use compress::eval::report::{markdown_table, Report};
 use compress::eval::tasks::{evaluate, load_jsonl};
 
 static EMBEDDED: &[u8] = include_bytes!("../assets/stories260K.gguf");
@@ -65,6 +72,15 @@ struct Args {
     /// Print the reports as JSON lines instead of text.
     #[arg(long)]
     json: bool,
+    /// Also time greedy generation of this many tokens after a 64-token prompt of the text.
+    #[arg(long)]
+    speed: Option<usize>,
+    /// Write everything measured as one report (JSON) to this file.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Method name recorded in the report.
+    #[arg(long, default_value = "as loaded")]
+    method: String,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -89,6 +105,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Protocol::Both => vec![Scoring::AllTokens, Scoring::SecondHalf],
         Protocol::None => vec![],
     };
+    let name = args
+        .model
+        .as_ref()
+        .map_or("stories260K (embedded)".to_string(), |p| {
+            p.display().to_string()
+        });
+    let mut report = Report::new(name, args.method.clone(), SizeReport::of(&m.model));
     for scoring in protocols {
         let config = PerplexityConfig {
             context: args.context,
@@ -101,6 +124,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             line.update(done, total, "windows,")
         })?;
         let secs = line.elapsed();
+        if report.perplexity.is_none() {
+            report.perplexity = Some(r.clone());
+        }
         if args.json {
             println!("{}", serde_json::to_string(&r)?);
         } else {
@@ -141,6 +167,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 line.elapsed()
             );
         }
+        report.tasks.insert(task.clone(), r);
+    }
+    if let Some(n) = args.speed {
+        let prompt = &tokens[..tokens.len().min(64)];
+        let s = measure_speed(&m.model, prompt, n)?;
+        println!(
+            "speed: prefill {:.1} tokens/s ({} tokens), decode {:.1} tokens/s ({} tokens), peak RSS {}",
+            s.prefill_tokens_per_second,
+            s.prompt_tokens,
+            s.decode_tokens_per_second,
+            s.new_tokens,
+            s.peak_rss_bytes.map_or("unknown".into(), |b| format!("{:.0} MiB", b as f64 / (1 << 20) as f64))
+        );
+        report.speed = Some(s);
+    }
+    if let Some(path) = &args.report {
+        std::fs::write(path, report.to_json())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        eprintln!("report written to {}", path.display());
+        print!("{}", markdown_table(std::slice::from_ref(&report)));
     }
     Ok(())
 }

@@ -34,10 +34,12 @@
 #![warn(missing_docs)]
 
 pub mod compare;
+pub mod efficiency;
 pub mod kld;
 pub mod perplexity;
 pub mod plot;
 pub mod progress;
+pub mod report;
 pub mod stats;
 pub mod tasks;
 pub mod weights;
