@@ -40,6 +40,7 @@ pub mod perplexity;
 pub mod plot;
 pub mod progress;
 pub mod report;
+pub mod seeds;
 pub mod stats;
 pub mod tasks;
 pub mod weights;

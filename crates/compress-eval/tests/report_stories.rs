@@ -190,3 +190,69 @@ fn reports_round_trip_render_and_plot() {
         Err(e) => panic!("{e}"),
     }
 }
+
+/// GPTQ's result depends on which calibration windows were sampled: three seeds give three
+/// perplexities, summarised as mean ± std from the reports; a paired comparison with GPTQ at
+/// a second width uses the same three samples.
+#[test]
+fn calibration_seeds_are_summarised_and_paired() {
+    use compress_core::calibration::sample_windows;
+    use compress_core::pipeline::{LayerFilter, Pipeline};
+    use compress_eval::seeds::{over_seeds, paired_over_seeds, summarize};
+    use compress_quant::gptq::Gptq;
+    let Some(s) = common::stories_split() else {
+        return;
+    };
+    let config = PerplexityConfig {
+        context: 128,
+        scoring: Scoring::AllTokens,
+        max_windows: Some(8),
+        bos: s.m.tokenizer.bos_id(),
+    };
+    let run = |bits: u8, seed: u64| {
+        let windows = sample_windows(&s.calib, 16, 128, seed).unwrap();
+        let scheme = QuantScheme::new(bits, Some(32), Symmetry::Symmetric).unwrap();
+        let mut model = s.m.model.clone();
+        Pipeline::new()
+            .step(LayerFilter::All, Gptq::new(scheme))
+            .run(&mut model, &windows, |_, _, _| {})
+            .unwrap();
+        let mut r = Report::new(
+            "stories260K",
+            format!("gptq-w{bits}g32"),
+            SizeReport::of(&model),
+        );
+        r.perplexity = Some(perplexity(&model, &s.eval, s.eval_bytes, &config, |_, _| {}).unwrap());
+        r
+    };
+    let w3: Vec<Report> = (0..3).map(|seed| run(3, seed)).collect();
+    let w4: Vec<Report> = (0..3).map(|seed| run(4, seed)).collect();
+    let s3 = over_seeds(&w3, Quality::Perplexity).unwrap();
+    let s4 = over_seeds(&w4, Quality::Perplexity).unwrap();
+    eprintln!("stories260K GPTQ over 3 calibration seeds: w3g32 PPL {s3}, w4g32 PPL {s4}");
+    let ppl: Vec<f64> = w3
+        .iter()
+        .map(|r| r.perplexity.as_ref().unwrap().ppl)
+        .collect();
+    assert_eq!(s3, summarize(&ppl).unwrap());
+    assert!(
+        s3.std > 0.0,
+        "different calibration samples give different models"
+    );
+    assert!(s3.min <= s3.mean && s3.mean <= s3.max);
+    let t = paired_over_seeds(&s4.values, &s3.values).unwrap();
+    eprintln!(
+        "w3 − w4 per seed: {:+.4} ± {:.4}, p = {}",
+        t.mean_diff, t.std_diff, t.p_value
+    );
+    assert!(
+        t.mean_diff > 0.0 && t.wins_a == 3,
+        "3-bit is worse than 4-bit with every sample"
+    );
+    // Three seeds cannot reach p < 0.25 (see the module docs).
+    assert_eq!(t.p_value, 0.25);
+    assert!(
+        over_seeds(&w3, Quality::Kld).is_err(),
+        "no KLD was measured"
+    );
+}
