@@ -65,6 +65,19 @@ pub trait BlockwiseModel {
     fn linear_mut(&mut self, block: usize, name: &str) -> &mut CompressedLinear;
     /// Logits `[batch, seq, vocab]` from the last block's output (final norm and output head).
     fn head_logits(&self, x: Tensor<3>) -> Tensor<3>;
+    /// The output head, if a recipe may compress it (its path is [`HEAD_PATH`]); `None` by
+    /// default.
+    fn head(&self) -> Option<&CompressedLinear> {
+        None
+    }
+    /// The output head, to replace it.
+    fn head_mut(&mut self) -> Option<&mut CompressedLinear> {
+        None
+    }
+    /// The head's input for the last block's output `x` (e.g. after the final norm).
+    fn head_input(&self, x: Tensor<3>) -> Tensor<3> {
+        x
+    }
 
     /// Divides the input of stage `stage` by `scales` (one per input channel) by rescaling the
     /// operation that produces it — a norm's gain, the rows of a previous projection — so that
@@ -87,13 +100,17 @@ pub fn layer_path(block: usize, name: &str) -> String {
     format!("layers.{block}.{name}")
 }
 
+/// The path of the output head in reports and filters.
+pub const HEAD_PATH: &str = "lm_head";
+
 /// Which layers a step applies to.
 #[derive(Debug, Clone)]
 pub enum LayerFilter {
-    /// Every linear of every block.
+    /// Every linear of every block (not the output head: the head is compressed only when a
+    /// filter names it).
     All,
     /// Layers whose path matches the regular expression (unanchored: `q_proj` matches every
-    /// query projection, `^layers\.0\.` the first block).
+    /// query projection, `^layers\.0\.` the first block, `^lm_head$` the output head).
     Regex(regex::Regex),
 }
 
@@ -105,11 +122,19 @@ impl LayerFilter {
             .map_err(|e| PipelineError::Config(format!("layer filter `{pattern}`: {e}")))
     }
 
-    /// Whether the filter selects `path`.
+    /// Whether the filter selects the block linear at `path`.
     pub fn matches(&self, path: &str) -> bool {
         match self {
             LayerFilter::All => true,
             LayerFilter::Regex(r) => r.is_match(path),
+        }
+    }
+
+    /// Whether the filter selects the output head ([`HEAD_PATH`]): only a regex that matches it.
+    pub fn matches_head(&self) -> bool {
+        match self {
+            LayerFilter::All => false,
+            LayerFilter::Regex(r) => r.is_match(HEAD_PATH),
         }
     }
 }
@@ -255,16 +280,15 @@ impl Pipeline {
                     // The layer's weight before its first step, for correction steps.
                     let mut original = None;
                     for step in steps {
-                        let r = compress_one(
-                            model,
-                            block,
-                            name,
+                        let (new, r) = compress_linear(
+                            model.linear(block, name),
                             path,
                             step,
                             &stats,
                             &mut original,
                             &device,
                         )?;
+                        *model.linear_mut(block, name) = new;
                         progress(&r, block, blocks);
                         reports.push(r);
                     }
@@ -276,6 +300,35 @@ impl Pipeline {
                     .map(|c| model.finish_block(block, c))
                     .collect();
                 check_finite_tensors(&xs, &format!("the output of block {block}"))?;
+            }
+        }
+        let head_steps: Vec<&PipelineStep> = self
+            .steps
+            .iter()
+            .filter(|s| s.filter.matches_head())
+            .collect();
+        if !head_steps.is_empty() && model.head().is_some() {
+            let request = head_steps
+                .iter()
+                .fold(StatsRequest::NONE, |r, s| r.union(s.compressor.stats()));
+            let stats = if needs_stats {
+                let request = StatsRequest {
+                    gram: true,
+                    ..request
+                };
+                let inputs = xs.iter().map(|x| model.head_input(x.clone()));
+                stats_of_inputs(inputs, request, &format!("the input of {HEAD_PATH}"))?
+            } else {
+                LayerStats::default()
+            };
+            let mut original = None;
+            for step in head_steps {
+                let head = model.head().expect("checked above");
+                let (new, r) =
+                    compress_linear(head, HEAD_PATH, step, &stats, &mut original, &device)?;
+                *model.head_mut().expect("checked above") = new;
+                progress(&r, blocks, blocks);
+                reports.push(r);
             }
         }
         Ok(PipelineReport {
@@ -323,11 +376,27 @@ pub fn collect_stats<M: BlockwiseModel>(
     request: StatsRequest,
 ) -> Result<LayerStats, PipelineError> {
     let stage_name = model.stages().get(stage).map_or("?", |s| s.name);
+    let inputs = caches
+        .iter_mut()
+        .map(|cache| model.stage_input(block, stage, cache));
+    stats_of_inputs(
+        inputs,
+        request,
+        &format!("the {stage_name} input of block {block}"),
+    )
+}
+
+/// Accumulates the requested statistics over layer inputs `[batch, seq, in]` (one per
+/// calibration batch); `what` names them in errors.
+fn stats_of_inputs(
+    inputs: impl Iterator<Item = Tensor<3>>,
+    request: StatsRequest,
+    what: &str,
+) -> Result<LayerStats, PipelineError> {
     let (mut gram, mut sq, mut amax): (Option<Tensor<2>>, Option<Tensor<1>>, Option<Tensor<1>>) =
         (None, None, None);
     let mut tokens = 0;
-    for cache in caches.iter_mut() {
-        let inp = model.stage_input(block, stage, cache);
+    for inp in inputs {
         let [b, t, d] = inp.dims();
         tokens += b * t;
         let flat = inp.reshape([b * t, d]);
@@ -353,14 +422,13 @@ pub fn collect_stats<M: BlockwiseModel>(
             });
         }
     }
-    let what = format!("the {stage_name} input of block {block}");
     let host = |t: Option<Tensor<1>>| -> Result<Option<Vec<f32>>, PipelineError> {
-        t.map(|t| to_host(t.into_data(), &what)).transpose()
+        t.map(|t| to_host(t.into_data(), what)).transpose()
     };
     let gram = match gram {
         Some(g) => {
             let n = g.dims()[0];
-            Some(to_host(g.reshape([n * n]).into_data(), &what)?)
+            Some(to_host(g.reshape([n * n]).into_data(), what)?)
         }
         None => None,
     };
@@ -392,21 +460,17 @@ fn check_finite_tensors(xs: &[Tensor<3>], what: &str) -> Result<(), PipelineErro
     Ok(())
 }
 
-/// Runs one step on one linear and swaps its storage; `original` is the layer's weight before
-/// its first step (filled on that first step).
-#[allow(clippy::too_many_arguments)]
-fn compress_one<M: BlockwiseModel>(
-    model: &mut M,
-    block: usize,
-    name: &str,
+/// Runs one step on one linear and returns its new storage; `original` is the layer's weight
+/// before its first step (filled on that first step).
+fn compress_linear(
+    lin: &CompressedLinear,
     path: &str,
     step: &PipelineStep,
     stats: &LayerStats,
     original: &mut Option<Vec<f32>>,
     device: &Device,
-) -> Result<LayerReport, PipelineError> {
+) -> Result<(CompressedLinear, LayerReport), PipelineError> {
     let t0 = Instant::now();
-    let lin = model.linear(block, name);
     let (out, inp) = (lin.out_features(), lin.in_features());
     let bias = lin.bias();
     let w_tensor = lin.dense_weight();
@@ -455,8 +519,10 @@ fn compress_one<M: BlockwiseModel>(
         sparsity: new.mask().map_or(0.0, |m| m.sparsity()),
         seconds: t0.elapsed().as_secs_f64(),
     };
-    *model.linear_mut(block, name) = CompressedLinear::from_weights(new, out, inp, bias, device);
-    Ok(report)
+    Ok((
+        CompressedLinear::from_weights(new, out, inp, bias, device),
+        report,
+    ))
 }
 
 /// Peak resident set size of this process (Linux `VmHWM`), if available.

@@ -301,3 +301,50 @@ fn awq_scaling_is_equivalent_and_awq_beats_rtn() {
     );
     assert!(pa < pr, "awq {pa} vs rtn {pr}");
 }
+
+/// A recipe step whose filter names `lm_head` compresses the output head, with statistics of
+/// its real input (the final norm of the last block's output): GPTQ on the head reports an
+/// output error, RTN int8 on it barely moves perplexity, and `LayerFilter::All` leaves it alone.
+#[test]
+fn a_head_step_compresses_the_output_head() {
+    use compress_core::pipeline::HEAD_PATH;
+    let Some(s) = setup() else { return };
+    let windows = sample_windows(&s.calib, 16, 128, 3).unwrap();
+    let w4 = QuantScheme::new(4, Some(32), Symmetry::Symmetric).unwrap();
+    let w8 = QuantScheme::new(8, None, Symmetry::Symmetric).unwrap();
+    let run = |head: Option<Box<dyn Compressor>>| {
+        let mut model = s.m.model.clone();
+        let mut p = Pipeline::new().step(LayerFilter::All, Gptq::new(w4));
+        if let Some(c) = head {
+            p.steps.push(compress_core::pipeline::PipelineStep {
+                filter: LayerFilter::regex("^lm_head$").unwrap(),
+                compressor: c,
+            });
+        }
+        let report = p.run(&mut model, &windows, |_, _, _| {}).unwrap();
+        (model, report)
+    };
+    let (blocks_only, r0) = run(None);
+    assert!(matches!(blocks_only.lm_head, CompressedLinear::Dense(_)));
+    assert!(r0.layers.iter().all(|l| l.path != HEAD_PATH));
+    let (rtn_head, r1) = run(Some(Box::new(Rtn::new(w8))));
+    let (gptq_head, r2) = run(Some(Box::new(Gptq::new(w4))));
+    for (model, report) in [(&rtn_head, &r1), (&gptq_head, &r2)] {
+        assert!(matches!(model.lm_head, CompressedLinear::Quantized(_)));
+        let head = report.layers.iter().find(|l| l.path == HEAD_PATH).unwrap();
+        assert_eq!(report.layers.len(), r0.layers.len() + 1);
+        let e = head
+            .output_rel_error
+            .expect("calibration ran, so the head's error is measured");
+        assert!(e.is_finite() && e < 0.2, "{head:?}");
+    }
+    let (p0, p1, p2) = (
+        ppl(&s, &blocks_only),
+        ppl(&s, &rtn_head),
+        ppl(&s, &gptq_head),
+    );
+    eprintln!("stories260K gptq-w4g32 blocks: head f32 ppl {p0:.4}, head rtn-w8 {p1:.4}, head gptq-w4g32 {p2:.4}");
+    // int8 per channel on the head: well under 1% (f16 scales, 256 levels per row).
+    assert!((p1 / p0 - 1.0).abs() < 0.01, "{p0} vs {p1}");
+    assert!(p2.is_finite() && p2 > p0 * 0.99);
+}

@@ -169,6 +169,18 @@ impl BlockwiseModel for LlamaModel {
         self.lm_head.forward(self.norm.forward(x))
     }
 
+    fn head(&self) -> Option<&CompressedLinear> {
+        Some(&self.lm_head)
+    }
+
+    fn head_mut(&mut self) -> Option<&mut CompressedLinear> {
+        Some(&mut self.lm_head)
+    }
+
+    fn head_input(&self, x: Tensor<3>) -> Tensor<3> {
+        self.norm.forward(x)
+    }
+
     fn linear(&self, block: usize, name: &str) -> &CompressedLinear {
         let l = &self.layers[block];
         match name {
