@@ -6,7 +6,7 @@
 mod common;
 
 use compress_core::packed::{QuantScheme, Symmetry};
-use compress_core::pipeline::BlockwiseModel;
+use compress_core::pipeline::{BlockwiseModel, LayerFilter, Pipeline};
 use compress_eval::efficiency::{measure_speed, SizeReport};
 use compress_eval::perplexity::{perplexity, PerplexityConfig, Scoring};
 use compress_eval::report::{markdown_table, pareto_chart, Quality, Report};
@@ -14,19 +14,13 @@ use compress_model::LlamaModel;
 use compress_quant::rtn::Rtn;
 
 fn rtn(model: &LlamaModel, bits: u8) -> LlamaModel {
+    let scheme = QuantScheme::new(bits, Some(32), Symmetry::Symmetric).unwrap();
     let mut q = model.clone();
-    let r = Rtn::new(QuantScheme::new(bits, Some(32), Symmetry::Symmetric).unwrap());
-    let device = model.device();
-    for block in 0..q.layers.len() {
-        for stage in q.stages() {
-            for name in stage.linears {
-                let l = r
-                    .quantize_linear(name, q.linear(block, name), &device)
-                    .unwrap();
-                *q.linear_mut(block, name) = l;
-            }
-        }
-    }
+    // RTN needs no statistics: the pipeline runs no calibration forward for it.
+    Pipeline::new()
+        .step(LayerFilter::All, Rtn::new(scheme))
+        .run(&mut q, &[], |_, _, _| {})
+        .unwrap();
     q
 }
 
@@ -197,7 +191,6 @@ fn reports_round_trip_render_and_plot() {
 #[test]
 fn calibration_seeds_are_summarised_and_paired() {
     use compress_core::calibration::sample_windows;
-    use compress_core::pipeline::{LayerFilter, Pipeline};
     use compress_eval::seeds::{over_seeds, paired_over_seeds, summarize};
     use compress_quant::gptq::Gptq;
     let Some(s) = common::stories_split() else {

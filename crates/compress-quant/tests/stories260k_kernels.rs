@@ -11,7 +11,7 @@
 mod common;
 
 use compress_core::packed::{QuantScheme, Symmetry};
-use compress_core::pipeline::BlockwiseModel;
+use compress_core::pipeline::{LayerFilter, Pipeline};
 use compress_kernels::{Activations, Tier};
 use compress_model::LlamaModel;
 use compress_quant::rtn::Rtn;
@@ -19,18 +19,11 @@ use compress_quant::rtn::Rtn;
 /// Every block linear of `model` quantized with RTN at `scheme` (no calibration needed).
 fn rtn_model(model: &LlamaModel, scheme: QuantScheme) -> LlamaModel {
     let mut q = model.clone();
-    let rtn = Rtn::new(scheme);
-    let device = model.device();
-    for block in 0..q.layers.len() {
-        for stage in q.stages() {
-            for name in stage.linears {
-                let lin = rtn
-                    .quantize_linear(name, q.linear(block, name), &device)
-                    .unwrap();
-                *q.linear_mut(block, name) = lin;
-            }
-        }
-    }
+    // RTN needs no statistics: the pipeline runs no calibration forward for it.
+    Pipeline::new()
+        .step(LayerFilter::All, Rtn::new(scheme))
+        .run(&mut q, &[], |_, _, _| {})
+        .unwrap();
     q
 }
 
