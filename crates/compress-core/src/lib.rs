@@ -40,6 +40,7 @@
 pub mod backend;
 pub mod calibration;
 pub mod compressor;
+mod kernel_view;
 pub mod linear;
 pub mod packed;
 pub mod pipeline;
