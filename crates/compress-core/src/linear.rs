@@ -102,10 +102,10 @@ impl LowRankLinear {
 ///
 /// The packed codes are the layer's storage (what is saved and counted in bits/weight). On the
 /// CPU backends (flex, ndarray) without autodiff, the forward pass runs compress-kernels' fused
-/// matmul straight from the codes (SIMD tier chosen at run time, see [`Self::kernel`]). Elsewhere
-/// — wgpu, CUDA, libtorch, training through autodiff, pruned asymmetric layers — it multiplies by the
-/// dequantized weight, computed once when the layer is built: numerically the same product up to
-/// f32 rounding.
+/// matmul straight from the codes (SIMD tier chosen at run time, see [`Self::kernel`]).
+/// Elsewhere — wgpu, CUDA, libtorch, training through autodiff, pruned asymmetric layers — it
+/// multiplies by the dequantized weight, computed once when the layer is built: numerically the
+/// same product up to f32 rounding.
 #[derive(Module, Debug)]
 pub struct QuantizedLinear {
     /// The dense f32 weight the codes stand for, `[out, in]`, on the layer's device.
@@ -195,7 +195,8 @@ impl QuantizedLinear {
             .ok()?;
         let mut y = vec![0f32; rows * n];
         // Lengths match by construction (`rows · k` activations, `rows · n` outputs), and
-        // `select` only returns tiers this CPU and format support.
+        // `select` only returns tiers this CPU and format support, so this cannot fail; were it
+        // to, the dequantized product below is still correct.
         debug_assert_eq!(xs.len(), rows * k);
         compress_kernels::matmul_with(tier, &xs, rows, &w, &mut y).ok()?;
         let mut shape = dims;
