@@ -318,6 +318,27 @@ pub struct EvalArgs {
     /// Score at most this many questions per task.
     #[arg(long)]
     pub task_limit: Option<usize>,
+    /// Also time greedy generation of this many tokens after the text's first 64 tokens.
+    #[arg(long)]
+    pub speed: Option<usize>,
+    /// Write everything measured, with the model's size, as one report (JSON; see
+    /// `compress_eval::report`, tabulated by `cargo run --example report_table`).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Method name recorded in the report.
+    #[arg(long, default_value = "as loaded")]
+    pub method: String,
+}
+
+/// How quantized layers multiply on the CPU backends.
+#[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum KernelMode {
+    /// Fused kernels, f32 activations (exact up to f32 rounding).
+    F32,
+    /// Fused kernels, int8 activations on CPUs with AVX-512 VNNI (faster, slightly less exact).
+    Int8,
+    /// The dequantized weight (no fused kernels).
+    Off,
 }
 
 /// `generate` flags.
@@ -341,6 +362,9 @@ pub struct GenerateArgs {
     /// Sampling seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// How quantized layers multiply on the CPU backends.
+    #[arg(long, value_enum, default_value_t = KernelMode::F32)]
+    pub kernels: KernelMode,
 }
 
 /// `slice` flags.

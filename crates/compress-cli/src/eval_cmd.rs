@@ -1,7 +1,9 @@
 //! `compress eval`: perplexity (either protocol), KL divergence to a base model, zero-shot tasks.
 
+use compress::eval::efficiency::{measure_speed, SizeReport};
 use compress::eval::kld::{kl_divergence, KldReport};
 use compress::eval::perplexity::{perplexity, PerplexityConfig, PerplexityReport, Scoring};
+use compress::eval::report::{markdown_table, Report};
 use compress::eval::tasks::{evaluate, load_jsonl, TaskReport};
 use serde::Serialize;
 
@@ -134,6 +136,46 @@ pub fn eval(args: &EvalArgs, device: &burn::tensor::Device, json: bool) -> CliRe
             task: task.clone(),
             report: r,
         });
+    }
+    if let Some(path) = &args.report {
+        let name = args
+            .model
+            .model
+            .as_ref()
+            .map_or("stories260K (embedded)".to_string(), |p| {
+                p.display().to_string()
+            });
+        let mut r = Report::new(name, args.method.clone(), SizeReport::of(&m.model));
+        r.perplexity = report.perplexity.first().cloned();
+        r.kld = report.kld.clone();
+        r.tasks = report
+            .tasks
+            .iter()
+            .map(|t| (t.task.clone(), t.report.clone()))
+            .collect();
+        if let Some(n) = args.speed {
+            let text = if tokens.is_empty() {
+                read_text(&args.text)?
+            } else {
+                text.clone()
+            };
+            let ids = m.tokenizer.encode(&text, true).map_err(CliError::failed)?;
+            let prompt = &ids[..ids.len().min(64)];
+            r.speed = Some(measure_speed(&m.model, prompt, n).map_err(CliError::failed)?);
+        }
+        let json_text = r.to_json();
+        compress::model::save::write_atomic(path, |tmp| {
+            std::fs::write(tmp, json_text.as_bytes()).map_err(|source| {
+                compress::model::ModelError::Io {
+                    path: tmp.to_path_buf(),
+                    source,
+                }
+            })
+        })
+        .map_err(CliError::input)?;
+        if !json {
+            print!("{}", markdown_table(std::slice::from_ref(&r)));
+        }
     }
     if json {
         print_json(&report)?;

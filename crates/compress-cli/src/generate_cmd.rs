@@ -3,7 +3,9 @@
 use compress::model::generate::{generate as run_generation, GenerateOptions, Sampling};
 use serde::Serialize;
 
-use crate::cli::GenerateArgs;
+use compress::core::kernels::Activations;
+
+use crate::cli::{GenerateArgs, KernelMode};
 use crate::{load_model, print_json, CliError, CliResult};
 
 /// What `generate` reports.
@@ -23,7 +25,12 @@ pub struct GenerateReport {
 
 /// Runs `generate`, streaming tokens to stdout unless `json`.
 pub fn generate(args: &GenerateArgs, device: &burn::tensor::Device, json: bool) -> CliResult<()> {
-    let m = load_model(args.model.model.as_deref(), device)?;
+    let mut m = load_model(args.model.model.as_deref(), device)?;
+    m.model.set_kernels(match args.kernels {
+        KernelMode::F32 => Some(Activations::F32),
+        KernelMode::Int8 => Some(Activations::Int8),
+        KernelMode::Off => None,
+    });
     let prompt = m
         .tokenizer
         .encode(&args.prompt, true)

@@ -218,8 +218,15 @@ fn prune_and_run_a_recipe_to_gguf_then_evaluate() {
     let bits = i["linear_bits_per_weight"].as_f64().unwrap();
     assert!(bits <= 0.8 * 32.0 && bits > 0.6 * 32.0, "{bits}");
 
+    let report = dir.path().join("report.json");
     let e = json(&[
         "eval",
+        "--report",
+        s(&report),
+        "--speed",
+        "4",
+        "--method",
+        "wanda-50-gptq-w4",
         "--model",
         s(&container),
         "--base-model",
@@ -241,6 +248,30 @@ fn prune_and_run_a_recipe_to_gguf_then_evaluate() {
     assert!(e["perplexity"][0]["ppl"].as_f64().unwrap().is_finite());
     assert!(e["kld"]["kld"]["mean"].as_f64().unwrap() > 0.0);
     assert_eq!(e["tasks"][0]["report"]["n"], 10);
+    // The report holds the same numbers, the size and the speed.
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["version"], 1);
+    assert_eq!(r["method"], "wanda-50-gptq-w4");
+    assert_eq!(r["perplexity"], e["perplexity"][0]);
+    assert_eq!(r["kld"], e["kld"]);
+    assert_eq!(r["tasks"]["arc_easy"]["n"], 10);
+    assert_eq!(r["speed"]["new_tokens"], 4);
+    let bits = r["size"]["linear_bits_per_weight"].as_f64().unwrap();
+    assert!(bits < 32.0, "the blocks are 4-bit: {bits}");
+    // Generation through the fused kernels at both activation precisions, and without them.
+    for mode in ["f32", "int8", "off"] {
+        let g = json(&[
+            "generate",
+            "--model",
+            s(&container),
+            "--max-tokens",
+            "6",
+            "--kernels",
+            mode,
+        ]);
+        assert_eq!(g["tokens"].as_array().unwrap().len(), 6, "{mode}");
+    }
 }
 
 #[test]
