@@ -46,7 +46,7 @@ fn main() {
             .build()
             .unwrap();
         for tier in [Tier::Portable, Tier::Avx2, Tier::Avx512, Tier::Avx512Vnni] {
-            if !tier.is_available() {
+            if !tier.is_available() || tier.format_limit(&w).is_some() {
                 continue;
             }
             let t = pool.install(|| {
