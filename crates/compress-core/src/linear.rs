@@ -166,6 +166,11 @@ impl QuantizedLinear {
     /// on the development machine); or it lives on a non-CPU backend or an autodiff device (the
     /// kernels read plain f32 host memory and record no graph).
     pub fn kernel_tier(&self) -> Option<compress_kernels::Tier> {
+        self.kernel_plan().map(|(tier, _)| tier)
+    }
+
+    /// The tier and the weight view the forward pass uses (see [`Self::kernel_tier`]).
+    fn kernel_plan(&self) -> Option<(compress_kernels::Tier, compress_kernels::QuantMatrix<'_>)> {
         let activations = self.kernel?;
         let device = self.weight.device();
         #[allow(deprecated)] // burn-ndarray is deprecated upstream but still a supported backend
@@ -175,18 +180,19 @@ impl QuantizedLinear {
         }
         let w = self.kernel_view()?;
         let tier = compress_kernels::Tier::select(&w, activations);
-        (tier != compress_kernels::Tier::Portable).then_some(tier)
+        (tier != compress_kernels::Tier::Portable).then_some((tier, w))
     }
 
     /// `x Wᵀ` through the fused CPU kernel, when [`Self::kernel_tier`] names one and `x` is on
     /// the layer's device.
     fn kernel_product<const D: usize>(&self, x: &Tensor<D>) -> Option<Tensor<D>> {
-        let tier = self.kernel_tier()?;
+        let (tier, w) = self.kernel_plan()?;
         let device = x.device();
+        // An autodiff device compares equal to its inner one, so `x` is checked on its own:
+        // the kernels would cut its gradient graph.
         if device != self.weight.device() || device.is_autodiff() {
             return None;
         }
-        let w = self.kernel_view()?;
         let dims = x.dims();
         let [n, k] = w.shape();
         let rows = dims[..D - 1].iter().product::<usize>();
