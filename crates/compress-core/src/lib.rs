@@ -19,6 +19,8 @@
 //! - [`pipeline`]: the block-by-block, true-sequential calibration pipeline that runs compressors
 //!   over any model implementing [`BlockwiseModel`](pipeline::BlockwiseModel).
 //! - [`scaling`]: folding per-channel input scales into a stage (AWQ-style equivalent transforms).
+//! - [`sensitivity`]: per-layer sensitivity (KLD with one layer compressed) to any method, and
+//!   greedy allocation of per-layer settings under a model-wide budget.
 //! - [`recipe`]: versioned TOML recipes — calibration settings and steps with layer filters.
 //!
 //! ```
@@ -46,6 +48,7 @@ pub mod packed;
 pub mod pipeline;
 pub mod recipe;
 pub mod scaling;
+pub mod sensitivity;
 pub mod sparsity;
 pub mod structured;
 

@@ -11,6 +11,8 @@
 //!   energy threshold;
 //! - [`svd`]: the [`Compressor`](compress_core::compressor::Compressor) (`LowRank`) the
 //!   calibration pipeline runs; [`recipe`]: its recipe steps (`svd`, `asvd`, `svd-llm`);
+//! - [`allocate`]: per-layer ranks under one model-wide parameter budget, from each layer's
+//!   measured effect on the model's output distribution (KL divergence);
 //! - [`spectrum`]: singular-value decay, effective and stable rank, energy at 10/25/50% rank;
 //! - [`correction`]: a low-rank correction of quantization error (`W ≈ Q + U V`), a recipe
 //!   step after any quantizer.
@@ -24,11 +26,10 @@
 //! assert_eq!(f.rank, 1);
 //! assert!(f.tail_energy() < 1e-12);
 //! ```
-//!
-//! Not yet (issue #7): rank allocation across layers from measured sensitivity.
 
 #![warn(missing_docs)]
 
+pub mod allocate;
 pub mod correction;
 pub mod factor;
 pub mod rank;

@@ -83,6 +83,17 @@ pub struct LowRankConfig {
 }
 
 impl LowRankConfig {
+    /// A kept-parameter ratio with the methods' default parameters.
+    pub fn ratio(ratio: f64) -> Self {
+        Self {
+            rank: None,
+            ratio: Some(ratio),
+            energy: None,
+            alpha: None,
+            damp: None,
+        }
+    }
+
     /// The rank rule, or which field is wrong.
     pub fn rule(&self) -> Result<RankRule, String> {
         let rule = match (self.rank, self.ratio, self.energy) {
@@ -92,6 +103,29 @@ impl LowRankConfig {
             _ => return Err("give exactly one of `rank`, `ratio`, `energy`".into()),
         };
         rule.validate().map(|_| rule)
+    }
+}
+
+impl LowRankMethod {
+    /// The same factorization (method, α, damping) with its rank rule replaced by a
+    /// kept-parameter `ratio`: what rank allocation ([`crate::allocate`]) assigns per layer.
+    /// An error for a correction step, which has no parameter ratio, or a bad ratio.
+    pub fn with_ratio(&self, ratio: f64) -> Result<Self, String> {
+        let with = |c: &LowRankConfig| LowRankConfig {
+            ratio: Some(ratio),
+            rank: None,
+            energy: None,
+            ..c.clone()
+        };
+        let m = match self {
+            LowRankMethod::Svd(c) => LowRankMethod::Svd(with(c)),
+            LowRankMethod::Asvd(c) => LowRankMethod::Asvd(with(c)),
+            LowRankMethod::SvdLlm(c) => LowRankMethod::SvdLlm(with(c)),
+            LowRankMethod::Correction(_) => {
+                return Err("a lowrank-correction step has no parameter ratio to allocate".into())
+            }
+        };
+        m.build().map(|_| m)
     }
 }
 
