@@ -270,6 +270,25 @@ pub struct LowrankArgs {
     /// Only layers whose path matches this regex; default all.
     #[arg(long)]
     pub layers: Option<String>,
+    /// Treat --ratio as one budget over all matched layers and choose each layer's ratio from
+    /// its measured sensitivity (KL divergence with that layer alone factorized).
+    #[arg(long, requires = "ratio")]
+    pub allocate: bool,
+    /// Candidate kept-parameter ratios per layer for --allocate (below 1; dense is always one).
+    #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75,0.9")]
+    pub candidates: Vec<f64>,
+    /// Calibration windows the sensitivity is measured on (the first N).
+    #[arg(long, default_value_t = 4)]
+    pub probe_samples: usize,
+    /// Reuse a sensitivity measurement saved by --save-sensitivity (same method and candidates).
+    #[arg(long, requires = "allocate")]
+    pub sensitivity: Option<PathBuf>,
+    /// Save the sensitivity measurement (JSON) for other budgets.
+    #[arg(long, requires = "allocate")]
+    pub save_sensitivity: Option<PathBuf>,
+    /// Save the allocated per-layer recipe (TOML).
+    #[arg(long, requires = "allocate")]
+    pub save_recipe: Option<PathBuf>,
     /// Calibration, output and evaluation.
     #[command(flatten)]
     pub common: CompressArgs,

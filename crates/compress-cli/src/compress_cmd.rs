@@ -66,7 +66,7 @@ pub struct CompressReport {
 pub fn run_recipe(args: &RunArgs, device: &burn::tensor::Device, json: bool) -> CliResult<()> {
     let recipe = Recipe::from_file(&args.recipe)
         .map_err(|e| CliError::usage(format!("{}: {e}", args.recipe.display())))?;
-    execute(recipe, &args.common, device, json)
+    execute(recipe, &args.common, device, json, None)
 }
 
 fn one_step(
@@ -117,6 +117,7 @@ pub fn quantize(args: &QuantizeArgs, device: &burn::tensor::Device, json: bool) 
         &args.common,
         device,
         json,
+        None,
     )
 }
 
@@ -144,6 +145,7 @@ pub fn prune(args: &PruneArgs, device: &burn::tensor::Device, json: bool) -> Cli
         &args.common,
         device,
         json,
+        None,
     )
 }
 
@@ -165,12 +167,14 @@ pub fn lowrank(args: &LowrankArgs, device: &burn::tensor::Device, json: bool) ->
     if let Some(r) = args.rank {
         t.insert("rank".into(), (r as i64).into());
     }
-    execute(
-        one_step(t, &args.layers, &args.common)?,
-        &args.common,
-        device,
-        json,
-    )
+    let recipe = one_step(t, &args.layers, &args.common)?;
+    if !args.allocate {
+        return execute(recipe, &args.common, device, json, None);
+    }
+    let plan = |m: &mut LoadedModel, windows: &[Vec<u32>], recipe: &Recipe| {
+        crate::allocate_cmd::allocate(args, m, windows, recipe, json)
+    };
+    execute(recipe, &args.common, device, json, Some(&plan))
 }
 
 /// The calibration text and the evaluation text; when both are the same file, calibration
@@ -191,18 +195,23 @@ pub(crate) fn texts(calib: &Path, eval: Option<&Path>) -> CliResult<(String, Opt
     Ok((c.to_string(), Some(e.to_string())))
 }
 
+/// Replaces a one-step recipe by a planned one, given the loaded model and the calibration
+/// windows (rank allocation).
+type Planner<'a> = &'a dyn Fn(&mut LoadedModel, &[Vec<u32>], &Recipe) -> CliResult<Recipe>;
+
 fn execute(
     mut recipe: Recipe,
     args: &CompressArgs,
     device: &burn::tensor::Device,
     json: bool,
+    planner: Option<Planner>,
 ) -> CliResult<()> {
     let c = &mut recipe.calibration;
     c.nsamples = args.nsamples.unwrap_or(c.nsamples);
     c.seqlen = args.seqlen.unwrap_or(c.seqlen);
     c.seed = args.seed.unwrap_or(c.seed);
-    let pipeline = recipe.pipeline().map_err(CliError::usage)?;
-    let recipe_text = recipe.to_toml().map_err(CliError::failed)?;
+    // Checked before the model loads, so a bad recipe fails fast.
+    recipe.pipeline().map_err(CliError::usage)?;
     let format = match args.format {
         Some(f) => f,
         None if args.output.extension().is_some_and(|e| e == "gguf") => Format::Gguf,
@@ -227,6 +236,11 @@ fn execute(
     let c = &recipe.calibration;
     let windows = sample_windows(&calib_tokens, c.nsamples, c.seqlen, c.seed)
         .map_err(|e| CliError::input(format!("{}: {e}", args.calib.display())))?;
+    if let Some(plan) = planner {
+        recipe = plan(&mut m, &windows, &recipe)?;
+    }
+    let pipeline = recipe.pipeline().map_err(CliError::usage)?;
+    let recipe_text = recipe.to_toml().map_err(CliError::failed)?;
 
     let blocks = m.model.layers.len();
     let pb = bar("compress", "blocks", blocks, json);

@@ -16,6 +16,7 @@
 //!
 #![warn(missing_docs)]
 
+pub mod allocate_cmd;
 pub mod cli;
 pub mod compress_cmd;
 pub mod error;

@@ -153,6 +153,15 @@ pub enum LayerWeights {
         /// The rank of the correction.
         rank: usize,
     },
+    /// A rank-`r` factorization with packed factors, `W ≈ Û V̂` (`up` `[out, r]`, `down`
+    /// `[r, in]`): what a factor-wise quantizer ([`Compressor::factor_wise`]) makes of a
+    /// low-rank layer.
+    QuantizedLowRank {
+        /// `Û`, `[out, r]`.
+        up: PackedWeight,
+        /// `V̂`, `[r, in]`.
+        down: PackedWeight,
+    },
     /// A rank-`rank` factorization `W ≈ U V`: `up` = `U`, row-major `[out, rank]`; `down` =
     /// `V`, row-major `[rank, in]`.
     LowRank {
@@ -184,12 +193,15 @@ impl LayerWeights {
                 }
                 w
             }
+            LayerWeights::QuantizedLowRank { up, down } => {
+                low_rank_product(&up.dequantize(), &down.dequantize(), down.shape()[0])
+            }
         }
     }
 
     /// Stored bits per weight: 32 for dense f32, pruned or not (the zeros are stored); the packed
     /// size, mask included, for quantized weights; `32·r·(out + in) / (out·in)` for a rank-`r`
-    /// factorization.
+    /// factorization (its factors' packed sizes over `out·in` when they are quantized).
     pub fn bits_per_weight(&self) -> f64 {
         match self {
             LayerWeights::Dense(_) | LayerWeights::Sparse { .. } => 32.0,
@@ -207,6 +219,10 @@ impl LayerWeights {
                 packed.bits_per_weight()
                     + 32.0 * (up.len() + down.len()) as f64 / (out * inp).max(1) as f64
             }
+            LayerWeights::QuantizedLowRank { up, down } => {
+                let bytes = (up.storage_bytes() + down.storage_bytes()) as f64;
+                8.0 * bytes / (up.shape()[0] * down.shape()[1]).max(1) as f64
+            }
         }
     }
 
@@ -215,7 +231,8 @@ impl LayerWeights {
         match self {
             LayerWeights::Dense(_)
             | LayerWeights::LowRank { .. }
-            | LayerWeights::QuantizedCorrected { .. } => None,
+            | LayerWeights::QuantizedCorrected { .. }
+            | LayerWeights::QuantizedLowRank { .. } => None,
             LayerWeights::Sparse { mask, .. } => Some(mask),
             LayerWeights::Quantized(p) => p.mask(),
         }
@@ -251,7 +268,9 @@ impl LayerWeights {
                 let m = merged(p.mask());
                 LayerWeights::Quantized(p.with_mask(m).expect("mask shape equals the layer's"))
             }
-            low_rank @ (LayerWeights::LowRank { .. } | LayerWeights::QuantizedCorrected { .. }) => {
+            low_rank @ (LayerWeights::LowRank { .. }
+            | LayerWeights::QuantizedCorrected { .. }
+            | LayerWeights::QuantizedLowRank { .. }) => {
                 LayerWeights::Dense(low_rank.to_dense()).with_mask(mask)
             }
         }
@@ -364,6 +383,15 @@ pub trait Compressor: fmt::Debug + Send + Sync {
         _stats: &LayerStats,
     ) -> Result<Option<Vec<f32>>, CompressError> {
         Ok(None)
+    }
+
+    /// Whether, on a low-rank layer `U V`, the step compresses each factor in turn instead of
+    /// the product: `V` against the layer's inputs, then `U` against `V̂`'s outputs (whose
+    /// Gram matrix `V̂ XᵀX V̂ᵀ` the pipeline derives exactly from the layer's). Quantizers say
+    /// yes (SVD-LLM then GPTQ keeps the factorization and stores both factors as codes);
+    /// the default, no, hands the step the dense product `U V`.
+    fn factor_wise(&self) -> bool {
+        false
     }
 }
 

@@ -42,6 +42,7 @@
 pub mod backend;
 pub mod calibration;
 pub mod compressor;
+mod factored;
 mod kernel_view;
 pub mod linear;
 pub mod packed;

@@ -213,6 +213,18 @@ impl QuantizedLinear {
         Some(Tensor::from_data(TensorData::new(y, shape), &device))
     }
 
+    /// `x Wᵀ` (plus the correction's `x Vᵀ Uᵀ`), bias excluded: through the fused kernel when
+    /// [`Self::kernel_tier`] names one, else through the dequantized weight.
+    fn product<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let y = self
+            .kernel_product(&x)
+            .unwrap_or_else(|| matmul_wt(x.clone(), self.weight.clone()));
+        match &self.correction {
+            Some(c) => y + matmul_wt(matmul_wt(x, c.down.val()), c.up.val()),
+            None => y,
+        }
+    }
+
     /// The same layer plus the correction `U V` (`U: [out, r]`, `V: [r, in]`).
     ///
     /// # Panics
@@ -228,6 +240,57 @@ impl QuantizedLinear {
     }
 }
 
+/// A rank-`r` factorization whose two factors are packed low-bit codes:
+/// `y = Û (V̂ x) + b` with `V̂: [r, in]` and `Û: [out, r]` each a [`QuantizedLinear`] (so each
+/// runs the fused CPU kernels where the plain quantized layer would). It is what a quantizer
+/// makes of a low-rank layer (SVD-LLM then GPTQ): `r·(out + in)` codes instead of `r·(out + in)`
+/// f32 values.
+#[derive(Module, Debug)]
+pub struct QuantizedLowRankLinear {
+    /// The left factor `Û`, `[out_features, rank]`.
+    pub up: QuantizedLinear,
+    /// The right factor `V̂`, `[rank, in_features]`.
+    pub down: QuantizedLinear,
+    /// Optional bias, `[out_features]`.
+    pub bias: Option<Param<Tensor<1>>>,
+}
+
+impl QuantizedLowRankLinear {
+    /// A layer from packed `Û: [out, r]`, `V̂: [r, in]` and an optional `[out]` bias.
+    ///
+    /// # Panics
+    /// If the inner dimensions differ or the bias length is not `out`.
+    pub fn new(
+        up: PackedWeight,
+        down: PackedWeight,
+        bias: Option<Tensor<1>>,
+        device: &Device,
+    ) -> Self {
+        assert_eq!(
+            up.shape()[1],
+            down.shape()[0],
+            "U is [out, r] and V is [r, in]: ranks differ"
+        );
+        if let Some(b) = &bias {
+            assert_eq!(
+                b.dims()[0],
+                up.shape()[0],
+                "bias length must equal out_features"
+            );
+        }
+        Self {
+            up: QuantizedLinear::new(up, None, device),
+            down: QuantizedLinear::new(down, None, device),
+            bias: bias.map(Param::from_tensor),
+        }
+    }
+
+    /// The rank `r` of the factorization.
+    pub fn rank(&self) -> usize {
+        self.down.packed.shape()[0]
+    }
+}
+
 /// How one linear layer of a model is stored, and how it computes `y = f(x)`.
 // The variants differ in size by a few words; a model holds a few hundred of them.
 #[allow(clippy::large_enum_variant)]
@@ -239,6 +302,8 @@ pub enum CompressedLinear {
     LowRank(LowRankLinear),
     /// Packed low-bit codes.
     Quantized(QuantizedLinear),
+    /// A low-rank factorization with packed low-bit factors.
+    QuantizedLowRank(QuantizedLowRankLinear),
 }
 
 impl CompressedLinear {
@@ -253,15 +318,9 @@ impl CompressedLinear {
                 let h = matmul_wt(x, l.down.val());
                 add_bias(matmul_wt(h, l.up.val()), &l.bias)
             }
-            CompressedLinear::Quantized(l) => {
-                let y = l
-                    .kernel_product(&x)
-                    .unwrap_or_else(|| matmul_wt(x.clone(), l.weight.clone()));
-                let y = match &l.correction {
-                    Some(c) => y + matmul_wt(matmul_wt(x, c.down.val()), c.up.val()),
-                    None => y,
-                };
-                add_bias(y, &l.bias)
+            CompressedLinear::Quantized(l) => add_bias(l.product(x), &l.bias),
+            CompressedLinear::QuantizedLowRank(l) => {
+                add_bias(l.up.product(l.down.product(x)), &l.bias)
             }
         }
     }
@@ -272,6 +331,7 @@ impl CompressedLinear {
             CompressedLinear::Dense(l) => l.weight.dims()[1],
             CompressedLinear::LowRank(l) => l.down.dims()[1],
             CompressedLinear::Quantized(l) => l.packed.shape()[1],
+            CompressedLinear::QuantizedLowRank(l) => l.down.packed.shape()[1],
         }
     }
 
@@ -281,6 +341,7 @@ impl CompressedLinear {
             CompressedLinear::Dense(l) => l.weight.dims()[0],
             CompressedLinear::LowRank(l) => l.up.dims()[0],
             CompressedLinear::Quantized(l) => l.packed.shape()[0],
+            CompressedLinear::QuantizedLowRank(l) => l.up.packed.shape()[0],
         }
     }
 
@@ -294,6 +355,9 @@ impl CompressedLinear {
                 Some(c) => l.weight.clone() + c.up.val().matmul(c.down.val()),
                 None => l.weight.clone(),
             },
+            CompressedLinear::QuantizedLowRank(l) => {
+                l.up.weight.clone().matmul(l.down.weight.clone())
+            }
         }
     }
 
@@ -301,7 +365,7 @@ impl CompressedLinear {
     pub fn mask(&self) -> Option<&SparsityMask> {
         match self {
             CompressedLinear::Dense(l) => l.mask.as_deref(),
-            CompressedLinear::LowRank(_) => None,
+            CompressedLinear::LowRank(_) | CompressedLinear::QuantizedLowRank(_) => None,
             CompressedLinear::Quantized(l) => l.packed.mask(),
         }
     }
@@ -312,6 +376,7 @@ impl CompressedLinear {
             CompressedLinear::Dense(l) => l.bias.as_ref().map(|b| b.val()),
             CompressedLinear::LowRank(l) => l.bias.as_ref().map(|b| b.val()),
             CompressedLinear::Quantized(l) => l.bias.as_ref().map(|b| b.val()),
+            CompressedLinear::QuantizedLowRank(l) => l.bias.as_ref().map(|b| b.val()),
         }
     }
 
@@ -356,13 +421,30 @@ impl CompressedLinear {
                 let down = Tensor::from_data(TensorData::new(down, [rank, in_features]), device);
                 CompressedLinear::LowRank(LowRankLinear::new(up, down, bias))
             }
+            LayerWeights::QuantizedLowRank { up, down } => CompressedLinear::QuantizedLowRank(
+                QuantizedLowRankLinear::new(up, down, bias, device),
+            ),
         }
     }
 
     /// A short description of the storage: `dense f32`, `dense f32, 50.0% pruned`, `int4 g32 sym`,
-    /// `int3 per-channel asym, 50.0% pruned`, `low-rank r16`.
+    /// `int3 per-channel asym, 50.0% pruned`, `low-rank r16`,
+    /// `low-rank r16, factors int4 g128 sym / int4 g128 sym`.
     pub fn describe(&self) -> String {
         use crate::packed::{Granularity, Symmetry};
+        let scheme = |p: &PackedWeight| {
+            let s = p.scheme();
+            let g = match s.granularity {
+                Granularity::PerTensor => "per-tensor".to_string(),
+                Granularity::PerChannel => "per-channel".to_string(),
+                Granularity::PerGroup(g) => format!("g{g}"),
+            };
+            let sym = match s.symmetry {
+                Symmetry::Symmetric => "sym",
+                Symmetry::Asymmetric => "asym",
+            };
+            format!("int{} {g} {sym}", s.bits.get())
+        };
         let pruned = |m: Option<&SparsityMask>| match m {
             Some(m) => format!(", {:.1}% pruned", 100.0 * m.sparsity()),
             None => String::new(),
@@ -371,26 +453,22 @@ impl CompressedLinear {
             CompressedLinear::Dense(l) => format!("dense f32{}", pruned(l.mask.as_deref())),
             CompressedLinear::LowRank(l) => format!("low-rank r{}", l.rank()),
             CompressedLinear::Quantized(q) => {
-                let s = q.packed.scheme();
-                let g = match s.granularity {
-                    Granularity::PerTensor => "per-tensor".to_string(),
-                    Granularity::PerChannel => "per-channel".to_string(),
-                    Granularity::PerGroup(g) => format!("g{g}"),
-                };
-                let sym = match s.symmetry {
-                    Symmetry::Symmetric => "sym",
-                    Symmetry::Asymmetric => "asym",
-                };
                 let correction = q
                     .correction
                     .as_ref()
                     .map_or(String::new(), |c| format!(" + r{} correction", c.rank()));
                 format!(
-                    "int{} {g} {sym}{}{correction}",
-                    s.bits.get(),
+                    "{}{}{correction}",
+                    scheme(&q.packed),
                     pruned(q.packed.mask())
                 )
             }
+            CompressedLinear::QuantizedLowRank(l) => format!(
+                "low-rank r{}, factors {} / {}",
+                l.rank(),
+                scheme(&l.up.packed),
+                scheme(&l.down.packed)
+            ),
         }
     }
 
@@ -414,6 +492,9 @@ impl CompressedLinear {
                         + c.down.dims().iter().product::<usize>()) as u64
                 });
                 8 * l.packed.storage_bytes() as u64 + correction
+            }
+            CompressedLinear::QuantizedLowRank(l) => {
+                8 * (l.up.packed.storage_bytes() + l.down.packed.storage_bytes()) as u64
             }
         }
     }

@@ -498,7 +498,15 @@ fn compress_linear(
         packed: packed.as_deref(),
         original: original.as_deref(),
     };
-    let mut new: LayerWeights = step.compressor.compress(view, stats)?;
+    let factored = if step.compressor.factor_wise() {
+        crate::factored::compress_factors(lin, path, step.compressor.as_ref(), stats, device)?
+    } else {
+        None
+    };
+    let mut new: LayerWeights = match factored {
+        Some(f) => f,
+        None => step.compressor.compress(view, stats)?,
+    };
     if let Some(m) = &mask {
         // A pruned weight stays pruned whatever the step does (e.g. RTN after a pruner).
         new = new.with_mask(m);

@@ -114,8 +114,14 @@ pub fn scale_stats(mut stats: LayerStats, s: &[f32]) -> LayerStats {
 pub fn scale_output_rows(linear: &mut CompressedLinear, s: &[f32]) -> bool {
     let inv_s: Vec<f32> = s.iter().map(|v| 1.0 / v).collect();
     let mut rescaled = None;
-    if let CompressedLinear::Quantized(l) = linear {
-        let mut packed = (*l.packed).clone();
+    // Output rows live in the codes' rows (of `Û` for quantized factors).
+    let rows = match linear {
+        CompressedLinear::Quantized(l) => Some(&l.packed),
+        CompressedLinear::QuantizedLowRank(l) => Some(&l.up.packed),
+        _ => None,
+    };
+    if let Some(p) = rows {
+        let mut packed = (**p).clone();
         if !packed.scale_rows(&inv_s) {
             return false;
         }
@@ -125,6 +131,7 @@ pub fn scale_output_rows(linear: &mut CompressedLinear, s: &[f32]) -> bool {
         CompressedLinear::Dense(l) => l.weight.val().device(),
         CompressedLinear::LowRank(l) => l.up.val().device(),
         CompressedLinear::Quantized(l) => l.weight.device(),
+        CompressedLinear::QuantizedLowRank(l) => l.up.weight.device(),
     };
     let inv = Tensor::<1>::from_data(TensorData::new(inv_s, [s.len()]), &device);
     let col = inv.clone().unsqueeze_dim::<2>(1);
@@ -148,6 +155,11 @@ pub fn scale_output_rows(linear: &mut CompressedLinear, s: &[f32]) -> bool {
                     .clone()
                     .with_correction(c.up.val() * col.clone(), c.down.val());
             }
+        }
+        CompressedLinear::QuantizedLowRank(l) => {
+            let packed = rescaled.take().expect("rescaled above");
+            l.up = crate::linear::QuantizedLinear::new(packed, None, &device);
+            l.bias = l.bias.take().map(|b| b.map(|b| b * inv.clone()));
         }
     }
     true

@@ -29,7 +29,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::Tensor;
 
 /// Error and storage of each candidate on one layer.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LayerSensitivity {
     /// Layer path.
     pub path: String,

@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use burn::tensor::{Int, Tensor, TensorData};
 
-use crate::linear::{CompressedLinear, DenseLinear, LowRankLinear, QuantizedLinear};
+use crate::linear::{
+    CompressedLinear, DenseLinear, LowRankLinear, QuantizedLinear, QuantizedLowRankLinear,
+};
 use crate::packed::{Granularity, PackedWeight};
 use crate::sparsity::SparsityMask;
 
@@ -84,6 +86,22 @@ pub fn keep_indices(
                 bias(lin.bias()),
                 &q.weight.device(),
             )))
+        }
+        CompressedLinear::QuantizedLowRank(l) => {
+            // Output rows are Û's rows, input columns V̂'s columns.
+            let (up, down) = match axis {
+                Axis::Rows => (
+                    cut_packed(&l.up.packed, axis, keep)?,
+                    (*l.down.packed).clone(),
+                ),
+                Axis::Cols => (
+                    (*l.up.packed).clone(),
+                    cut_packed(&l.down.packed, axis, keep)?,
+                ),
+            };
+            Ok(CompressedLinear::QuantizedLowRank(
+                QuantizedLowRankLinear::new(up, down, bias(lin.bias()), &l.up.weight.device()),
+            ))
         }
     }
 }

@@ -43,6 +43,8 @@ use compress_core::sensitivity::{
     allocate, average_bits, measure_sensitivity_of, per_layer_recipe, LayerSensitivity,
 };
 
+use serde::{Deserialize, Serialize};
+
 use crate::recipe::LowRankMethod;
 
 /// Candidate kept-parameter ratios per layer when none are given.
@@ -127,24 +129,30 @@ impl RankAllocation {
     }
 }
 
+/// The measured sensitivity of every layer at each candidate ratio: the expensive part of an
+/// allocation, saved as JSON so that several budgets reuse one measurement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RankSensitivity {
+    /// The method measured.
+    pub method: LowRankMethod,
+    /// The candidate kept-parameter ratios, in option order.
+    pub ratios: Vec<f64>,
+    /// Probe tokens the divergences were measured on.
+    pub probe_tokens: usize,
+    /// One `(stored bits per weight, KLD)` per ratio and layer (without the dense option).
+    pub layers: Vec<LayerSensitivity>,
+}
+
 /// Measures every layer `filter` matches at each of `ratios` with `method` on the `probe`
-/// windows and allocates ratios so that the stored parameters are at most `budget` (a kept
-/// fraction in (0, 1]) of the matched layers' dense parameters. `progress(done, total)` follows
-/// the measurement (one call per layer). See the [module docs](self).
-pub fn allocate_ranks<M: BlockwiseModel>(
+/// windows (see the [module docs](self)). `progress(done, total)` is called once per layer.
+pub fn measure_ranks<M: BlockwiseModel>(
     model: &mut M,
     probe: &[Vec<u32>],
     method: &LowRankMethod,
     ratios: &[f64],
-    budget: f64,
     filter: &LayerFilter,
     progress: impl FnMut(usize, usize),
-) -> Result<RankAllocation, PipelineError> {
-    if !(budget > 0.0 && budget <= 1.0) {
-        return Err(PipelineError::Config(format!(
-            "budget = {budget}: the kept parameter fraction must lie in (0, 1]"
-        )));
-    }
+) -> Result<RankSensitivity, PipelineError> {
     if ratios.is_empty() {
         return Err(PipelineError::Config(
             "rank allocation needs at least one candidate ratio".into(),
@@ -162,27 +170,75 @@ pub fn allocate_ranks<M: BlockwiseModel>(
         })
         .collect::<Result<_, _>>()
         .map_err(PipelineError::Config)?;
-    let mut layers = measure_sensitivity_of(model, probe, &candidates, filter, progress)?;
+    let layers = measure_sensitivity_of(model, probe, &candidates, filter, progress)?;
     if layers.is_empty() {
         return Err(PipelineError::Config(
             "the layer filter matches no block linear".into(),
         ));
     }
-    for l in &mut layers {
-        l.options.push((F32_BITS, 0.0));
-    }
-    let choice = allocate(&layers, budget * F32_BITS).map_err(|e| {
-        PipelineError::Config(format!(
-            "{e} (the smallest candidate ratio is {:.2} of each layer)",
-            ratios.iter().cloned().fold(f64::INFINITY, f64::min)
-        ))
-    })?;
-    Ok(RankAllocation {
+    Ok(RankSensitivity {
         method: method.clone(),
         ratios: ratios.to_vec(),
+        probe_tokens: probe.iter().map(Vec::len).sum(),
         layers,
-        choice,
     })
+}
+
+impl RankSensitivity {
+    /// Ratios per layer so that the stored parameters are at most `budget` (a kept fraction in
+    /// (0, 1]) of the measured layers' dense parameters; an error if even the smallest
+    /// candidate everywhere exceeds it.
+    pub fn allocate(&self, budget: f64) -> Result<RankAllocation, String> {
+        if !(budget > 0.0 && budget <= 1.0) {
+            return Err(format!(
+                "budget = {budget}: the kept parameter fraction must lie in (0, 1]"
+            ));
+        }
+        let mut layers = self.layers.clone();
+        for l in &mut layers {
+            if l.options.len() != self.ratios.len() {
+                return Err(format!(
+                    "{}: {} measured options for {} ratios",
+                    l.path,
+                    l.options.len(),
+                    self.ratios.len()
+                ));
+            }
+            l.options.push((F32_BITS, 0.0));
+        }
+        let choice = allocate(&layers, budget * F32_BITS).map_err(|e| {
+            format!(
+                "{e} (the smallest candidate ratio is {:.2} of each layer)",
+                self.ratios.iter().cloned().fold(f64::INFINITY, f64::min)
+            )
+        })?;
+        Ok(RankAllocation {
+            method: self.method.clone(),
+            ratios: self.ratios.clone(),
+            layers,
+            choice,
+        })
+    }
+}
+
+/// [`measure_ranks`] then [`RankSensitivity::allocate`] at `budget`.
+pub fn allocate_ranks<M: BlockwiseModel>(
+    model: &mut M,
+    probe: &[Vec<u32>],
+    method: &LowRankMethod,
+    ratios: &[f64],
+    budget: f64,
+    filter: &LayerFilter,
+    progress: impl FnMut(usize, usize),
+) -> Result<RankAllocation, PipelineError> {
+    if !(budget > 0.0 && budget <= 1.0) {
+        return Err(PipelineError::Config(format!(
+            "budget = {budget}: the kept parameter fraction must lie in (0, 1]"
+        )));
+    }
+    measure_ranks(model, probe, method, ratios, filter, progress)?
+        .allocate(budget)
+        .map_err(PipelineError::Config)
 }
 
 #[cfg(test)]
@@ -206,6 +262,36 @@ mod tests {
             layers,
             choice,
         }
+    }
+
+    #[test]
+    fn a_saved_measurement_allocates_any_budget() {
+        let layer = |i: usize| LayerSensitivity {
+            path: format!("layers.{i}.mlp.up_proj"),
+            weights: 100,
+            options: vec![(8.0, 1.0 + i as f64), (16.0, 0.5)],
+        };
+        let m = RankSensitivity {
+            method: LowRankMethod::Svd(LowRankConfig::ratio(0.5)),
+            ratios: vec![0.25, 0.5],
+            probe_tokens: 64,
+            layers: vec![layer(0), layer(1)],
+        };
+        let text = serde_json::to_string(&m).unwrap();
+        let back: RankSensitivity = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, m);
+        // At 0.375 only one layer can grow from 0.25 to 0.5: the more sensitive one (layer 1
+        // saves 1.5 per 800 extra bits, layer 0 0.5).
+        let a = back.allocate(0.375).unwrap();
+        assert_eq!(a.choice, vec![0, 1]);
+        assert_eq!(a.kept_fraction(), 0.375);
+        // At 1.0 both stay dense; below the smallest candidate there is no allocation.
+        assert_eq!(back.allocate(1.0).unwrap().choice, vec![2, 2]);
+        assert!(back
+            .allocate(0.2)
+            .unwrap_err()
+            .contains("smallest candidate ratio"));
+        assert!(back.allocate(0.0).unwrap_err().contains("budget"));
     }
 
     #[test]

@@ -59,6 +59,11 @@ impl Compressor for Hqq {
         format!("hqq-{}", scheme_tag(&self.scheme))
     }
 
+    /// On a low-rank layer each factor is quantized (see [`Compressor::factor_wise`]).
+    fn factor_wise(&self) -> bool {
+        true
+    }
+
     fn stats(&self) -> StatsRequest {
         StatsRequest::NONE
     }

@@ -106,6 +106,11 @@ impl Compressor for Rtn {
         format!("rtn-{}", scheme_tag(&self.scheme))
     }
 
+    /// On a low-rank layer each factor is quantized (see [`Compressor::factor_wise`]).
+    fn factor_wise(&self) -> bool {
+        true
+    }
+
     fn stats(&self) -> StatsRequest {
         StatsRequest {
             col_sq_norms: self.use_activations,

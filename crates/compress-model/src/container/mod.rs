@@ -14,6 +14,7 @@
 //! | `{layer}.mask`               | U64   | `[ceil(out·in/64)]` | sparsity bitmap, bit set = kept   |
 //! | `{layer}.up`, `{layer}.down` | F32   | `[out, r]`, `[r, in]` | low-rank factors `U`, `V`       |
 //! | `{layer}.correction_up`, `.correction_down` | F32 | `[out, r]`, `[r, in]` | low-rank correction of a quantized layer (v2) |
+//! | `{layer}.up.codes`, `.up.scales`, `.up.zeros`, and the same under `.down` | U8, F16 | as above | quantized low-rank factors `Û`, `V̂` (v3) |
 //! | `{layer}.bias`               | F32   | `[out]`          | bias                                 |
 //! | `tokenizer`                  | U8    | `[bytes]`        | the tokenizer as JSON (below)        |
 //!
@@ -58,9 +59,10 @@ pub use write::write_container;
 /// Value of the header's `format` field.
 pub const FORMAT: &str = "compress";
 /// The newest header version this build reads and writes. Version 2 adds low-rank corrections
-/// of quantized layers; files without one are still written as version 1, so older builds read
-/// them.
-pub const VERSION: u32 = 2;
+/// of quantized layers, version 3 low-rank layers with quantized factors; a file is written
+/// with the lowest version that can describe it (1 when it uses neither), so older builds read
+/// what they can.
+pub const VERSION: u32 = 3;
 /// The `__metadata__` key holding the header.
 pub const METADATA_KEY: &str = "compress";
 /// The tensor holding the tokenizer JSON.
@@ -136,6 +138,30 @@ pub enum LayerEntry {
         /// `{layer}.bias` is stored.
         bias: bool,
     },
+    /// A rank-`rank` factorization with packed factors: `{layer}.up.codes`, `.up.scales`,
+    /// `.up.zeros` (asymmetric) for `Û: [out, rank]`, the same under `{layer}.down.` for
+    /// `V̂: [rank, in]` (version 3).
+    QuantizedLowRank {
+        /// The rank `r`.
+        rank: usize,
+        /// `Û`'s scheme.
+        up: PackedEntry,
+        /// `V̂`'s scheme.
+        down: PackedEntry,
+        /// `{layer}.bias` is stored.
+        bias: bool,
+    },
+}
+
+/// The quantization scheme of one packed factor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackedEntry {
+    /// Code width, 2–8.
+    pub bits: u8,
+    /// Scale sharing.
+    pub granularity: GranularityEntry,
+    /// Zero point fixed at the middle code (no `zeros` tensor).
+    pub symmetric: bool,
 }
 
 /// Scale sharing of a quantized layer, as the header spells it (`"tensor"`, `"channel"`,

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use burn::module::Param;
 use burn::tensor::{Device, Tensor, TensorData};
-use compress_core::linear::{CompressedLinear, DenseLinear, LowRankLinear, QuantizedLinear};
+use compress_core::linear::{
+    CompressedLinear, DenseLinear, LowRankLinear, QuantizedLinear, QuantizedLowRankLinear,
+};
 use compress_core::packed::{Bits, Granularity, PackedWeight, QuantScheme, Symmetry};
 use compress_core::sparsity::SparsityMask;
 use half::f16;
@@ -13,7 +15,9 @@ use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
 use super::write::precision_name;
-use super::{GranularityEntry, Header, LayerEntry, TokenizerKind, FORMAT, METADATA_KEY, VERSION};
+use super::{
+    GranularityEntry, Header, LayerEntry, PackedEntry, TokenizerKind, FORMAT, METADATA_KEY, VERSION,
+};
 use crate::error::ModelError;
 use crate::llama::calibrate::LINEAR_NAMES;
 use crate::llama::{Attention, AttentionPrecision, Block, LlamaModel, Mlp, RmsNorm, Rope};
@@ -160,6 +164,7 @@ impl Reader<'_> {
             Some(LayerEntry::Quantized { shape, .. }) => Ok(shape[0]),
             Some(LayerEntry::Dense { .. }) => first(format!("{path}.weight")),
             Some(LayerEntry::LowRank { .. }) => first(format!("{path}.up")),
+            Some(LayerEntry::QuantizedLowRank { .. }) => first(format!("{path}.up.codes")),
             None => Err(self.err(format!("the header does not describe layer `{path}`"))),
         }
     }
@@ -215,43 +220,16 @@ impl Reader<'_> {
                         "layer `{path}` is {shape:?} in the header, the model needs [{out}, {inp}]"
                     )));
                 }
-                let bad = |e: compress_core::packed::PackedError| {
-                    self.err(format!("layer `{path}`: {e}"))
+                let entry = PackedEntry {
+                    bits: *bits,
+                    granularity: *granularity,
+                    symmetric: *symmetric,
                 };
-                let scheme = QuantScheme {
-                    bits: Bits::new(*bits).map_err(bad)?,
-                    granularity: match granularity {
-                        GranularityEntry::Tensor => Granularity::PerTensor,
-                        GranularityEntry::Channel => Granularity::PerChannel,
-                        GranularityEntry::Group(g) => Granularity::PerGroup(
-                            std::num::NonZeroUsize::new(*g)
-                                .ok_or_else(|| self.err(format!("layer `{path}`: group size 0")))?,
-                        ),
-                    },
-                    symmetry: if *symmetric {
-                        Symmetry::Symmetric
-                    } else {
-                        Symmetry::Asymmetric
-                    },
-                };
-                let codes = self
-                    .bytes(
-                        &format!("{path}.codes"),
-                        Dtype::U8,
-                        &[out, scheme.row_bytes(inp)],
-                    )?
-                    .to_vec();
-                let n = scheme.num_scales(out, inp);
-                let scales = self.f16(&format!("{path}.scales"), n)?;
-                let zeros = (!symmetric)
-                    .then(|| self.f16(&format!("{path}.zeros"), n))
-                    .transpose()?;
-                let mut packed = PackedWeight::from_packed(scheme, out, inp, codes, scales, zeros)
-                    .map_err(bad)?;
+                let mut packed = self.packed(path, path, &entry, [out, inp])?;
                 if *mask {
                     packed = packed
                         .with_mask(self.mask(&format!("{path}.mask"), [out, inp])?)
-                        .map_err(bad)?;
+                        .map_err(|e| self.err(format!("layer `{path}`: {e}")))?;
                 }
                 let mut q = QuantizedLinear::new(packed, bias_of(*bias)?, self.device);
                 if let Some(r) = *correction_rank {
@@ -262,7 +240,63 @@ impl Reader<'_> {
                 }
                 CompressedLinear::Quantized(q)
             }
+            LayerEntry::QuantizedLowRank {
+                rank,
+                up,
+                down,
+                bias,
+            } => {
+                let up = self.packed(path, &format!("{path}.up"), up, [out, *rank])?;
+                let down = self.packed(path, &format!("{path}.down"), down, [*rank, inp])?;
+                CompressedLinear::QuantizedLowRank(QuantizedLowRankLinear::new(
+                    up,
+                    down,
+                    bias_of(*bias)?,
+                    self.device,
+                ))
+            }
         })
+    }
+
+    /// Packed codes `{prefix}.codes`, `.scales`, `.zeros` of an `[out, inp]` matrix of layer
+    /// `path`, with the scheme `e`.
+    fn packed(
+        &self,
+        path: &str,
+        prefix: &str,
+        e: &PackedEntry,
+        [out, inp]: [usize; 2],
+    ) -> Result<PackedWeight, ModelError> {
+        let bad = |e: compress_core::packed::PackedError| self.err(format!("layer `{path}`: {e}"));
+        let scheme = QuantScheme {
+            bits: Bits::new(e.bits).map_err(bad)?,
+            granularity: match e.granularity {
+                GranularityEntry::Tensor => Granularity::PerTensor,
+                GranularityEntry::Channel => Granularity::PerChannel,
+                GranularityEntry::Group(g) => Granularity::PerGroup(
+                    std::num::NonZeroUsize::new(g)
+                        .ok_or_else(|| self.err(format!("layer `{path}`: group size 0")))?,
+                ),
+            },
+            symmetry: if e.symmetric {
+                Symmetry::Symmetric
+            } else {
+                Symmetry::Asymmetric
+            },
+        };
+        let codes = self
+            .bytes(
+                &format!("{prefix}.codes"),
+                Dtype::U8,
+                &[out, scheme.row_bytes(inp)],
+            )?
+            .to_vec();
+        let n = scheme.num_scales(out, inp);
+        let scales = self.f16(&format!("{prefix}.scales"), n)?;
+        let zeros = (!e.symmetric)
+            .then(|| self.f16(&format!("{prefix}.zeros"), n))
+            .transpose()?;
+        PackedWeight::from_packed(scheme, out, inp, codes, scales, zeros).map_err(bad)
     }
 
     fn tokenizer(&self) -> Result<LlmTokenizer, ModelError> {

@@ -10,8 +10,8 @@ use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
 use super::{
-    BlockEntry, ContainerOptions, GranularityEntry, Header, LayerEntry, TokenizerEntry,
-    TokenizerKind, FORMAT, METADATA_KEY, TOKENIZER_TENSOR, VERSION,
+    BlockEntry, ContainerOptions, GranularityEntry, Header, LayerEntry, PackedEntry,
+    TokenizerEntry, TokenizerKind, FORMAT, METADATA_KEY, TOKENIZER_TENSOR,
 };
 use crate::error::ModelError;
 use crate::llama::calibrate::LINEAR_NAMES;
@@ -82,18 +82,7 @@ impl Tensors {
             }
             CompressedLinear::Quantized(q) => {
                 let p = &q.packed;
-                let [out, inp] = p.shape();
-                let scheme = p.scheme();
-                self.put(
-                    format!("{path}.codes"),
-                    Dtype::U8,
-                    vec![out, scheme.row_bytes(inp)],
-                    p.packed_codes().to_vec(),
-                );
-                self.f16(format!("{path}.scales"), p.scales());
-                if let Some(z) = p.zeros() {
-                    self.f16(format!("{path}.zeros"), z);
-                }
+                let e = self.packed(path, p);
                 if let Some(m) = p.mask() {
                     self.mask(format!("{path}.mask"), m);
                 }
@@ -102,20 +91,47 @@ impl Tensors {
                     self.f32(format!("{path}.correction_down"), c.down.val())?;
                 }
                 LayerEntry::Quantized {
-                    shape: [out, inp],
-                    bits: scheme.bits.get(),
-                    granularity: match scheme.granularity {
-                        Granularity::PerTensor => GranularityEntry::Tensor,
-                        Granularity::PerChannel => GranularityEntry::Channel,
-                        Granularity::PerGroup(g) => GranularityEntry::Group(g.get()),
-                    },
-                    symmetric: scheme.symmetry == Symmetry::Symmetric,
+                    shape: p.shape(),
+                    bits: e.bits,
+                    granularity: e.granularity,
+                    symmetric: e.symmetric,
                     bias: has_bias,
                     mask: p.mask().is_some(),
                     correction_rank: q.correction.as_ref().map(|c| c.rank()),
                 }
             }
+            CompressedLinear::QuantizedLowRank(l) => LayerEntry::QuantizedLowRank {
+                rank: l.rank(),
+                up: self.packed(&format!("{path}.up"), &l.up.packed),
+                down: self.packed(&format!("{path}.down"), &l.down.packed),
+                bias: has_bias,
+            },
         })
+    }
+
+    /// Stores packed codes (unmasked) as `{prefix}.codes`, `.scales`, `.zeros`.
+    fn packed(&mut self, prefix: &str, p: &compress_core::packed::PackedWeight) -> PackedEntry {
+        let [out, inp] = p.shape();
+        let scheme = p.scheme();
+        self.put(
+            format!("{prefix}.codes"),
+            Dtype::U8,
+            vec![out, scheme.row_bytes(inp)],
+            p.packed_codes().to_vec(),
+        );
+        self.f16(format!("{prefix}.scales"), p.scales());
+        if let Some(z) = p.zeros() {
+            self.f16(format!("{prefix}.zeros"), z);
+        }
+        PackedEntry {
+            bits: scheme.bits.get(),
+            granularity: match scheme.granularity {
+                Granularity::PerTensor => GranularityEntry::Tensor,
+                Granularity::PerChannel => GranularityEntry::Channel,
+                Granularity::PerGroup(g) => GranularityEntry::Group(g.get()),
+            },
+            symmetric: scheme.symmetry == Symmetry::Symmetric,
+        }
     }
 }
 
@@ -179,19 +195,18 @@ pub fn write_container(
             .collect();
     let header = Header {
         format: FORMAT.into(),
-        version: if layers.values().any(|e| {
-            matches!(
-                e,
+        version: layers
+            .values()
+            .map(|e| match e {
+                LayerEntry::QuantizedLowRank { .. } => 3,
                 LayerEntry::Quantized {
                     correction_rank: Some(_),
                     ..
-                }
-            )
-        }) {
-            VERSION
-        } else {
-            1
-        },
+                } => 2,
+                _ => 1,
+            })
+            .max()
+            .unwrap_or(1),
         config: model.config().clone(),
         attention_precision: precision_name(model.attention_precision()).into(),
         blocks,

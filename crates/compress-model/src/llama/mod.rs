@@ -137,18 +137,26 @@ impl LlamaModel {
     /// [`QuantizedLinear::kernel`](compress_core::linear::QuantizedLinear::kernel)): fused CPU
     /// kernels with f32 activations (`Some(Activations::F32)`, the default), with int8
     /// activations on VNNI CPUs (`Some(Activations::Int8)`), or the dequantized weight (`None`).
-    /// Returns, per quantized layer in order (blocks, then the head), the kernel tier it will run
-    /// on, `None` where it uses the dequantized weight (pruned layers, GPU backends, autodiff).
+    /// Returns, per quantized matrix in order (blocks, then the head; `V̂` then `Û` of a
+    /// low-rank layer with quantized factors), the kernel tier it will run on, `None` where it
+    /// uses the dequantized weight (pruned layers, GPU backends, autodiff).
     pub fn set_kernels(
         &mut self,
         mode: Option<compress_core::kernels::Activations>,
     ) -> Vec<Option<compress_core::kernels::Tier>> {
         let mut tiers = Vec::new();
-        let mut set = |l: &mut CompressedLinear| {
-            if let CompressedLinear::Quantized(q) = l {
+        let mut set = |l: &mut CompressedLinear| match l {
+            CompressedLinear::Quantized(q) => {
                 q.kernel = mode;
                 tiers.push(q.kernel_tier());
             }
+            CompressedLinear::QuantizedLowRank(f) => {
+                for q in [&mut f.down, &mut f.up] {
+                    q.kernel = mode;
+                    tiers.push(q.kernel_tier());
+                }
+            }
+            _ => {}
         };
         for layer in &mut self.layers {
             let (a, m) = (&mut layer.attn, &mut layer.mlp);

@@ -287,6 +287,10 @@ pub fn write_compressed_tensors(
                 Err(why) => Some(why),
             },
             CompressedLinear::LowRank(l) => Some(format!("a rank-{} factorization", l.rank())),
+            CompressedLinear::QuantizedLowRank(l) => Some(format!(
+                "a rank-{} factorization with quantized factors",
+                l.rank()
+            )),
             CompressedLinear::Dense(_) => None,
         };
         if let (Some(why), false) = (&why, options.fallback_dense) {

@@ -150,6 +150,10 @@ impl Export<'_> {
         let why = match lin {
             CompressedLinear::Dense(_) => None,
             CompressedLinear::LowRank(l) => Some(format!("a rank-{} factorization", l.rank())),
+            CompressedLinear::QuantizedLowRank(l) => Some(format!(
+                "a rank-{} factorization with quantized factors",
+                l.rank()
+            )),
             CompressedLinear::Quantized(q) if q.correction.is_some() => {
                 Some("a low-rank correction term (ggml has no such layer)".to_string())
             }
