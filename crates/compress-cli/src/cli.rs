@@ -84,6 +84,10 @@ pub struct InspectArgs {
     /// top 10/25/50% of the directions (which layers are inherently low-rank).
     #[arg(long)]
     pub spectrum: bool,
+    /// With --spectrum: draw each layer kind's normalised singular values (σ_i/σ_0 against
+    /// i / min(out, in), geometric mean over the blocks) into this .svg or .png.
+    #[arg(long, requires = "spectrum")]
+    pub plot: Option<PathBuf>,
 }
 
 /// Output format of a compression run.

@@ -120,7 +120,10 @@ pub fn inspect(args: &InspectArgs, device: &burn::tensor::Device, json: bool) ->
     };
     let mut r = report(&m, source, format);
     if args.spectrum {
-        add_spectra(&mut r, &m)?;
+        let curves = add_spectra(&mut r, &m)?;
+        if let Some(plot) = &args.plot {
+            plot_spectra(plot, &r.source, &curves)?;
+        }
     }
     if let Some(p) = path.filter(|p| p.is_file()) {
         r.file_bytes = std::fs::metadata(p).ok().map(|m| m.len());
@@ -137,8 +140,20 @@ pub fn inspect(args: &InspectArgs, device: &burn::tensor::Device, json: bool) ->
     Ok(())
 }
 
-/// Fills every block linear's spectrum (an SVD per layer, in f64: seconds for SmolLM2).
-fn add_spectra(r: &mut InspectReport, m: &LoadedModel) -> CliResult<()> {
+/// Points of each spectrum curve: σ at fractions `(k + ½) / SPECTRUM_POINTS` of the directions.
+const SPECTRUM_POINTS: usize = 100;
+
+/// Per layer kind (`attn.q_proj`, …), the sum over blocks of `ln(σ_i / σ_0)` at each of
+/// [`SPECTRUM_POINTS`] fractions of the directions, and the number of blocks summed.
+type SpectrumCurves = Vec<(String, Vec<f64>, usize)>;
+
+/// Fills every block linear's spectrum (an SVD per layer, in f64: seconds for SmolLM2) and
+/// returns the curves for [`plot_spectra`].
+fn add_spectra(r: &mut InspectReport, m: &LoadedModel) -> CliResult<SpectrumCurves> {
+    let mut curves: SpectrumCurves = LINEAR_NAMES
+        .iter()
+        .map(|n| (n.to_string(), vec![0.0; SPECTRUM_POINTS], 0))
+        .collect();
     for (i, layer) in r.layers.iter_mut().enumerate() {
         let (l, name) = (i / LINEAR_NAMES.len(), LINEAR_NAMES[i % LINEAR_NAMES.len()]);
         if l >= m.model.num_blocks() {
@@ -157,7 +172,45 @@ fn add_spectra(r: &mut InspectReport, m: &LoadedModel) -> CliResult<()> {
             stable_rank: s.stable_rank,
             energy_at_10_25_50: [s.energy_at[0].1, s.energy_at[1].1, s.energy_at[2].1],
         });
+        let curve = &mut curves[i % LINEAR_NAMES.len()];
+        let n = s.normalized.len();
+        for (k, acc) in curve.1.iter_mut().enumerate() {
+            let idx = (((k as f64 + 0.5) / SPECTRUM_POINTS as f64) * n as f64) as usize;
+            // A zero singular value (rank-deficient weight) is clamped to 1e-12 for the log.
+            *acc += s.normalized[idx.min(n - 1)].max(1e-12).ln();
+        }
+        curve.2 += 1;
     }
+    Ok(curves)
+}
+
+/// Draws the geometric mean over blocks of each layer kind's normalised spectrum.
+fn plot_spectra(path: &std::path::Path, source: &str, curves: &SpectrumCurves) -> CliResult<()> {
+    use compress::eval::plot::{plot, Chart, Series};
+    let series: Vec<Series> = curves
+        .iter()
+        .filter(|(_, _, blocks)| *blocks > 0)
+        .map(|(name, sums, blocks)| Series {
+            name: name.clone(),
+            points: sums
+                .iter()
+                .enumerate()
+                .map(|(k, s)| {
+                    let x = (k as f64 + 0.5) / SPECTRUM_POINTS as f64;
+                    (x, (s / *blocks as f64).exp())
+                })
+                .collect(),
+        })
+        .collect();
+    let chart = Chart {
+        title: format!("Singular-value decay: {source}"),
+        x_label: "fraction of directions i / min(out, in)".into(),
+        y_label: "σ_i / σ_0 (geometric mean over blocks)".into(),
+        log_y: true,
+        lines: true,
+    };
+    plot(path, &chart, &series).map_err(CliError::failed)?;
+    eprintln!("wrote {}", path.display());
     Ok(())
 }
 

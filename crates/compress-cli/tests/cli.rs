@@ -61,7 +61,13 @@ fn generate_inspect_and_quantize_to_a_container() {
         "{text}"
     );
 
-    let i = json(&["inspect", "--spectrum"]);
+    let plots = tempfile::tempdir().unwrap();
+    let svg = plots.path().join("spectrum.svg");
+    let i = json(&["inspect", "--spectrum", "--plot", s(&svg)]);
+    let drawn = std::fs::read_to_string(&svg).unwrap();
+    for name in ["attn.q_proj", "mlp.down_proj"] {
+        assert!(drawn.contains(name), "the chart's legend names {name}");
+    }
     assert_eq!(i["config"]["num_layers"], 5);
     assert_eq!(i["linear_bits_per_weight"], 32.0);
     for l in i["layers"].as_array().unwrap().iter().take(35) {
@@ -217,6 +223,51 @@ fn prune_and_run_a_recipe_to_gguf_then_evaluate() {
     // 80% of the parameters in f32 factors: at most 0.8 · 32 bits per dense-equivalent weight.
     let bits = i["linear_bits_per_weight"].as_f64().unwrap();
     assert!(bits <= 0.8 * 32.0 && bits > 0.6 * 32.0, "{bits}");
+
+    // The same budget allocated from measured sensitivity: a per-layer recipe is saved, the
+    // measurement is reused for another budget, and both models meet their budgets.
+    let sens = dir.path().join("sens.json");
+    let planned = dir.path().join("planned.toml");
+    let alloc = dir.path().join("alloc.safetensors");
+    let common = [
+        "--nsamples",
+        "8",
+        "--seqlen",
+        "64",
+        "--calib",
+        s(&calib),
+        "--allocate",
+        "--probe-samples",
+        "2",
+    ];
+    let mut args = vec!["lowrank", "--ratio", "0.8", "--output", s(&alloc)];
+    args.extend(common);
+    args.extend(["--save-sensitivity", s(&sens), "--save-recipe", s(&planned)]);
+    let r = json(&args);
+    let steps = r["layer_steps"].as_u64().unwrap();
+    assert!(steps > 0 && steps <= 35, "{steps}");
+    let text = std::fs::read_to_string(&planned).unwrap();
+    assert_eq!(text.matches("[[step]]").count() as u64, steps, "{text}");
+    assert!(text.contains(r"layers = '^layers\.0\."), "{text}");
+    let bits = json(&["inspect", "--model", s(&alloc)])["linear_bits_per_weight"]
+        .as_f64()
+        .unwrap();
+    assert!(bits <= 0.8 * 32.0 + 1e-9, "{bits}");
+    let mut args = vec!["lowrank", "--ratio", "0.6", "--output", s(&alloc)];
+    args.extend(common);
+    args.extend(["--sensitivity", s(&sens)]);
+    json(&args);
+    let bits = json(&["inspect", "--model", s(&alloc)])["linear_bits_per_weight"]
+        .as_f64()
+        .unwrap();
+    assert!(bits <= 0.6 * 32.0 + 1e-9, "{bits}");
+    // A measurement of other candidates is refused, naming them.
+    let mut args = vec!["lowrank", "--ratio", "0.6", "--output", s(&alloc)];
+    args.extend(common);
+    args.extend(["--sensitivity", s(&sens), "--candidates", "0.5"]);
+    let out = compress(&args);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[0.5]"));
 
     let report = dir.path().join("report.json");
     let e = json(&[
