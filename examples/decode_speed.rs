@@ -111,6 +111,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     recipe.calibration.nsamples = args.nsamples;
     let c = recipe.calibration.clone();
     let windows = sample_windows(&ids, c.nsamples, c.seqlen.min(ids.len() / 2), c.seed)?;
+    recipe.without_heal("this example")?;
     let pipeline = recipe.pipeline()?;
     let t = Instant::now();
     let mut quantized = m.model.clone();

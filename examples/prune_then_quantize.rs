@@ -210,6 +210,7 @@ fn recipe_of(args: &Args, steps: Vec<RecipeStep<Method>>) -> Recipe {
         version: RECIPE_VERSION,
         calibration: args.run.calibration(),
         steps,
+        heal: None,
     }
 }
 
@@ -338,6 +339,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     structured(&args, &mut model, &windows)?;
     if !recipe.steps.is_empty() {
         recipe.validate()?;
+        recipe.without_heal("this example")?;
         let pipeline = recipe.pipeline()?;
         let names: Vec<String> = pipeline.steps.iter().map(|s| s.compressor.name()).collect();
         let report = pipeline.run(&mut model, &windows, common::pipeline_progress("compress"))?;

@@ -159,6 +159,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let recipe = Recipe::from_file(path)?;
             let c = &recipe.calibration;
             let windows = sample_windows(&calib_tokens, c.nsamples, c.seqlen, c.seed)?;
+            recipe.without_heal("this example")?;
             (recipe.pipeline()?, windows)
         }
         None => {
@@ -177,6 +178,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         layers: None,
                         method: method_config(&args, args.bits),
                     }],
+                    heal: None,
                 },
             };
             if let Some(path) = &args.run.save_recipe {

@@ -94,6 +94,7 @@ pub fn allocate(
                 method: Method::LowRank(s.method),
             })
             .collect(),
+        heal: None,
     };
     let text = planned.to_toml().map_err(CliError::failed)?;
     if let Some(path) = &args.save_recipe {

@@ -60,6 +60,19 @@ pub struct CompressReport {
     pub output: OutputReport,
     /// With `--eval`: perplexities and KL divergence to the input model.
     pub eval: Option<KldReport>,
+    /// The recipe's `[heal]` stage, when it has one.
+    pub heal: Option<HealReport>,
+}
+
+/// What a `[heal]` stage did.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealReport {
+    /// Optimiser steps run.
+    pub steps: usize,
+    /// Wall time, seconds.
+    pub seconds: f64,
+    /// Distillation loss (KL to the uncompressed model) of the first and the last step.
+    pub kl_first_last: (f64, f64),
 }
 
 /// Runs `compress run`.
@@ -242,6 +255,8 @@ fn execute(
     let pipeline = recipe.pipeline().map_err(CliError::usage)?;
     let recipe_text = recipe.to_toml().map_err(CliError::failed)?;
 
+    // The uncompressed model a [heal] stage distils from.
+    let teacher = recipe.heal.as_ref().map(|_| m.model.clone());
     let blocks = m.model.layers.len();
     let pb = bar("compress", "blocks", blocks, json);
     let report = pipeline
@@ -256,6 +271,10 @@ fn execute(
         })
         .map_err(CliError::failed)?;
     pb.finish_and_clear();
+    let heal = match (&recipe.heal, &teacher) {
+        (Some(h), Some(t)) => Some(run_heal(&mut m, t, &calib_tokens, h, &recipe, json)?),
+        _ => None,
+    };
 
     let output = save(&m, args, format, &recipe_text)?;
     let eval = match (&base, &eval_text) {
@@ -272,6 +291,7 @@ fn execute(
             .linear_bits_per_weight,
         output,
         eval,
+        heal,
     };
     if json {
         return print_json(&r);
@@ -299,10 +319,47 @@ fn execute(
             r.output.max_abs_error
         );
     }
+    if let Some(h) = &r.heal {
+        println!(
+            "healed: {} LoRA steps in {:.1} s, distillation KL {:.4} → {:.4}",
+            h.steps, h.seconds, h.kl_first_last.0, h.kl_first_last.1
+        );
+    }
     if let Some(k) = &r.eval {
         print_kld(args.context, k);
     }
     Ok(())
+}
+
+/// Runs a recipe's `[heal]` stage on the compressed model in `m`.
+fn run_heal(
+    m: &mut LoadedModel,
+    teacher: &compress::model::LlamaModel,
+    tokens: &[u32],
+    h: &compress::core::recipe::HealConfig,
+    recipe: &Recipe,
+    json: bool,
+) -> CliResult<HealReport> {
+    let c = &recipe.calibration;
+    let pb = bar("heal", "steps", h.steps, json);
+    let clock = std::time::Instant::now();
+    let student = m.model.clone();
+    let out = compress::distill::heal::heal(student, teacher, tokens, h, c.seqlen, c.seed, |i| {
+        pb.set_position(i.loss.step as u64 + 1);
+        pb.set_message(format!("KL {:.4}", i.loss.total));
+    })
+    .map_err(|e| match e {
+        compress::distill::DistillError::Config(c) => CliError::usage(format!("[heal]: {c}")),
+        e => CliError::failed(e),
+    })?;
+    pb.finish_and_clear();
+    m.model = out.student;
+    let kl = |s: Option<&compress::distill::train::StepLoss>| s.map_or(f64::NAN, |s| s.total);
+    Ok(HealReport {
+        steps: out.history.len(),
+        seconds: clock.elapsed().as_secs_f64(),
+        kl_first_last: (kl(out.history.first()), kl(out.history.last())),
+    })
 }
 
 /// Prints the perplexities and KL divergence of an `--eval` run on one line.

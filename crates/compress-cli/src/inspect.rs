@@ -203,7 +203,12 @@ fn plot_spectra(path: &std::path::Path, source: &str, curves: &SpectrumCurves) -
         })
         .collect();
     let chart = Chart {
-        title: format!("Singular-value decay: {source}"),
+        title: format!(
+            "Singular-value decay: {}",
+            std::path::Path::new(source)
+                .file_name()
+                .map_or(source.into(), |f| f.to_string_lossy())
+        ),
         x_label: "fraction of directions i / min(out, in)".into(),
         y_label: "σ_i / σ_0 (geometric mean over blocks)".into(),
         log_y: true,

@@ -325,6 +325,76 @@ fn prune_and_run_a_recipe_to_gguf_then_evaluate() {
     }
 }
 
+/// A recipe's `[heal]` stage runs after its steps: Wanda 50% then a short LoRA heal is closer
+/// to the dense model than Wanda alone, keeps the sparsity, and heal after quantization is
+/// refused (healing trains dense layers).
+#[test]
+fn heal_stage_runs_after_the_steps() {
+    let Some(calib) = shared("data/tinystories/val.txt") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, body: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(
+            &p,
+            format!("version = 1\n[calibration]\nnsamples = 16\nseqlen = 64\nseed = 0\n{body}"),
+        )
+        .unwrap();
+        p
+    };
+    let wanda = "[[step]]\nmethod = \"wanda\"\nsparsity = 0.5\n";
+    let heal = "[heal]\nrank = 8\nsteps = 20\nbatch_size = 8\nlr = 5e-3\n";
+    let out = dir.path().join("o.safetensors");
+    let run = |recipe: &Path| {
+        json(&[
+            "run",
+            s(recipe),
+            "--calib",
+            s(&calib),
+            "--output",
+            s(&out),
+            "--eval",
+            s(&calib),
+            "--context",
+            "128",
+            "--limit",
+            "8",
+        ])
+    };
+    let plain = run(&write("w.toml", wanda));
+    let healed = run(&write("h.toml", &format!("{wanda}{heal}")));
+    assert!(plain["heal"].is_null());
+    assert_eq!(healed["heal"]["steps"], 20);
+    let kl = &healed["heal"]["kl_first_last"];
+    assert!(kl[1].as_f64().unwrap() < kl[0].as_f64().unwrap(), "{kl}");
+    let (k0, k1) = (
+        plain["eval"]["kld"]["mean"].as_f64().unwrap(),
+        healed["eval"]["kld"]["mean"].as_f64().unwrap(),
+    );
+    assert!(k1 < k0, "healed KLD {k1} vs pruned {k0}");
+    let i = json(&["inspect", "--model", s(&out)]);
+    assert!(
+        i["layers"][0]["storage"]
+            .as_str()
+            .unwrap()
+            .contains("50.0% pruned"),
+        "{}",
+        i["layers"][0]
+    );
+
+    let gptq = "[[step]]\nmethod = \"gptq\"\nbits = 4\n";
+    let p = write("q.toml", &format!("{gptq}{heal}"));
+    let r = compress(&["run", s(&p), "--calib", s(&calib), "--output", s(&out)]);
+    assert_eq!(r.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&r.stderr);
+    assert!(e.contains("[heal]") && e.contains("dense"), "{e}");
+    let p = write("bad.toml", &format!("{wanda}[heal]\nsteps = 0\n"));
+    let r = compress(&["run", s(&p), "--calib", s(&calib), "--output", s(&out)]);
+    assert_eq!(r.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("heal.steps"));
+}
+
 #[test]
 fn errors_exit_with_their_codes_and_name_the_culprit() {
     let dir = tempfile::tempdir().unwrap();

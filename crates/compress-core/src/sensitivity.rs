@@ -255,6 +255,7 @@ pub fn per_layer_recipe<'a, S>(
         version: RECIPE_VERSION,
         calibration,
         steps,
+        heal: None,
     }
 }
 

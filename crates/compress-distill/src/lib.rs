@@ -7,6 +7,7 @@
 //!   gradient-norm clipping, seeded data order, checkpoints that resume exactly
 //!   ([`checkpoint`]), MatFormer-style nested-width training, and LoRA healing
 //!   ([`train::LoraConfig`]: adapters on the block projections, merged, pruning masks kept).
+//! - [`heal`]: a recipe's `[heal]` stage (LoRA healing after the compression steps).
 //! - [`data`]: training text from a file or sampled from the teacher (data-free).
 //! - [`matryoshka`]: post-hoc importance sorting of neurons and heads, nested 8/4/2-bit codes,
 //!   and [`matryoshka::slice()`], which cuts a real smaller model out of a nested one.
@@ -35,6 +36,7 @@
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod heal;
 pub mod loss;
 pub mod matryoshka;
 pub mod train;

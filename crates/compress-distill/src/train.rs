@@ -108,7 +108,8 @@ impl TrainConfig {
         floor + 0.5 * (self.lr - floor) * (1.0 + (std::f64::consts::PI * progress).cos())
     }
 
-    fn validate(&self) -> Result<(), DistillError> {
+    /// Checks every setting, naming the bad one.
+    pub fn validate(&self) -> Result<(), DistillError> {
         let bad = |m: String| Err(DistillError::Config(m));
         if self.steps == 0 || self.batch_size == 0 {
             return bad(format!(

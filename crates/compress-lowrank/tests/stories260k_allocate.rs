@@ -106,6 +106,7 @@ fn allocated_ranks_meet_the_budget_and_beat_uniform_ranks() {
             layers: None,
             method,
         }],
+        heal: None,
     };
     let (m_uni, k_uni) = run(&uniform);
     let (stored_a, dense) = linear_params(&m_alloc);
