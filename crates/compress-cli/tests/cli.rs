@@ -240,26 +240,28 @@ fn prune_and_run_a_recipe_to_gguf_then_evaluate() {
         "--probe-samples",
         "2",
     ];
-    let mut args = vec!["lowrank", "--ratio", "0.8", "--output", s(&alloc)];
-    args.extend(common);
-    args.extend(["--save-sensitivity", s(&sens), "--save-recipe", s(&planned)]);
-    let r = json(&args);
+    // Allocates at `ratio` (with `extra` flags) and returns the written model's bits/weight.
+    let allocated_bits = |ratio: &str, extra: &[&str]| {
+        let mut args = vec!["lowrank", "--ratio", ratio, "--output", s(&alloc)];
+        args.extend(common);
+        args.extend(extra);
+        let r = json(&args);
+        let bits = json(&["inspect", "--model", s(&alloc)])["linear_bits_per_weight"]
+            .as_f64()
+            .unwrap();
+        (r, bits)
+    };
+    let (r, bits) = allocated_bits(
+        "0.8",
+        &["--save-sensitivity", s(&sens), "--save-recipe", s(&planned)],
+    );
     let steps = r["layer_steps"].as_u64().unwrap();
     assert!(steps > 0 && steps <= 35, "{steps}");
     let text = std::fs::read_to_string(&planned).unwrap();
     assert_eq!(text.matches("[[step]]").count() as u64, steps, "{text}");
     assert!(text.contains(r"layers = '^layers\.0\."), "{text}");
-    let bits = json(&["inspect", "--model", s(&alloc)])["linear_bits_per_weight"]
-        .as_f64()
-        .unwrap();
     assert!(bits <= 0.8 * 32.0 + 1e-9, "{bits}");
-    let mut args = vec!["lowrank", "--ratio", "0.6", "--output", s(&alloc)];
-    args.extend(common);
-    args.extend(["--sensitivity", s(&sens)]);
-    json(&args);
-    let bits = json(&["inspect", "--model", s(&alloc)])["linear_bits_per_weight"]
-        .as_f64()
-        .unwrap();
+    let (_, bits) = allocated_bits("0.6", &["--sensitivity", s(&sens)]);
     assert!(bits <= 0.6 * 32.0 + 1e-9, "{bits}");
     // A measurement of other candidates is refused, naming them.
     let mut args = vec!["lowrank", "--ratio", "0.6", "--output", s(&alloc)];

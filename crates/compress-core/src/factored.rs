@@ -19,12 +19,12 @@ use crate::linear::CompressedLinear;
 use crate::packed::PackedWeight;
 use crate::pipeline::PipelineError;
 
-/// The host factors `(U [out, r], V [r, in], r)` of a low-rank layer (dense or quantized
-/// factors), or `None` for any other layer.
-fn factors(
-    lin: &CompressedLinear,
-    path: &str,
-) -> Result<Option<(Vec<f32>, Vec<f32>, usize)>, PipelineError> {
+/// A low-rank layer's factors on the host: `U` (`[out, r]`), `V` (`[r, in]`) and `r`.
+type HostFactors = (Vec<f32>, Vec<f32>, usize);
+
+/// The host factors of a low-rank layer (dense or quantized factors), or `None` for any other
+/// layer.
+fn factors(lin: &CompressedLinear, path: &str) -> Result<Option<HostFactors>, PipelineError> {
     let (up, down) = match lin {
         CompressedLinear::LowRank(l) => (l.up.val(), l.down.val()),
         CompressedLinear::QuantizedLowRank(l) => (l.up.weight.clone(), l.down.weight.clone()),
