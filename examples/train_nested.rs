@@ -27,7 +27,7 @@ use compress::distill::loss::DistillLoss;
 use compress::distill::matryoshka::{slice, sort_by_activation, SliceSpec, Width};
 use compress::distill::train::{distill, StepInfo, TrainConfig, WidthSchedule};
 use compress::eval::progress::ProgressLine;
-use compress::model::container::{write_container, ContainerOptions};
+use compress::model::container::{write_container, ContainerOptions, NestingEntry, NestingOrder};
 use compress::model::{LlamaModel, LoadedModel};
 
 #[derive(Parser, Debug)]
@@ -103,8 +103,12 @@ fn save(
     loaded: &LoadedModel,
     path: &Path,
     note: &str,
+    nesting: Option<NestingEntry>,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let mut options = ContainerOptions::default();
+    let mut options = ContainerOptions {
+        nesting,
+        ..ContainerOptions::default()
+    };
     options
         .provenance
         .insert("source".into(), "stories260K".into());
@@ -166,6 +170,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &loaded,
         &args.out.join("nested.compress"),
         &format!("train_nested: MatFormer widths {:?}", args.widths),
+        Some(NestingEntry {
+            order: NestingOrder::Trained,
+            widths: args.widths.clone(),
+            nested_bits: None,
+        }),
     )?;
     for &f in &args.widths {
         let spec = SliceSpec {
@@ -180,6 +189,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &loaded,
             &args.out.join(format!("{name}.compress")),
             &format!("train_nested: width {f} distilled alone"),
+            None,
         )?;
     }
     Ok(())

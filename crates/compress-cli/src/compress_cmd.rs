@@ -276,7 +276,9 @@ fn execute(
         _ => None,
     };
 
-    let output = save(&m, args, format, &recipe_text)?;
+    // Layer steps keep every neuron's and head's place, so a nested model stays nested.
+    let nesting = crate::input_nesting(args.model.model.as_deref())?;
+    let output = save(&m, args, format, &recipe_text, nesting)?;
     let eval = match (&base, &eval_text) {
         (Some(base), Some(text)) => Some(evaluate(base, &m, text, args, json)?),
         _ => None,
@@ -381,6 +383,7 @@ pub(crate) fn save(
     args: &CompressArgs,
     format: Format,
     recipe: &str,
+    nesting: Option<compress::model::container::NestingEntry>,
 ) -> CliResult<OutputReport> {
     let path = &args.output;
     let (dense_fallbacks, max_abs_error) = match format {
@@ -398,7 +401,10 @@ pub(crate) fn save(
                 "tool".into(),
                 format!("compress-cli {}", env!("CARGO_PKG_VERSION")),
             );
-            let options = ContainerOptions { provenance };
+            let options = ContainerOptions {
+                provenance,
+                nesting,
+            };
             write_container(&m.model, &m.tokenizer, path, &options).map_err(CliError::failed)?;
             (Vec::new(), 0.0)
         }

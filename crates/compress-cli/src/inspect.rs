@@ -60,6 +60,8 @@ pub struct InspectReport {
     pub gguf_tensor_types: Option<BTreeMap<String, usize>>,
     /// Containers: the provenance notes of the header.
     pub provenance: Option<BTreeMap<String, String>>,
+    /// Containers of nested (Matryoshka) models: how their prefixes nest.
+    pub nesting: Option<compress::model::container::NestingEntry>,
     /// File size in bytes (directories: not reported).
     pub file_bytes: Option<u64>,
 }
@@ -102,6 +104,7 @@ pub fn report(m: &LoadedModel, source: String, format: String) -> InspectReport 
         vocab_size: m.tokenizer.vocab_size(),
         gguf_tensor_types: None,
         provenance: None,
+        nesting: None,
         file_bytes: None,
     }
 }
@@ -130,7 +133,9 @@ pub fn inspect(args: &InspectArgs, device: &burn::tensor::Device, json: bool) ->
         if r.format == "gguf" {
             gguf_storage(&mut r, p)?;
         } else if r.format == "container" {
-            r.provenance = Some(container_provenance(p)?);
+            let header = compress::model::container::read_header(p).map_err(CliError::input)?;
+            r.provenance = Some(header.provenance);
+            r.nesting = header.nesting;
         }
     }
     if json {
@@ -265,11 +270,6 @@ fn gguf_storage(r: &mut InspectReport, p: &std::path::Path) -> CliResult<()> {
     Ok(())
 }
 
-fn container_provenance(p: &std::path::Path) -> CliResult<BTreeMap<String, String>> {
-    let header = compress::model::container::read_header(p).map_err(CliError::input)?;
-    Ok(header.provenance)
-}
-
 fn print_text(r: &InspectReport, all_layers: bool) {
     let c = &r.config;
     println!("{} ({})", r.source, r.format);
@@ -333,6 +333,15 @@ fn print_text(r: &InspectReport, all_layers: bool) {
     if let Some(t) = &r.gguf_tensor_types {
         let list: Vec<String> = t.iter().map(|(k, n)| format!("{n} {k}")).collect();
         println!("  GGUF tensors: {}", list.join(", "));
+    }
+    if let Some(n) = &r.nesting {
+        println!(
+            "  nesting: {:?} order, trained widths {:?}{}",
+            n.order,
+            n.widths,
+            n.nested_bits
+                .map_or(String::new(), |b| format!(", nested {b}-bit codes"))
+        );
     }
     if let Some(p) = &r.provenance {
         for (k, v) in p {

@@ -45,6 +45,21 @@ pub fn load_model(path: Option<&Path>, device: &burn::tensor::Device) -> CliResu
     }
 }
 
+/// The nesting recorded in a container's header (`None` for any other input or a container
+/// without one).
+pub fn input_nesting(
+    path: Option<&Path>,
+) -> CliResult<Option<compress::model::container::NestingEntry>> {
+    match path {
+        Some(p) if compress::model::container::is_container(p) => {
+            Ok(compress::model::container::read_header(p)
+                .map_err(CliError::input)?
+                .nesting)
+        }
+        _ => Ok(None),
+    }
+}
+
 /// Reads a text file, naming it in the error.
 pub fn read_text(path: &Path) -> CliResult<String> {
     std::fs::read_to_string(path).map_err(|e| CliError::input(format!("{}: {e}", path.display())))

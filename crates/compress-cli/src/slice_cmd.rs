@@ -4,6 +4,7 @@
 use compress::core::calibration::sample_windows;
 use compress::distill::matryoshka::{quantize_nested, slice, sort_by_activation, SliceSpec, Width};
 use compress::eval::kld::KldReport;
+use compress::model::container::{NestingEntry, NestingOrder};
 use serde::Serialize;
 
 use crate::cli::{Format, SliceArgs};
@@ -69,6 +70,45 @@ pub fn slice_cmd(args: &SliceArgs, device: &burn::tensor::Device, json: bool) ->
             c.calib.display()
         ));
     }
+    let recorded = crate::input_nesting(c.model.model.as_deref())?;
+    let uniform = (width.ffn - width.heads).abs() < 1e-12;
+    match &recorded {
+        Some(n) if !(uniform && n.covers(width.ffn)) => eprintln!(
+            "note: the model was trained nested at widths {:?}; this slice (FFN {}, heads {}) \
+             is not one of them",
+            n.widths, width.ffn, width.heads
+        ),
+        None if !args.sort => eprintln!(
+            "note: the model records no nesting; its prefixes are a naive slice unless it was \
+             trained or sorted (--sort)"
+        ),
+        _ => {}
+    }
+    let nesting = recorded
+        .or_else(|| {
+            args.sort.then_some(NestingEntry {
+                order: NestingOrder::Sorted,
+                widths: Vec::new(),
+                nested_bits: None,
+            })
+        })
+        .map(|n| {
+            let mut n = if uniform {
+                n.after_slice(width.ffn)
+            } else {
+                NestingEntry {
+                    widths: Vec::new(),
+                    ..n
+                }
+            };
+            if args.nest_bits {
+                n.nested_bits = Some(8);
+            }
+            if args.bits.is_some() {
+                n.nested_bits = None;
+            }
+            n
+        });
     let cut = SliceSpec { width, bits: None };
     let (mut sliced, report) = slice(&m.model, &cut).map_err(CliError::usage)?;
     steps.push(format!(
@@ -93,7 +133,7 @@ pub fn slice_cmd(args: &SliceArgs, device: &burn::tensor::Device, json: bool) ->
     };
     m.model = sliced;
     let description = steps.join("; ");
-    let output = save(&m, c, format, &description)?;
+    let output = save(&m, c, format, &description, nesting)?;
     let eval = match (&base, &eval_text) {
         (Some(base), Some(text)) => {
             let mut b = load_model(c.model.model.as_deref(), device)?;

@@ -512,6 +512,29 @@ fn slice_writes_smaller_models() {
     let i = json(&["inspect", "--model", s(&small)]);
     assert_eq!(i["layers"][0]["storage"], "int4 g32 asym");
     assert_eq!(i["config"]["intermediate_size"], 129);
+    // The header's nesting follows the slice: of the trained 25/50/75% widths, 25% and 50% of
+    // the original are a third and two thirds of the 75% slice.
+    assert_eq!(i["nesting"]["order"], "trained");
+    let widths: Vec<f64> = i["nesting"]["widths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_f64().unwrap())
+        .collect();
+    assert_eq!(widths.len(), 2, "{widths:?}");
+    assert!((widths[0] - 1.0 / 3.0).abs() < 1e-9 && (widths[1] - 2.0 / 3.0).abs() < 1e-9);
+    // A width the model was not trained at is cut, with a note saying so.
+    let out = compress(&[
+        "slice",
+        "--model",
+        s(&nested),
+        "--width",
+        "0.6",
+        "--output",
+        s(&dir.path().join("w60.safetensors")),
+    ]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not one of them"));
 
     let out = compress(&[
         "slice",

@@ -90,8 +90,76 @@ pub struct Header {
     /// Free-form notes: source model, recipe, tool version.
     #[serde(default)]
     pub provenance: BTreeMap<String, String>,
+    /// How the model's prefixes nest (Matryoshka), when it was built to be sliced. Older
+    /// builds ignore the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nesting: Option<NestingEntry>,
     /// CRC-32 (IEEE) of every tensor's bytes, by tensor name.
     pub checksums: BTreeMap<String, u32>,
+}
+
+/// What a nested (Matryoshka) model promises about its prefixes: which slices are meant to be
+/// cut from it (`compress slice`, `compress_distill::matryoshka::slice`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NestingEntry {
+    /// How the prefix order was made.
+    pub order: NestingOrder,
+    /// Prefix widths (fractions of every block's FFN neurons and KV groups, in (0, 1)) the model
+    /// was trained at; empty for a post-hoc sorted model, where any prefix is the best by the
+    /// sorting criterion but none was trained.
+    #[serde(default)]
+    pub widths: Vec<f64>,
+    /// Width of the stored codes whose most significant bits form the smaller models (nested
+    /// bits, 8), when the linears hold nested codes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nested_bits: Option<u8>,
+}
+
+/// How a nested model's neurons and heads were ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NestingOrder {
+    /// Trained nested (MatFormer-style) at [`NestingEntry::widths`].
+    Trained,
+    /// Sorted by importance after training (function unchanged at full width).
+    Sorted,
+}
+
+impl NestingEntry {
+    /// The entry for the model cut from this one at a uniform `width` (a fraction of this
+    /// model): trained widths below `width` become fractions of the slice; the order and the
+    /// nested bits carry over.
+    pub fn after_slice(&self, width: f64) -> Self {
+        Self {
+            order: self.order,
+            widths: self
+                .widths
+                .iter()
+                .filter(|&&w| w < width - 1e-9)
+                .map(|&w| w / width)
+                .collect(),
+            nested_bits: self.nested_bits,
+        }
+    }
+
+    /// Whether a uniform slice at `width` is one the model was trained for (always true for
+    /// the full model and for a sorted model, which promises no particular width).
+    pub fn covers(&self, width: f64) -> bool {
+        self.order == NestingOrder::Sorted
+            || (width - 1.0).abs() < 1e-9
+            || self.widths.iter().any(|w| (w - width).abs() < 1e-6)
+    }
+
+    /// Checks the widths and the bit width, naming the bad value.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(w) = self.widths.iter().find(|w| !(**w > 0.0 && **w < 1.0)) {
+            return Err(format!("nesting width {w}: must lie in (0, 1)"));
+        }
+        match self.nested_bits {
+            Some(b) if !(2..=8).contains(&b) => Err(format!("nested_bits = {b}: must be 2–8")),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The shape of one block's attention.
@@ -201,4 +269,45 @@ pub enum TokenizerKind {
 pub struct ContainerOptions {
     /// Notes stored in the header (source model, recipe text, command line).
     pub provenance: BTreeMap<String, String>,
+    /// The model's nesting, for a Matryoshka model ([`Header::nesting`]).
+    pub nesting: Option<NestingEntry>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nesting_follows_a_slice_and_checks_its_values() {
+        let n = NestingEntry {
+            order: NestingOrder::Trained,
+            widths: vec![0.25, 0.5, 0.75],
+            nested_bits: Some(8),
+        };
+        assert!(n.covers(0.5) && n.covers(1.0) && !n.covers(0.6));
+        let half = n.after_slice(0.5);
+        assert_eq!(half.widths, vec![0.5]);
+        assert_eq!(half.nested_bits, Some(8));
+        let sorted = NestingEntry {
+            order: NestingOrder::Sorted,
+            widths: vec![],
+            nested_bits: None,
+        };
+        assert!(sorted.covers(0.37));
+        assert!(n.validate().is_ok());
+        let bad = NestingEntry {
+            widths: vec![1.5],
+            ..n.clone()
+        };
+        assert!(bad.validate().unwrap_err().contains("1.5"));
+        let bad = NestingEntry {
+            nested_bits: Some(9),
+            ..n
+        };
+        assert!(bad.validate().unwrap_err().contains("nested_bits"));
+        // Headers without the field (older files) still read.
+        let json = r#"{"order":"sorted"}"#;
+        let e: NestingEntry = serde_json::from_str(json).unwrap();
+        assert_eq!(e, sorted);
+    }
 }

@@ -151,6 +151,9 @@ pub fn write_container(
     path: &Path,
     options: &ContainerOptions,
 ) -> Result<Header, ModelError> {
+    if let Some(n) = &options.nesting {
+        n.validate().map_err(ModelError::InvalidInput)?;
+    }
     let mut t = Tensors::default();
     t.f32("embedding".into(), model.embedding.val())?;
     t.f32("norm".into(), model.norm.weight.val())?;
@@ -217,6 +220,7 @@ pub fn write_container(
             special: tokenizer.special_tokens(),
         },
         provenance: options.provenance.clone(),
+        nesting: options.nesting.clone(),
         checksums,
     };
     let json =
