@@ -157,6 +157,11 @@ pub struct CompressArgs {
     /// Evaluate at most this many windows.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// With --eval: compress N times with calibration seeds seed, seed + 1, …, and report the
+    /// mean ± std of perplexity and KL divergence over the runs (the first run's model is the
+    /// one written).
+    #[arg(long, requires = "eval", default_value_t = 1)]
+    pub repeat_seeds: usize,
 }
 
 /// `run` flags.

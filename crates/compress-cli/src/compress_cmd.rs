@@ -10,6 +10,7 @@ use std::path::Path;
 use compress::core::calibration::sample_windows;
 use compress::eval::kld::{kl_divergence, KldReport};
 use compress::eval::perplexity::{PerplexityConfig, Scoring};
+use compress::eval::seeds::{summarize, SeedSummary};
 use compress::model::container::{write_container, ContainerOptions};
 use compress::model::gguf::GgmlType;
 use compress::model::save::{
@@ -62,6 +63,19 @@ pub struct CompressReport {
     pub eval: Option<KldReport>,
     /// The recipe's `[heal]` stage, when it has one.
     pub heal: Option<HealReport>,
+    /// With `--repeat-seeds N > 1`: quality over the N calibration seeds.
+    pub seeds: Option<SeedRuns>,
+}
+
+/// Quality of one recipe compressed with several calibration seeds.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeedRuns {
+    /// The calibration seeds, in run order.
+    pub seeds: Vec<u64>,
+    /// Perplexity of the compressed model per seed (all-token scoring of the `--eval` text).
+    pub perplexity: SeedSummary,
+    /// Mean KL divergence to the input model per seed.
+    pub kld: SeedSummary,
 }
 
 /// What a `[heal]` stage did.
@@ -246,7 +260,7 @@ fn execute(
         .tokenizer
         .encode(&calib_text, true)
         .map_err(CliError::failed)?;
-    let c = &recipe.calibration;
+    let c = recipe.calibration.clone();
     let windows = sample_windows(&calib_tokens, c.nsamples, c.seqlen, c.seed)
         .map_err(|e| CliError::input(format!("{}: {e}", args.calib.display())))?;
     if let Some(plan) = planner {
@@ -283,6 +297,41 @@ fn execute(
         (Some(base), Some(text)) => Some(evaluate(base, &m, text, args, json)?),
         _ => None,
     };
+    let seeds = match (&base, &eval_text, &eval) {
+        (Some(base), Some(text), Some(first)) if args.repeat_seeds > 1 => {
+            let mut seeds = vec![c.seed];
+            let (mut ppl, mut kld) = (vec![first.mean_nll.1.exp()], vec![first.kld.mean]);
+            for k in 1..args.repeat_seeds {
+                let seed = c.seed + k as u64;
+                let windows = sample_windows(&calib_tokens, c.nsamples, c.seqlen, seed)
+                    .map_err(|e| CliError::input(format!("{}: {e}", args.calib.display())))?;
+                let mut run = LoadedModel {
+                    model: base.model.clone(),
+                    tokenizer: base.tokenizer.clone(),
+                };
+                let pb = bar(&format!("seed {seed}"), "blocks", blocks, json);
+                pipeline
+                    .run(&mut run.model, &windows, |_, block, _| {
+                        pb.set_position(block as u64)
+                    })
+                    .map_err(CliError::failed)?;
+                pb.finish_and_clear();
+                if let Some(h) = &recipe.heal {
+                    run_heal(&mut run, &base.model, &calib_tokens, h, &recipe, json)?;
+                }
+                let k = evaluate(base, &run, text, args, json)?;
+                seeds.push(seed);
+                ppl.push(k.mean_nll.1.exp());
+                kld.push(k.kld.mean);
+            }
+            Some(SeedRuns {
+                seeds,
+                perplexity: summarize(&ppl).map_err(CliError::failed)?,
+                kld: summarize(&kld).map_err(CliError::failed)?,
+            })
+        }
+        _ => None,
+    };
     let r = CompressReport {
         recipe: recipe_text,
         layer_steps: report.layers.len(),
@@ -294,6 +343,7 @@ fn execute(
         output,
         eval,
         heal,
+        seeds,
     };
     if json {
         return print_json(&r);
@@ -329,6 +379,12 @@ fn execute(
     }
     if let Some(k) = &r.eval {
         print_kld(args.context, k);
+    }
+    if let Some(s) = &r.seeds {
+        println!(
+            "over calibration seeds {:?}: perplexity {}, KLD {}",
+            s.seeds, s.perplexity, s.kld
+        );
     }
     Ok(())
 }

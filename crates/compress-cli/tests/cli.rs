@@ -107,9 +107,27 @@ fn generate_inspect_and_quantize_to_a_container() {
         s(&calib),
         "--limit",
         "4",
+        "--repeat-seeds",
+        "3",
     ]);
     assert_eq!(r["output"]["format"], "container");
     assert_eq!(r["layer_steps"], 35);
+    // Three calibration seeds: the first run is the one written and evaluated above, and the
+    // seeds' calibration windows differ, so their models do too.
+    let seeds = &r["seeds"];
+    assert_eq!(seeds["seeds"], serde_json::json!([0, 1, 2]));
+    let kld_values: Vec<f64> = seeds["kld"]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(kld_values[0], r["eval"]["kld"]["mean"].as_f64().unwrap());
+    assert!(
+        kld_values[1] != kld_values[0] && kld_values[2] != kld_values[0],
+        "{kld_values:?}"
+    );
+    assert!(seeds["kld"]["std"].as_f64().unwrap() > 0.0);
     // 4-bit codes + one f16 scale per 32 weights (+ the ragged last group of the 172-wide
     // down projections): between 4.5 and 4.7 bits per weight.
     let bits = r["linear_bits_per_weight"].as_f64().unwrap();
