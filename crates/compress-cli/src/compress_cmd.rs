@@ -269,26 +269,22 @@ fn execute(
     let pipeline = recipe.pipeline().map_err(CliError::usage)?;
     let recipe_text = recipe.to_toml().map_err(CliError::failed)?;
 
-    // The uncompressed model a [heal] stage distils from.
-    let teacher = recipe.heal.as_ref().map(|_| m.model.clone());
-    let blocks = m.model.layers.len();
-    let pb = bar("compress", "blocks", blocks, json);
-    let report = pipeline
-        .run(&mut m.model, &windows, |r, block, _| {
-            pb.set_position(block as u64);
-            pb.set_message(format!(
-                "{} ({}, out err {:.1e})",
-                r.path,
-                r.method,
-                r.output_rel_error.unwrap_or(f64::NAN)
-            ));
-        })
-        .map_err(CliError::failed)?;
-    pb.finish_and_clear();
-    let heal = match (&recipe.heal, &teacher) {
-        (Some(h), Some(t)) => Some(run_heal(&mut m, t, &calib_tokens, h, &recipe, json)?),
-        _ => None,
+    // The uncompressed model a [heal] stage distils from (the evaluation base when loaded).
+    let teacher = match (&recipe.heal, &base) {
+        (None, _) => None,
+        (Some(_), Some(b)) => Some(b.model.clone()),
+        (Some(_), None) => Some(m.model.clone()),
     };
+    let (report, heal) = compress_once(
+        &pipeline,
+        &mut m,
+        &windows,
+        &calib_tokens,
+        teacher.as_ref(),
+        &recipe,
+        "compress",
+        json,
+    )?;
 
     // Layer steps keep every neuron's and head's place, so a nested model stays nested.
     let nesting = crate::input_nesting(args.model.model.as_deref())?;
@@ -309,16 +305,16 @@ fn execute(
                     model: base.model.clone(),
                     tokenizer: base.tokenizer.clone(),
                 };
-                let pb = bar(&format!("seed {seed}"), "blocks", blocks, json);
-                pipeline
-                    .run(&mut run.model, &windows, |_, block, _| {
-                        pb.set_position(block as u64)
-                    })
-                    .map_err(CliError::failed)?;
-                pb.finish_and_clear();
-                if let Some(h) = &recipe.heal {
-                    run_heal(&mut run, &base.model, &calib_tokens, h, &recipe, json)?;
-                }
+                compress_once(
+                    &pipeline,
+                    &mut run,
+                    &windows,
+                    &calib_tokens,
+                    Some(&base.model),
+                    &recipe,
+                    &format!("seed {seed}"),
+                    json,
+                )?;
                 let k = evaluate(base, &run, text, args, json)?;
                 seeds.push(seed);
                 ppl.push(k.mean_nll.1.exp());
@@ -387,6 +383,39 @@ fn execute(
         );
     }
     Ok(())
+}
+
+/// Runs the recipe's layer steps on `m` (a progress bar labelled `label`), then its `[heal]`
+/// stage, distilling from `teacher`, when it has one.
+#[allow(clippy::too_many_arguments)]
+fn compress_once(
+    pipeline: &compress::core::pipeline::Pipeline,
+    m: &mut LoadedModel,
+    windows: &[Vec<u32>],
+    tokens: &[u32],
+    teacher: Option<&compress::model::LlamaModel>,
+    recipe: &Recipe,
+    label: &str,
+    json: bool,
+) -> CliResult<(compress::core::pipeline::PipelineReport, Option<HealReport>)> {
+    let pb = bar(label, "blocks", m.model.layers.len(), json);
+    let report = pipeline
+        .run(&mut m.model, windows, |r, block, _| {
+            pb.set_position(block as u64);
+            pb.set_message(format!(
+                "{} ({}, out err {:.1e})",
+                r.path,
+                r.method,
+                r.output_rel_error.unwrap_or(f64::NAN)
+            ));
+        })
+        .map_err(CliError::failed)?;
+    pb.finish_and_clear();
+    let heal = match (&recipe.heal, teacher) {
+        (Some(h), Some(t)) => Some(run_heal(m, t, tokens, h, recipe, json)?),
+        _ => None,
+    };
+    Ok((report, heal))
 }
 
 /// Runs a recipe's `[heal]` stage on the compressed model in `m`.

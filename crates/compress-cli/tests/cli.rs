@@ -47,6 +47,15 @@ fn json(args: &[&str]) -> serde_json::Value {
     })
 }
 
+/// A JSON array of numbers.
+fn f64s(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -116,12 +125,7 @@ fn generate_inspect_and_quantize_to_a_container() {
     // seeds' calibration windows differ, so their models do too.
     let seeds = &r["seeds"];
     assert_eq!(seeds["seeds"], serde_json::json!([0, 1, 2]));
-    let kld_values: Vec<f64> = seeds["kld"]["values"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
+    let kld_values = f64s(&seeds["kld"]["values"]);
     assert_eq!(kld_values[0], r["eval"]["kld"]["mean"].as_f64().unwrap());
     assert!(
         kld_values[1] != kld_values[0] && kld_values[2] != kld_values[0],
@@ -533,12 +537,7 @@ fn slice_writes_smaller_models() {
     // The header's nesting follows the slice: of the trained 25/50/75% widths, 25% and 50% of
     // the original are a third and two thirds of the 75% slice.
     assert_eq!(i["nesting"]["order"], "trained");
-    let widths: Vec<f64> = i["nesting"]["widths"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w.as_f64().unwrap())
-        .collect();
+    let widths = f64s(&i["nesting"]["widths"]);
     assert_eq!(widths.len(), 2, "{widths:?}");
     assert!((widths[0] - 1.0 / 3.0).abs() < 1e-9 && (widths[1] - 2.0 / 3.0).abs() < 1e-9);
     // A width the model was not trained at is cut, with a note saying so.
