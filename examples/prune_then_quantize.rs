@@ -202,6 +202,7 @@ fn gptq(bits: u8, group: Option<usize>) -> QuantMethod {
         act_order: false,
         clip: 1.0,
         search: false,
+        k_quant: None,
     })
 }
 

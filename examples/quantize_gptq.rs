@@ -94,6 +94,7 @@ fn method_config(args: &Args, bits: u8) -> QuantMethod {
             act_order: args.act_order,
             clip: 1.0,
             search: args.search,
+            k_quant: None,
         }),
         Method::Rtn => QuantMethod::Rtn(RtnConfig {
             bits,
@@ -102,6 +103,7 @@ fn method_config(args: &Args, bits: u8) -> QuantMethod {
             clip: 1.0,
             search: args.search,
             use_activations: false,
+            k_quant: None,
         }),
         Method::Awq => QuantMethod::Awq(AwqConfig {
             bits,

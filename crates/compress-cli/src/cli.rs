@@ -205,6 +205,11 @@ pub struct QuantizeArgs {
     /// Asymmetric grids (a zero point per group).
     #[arg(long)]
     pub asym: bool,
+    /// Fit scales to this llama.cpp k-quant (q2_k, q3_k, q4_k, q5_k, q6_k; RTN and GPTQ) so a
+    /// GGUF output stores it exactly; sets bits, group and symmetry to the format's. Layers whose
+    /// rows are not whole 256-weight super-blocks keep plain groups (Q4_1/Q5_1 in GGUF).
+    #[arg(long, value_name = "FORMAT", conflicts_with_all = ["bits", "group", "per_channel", "asym"])]
+    pub k_quant: Option<String>,
     /// Only layers whose path matches this regex (e.g. `mlp\.`); default all.
     #[arg(long)]
     pub layers: Option<String>,

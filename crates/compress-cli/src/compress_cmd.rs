@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use compress::core::calibration::sample_windows;
+use compress::core::kquant::KQuant;
+use compress::core::packed::Symmetry;
 use compress::eval::kld::{kl_divergence, KldReport};
 use compress::eval::perplexity::{PerplexityConfig, Scoring};
 use compress::eval::seeds::{summarize, SeedSummary};
@@ -21,8 +23,8 @@ use compress::recipe::Recipe;
 use serde::Serialize;
 
 use crate::cli::{
-    CompressArgs, DenseType, Format, LowRankMethodName, LowrankArgs, PruneArgs, QuantizeArgs,
-    RunArgs,
+    CompressArgs, DenseType, Format, LowRankMethodName, LowrankArgs, PruneArgs, QuantMethodName,
+    QuantizeArgs, RunArgs,
 };
 use crate::progress::{bar, counter};
 use crate::{load_model, print_json, read_text, CliError, CliResult};
@@ -128,16 +130,32 @@ pub fn quantize(args: &QuantizeArgs, device: &burn::tensor::Device, json: bool) 
     let name = format!("{:?}", args.method).to_lowercase();
     let mut t = toml::Table::new();
     t.insert("method".into(), name.clone().into());
-    t.insert("bits".into(), i64::from(args.bits).into());
-    if !args.per_channel {
-        t.insert("group".into(), (args.group as i64).into());
-    }
-    if name == "hqq" {
-        if !args.asym {
-            eprintln!("note: HQQ is always asymmetric");
+    if let Some(k) = &args.k_quant {
+        let k = KQuant::parse(k).map_err(|e| CliError::usage(format!("--k-quant: {e}")))?;
+        if !matches!(args.method, QuantMethodName::Rtn | QuantMethodName::Gptq) {
+            return Err(CliError::usage(format!(
+                "--k-quant works with --method rtn or gptq, not {name}"
+            )));
         }
+        t.insert("bits".into(), i64::from(k.bits()).into());
+        t.insert("group".into(), (k.group() as i64).into());
+        t.insert(
+            "symmetric".into(),
+            (k.symmetry() == Symmetry::Symmetric).into(),
+        );
+        t.insert("k_quant".into(), k.name().into());
     } else {
-        t.insert("symmetric".into(), (!args.asym).into());
+        t.insert("bits".into(), i64::from(args.bits).into());
+        if !args.per_channel {
+            t.insert("group".into(), (args.group as i64).into());
+        }
+        if name == "hqq" {
+            if !args.asym {
+                eprintln!("note: HQQ is always asymmetric");
+            }
+        } else {
+            t.insert("symmetric".into(), (!args.asym).into());
+        }
     }
     execute(
         one_step(t, &args.layers, &args.common)?,

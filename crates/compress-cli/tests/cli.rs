@@ -477,6 +477,45 @@ fn errors_exit_with_their_codes_and_name_the_culprit() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("groups of 32"), "{}", stderr(&o));
     assert!(!out.exists());
+
+    // k-quants: stories260K's rows (64 and 172 wide) are not whole 256-weight super-blocks, so
+    // Q4_K-fitted codes are written as Q4_1 (llama.cpp's fallback), and Q6_K's 6-bit groups of
+    // 16, which have no other ggml type, are refused naming the reason; a k-quant with a
+    // quantizer that cannot fit it, or an unknown name, is a usage error.
+    let q4k = dir.path().join("q4k.gguf");
+    let k = |fmt: &str, method: &str, out: &Path| {
+        compress(&[
+            "quantize",
+            "--method",
+            method,
+            "--k-quant",
+            fmt,
+            "--layers",
+            "attn\\.",
+            "--calib",
+            s(&calib),
+            "--output",
+            s(out),
+        ])
+    };
+    let o = k("q4_k", "rtn", &q4k);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let i = json(&["inspect", "--model", s(&q4k)]);
+    assert_eq!(i["gguf_tensor_types"]["Q4_1"], 20, "{i}");
+    let o = k("q6_k", "gptq", &out);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("q6_k needs rows of whole 256-weight super-blocks"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists());
+    let o = k("q4_k", "hqq", &out);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("rtn or gptq"), "{}", stderr(&o));
+    let o = k("q4_0", "rtn", &out);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("unknown k-quant"), "{}", stderr(&o));
 }
 
 /// `slice` cuts real smaller models: post-hoc sorted at half width (fewer parameters, the

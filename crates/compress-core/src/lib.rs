@@ -10,6 +10,7 @@
 //!   model keeps running on any backend.
 //! - [`packed`]: the packed 2–8-bit weight layout (codes, f16 scales and zeros) shared by the
 //!   quantizers and the kernels.
+//! - [`kquant`]: llama.cpp's k-quant super-block formats (two-level scales) as packed schemes.
 //! - [`sparsity`]: sparsity masks (one bit per weight) and patterns (unstructured, N:M) shared by
 //!   the pruners, the quantizers that must keep pruned weights at 0, and the packed layout.
 //! - [`structured`]: cutting a linear's rows or columns (removing FFN neurons, attention heads).
@@ -44,6 +45,7 @@ pub mod calibration;
 pub mod compressor;
 mod factored;
 mod kernel_view;
+pub mod kquant;
 pub mod linear;
 pub mod packed;
 pub mod pipeline;

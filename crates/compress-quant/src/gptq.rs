@@ -215,6 +215,54 @@ mod tests {
         }
     }
 
+    /// With `k_quant`, GPTQ's grids are the format's two-level scales (recovered exactly, as the
+    /// GGUF writer does), and GPTQ still beats RTN fitted to the same form.
+    #[test]
+    fn k_quant_grids_keep_the_two_level_form_and_gptq_beats_rtn() {
+        use compress_core::kquant::{fit_two_level, KQuant};
+        let (out, n, tokens) = (8, 256, 512);
+        let (w, x, g) = problem(out, n, tokens, 3);
+        for format in [KQuant::Q4K, KQuant::Q6K, KQuant::Q3K] {
+            let scheme = format.scheme();
+            let cfg = Gptq {
+                grid: GridConfig {
+                    k_quant: Some(format),
+                    ..GridConfig::default()
+                },
+                ..Gptq::new(scheme)
+            };
+            let view = LayerView {
+                path: "t",
+                weight: &w,
+                out_features: out,
+                in_features: n,
+                mask: None,
+                packed: None,
+                original: None,
+            };
+            let q = gptq_quantize(view, &g, tokens, &cfg).unwrap();
+            for r in 0..out {
+                let scales: Vec<f32> = (0..n)
+                    .step_by(format.group())
+                    .map(|c| q.scale_zero(r, c).0)
+                    .collect();
+                let (_, _, err) = fit_two_level(
+                    &scales,
+                    None,
+                    format.scale_range(),
+                    format.super_scale_bits(),
+                );
+                assert_eq!(err, 0.0, "{format} row {r}");
+            }
+            let rtn = crate::rtn::quantize_rtn("t", &w, out, n, &scheme, &cfg.grid, None).unwrap();
+            let (eg, er) = (
+                out_err(&w, &q.dequantize(), &x, out, n),
+                out_err(&w, &rtn.dequantize(), &x, out, n),
+            );
+            assert!(eg < 0.8 * er, "{format}: gptq {eg} vs rtn {er}");
+        }
+    }
+
     #[test]
     fn one_column_block_equals_lazy_blocks() {
         // Lazy batching reorders floating-point sums only: codes must agree almost everywhere.

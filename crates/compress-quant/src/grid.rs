@@ -18,6 +18,7 @@
 //!   symmetric, a line fit of `w` on `q` for asymmetric), keeping whichever candidate has the
 //!   smallest (importance-weighted) squared error `Σ_i a_i (w_i − ŵ_i)²`.
 
+use compress_core::kquant::KQuant;
 use compress_core::packed::{Bits, Symmetry};
 use half::f16;
 
@@ -28,6 +29,10 @@ pub struct GridConfig {
     pub clip: f32,
     /// Optional search for the scale that minimises the reconstruction error.
     pub search: Option<ScaleSearch>,
+    /// Fit every 256-weight super-block's grids to this llama.cpp k-quant's two-level form
+    /// ([`crate::kquant`]) so the layer can be written as that GGUF type exactly; the scheme
+    /// must be the format's ([`KQuant::scheme`]).
+    pub k_quant: Option<KQuant>,
 }
 
 impl Default for GridConfig {
@@ -35,6 +40,7 @@ impl Default for GridConfig {
         Self {
             clip: 1.0,
             search: None,
+            k_quant: None,
         }
     }
 }
@@ -363,10 +369,11 @@ mod tests {
     fn config_validation_names_the_field() {
         let bad = GridConfig {
             clip: 1.5,
-            search: None,
+            ..GridConfig::default()
         };
         assert!(bad.validate().unwrap_err().contains("clip"));
         let bad = GridConfig {
+            k_quant: None,
             clip: 1.0,
             search: Some(ScaleSearch {
                 steps: 0,

@@ -17,6 +17,8 @@
 //! - [`nested`]: nested bit widths — the 4- and 2-bit models inside one 8-bit code (Matryoshka
 //!   Quantization).
 //! - [`recipe`]: the quantizers' recipe configurations (`method = "rtn" | "gptq" | "hqq"`).
+//! - [`kquant`]: fitting grids to llama.cpp's k-quant super-blocks (`Q2_K` … `Q6_K`), so GGUF
+//!   export of the codes is exact.
 //! - [`grid`]: how one group's scale and zero point are fitted and weights rounded — shared by all.
 //!
 //! ```
@@ -41,6 +43,7 @@ pub mod gptq;
 pub mod grid;
 pub mod hessian;
 pub mod hqq;
+pub mod kquant;
 pub mod mixed;
 pub mod nested;
 pub mod obs;

@@ -33,7 +33,9 @@ use faer::{Accum, MatMut, MatRef, Par};
 
 use crate::grid::{fit_grid, Grid, GridConfig};
 use crate::hessian::HessianInverse;
+use crate::kquant::snap_row;
 use crate::rtn::{check_layer, pack};
+use compress_core::kquant::SUPER_BLOCK;
 
 /// How the sweep rounds the weights it visits.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -340,15 +342,29 @@ impl<'a> Grids<'a> {
     ) -> Self {
         let (bits, sym) = (quant.scheme.bits, quant.scheme.symmetry);
         let per_tensor = quant.scheme.granularity == Granularity::PerTensor;
-        let dynamic = matches!(quant.scheme.granularity, Granularity::PerGroup(_)) && !fixed;
+        // A k-quant's scales are fitted per super-block, so every group of it up front.
+        let k_quant = quant
+            .grid
+            .k_quant
+            .filter(|_| n > 0 && n.is_multiple_of(SUPER_BLOCK));
+        let dynamic = matches!(quant.scheme.granularity, Granularity::PerGroup(_))
+            && !fixed
+            && k_quant.is_none();
         let per_row = quant.scheme.groups_per_row(n);
         let grids = if per_tensor {
             vec![fit_grid(w, None, bits, sym, &quant.grid)]
         } else if !dynamic {
-            w.chunks_exact(n.max(1))
+            let mut grids: Vec<Grid> = w
+                .chunks_exact(n.max(1))
                 .flat_map(|row| row.chunks(group))
                 .map(|chunk| fit_grid(chunk, None, bits, sym, &quant.grid))
-                .collect()
+                .collect();
+            if let Some(k) = k_quant {
+                for (row, gs) in w.chunks_exact(n).zip(grids.chunks_exact_mut(per_row)) {
+                    snap_row(row, None, gs, k, &quant.grid);
+                }
+            }
+            grids
         } else {
             vec![
                 Grid {

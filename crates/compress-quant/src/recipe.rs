@@ -2,9 +2,12 @@
 //! [`compress_core::recipe::Recipe`].
 //!
 //! Common fields: `bits` (2–8), `group` (weights per scale; absent = one scale per output
-//! channel), `symmetric` (default true; HQQ is always asymmetric).
+//! channel), `symmetric` (default true; HQQ is always asymmetric). RTN and GPTQ also take
+//! `k_quant = "q4_k"` (or `q2_k`, `q3_k`, `q5_k`, `q6_k`): scales fitted to llama.cpp's k-quant
+//! super-blocks so GGUF export writes that type exactly (see [`crate::kquant`]).
 
 use compress_core::compressor::Compressor;
+use compress_core::kquant::KQuant;
 use compress_core::packed::{QuantScheme, Symmetry};
 use compress_core::recipe::StepMethod;
 use serde::{Deserialize, Serialize};
@@ -87,6 +90,10 @@ pub struct RtnConfig {
     /// Weight errors by the inputs' mean squares (needs calibration).
     #[serde(default)]
     pub use_activations: bool,
+    /// Fit scales to this llama.cpp k-quant (`"q4_k"`, ...; see `compress_quant::kquant`) so
+    /// GGUF export writes it exactly; `bits`/`group`/`symmetric` must be the format's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k_quant: Option<KQuant>,
 }
 
 /// GPTQ parameters.
@@ -116,6 +123,10 @@ pub struct GptqConfig {
     /// Search each group's scale for the least squared error.
     #[serde(default)]
     pub search: bool,
+    /// Fit scales to this llama.cpp k-quant (static groups; see `compress_quant::kquant`) so
+    /// GGUF export writes it exactly; `bits`/`group`/`symmetric` must be the format's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k_quant: Option<KQuant>,
 }
 
 /// HQQ parameters (always asymmetric).
@@ -153,9 +164,26 @@ fn grid(clip: f32, search: bool) -> Result<GridConfig, String> {
     let g = GridConfig {
         clip,
         search: search.then(ScaleSearch::default),
+        k_quant: None,
     };
     g.validate()?;
     Ok(g)
+}
+
+/// [`grid`] constrained to `k_quant`, whose scheme `scheme` must be.
+fn k_grid(
+    clip: f32,
+    search: bool,
+    k_quant: Option<KQuant>,
+    scheme: &QuantScheme,
+) -> Result<GridConfig, String> {
+    if let Some(k) = k_quant {
+        k.check_scheme(scheme)?;
+    }
+    Ok(GridConfig {
+        k_quant,
+        ..grid(clip, search)?
+    })
 }
 
 impl StepMethod for QuantMethod {
@@ -170,11 +198,14 @@ impl StepMethod for QuantMethod {
 
     fn build(&self) -> Result<Box<dyn Compressor>, String> {
         Ok(match self {
-            QuantMethod::Rtn(c) => Box::new(Rtn {
-                scheme: scheme(c.bits, c.group, c.symmetric)?,
-                grid: grid(c.clip, c.search)?,
-                use_activations: c.use_activations,
-            }),
+            QuantMethod::Rtn(c) => {
+                let scheme = scheme(c.bits, c.group, c.symmetric)?;
+                Box::new(Rtn {
+                    grid: k_grid(c.clip, c.search, c.k_quant, &scheme)?,
+                    scheme,
+                    use_activations: c.use_activations,
+                })
+            }
             QuantMethod::Gptq(c) => {
                 if !(c.damp >= 0.0 && c.damp.is_finite()) {
                     return Err(format!("damp = {}: must be a finite value ≥ 0", c.damp));
@@ -182,9 +213,10 @@ impl StepMethod for QuantMethod {
                 if c.block_size == 0 {
                     return Err("block_size = 0: must be at least 1".into());
                 }
+                let scheme = scheme(c.bits, c.group, c.symmetric)?;
                 Box::new(Gptq {
-                    scheme: scheme(c.bits, c.group, c.symmetric)?,
-                    grid: grid(c.clip, c.search)?,
+                    grid: k_grid(c.clip, c.search, c.k_quant, &scheme)?,
+                    scheme,
                     damp: c.damp,
                     block_size: c.block_size,
                     act_order: c.act_order,
@@ -287,5 +319,14 @@ group = 16
         assert!(err("version = 1\n").contains("at least one [[step]]"));
         let e = err("version = 1\n[[step]]\nmethod = \"rtn\"\nbits = 4\nclip = 2.0\n");
         assert!(e.contains("clip"), "{e}");
+        let e = err("version = 1\n[[step]]\nmethod = \"gptq\"\nbits = 4\nk_quant = \"q4_k\"\n");
+        assert!(
+            e.contains("k_quant = q4_k needs bits = 4, group = 32"),
+            "{e}"
+        );
+        assert!(
+            err("version = 1\n[[step]]\nmethod = \"rtn\"\nbits = 4\nk_quant = \"q4_j\"\n")
+                .contains("q4_j")
+        );
     }
 }

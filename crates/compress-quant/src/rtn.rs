@@ -19,6 +19,7 @@ use compress_core::packed::{Granularity, PackedWeight, QuantScheme};
 use half::f16;
 
 use crate::grid::{fit_grid, Grid, GridConfig};
+use crate::kquant::snap_row;
 
 /// Round-to-nearest quantization with a fixed scheme.
 #[derive(Debug, Clone, PartialEq)]
@@ -154,11 +155,15 @@ pub(crate) fn check_layer(
         message,
     };
     grid.validate().map_err(shape_err)?;
+    if let Some(k) = grid.k_quant {
+        k.check_scheme(scheme).map_err(shape_err)?;
+    }
     Ok(scheme.group_len(in_features))
 }
 
-/// The codes of one row, on `fixed` (a per-tensor grid) or on a grid fitted per group; returns
-/// the fitted grids (none with `fixed`).
+/// The codes of one row, on `fixed` (a per-tensor grid) or on grids fitted per group (snapped
+/// to a k-quant's super-blocks when the grid config asks); returns the fitted grids (none with
+/// `fixed`).
 fn quantize_row(
     row: &[f32],
     scheme: &QuantScheme,
@@ -168,16 +173,26 @@ fn quantize_row(
     codes: &mut [u8],
 ) -> Vec<Grid> {
     let group = scheme.group_len(row.len());
-    let mut grids = Vec::new();
-    for (gi, chunk) in row.chunks(group).enumerate() {
-        let imp = importance.map(|a| &a[gi * group..gi * group + chunk.len()]);
-        let g =
-            fixed.unwrap_or_else(|| fit_grid(chunk, imp, scheme.bits, scheme.symmetry, grid_cfg));
-        for (c, &w) in codes[gi * group..].iter_mut().zip(chunk) {
+    if let Some(g) = fixed {
+        for (c, &w) in codes.iter_mut().zip(row) {
             *c = g.code(w);
         }
-        if fixed.is_none() {
-            grids.push(g);
+        return Vec::new();
+    }
+    let mut grids: Vec<Grid> = row
+        .chunks(group)
+        .enumerate()
+        .map(|(gi, chunk)| {
+            let imp = importance.map(|a| &a[gi * group..gi * group + chunk.len()]);
+            fit_grid(chunk, imp, scheme.bits, scheme.symmetry, grid_cfg)
+        })
+        .collect();
+    if let Some(k) = grid_cfg.k_quant {
+        snap_row(row, importance, &mut grids, k, grid_cfg);
+    }
+    for ((c, chunk), g) in codes.chunks_mut(group).zip(row.chunks(group)).zip(&grids) {
+        for (c, &w) in c.iter_mut().zip(chunk) {
+            *c = g.code(w);
         }
     }
     grids

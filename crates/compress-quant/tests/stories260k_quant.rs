@@ -175,6 +175,7 @@ fn mixed_precision_meets_the_budget_and_runs_as_a_recipe() {
                 act_order: false,
                 clip: 1.0,
                 search: false,
+                k_quant: None,
             })
         })
         .collect();

@@ -18,10 +18,17 @@
 //! packed layout puts consecutive columns in one byte), so codes are regrouped, not copied.
 //!
 //! Pruned weights of a symmetric layer are encoded as the middle code, which is exactly 0.
+//!
+//! Packed schemes of llama.cpp's k-quants (6-bit symmetric groups of 16 ↔ Q6_K, 3-bit ↔ Q3_K,
+//! 4-/5-bit asymmetric groups of 32 ↔ Q4_K/Q5_K, 2-bit asymmetric groups of 16 ↔ Q2_K) on rows
+//! of whole 256-weight super-blocks are written by [`super::encode_k`]; [`encode_packed`]
+//! prefers them over Q4_1/Q5_1 when the layer was quantized to the k-quant's form.
 
+use compress_core::kquant::{KQuant, SUPER_BLOCK};
 use compress_core::packed::{Granularity, PackedWeight, Symmetry};
 use half::{bf16, f16};
 
+use super::encode_k::{encode_k, k_quant_for};
 use super::types::GgmlType;
 
 /// Weights per block of the formats above.
@@ -111,9 +118,32 @@ pub fn block_type_for(w: &PackedWeight) -> Result<GgmlType, String> {
     Ok(ty)
 }
 
-/// Encodes a packed weight as its ggml block type (see [`block_type_for`]).
+/// Encodes a packed weight in its most faithful ggml type: a k-quant
+/// ([`super::encode_k`]) when its scheme is one, its rows are whole super-blocks and its
+/// scales have the k-quant's two-level form (or no 32-weight block type exists for it), else
+/// the 32-weight block type of [`block_type_for`].
 pub fn encode_packed(w: &PackedWeight) -> Result<Encoded, String> {
-    let ty = block_type_for(w)?;
+    let legacy = block_type_for(w);
+    if let Some(format) = k_quant_for(w) {
+        let k = encode_k(w, format);
+        if k.faithful || legacy.is_err() {
+            return Ok(k.encoded);
+        }
+    } else if let Some(format) = KQuant::ALL.into_iter().find(|k| k.scheme() == w.scheme()) {
+        if legacy.is_err() {
+            return Err(format!(
+                "{format} needs rows of whole {SUPER_BLOCK}-weight super-blocks{}, this layer's rows \
+                 are {} weights",
+                if format.symmetry() == Symmetry::Asymmetric {
+                    " and no sparsity mask"
+                } else {
+                    ""
+                },
+                w.shape()[1]
+            ));
+        }
+    }
+    let ty = legacy?;
     let [rows, cols] = w.shape();
     let mid = w.scheme().bits.mid_code();
     let mut codes = vec![0u8; cols];

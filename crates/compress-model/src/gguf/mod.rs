@@ -17,6 +17,7 @@
 
 pub mod dequant;
 pub mod encode;
+pub mod encode_k;
 pub mod error;
 pub mod file;
 pub mod reader;

@@ -378,7 +378,8 @@ fn set_vocab(w: &mut GgufWriter, v: &crate::tokenizer::GgufVocab) {
 }
 
 /// `general.file_type` (llama.cpp's `llama_ftype`) of the most common type among the 2-D
-/// weights: 0 all F32, 1 F16, 2 Q4_0, 3 Q4_1, 7 Q8_0, 8 Q5_0, 9 Q5_1, 32 BF16.
+/// weights: 0 all F32, 1 F16, 2 Q4_0, 3 Q4_1, 7 Q8_0, 8 Q5_0, 9 Q5_1, 10 Q2_K, 11 Q3_K_S,
+/// 14 Q4_K_S, 16 Q5_K_S, 18 Q6_K, 32 BF16 (the `_S` mixes are "mostly this k-quant").
 fn file_type(tensors: &[TensorWritten]) -> u32 {
     let mut counts: Vec<(GgmlType, usize)> = Vec::new();
     for t in tensors
@@ -404,6 +405,11 @@ fn file_type(tensors: &[TensorWritten]) -> u32 {
         GgmlType::Q8_0 => 7,
         GgmlType::Q5_0 => 8,
         GgmlType::Q5_1 => 9,
+        GgmlType::Q2_K => 10,
+        GgmlType::Q3_K => 11,
+        GgmlType::Q4_K => 14,
+        GgmlType::Q5_K => 16,
+        GgmlType::Q6_K => 18,
         GgmlType::BF16 => 32,
         _ => 0,
     }
