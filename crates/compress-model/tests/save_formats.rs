@@ -208,3 +208,59 @@ fn gguf_read_by_gguf_py() {
     write_gguf(&m.model, &m.tokenizer, &path, &options).unwrap();
     common::compare_with_gguf_py(&script, &path);
 }
+
+/// A model loaded from a Hugging Face checkpoint is written as GGUF with its `tokenizer.json`
+/// converted to `tokenizer.ggml.*`: SmolLM2 GGUF → HF directory (f16 safetensors +
+/// tokenizer.json) → loaded → GGUF. The written file carries the original file's vocabulary
+/// (tokens, merges, token types, pre-tokenizer, special ids), tokenizes the same, and computes
+/// the HF model's logits (its f16 weights written as F32; only the RoPE pairing differs,
+/// permuted exactly).
+#[test]
+fn hf_checkpoint_exports_to_gguf_with_its_tokenizer() {
+    use compress_model::save::{write_compressed_tensors, CompressedTensorsExport};
+    let Some(path) = common::smollm2() else {
+        return;
+    };
+    let device = BackendKind::Flex.device().unwrap();
+    let m = load(&path, &device).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let hf_dir = dir.path().join("hf");
+    let options = CompressedTensorsExport::default();
+    write_compressed_tensors(&m.model, &m.tokenizer, &hf_dir, &options).unwrap();
+    let hf = load(&hf_dir, &device).unwrap();
+    assert!(
+        hf.tokenizer.gguf_vocab().is_none(),
+        "the HF tokenizer is tokenizer.json"
+    );
+    let out = dir.path().join("from-hf.gguf");
+    write_gguf(&hf.model, &hf.tokenizer, &out, &GgufExport::default()).unwrap();
+    let file = GgufFile::open(&out).unwrap();
+    let original = GgufFile::open(&path).unwrap();
+    for key in ["tokenizer.ggml.model", "tokenizer.ggml.pre"] {
+        assert_eq!(
+            file.get_str(key).unwrap(),
+            original.get_str(key).unwrap(),
+            "{key}"
+        );
+    }
+    for key in ["tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"] {
+        assert_eq!(
+            file.get_u64(key).unwrap(),
+            original.get_u64(key).unwrap(),
+            "{key}"
+        );
+    }
+    let back = load(&out, &device).unwrap();
+    let (v0, v1) = (
+        m.tokenizer.gguf_vocab().unwrap(),
+        back.tokenizer.gguf_vocab().unwrap(),
+    );
+    assert_eq!(v1.tokens, v0.tokens);
+    assert_eq!(v1.merges, v0.merges);
+    assert_eq!(v1.token_types, v0.token_types);
+    let ids = m.tokenizer.encode(TEXT, true).unwrap();
+    assert_eq!(back.tokenizer.encode(TEXT, true).unwrap(), ids);
+    let worst = max_abs_diff(&logits(&back.model, &ids), &logits(&hf.model, &ids));
+    // Same f16-rounded weights; the interleaved and rotate-half RoPE paths sum in another order.
+    assert!(worst < 1e-3, "max |Δlogit| {worst}");
+}

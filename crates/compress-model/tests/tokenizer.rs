@@ -123,3 +123,43 @@ fn tokenizer_json_export_round_trips() {
     let e = LlmTokenizer::from_file(dir.path().join("absent.json")).unwrap_err();
     assert!(e.to_string().contains("absent.json"), "{e}");
 }
+
+/// SmolLM2's GGUF vocabulary → `tokenizer.json` → back to a GGUF vocabulary (how a model loaded
+/// from a Hugging Face checkpoint is written as GGUF): the same tokens, merges, token types,
+/// pre-tokenizer name and special ids as the original file, and the same ids on every text.
+/// A SentencePiece-style tokenizer.json (stories260K's) is refused with the reason.
+#[test]
+fn tokenizer_json_converts_back_to_the_gguf_vocabulary() {
+    use compress_model::tokenizer::GgufVocab;
+    let Some(tok) = smol() else { return };
+    let original = tok.gguf_vocab().unwrap().clone();
+    let hf = LlmTokenizer::from_json_str(&tok.to_json().unwrap(), tok.special_tokens()).unwrap();
+    assert!(hf.gguf_vocab().is_none());
+    let back = GgufVocab::from_hf_tokenizer(&hf).unwrap();
+    assert_eq!(back.model, "gpt2");
+    assert_eq!(back.pre, original.pre);
+    assert_eq!(back.tokens, original.tokens);
+    assert_eq!(back.merges, original.merges);
+    let types = |v: &GgufVocab| v.token_types.clone().unwrap_or_default();
+    let differ: Vec<usize> = (0..back.tokens.len())
+        .filter(|&i| types(&back)[i] != types(&original)[i])
+        .collect();
+    assert!(differ.is_empty(), "token types differ at {differ:?}");
+    assert_eq!(
+        (back.bos_id, back.eos_id),
+        (original.bos_id, original.eos_id)
+    );
+    let rebuilt = LlmTokenizer::from_gguf_vocab(&back).unwrap();
+    for t in TEXTS {
+        assert_eq!(
+            rebuilt.encode(t, false).unwrap(),
+            tok.encode(t, false).unwrap(),
+            "{t:?}"
+        );
+    }
+    if let Some(s) = stories() {
+        let spm = LlmTokenizer::from_json_str(&s.to_json().unwrap(), s.special_tokens()).unwrap();
+        let e = GgufVocab::from_hf_tokenizer(&spm).unwrap_err().to_string();
+        assert!(e.contains("SentencePiece"), "{e}");
+    }
+}

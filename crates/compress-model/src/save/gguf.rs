@@ -3,7 +3,7 @@
 //! Hyper-parameters go to the `{arch}.*` keys llama.cpp reads (`context_length`,
 //! `embedding_length`, `block_count`, `feed_forward_length`, head counts, RMSNorm ε, RoPE base
 //! and dimension count), the tokenizer to `tokenizer.ggml.*` (copied from the GGUF vocabulary
-//! the model was loaded with), tensors to llama.cpp's names (`blk.{l}.attn_q.weight`, ...).
+//! the model was loaded with, or converted from a byte-level BPE `tokenizer.json`), tensors to llama.cpp's names (`blk.{l}.attn_q.weight`, ...).
 //!
 //! Each linear is written in the most faithful type available: packed layers whose scheme is a
 //! ggml block format ([`crate::gguf::encode`]) as that format, with no dequantize-requantize
@@ -29,7 +29,7 @@ use crate::gguf::encode::{encode_float, encode_packed, Encoded};
 use crate::gguf::{GgmlType, GgufArray, GgufValue, GgufWriter};
 use crate::llama::calibrate::LINEAR_NAMES;
 use crate::llama::LlamaModel;
-use crate::tokenizer::LlmTokenizer;
+use crate::tokenizer::{GgufVocab, LlmTokenizer};
 
 /// Options of [`write_gguf`].
 #[derive(Debug, Clone)]
@@ -177,12 +177,14 @@ impl Export<'_> {
     }
 }
 
-/// Writes `model` (with `tokenizer`'s GGUF vocabulary) to `path` as GGUF v3, atomically.
+/// Writes `model` (with `tokenizer`'s GGUF vocabulary, or the one
+/// [`GgufVocab::from_hf_tokenizer`] converts from its `tokenizer.json`) to `path` as GGUF v3,
+/// atomically.
 ///
 /// Fails, naming the block or layer, when the model cannot be expressed: blocks of different
-/// widths (after structured pruning; llama.cpp's `llama` reader expects one width), a tokenizer
-/// that did not come from a GGUF file, or (without [`GgufExport::fallback_dense`]) a layer with
-/// no ggml format.
+/// widths (after structured pruning; llama.cpp's `llama` reader expects one width), a
+/// `tokenizer.json` that does not convert (SentencePiece-style, or an unnamed pre-tokenizer), or
+/// (without [`GgufExport::fallback_dense`]) a layer with no ggml format.
 ///
 /// ```no_run
 /// # fn main() -> Result<(), compress_model::ModelError> {
@@ -209,13 +211,19 @@ pub fn write_gguf(
         )));
     }
     let c = model.config();
-    let vocab = tokenizer.gguf_vocab().ok_or_else(|| {
-        ModelError::InvalidInput(
-            "GGUF export needs the GGUF vocabulary; this tokenizer came from tokenizer.json \
-             (save to the container format instead)"
-                .into(),
-        )
-    })?;
+    let converted;
+    let vocab = match tokenizer.gguf_vocab() {
+        Some(v) => v,
+        None => {
+            converted = GgufVocab::from_hf_tokenizer(tokenizer).map_err(|e| {
+                ModelError::InvalidInput(format!(
+                    "GGUF export needs a GGUF vocabulary, and this tokenizer.json does not convert \
+                     to one: {e}"
+                ))
+            })?;
+            &converted
+        }
+    };
     for (l, b) in model.layers.iter().enumerate() {
         let (f, h, kv) = (
             b.mlp.gate_proj.out_features(),
@@ -328,7 +336,7 @@ pub fn write_gguf(
     })
 }
 
-fn set_vocab(w: &mut GgufWriter, v: &crate::tokenizer::GgufVocab) {
+fn set_vocab(w: &mut GgufWriter, v: &GgufVocab) {
     let s = |x: &str| GgufValue::String(x.to_string());
     w.set("tokenizer.ggml.model", s(&v.model));
     if let Some(pre) = &v.pre {

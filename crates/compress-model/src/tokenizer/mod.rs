@@ -11,7 +11,8 @@
 //!   explicit merges plus a pre-tokenizer regex named by `tokenizer.ggml.pre`; see [`bpe`].
 //!
 //! Hugging Face checkpoints bring their own `tokenizer.json`, loaded by
-//! [`LlmTokenizer::from_file`].
+//! [`LlmTokenizer::from_file`]; a byte-level BPE one converts back to a GGUF vocabulary with
+//! [`GgufVocab::from_hf_tokenizer`] (how such models are written as GGUF).
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -24,6 +25,7 @@
 //! ```
 
 pub mod bpe;
+mod from_hf;
 pub mod spm;
 
 use std::path::Path;
