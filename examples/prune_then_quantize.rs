@@ -24,6 +24,7 @@ use clap::{Parser, ValueEnum};
 use compress::core::calibration::sample_windows;
 use compress::core::recipe::StepMethod;
 use compress::core::recipe::{RecipeStep, RECIPE_VERSION};
+use compress::eval::plot::{plot, Chart, Series};
 use compress::prune::recipe::{
     JointQuantConfig, PatternConfig, PruneMethod, ScoreConfig, SparseGptConfig,
 };
@@ -123,6 +124,14 @@ struct Args {
     /// Print each kind of layer's weight distribution before and after (kurtosis, outliers).
     #[arg(long)]
     weight_stats: bool,
+    /// With --weight-stats: also draw the distributions before and after (each weight in units
+    /// of its dense layer's standard deviation; attention q/k apart from the rest), .svg or .png.
+    #[arg(long, requires = "weight_stats")]
+    plot_weights: Option<PathBuf>,
+    /// With --sensitivity: also draw the KL divergence per block, a line per kind of layer
+    /// (.svg or .png).
+    #[arg(long, requires = "sensitivity")]
+    plot_sensitivity: Option<PathBuf>,
 }
 
 /// The recipe the flags describe.
@@ -288,14 +297,14 @@ fn sensitivity(
         windows.len()
     );
     let mut by_block = std::collections::BTreeMap::<usize, Vec<f64>>::new();
-    let mut by_kind = std::collections::BTreeMap::<String, Vec<f64>>::new();
+    let mut by_kind = std::collections::BTreeMap::<String, Vec<(usize, f64)>>::new();
     for l in &sens {
         let kld = l.options[0].1;
         println!("{:<24} {kld:.5}", l.path);
         let block: usize = l.path.split('.').nth(1).ok_or("layer path")?.parse()?;
         by_block.entry(block).or_default().push(kld);
         let kind = l.path.rsplit('.').next().unwrap_or("?").to_string();
-        by_kind.entry(kind).or_default().push(kld);
+        by_kind.entry(kind).or_default().push((block, kld));
     }
     let mean = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len().max(1) as f64;
     for (b, v) in &by_block {
@@ -306,7 +315,26 @@ fn sensitivity(
         );
     }
     for (k, v) in &by_kind {
-        println!("{k:<10} mean over blocks {:.5}", mean(v));
+        let klds: Vec<f64> = v.iter().map(|p| p.1).collect();
+        println!("{k:<10} mean over blocks {:.5}", mean(&klds));
+    }
+    if let Some(path) = &args.plot_sensitivity {
+        let series: Vec<Series> = by_kind
+            .iter()
+            .map(|(kind, v)| Series {
+                name: kind.clone(),
+                points: v.iter().map(|&(b, k)| (b as f64, k)).collect(),
+            })
+            .collect();
+        let chart = Chart {
+            title: format!("{name}: KL divergence with one layer pruned"),
+            x_label: "block".into(),
+            y_label: "KLD to the dense model (nats/token)".into(),
+            log_y: true,
+            lines: true,
+        };
+        plot(path, &chart, &series)?;
+        eprintln!("sensitivity chart written to {}", path.display());
     }
     Ok(())
 }
@@ -352,6 +380,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if args.weight_stats {
         common::print_weight_stats(&m.model, &model);
+        if let Some(path) = &args.plot_weights {
+            common::plot_weight_distributions(&m.model, &model, path)?;
+            eprintln!("weight distributions written to {}", path.display());
+        }
     }
     match base {
         Some(base) => common::evaluate(

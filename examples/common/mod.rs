@@ -226,3 +226,59 @@ pub fn print_weight_stats(base: &LlamaModel, model: &LlamaModel) {
         );
     }
 }
+
+/// Draws the weight distributions of `base` and of `model`'s kept (non-zero) weights into `path`
+/// (.svg or .png): every weight in units of its dense layer's standard deviation, summed over
+/// blocks, attention `q`/`k` projections (the heavy-tailed ones) apart from the other linears;
+/// log-scale densities over ±10σ.
+pub fn plot_weight_distributions(
+    base: &LlamaModel,
+    model: &LlamaModel,
+    path: &std::path::Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use compress::eval::plot::{plot, Chart, Series};
+    use compress::eval::weights::{accumulate_histogram, density_points, weight_stats};
+    const RANGE: (f64, f64) = (-10.0, 10.0);
+    // [dense q/k, dense other, kept q/k, kept other]
+    let mut counts = vec![vec![0u64; 100]; 4];
+    let blocks = base.num_blocks().min(model.num_blocks());
+    for b in 0..blocks {
+        for kind in compress::model::llama::calibrate::LINEAR_NAMES {
+            let host = |m: &LlamaModel| -> Vec<f32> {
+                m.linear(b, kind)
+                    .dense_weight()
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .unwrap_or_default()
+            };
+            let (w0, w1) = (host(base), host(model));
+            let sigma = weight_stats(&w0, 1, 3.0, false).std;
+            let g = usize::from(!(kind.ends_with("q_proj") || kind.ends_with("k_proj")));
+            accumulate_histogram(&mut counts[g], &w0, sigma, RANGE, false);
+            accumulate_histogram(&mut counts[2 + g], &w1, sigma, RANGE, true);
+        }
+    }
+    let names = [
+        "dense, attention q/k",
+        "dense, other linears",
+        "kept, attention q/k",
+        "kept, other linears",
+    ];
+    let series: Vec<Series> = names
+        .iter()
+        .zip(&counts)
+        .map(|(n, c)| Series {
+            name: n.to_string(),
+            points: density_points(c, RANGE),
+        })
+        .collect();
+    let chart = Chart {
+        title: "Weight distribution before and after".into(),
+        x_label: "weight / standard deviation of its dense layer".into(),
+        y_label: "density".into(),
+        log_y: true,
+        lines: true,
+    };
+    plot(path, &chart, &series)?;
+    Ok(())
+}

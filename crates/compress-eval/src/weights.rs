@@ -77,9 +77,75 @@ pub fn weight_stats(w: &[f32], bins: usize, sigmas: f64, skip_zeros: bool) -> We
     }
 }
 
+/// A histogram with fixed bins: `bins` equal bins over `[lo, hi)`, of `w / scale` (so weights
+/// of layers with different spreads can share one axis, e.g. `scale` = the layer's standard
+/// deviation); values outside the range go to the end bins, and `skip_zeros` leaves exact zeros
+/// out. Accumulates into `counts` (length `bins`), so several layers can be summed.
+pub fn accumulate_histogram(
+    counts: &mut [u64],
+    w: &[f32],
+    scale: f64,
+    (lo, hi): (f64, f64),
+    skip_zeros: bool,
+) {
+    let bins = counts.len();
+    // NaN bounds or scale fail these comparisons too.
+    let valid = hi > lo && scale > 0.0;
+    if bins == 0 || !valid {
+        return;
+    }
+    let width = (hi - lo) / bins as f64;
+    for &v in w {
+        if skip_zeros && v == 0.0 {
+            continue;
+        }
+        let b = ((v as f64 / scale - lo) / width).floor();
+        counts[(b.max(0.0) as usize).min(bins - 1)] += 1;
+    }
+}
+
+/// Bin centres and densities (`count / (total · width)`, integrating to 1) of a histogram from
+/// [`accumulate_histogram`], leaving out empty bins (for log-scale plots).
+pub fn density_points(counts: &[u64], (lo, hi): (f64, f64)) -> Vec<(f64, f64)> {
+    let total: u64 = counts.iter().sum();
+    let width = (hi - lo) / counts.len().max(1) as f64;
+    counts
+        .iter()
+        .enumerate()
+        .filter(|(_, &c)| c > 0)
+        .map(|(i, &c)| {
+            (
+                lo + (i as f64 + 0.5) * width,
+                c as f64 / (total as f64 * width),
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fixed_histograms_clamp_scale_and_integrate_to_one() {
+        let mut c = vec![0u64; 4];
+        // Scale 2: values −4, −1, 0 (skipped), 1, 3, 100 → −2, −0.5, 0.5, 1.5, 50 on [−2, 2).
+        accumulate_histogram(
+            &mut c,
+            &[-4.0, -1.0, 0.0, 1.0, 3.0, 100.0],
+            2.0,
+            (-2.0, 2.0),
+            true,
+        );
+        assert_eq!(c, vec![1, 1, 1, 2]);
+        accumulate_histogram(&mut c, &[0.0], 2.0, (-2.0, 2.0), false);
+        assert_eq!(c, vec![1, 1, 2, 2]);
+        let d = density_points(&c, (-2.0, 2.0));
+        assert_eq!(d[0], (-1.5, 1.0 / 6.0));
+        let integral: f64 = d.iter().map(|(_, y)| y * 1.0).sum();
+        assert!((integral - 1.0).abs() < 1e-12);
+        assert!(density_points(&[0, 3], (0.0, 1.0)).len() == 1);
+    }
 
     #[test]
     fn known_distributions() {
