@@ -9,6 +9,7 @@ const EXAMPLES: &str = "\
 Examples (from the repository root; without --model the embedded stories260K is used):
   compress inspect --model .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
   compress quantize --method gptq --bits 4 --group 32 --output stories-w4.safetensors
+  compress quantize --model .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf --method gptq --k-quant q4_k --output smollm2-q4k.gguf
   compress prune --method sparsegpt --nm 2:4 --quantize-bits 4 --output stories-24-w4.gguf
   compress lowrank --method svd-llm --ratio 0.8 --output stories-svdllm.safetensors
   compress run examples/recipes/gptq-w4g128.toml --nsamples 32 --seqlen 128 --output out.safetensors --eval ../shared/data/tinystories/val.txt
@@ -17,8 +18,8 @@ Examples (from the repository root; without --model the embedded stories260K is 
   compress slice --model assets/matryoshka/nested.compress --width 0.75 --nest-bits --bits 4 --output nested-75-w4.safetensors
   compress generate --model out.safetensors --prompt \"Once upon a time\"
 
-Output formats (--output): `.gguf` → GGUF for llama.cpp (block formats where the scheme maps
-exactly, see docs/formats.md); anything else → the lossless compress container (safetensors);
+Output formats (--output): `.gguf` → GGUF for llama.cpp (block formats and k-quants where the
+scheme maps exactly, see docs/formats.md); anything else → the lossless compress container (safetensors);
 `--format compressed-tensors` → a Hugging Face directory vLLM loads.
 
 Exit codes: 0 success; 1 the work failed; 2 bad arguments or recipe; 3 unreadable or invalid

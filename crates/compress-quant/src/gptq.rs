@@ -67,7 +67,12 @@ impl Gptq {
 impl Compressor for Gptq {
     fn name(&self) -> String {
         let ao = if self.act_order { "-act" } else { "" };
-        format!("gptq-{}{ao}", scheme_tag(&self.scheme))
+        let k = self
+            .grid
+            .k_quant
+            .map(|k| format!("-{k}"))
+            .unwrap_or_default();
+        format!("gptq-{}{ao}{k}", scheme_tag(&self.scheme))
     }
 
     /// On a low-rank layer each factor is quantized (see [`Compressor::factor_wise`]).

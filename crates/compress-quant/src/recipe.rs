@@ -319,6 +319,14 @@ group = 16
         assert!(err("version = 1\n").contains("at least one [[step]]"));
         let e = err("version = 1\n[[step]]\nmethod = \"rtn\"\nbits = 4\nclip = 2.0\n");
         assert!(e.contains("clip"), "{e}");
+        let ok = R::from_toml(
+            "version = 1\n[[step]]\nmethod = \"gptq\"\nbits = 6\ngroup = 16\nk_quant = \"q6_k\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            ok.pipeline().unwrap().steps[0].compressor.name(),
+            "gptq-w6g16-q6_k"
+        );
         let e = err("version = 1\n[[step]]\nmethod = \"gptq\"\nbits = 4\nk_quant = \"q4_k\"\n");
         assert!(
             e.contains("k_quant = q4_k needs bits = 4, group = 32"),

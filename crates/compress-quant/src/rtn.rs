@@ -104,7 +104,12 @@ impl Rtn {
 
 impl Compressor for Rtn {
     fn name(&self) -> String {
-        format!("rtn-{}", scheme_tag(&self.scheme))
+        let k = self
+            .grid
+            .k_quant
+            .map(|k| format!("-{k}"))
+            .unwrap_or_default();
+        format!("rtn-{}{k}", scheme_tag(&self.scheme))
     }
 
     /// On a low-rank layer each factor is quantized (see [`Compressor::factor_wise`]).
