@@ -309,6 +309,91 @@ fn wgpu_matches_flex() {
     );
 }
 
+/// The libtorch backend (`--features tch`, libtorch 2.9 from `scripts/fetch-libtorch`) against
+/// flex: libtorch's own CPU kernels, so the same 1e-3 bound on logits as the other backends, and
+/// the same greedy continuation through the KV cache.
+#[cfg(feature = "tch")]
+#[test]
+fn tch_matches_flex() {
+    let Some((worst, ids, flex, torch)) =
+        compare_backends_models(BackendKind::Flex, BackendKind::LibTorch)
+    else {
+        return;
+    };
+    assert!(worst <= 1e-3, "tch vs flex max |Δlogit| = {worst}");
+    let options = GenerateOptions {
+        max_new_tokens: 24,
+        sampling: Sampling::Greedy,
+        stop_token: None,
+    };
+    let on_flex = generate(&flex.model, &ids, &options, |_| {}).unwrap();
+    let on_torch = generate(&torch.model, &ids, &options, |_| {}).unwrap();
+    assert_eq!(
+        on_flex.tokens, on_torch.tokens,
+        "greedy continuations differ between flex and tch"
+    );
+
+    // Packed 8-bit layers: flex runs the fused CPU kernels, libtorch dequantizes and multiplies
+    // (the non-kernel path); the same codes must give the same logits within the same bound.
+    use compress_core::linear::{CompressedLinear, QuantizedLinear};
+    use compress_core::packed::{PackedWeight, QuantScheme, Symmetry};
+    use compress_core::pipeline::BlockwiseModel;
+    let flex_dense = flex.model.clone();
+    let (mut flex, mut torch) = (flex.model, torch.model);
+    let scheme = QuantScheme::new(8, Some(32), Symmetry::Symmetric).unwrap();
+    for b in 0..flex.num_blocks() {
+        for name in compress_model::llama::calibrate::LINEAR_NAMES {
+            let lin = flex.linear(b, name);
+            let (out, inp) = (lin.out_features(), lin.in_features());
+            let w: Vec<f32> = lin.dense_weight().into_data().try_to_vec::<f32>().unwrap();
+            // Symmetric round to nearest per group of 32: w ≈ s · (code − 128).
+            let mut codes = vec![0u8; w.len()];
+            let mut scales = Vec::new();
+            for (row, crow) in w.chunks(inp).zip(codes.chunks_mut(inp)) {
+                for (g, cg) in row.chunks(32).zip(crow.chunks_mut(32)) {
+                    let s = g.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                    let s = half::f16::from_f32(s);
+                    for (c, v) in cg.iter_mut().zip(g) {
+                        let q = if s.to_f32() > 0.0 {
+                            (v / s.to_f32()).round()
+                        } else {
+                            0.0
+                        };
+                        *c = (q.clamp(-128.0, 127.0) + 128.0) as u8;
+                    }
+                    scales.push(s);
+                }
+            }
+            let packed = PackedWeight::from_codes(scheme, out, inp, &codes, scales, None).unwrap();
+            for m in [&mut flex, &mut torch] {
+                let device = BlockwiseModel::device(m);
+                *m.linear_mut(b, name) = CompressedLinear::Quantized(QuantizedLinear::new(
+                    packed.clone(),
+                    None,
+                    &device,
+                ));
+            }
+        }
+    }
+    let tier = |m: &compress_model::LlamaModel| match m.linear(0, "mlp.down_proj") {
+        CompressedLinear::Quantized(q) => q.kernel_tier(),
+        _ => unreachable!(),
+    };
+    assert!(tier(&flex).is_some(), "flex runs the fused kernels");
+    assert!(tier(&torch).is_none(), "libtorch dequantizes");
+    let quantized = logits(&flex, &ids);
+    let moved = max_abs_diff(&quantized, &logits(&flex_dense, &ids));
+    assert!(moved > 1e-4, "the 8-bit layers are in use ({moved})");
+    let worst = max_abs_diff(&logits(&torch, &ids), &quantized);
+    eprintln!(
+        "8-bit packed layers: tch vs flex (kernels) max |Δlogit| = {worst:.2e} (vs dense: {moved:.2e})"
+    );
+    assert!(
+        worst <= 1e-3,
+        "8-bit layers: tch vs flex max |Δlogit| = {worst}"
+    );
+}
+
 /// The calibration walk of a block (cached stages, see `llama::calibrate`) gives the same output
 /// as the block's forward pass, and a layer replaced between stages is used by the later ones.
 #[test]
