@@ -10,7 +10,8 @@
 //! weights (MatFormer, Devvrit et al. 2023, arXiv:2310.07707): the full student learns from the
 //! teacher, and each sampled prefix width learns from the full student's (detached) output —
 //! the smaller models are distilled from the largest, in one backward pass over the summed
-//! loss.
+//! loss. With [`TrainConfig::nested_bits`] it likewise trains nested bit widths through fake
+//! quantization ([`crate::matryoshka::NestedBits`]).
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -31,6 +32,8 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{self, CheckpointState};
 use crate::error::DistillError;
 use crate::loss::{ce_loss, hidden_mse, kl_loss, DistillLoss};
+use crate::matryoshka::qat::fake_quantized;
+use crate::matryoshka::NestedBits;
 
 /// Optimiser, schedule and data settings of a run.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +62,10 @@ pub struct TrainConfig {
     /// Train LoRA adapters on the block projections instead of every weight (healing), merged
     /// into the weights at the end.
     pub lora: Option<LoraConfig>,
+    /// Also train nested bit widths with fake quantization (Matryoshka Quantization; see
+    /// [`crate::matryoshka::NestedBits`]): each width's loss is the KL divergence to the
+    /// full-precision student's detached output.
+    pub nested_bits: Option<NestedBits>,
 }
 
 /// LoRA adapters (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models",
@@ -91,6 +98,7 @@ impl Default for TrainConfig {
             seed: 0,
             checkpoint: None,
             lora: None,
+            nested_bits: None,
         }
     }
 }
@@ -148,6 +156,14 @@ impl TrainConfig {
             if self.checkpoint.is_some() {
                 return bad("lora with checkpoint: resuming LoRA runs is not supported yet".into());
             }
+            if self.nested_bits.is_some() {
+                return bad(
+                    "lora with nested_bits: fake quantization trains the dense projections".into(),
+                );
+            }
+        }
+        if let Some(nb) = &self.nested_bits {
+            nb.validate()?;
         }
         Ok(())
     }
@@ -181,6 +197,10 @@ pub struct StepLoss {
     pub full: f64,
     /// `(ffn, kv_groups, loss)` of each prefix width trained this step.
     pub widths: Vec<(usize, usize, f64)>,
+    /// `(bits, loss)` of each nested bit width trained this step ([`TrainConfig::nested_bits`];
+    /// the loss before its weight).
+    #[serde(default)]
+    pub bits: Vec<(u8, f64)>,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
 }
@@ -455,13 +475,24 @@ pub fn distill(
             let mut pick = w.clone();
             let mut rng = StdRng::seed_from_u64(cfg.seed ^ (step as u64).rotate_left(32));
             pick.shuffle(&mut rng);
-            let target = s_logits.detach();
+            let target = s_logits.clone().detach();
             for pw in pick.into_iter().take(*per_step) {
                 let gates = student.prefix_gates(pw, &ad)?;
                 let (logits, _) = student.forward_train(batch.clone(), Some(&gates), &[])?;
                 let l = term(logits, target.clone());
                 width_losses.push((pw.ffn, pw.kv_groups, scalar(&l)));
                 total = total + l;
+            }
+        }
+        let mut bit_losses = Vec::new();
+        if let Some(nb) = &cfg.nested_bits {
+            let target = s_logits.clone().detach();
+            for ((b, fake), &(_, weight)) in fake_quantized(&student, nb)?.into_iter().zip(&nb.bits)
+            {
+                let (logits, _) = fake.forward_train(batch.clone(), None, &[])?;
+                let l = term(logits, target.clone());
+                bit_losses.push((b, scalar(&l)));
+                total = total + l * weight;
             }
         }
         let total_v = scalar(&total);
@@ -481,6 +512,7 @@ pub fn distill(
             total: total_v,
             full: scalar(&full),
             widths: width_losses,
+            bits: bit_losses,
             grad_norm,
         });
         if let Some((every, dir)) = &cfg.checkpoint {

@@ -7,15 +7,18 @@
 //! - Trained nesting (MatFormer-style): [`crate::train::distill`] with
 //!   [`WidthSchedule::Nested`](crate::train::WidthSchedule::Nested).
 //! - Nested bits: [`quantize_nested`] stores every projection as 8-bit codes whose top bits are
-//!   the 4- and 2-bit models ([`compress_quant::nested`]).
+//!   the 4- and 2-bit models ([`compress_quant::nested`]); [`NestedBits`] trains those widths
+//!   with fake quantization first (quantization-aware, through [`crate::train::distill`]).
 //! - [`slice()`] cuts a real, smaller model out: prefix widths and/or fewer bits.
 //!
 //! A width is a fraction of the FFN neurons and of the key/value groups of every block; heads
 //! go by whole groups, so that the sliced model is an ordinary grouped-query model.
 
+pub(crate) mod qat;
 mod slice;
 mod sort;
 
+pub use qat::NestedBits;
 pub use slice::{quantize_nested, quantize_projections, slice, SliceReport, SliceSpec};
 pub use sort::{sort_by_activation, sort_by_importance, NestedOrder};
 

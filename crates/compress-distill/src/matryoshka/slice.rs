@@ -32,7 +32,7 @@ pub struct SliceReport {
     pub projection_bits: u64,
 }
 
-fn projections(model: &mut LlamaModel) -> Vec<(String, &mut CompressedLinear)> {
+pub(crate) fn projections(model: &mut LlamaModel) -> Vec<(String, &mut CompressedLinear)> {
     let mut out = Vec::new();
     for (i, b) in model.layers.iter_mut().enumerate() {
         let a = &mut b.attn;
