@@ -11,7 +11,8 @@
 //! - **separate**: students of each size distilled alone with the same budget;
 //!
 //! and, at full width, nested bits (the 4- and 2-bit models read from the top bits of one 8-bit
-//! code) next to round-to-nearest models quantized separately at each width. It writes both
+//! code) next to round-to-nearest models quantized separately at each width, and after a short
+//! quantization-aware fine-tune of the nested bits (`--qat-steps`, 0 to skip). It writes both
 //! charts as SVG and PNG.
 //!
 //! ```text
@@ -19,7 +20,7 @@
 //! # post-hoc path on any supported model (FFN-only widths keep every head):
 //! cargo run --release --example matryoshka_slice -- --model .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf \
 //!     --text ../shared/data/wikitext-2/wiki.test.raw --calib ../shared/data/wikitext-2/wiki.valid.stripped.txt \
-//!     --context 512 --limit 8 --ffn-only
+//!     --context 512 --limit 8 --ffn-only --qat-steps 0
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -30,9 +31,11 @@ mod common;
 
 use clap::Parser;
 use compress::core::calibration::sample_windows;
+use compress::distill::loss::DistillLoss;
 use compress::distill::matryoshka::{
-    quantize_nested, quantize_projections, slice, sort_by_activation, SliceSpec, Width,
+    quantize_nested, quantize_projections, slice, sort_by_activation, NestedBits, SliceSpec, Width,
 };
+use compress::distill::train::{distill, TrainConfig, WidthSchedule};
 use compress::eval::perplexity::{perplexity, PerplexityConfig, Scoring};
 use compress::eval::plot::{plot, Chart, Series};
 use compress::model::LlamaModel;
@@ -68,6 +71,10 @@ struct Args {
     /// Group size of the nested 8-bit codes.
     #[arg(long, default_value_t = 32)]
     group: usize,
+    /// Steps of the quantization-aware fine-tune of the nested bits (8/4/3/2 bits, from the
+    /// full-width model itself, on the calibration half); 0 skips it.
+    #[arg(long, default_value_t = 40)]
+    qat_steps: usize,
     /// Where the charts go (`<dir>/matryoshka_width.{svg,png}`, `<dir>/matryoshka_bits.{svg,png}`).
     #[arg(long, default_value = "target/matryoshka")]
     plot_dir: PathBuf,
@@ -119,12 +126,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             bos: loaded.tokenizer.bos_id(),
         },
     };
-    let calib = sample_windows(
-        &loaded.tokenizer.encode(&calib_text, true)?,
-        32,
-        args.context.min(256),
-        0,
-    )?;
+    let calib_tokens = loaded.tokenizer.encode(&calib_text, true)?;
+    let calib = sample_windows(&calib_tokens, 32, args.context.min(256), 0)?;
     let mut sorted = base.clone();
     sort_by_activation(&mut sorted, &calib)?;
     let width = |f: f64| {
@@ -235,6 +238,42 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let full = nested.as_ref().unwrap_or(&sorted);
     let mut q8 = full.clone();
     quantize_nested(&mut q8, args.group)?;
+    // The nested bits trained for: a short quantization-aware fine-tune of the full-width model,
+    // distilled from itself, with every nested width's fake-quantized loss (docs/matryoshka.md).
+    let qat = if args.qat_steps > 0 {
+        let t = Instant::now();
+        let cfg = TrainConfig {
+            steps: args.qat_steps,
+            batch_size: 8,
+            seq_len: args.context.min(64),
+            lr: 5e-4,
+            warmup_steps: (args.qat_steps / 10).max(1),
+            nested_bits: Some(NestedBits {
+                bits: vec![(8, 1.0), (4, 1.0), (3, 0.5), (2, 0.25)],
+                group: args.group,
+            }),
+            ..TrainConfig::default()
+        };
+        let out = distill(
+            full.clone(),
+            full,
+            &calib_tokens,
+            &cfg,
+            &DistillLoss::default(),
+            &WidthSchedule::Full,
+            |_| std::ops::ControlFlow::Continue(()),
+        )?;
+        let mut q = out.student;
+        quantize_nested(&mut q, args.group)?;
+        println!(
+            "\nnested-bit fine-tune: {} steps in {:.1} s",
+            args.qat_steps,
+            t.elapsed().as_secs_f64()
+        );
+        Some(q)
+    } else {
+        None
+    };
     let mut bit_series = vec![
         Series {
             name: "nested bits (one int8 store)".into(),
@@ -245,13 +284,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             points: Vec::new(),
         },
     ];
+    if qat.is_some() {
+        bit_series.push(Series {
+            name: "nested bits after the nested-bit fine-tune".into(),
+            points: Vec::new(),
+        });
+    }
     println!(
         "\nfull width, projections quantized (asymmetric, groups of {}; embedding and head f32); f32 perplexity {:.3}",
         args.group,
         eval.ppl(full)?
     );
-    println!("| bits | nested slice of int8 | RTN at this width |");
-    println!("|---|---|---|");
+    if qat.is_some() {
+        println!("| bits | nested slice of int8 | RTN at this width | nested slice after the fine-tune |");
+        println!("|---|---|---|---|");
+    } else {
+        println!("| bits | nested slice of int8 | RTN at this width |");
+        println!("|---|---|---|");
+    }
     for bits in [8u8, 4, 3, 2] {
         let spec = SliceSpec {
             width: Width::uniform(1.0),
@@ -266,7 +316,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let bpw = bits as f64 + 32.0 / args.group as f64;
         bit_series[0].points.push((bpw, nested_ppl));
         bit_series[1].points.push((bpw, rtn_ppl));
-        println!("| {bits} ({bpw:.2} bits/weight) | {nested_ppl:.3} | {rtn_ppl:.3} |");
+        match &qat {
+            Some(q) => {
+                let (m, _) = slice(q, &spec)?;
+                let qat_ppl = eval.ppl(&m)?;
+                bit_series[2].points.push((bpw, qat_ppl));
+                println!(
+                    "| {bits} ({bpw:.2} bits/weight) | {nested_ppl:.3} | {rtn_ppl:.3} | {qat_ppl:.3} |"
+                );
+            }
+            None => println!("| {bits} ({bpw:.2} bits/weight) | {nested_ppl:.3} | {rtn_ppl:.3} |"),
+        }
     }
     charts(
         &args.plot_dir,
