@@ -295,17 +295,27 @@ fn wgpu_matches_flex() {
         return;
     };
     assert!(worst <= 1e-3, "wgpu vs flex max |Δlogit| = {worst}");
+    assert_same_greedy(&flex.model, &gpu.model, &ids, "wgpu");
+}
 
+/// The same 24-token greedy continuation of `ids` (through the KV cache) on both models.
+#[cfg(any(feature = "wgpu", feature = "tch"))]
+fn assert_same_greedy(
+    flex: &compress_model::LlamaModel,
+    other: &compress_model::LlamaModel,
+    ids: &[u32],
+    name: &str,
+) {
     let options = GenerateOptions {
         max_new_tokens: 24,
         sampling: Sampling::Greedy,
         stop_token: None,
     };
-    let on_flex = generate(&flex.model, &ids, &options, |_| {}).unwrap();
-    let on_gpu = generate(&gpu.model, &ids, &options, |_| {}).unwrap();
+    let on_flex = generate(flex, ids, &options, |_| {}).unwrap();
+    let on_other = generate(other, ids, &options, |_| {}).unwrap();
     assert_eq!(
-        on_flex.tokens, on_gpu.tokens,
-        "greedy continuations differ between flex and wgpu"
+        on_flex.tokens, on_other.tokens,
+        "greedy continuations differ between flex and {name}"
     );
 }
 
@@ -321,17 +331,7 @@ fn tch_matches_flex() {
         return;
     };
     assert!(worst <= 1e-3, "tch vs flex max |Δlogit| = {worst}");
-    let options = GenerateOptions {
-        max_new_tokens: 24,
-        sampling: Sampling::Greedy,
-        stop_token: None,
-    };
-    let on_flex = generate(&flex.model, &ids, &options, |_| {}).unwrap();
-    let on_torch = generate(&torch.model, &ids, &options, |_| {}).unwrap();
-    assert_eq!(
-        on_flex.tokens, on_torch.tokens,
-        "greedy continuations differ between flex and tch"
-    );
+    assert_same_greedy(&flex.model, &torch.model, &ids, "tch");
 
     // Packed 8-bit layers: flex runs the fused CPU kernels, libtorch dequantizes and multiplies
     // (the non-kernel path); the same codes must give the same logits within the same bound.

@@ -183,6 +183,25 @@ mod tests {
         num / den
     }
 
+    /// GPTQ of `w` with `cfg` and RTN with the same scheme and grid, and their output errors on
+    /// `x` (`(gptq, rtn)`), with the GPTQ result.
+    fn gptq_vs_rtn(
+        w: &[f32],
+        x: &[f32],
+        g: &[f32],
+        [out, n, tokens]: [usize; 3],
+        cfg: &Gptq,
+    ) -> (PackedWeight, f64, f64) {
+        let view = LayerView::new("t", w, out, n);
+        let q = gptq_quantize(view, g, tokens, cfg).unwrap();
+        let rtn = crate::rtn::quantize_rtn("t", w, out, n, &cfg.scheme, &cfg.grid, None).unwrap();
+        let (eg, er) = (
+            out_err(w, &q.dequantize(), x, out, n),
+            out_err(w, &rtn.dequantize(), x, out, n),
+        );
+        (q, eg, er)
+    }
+
     #[test]
     fn gptq_beats_rtn_on_output_error_and_is_deterministic() {
         let (out, n, tokens) = (16, 64, 256);
@@ -194,27 +213,14 @@ mod tests {
                 block_size: 24, // not a divisor of 64: exercises the ragged last block
                 ..Gptq::new(scheme)
             };
-            let view = LayerView {
-                path: "t",
-                weight: &w,
-                out_features: out,
-                in_features: n,
-                mask: None,
-                packed: None,
-                original: None,
-            };
-            let q = gptq_quantize(view, &g, tokens, &cfg).unwrap();
-            let rtn = crate::rtn::quantize_rtn("t", &w, out, n, &scheme, &cfg.grid, None).unwrap();
-            let (eg, er) = (
-                out_err(&w, &q.dequantize(), &x, out, n),
-                out_err(&w, &rtn.dequantize(), &x, out, n),
-            );
+            let (q, eg, er) = gptq_vs_rtn(&w, &x, &g, [out, n, tokens], &cfg);
             assert!(
                 eg < 0.8 * er,
                 "bits {bits} act {act}: gptq {eg} vs rtn {er}"
             );
             // Weight error is larger (GPTQ trades weight error for output error) but sane.
             assert!(weight_rel_error(&w, &q.dequantize()) < 1.0);
+            let view = LayerView::new("t", &w, out, n);
             let again = gptq_quantize(view, &g, tokens, &cfg).unwrap();
             assert_eq!(again, q, "same input must give bit-identical packed output");
         }
@@ -236,16 +242,7 @@ mod tests {
                 },
                 ..Gptq::new(scheme)
             };
-            let view = LayerView {
-                path: "t",
-                weight: &w,
-                out_features: out,
-                in_features: n,
-                mask: None,
-                packed: None,
-                original: None,
-            };
-            let q = gptq_quantize(view, &g, tokens, &cfg).unwrap();
+            let (q, eg, er) = gptq_vs_rtn(&w, &x, &g, [out, n, tokens], &cfg);
             for r in 0..out {
                 let scales: Vec<f32> = (0..n)
                     .step_by(format.group())
@@ -259,11 +256,6 @@ mod tests {
                 );
                 assert_eq!(err, 0.0, "{format} row {r}");
             }
-            let rtn = crate::rtn::quantize_rtn("t", &w, out, n, &scheme, &cfg.grid, None).unwrap();
-            let (eg, er) = (
-                out_err(&w, &q.dequantize(), &x, out, n),
-                out_err(&w, &rtn.dequantize(), &x, out, n),
-            );
             assert!(eg < 0.8 * er, "{format}: gptq {eg} vs rtn {er}");
         }
     }
