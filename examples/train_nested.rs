@@ -13,6 +13,9 @@
 //! ```text
 //! cargo run --release --example train_nested                       # writes assets/matryoshka/
 //! cargo run --release --example train_nested -- --steps 50 --out /tmp/nested   # a quick run
+//! # widths and nested bits at once (quantization-aware), nested student only:
+//! cargo run --release --example train_nested -- --out /tmp/nested-bits --only-nested \
+//!     --nested-bits 8:1,4:1,2:0.25
 //! ```
 
 use std::ops::ControlFlow;
@@ -24,7 +27,7 @@ mod common;
 use clap::Parser;
 use compress::core::calibration::{sample_windows, split_halves};
 use compress::distill::loss::DistillLoss;
-use compress::distill::matryoshka::{slice, sort_by_activation, SliceSpec, Width};
+use compress::distill::matryoshka::{slice, sort_by_activation, NestedBits, SliceSpec, Width};
 use compress::distill::train::{distill, StepInfo, TrainConfig, WidthSchedule};
 use compress::eval::progress::ProgressLine;
 use compress::model::container::{write_container, ContainerOptions, NestingEntry, NestingOrder};
@@ -62,6 +65,32 @@ struct Args {
     /// Seed of the data order.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Also train nested bit widths of the nested student with fake quantization, as
+    /// `bits:weight` pairs (e.g. `8:1,4:1,2:0.25`; docs/matryoshka.md); none by default.
+    #[arg(long, value_delimiter = ',', value_parser = parse_bits_weight)]
+    nested_bits: Vec<(u8, f64)>,
+    /// Group size of the nested 8-bit codes --nested-bits trains for.
+    #[arg(long, default_value_t = 32)]
+    nested_group: usize,
+    /// Train only the nested student (skip the separately distilled ones).
+    #[arg(long)]
+    only_nested: bool,
+}
+
+/// `b:w` → `(b, w)`, e.g. `2:0.25`.
+fn parse_bits_weight(s: &str) -> Result<(u8, f64), String> {
+    let (b, w) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: expected bits:weight, e.g. 2:0.25"))?;
+    let b = b
+        .trim()
+        .parse::<u8>()
+        .map_err(|e| format!("{s:?}: bits: {e}"))?;
+    let w = w
+        .trim()
+        .parse::<f64>()
+        .map_err(|e| format!("{s:?}: weight: {e}"))?;
+    Ok((b, w))
 }
 
 fn train(
@@ -81,8 +110,14 @@ fn train(
         &DistillLoss::default(),
         schedule,
         |i: &StepInfo| {
+            let bits: String = i
+                .loss
+                .bits
+                .iter()
+                .map(|(b, l)| format!(", {b}-bit {l:.4}"))
+                .collect();
             let detail = format!(
-                "steps, loss {:.4} (full {:.4}), {:.0} tok/s,",
+                "steps, loss {:.4} (full {:.4}{bits}), {:.0} tok/s,",
                 i.loss.total, i.loss.full, i.tokens_per_s
             );
             line.update(i.loss.step + 1, i.steps, &detail);
@@ -164,18 +199,46 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         per_step: args.per_step.unwrap_or(prefixes.len()),
         widths: prefixes,
     };
-    let model = train("nested", sorted.clone(), teacher, &tokens, &cfg, &nested)?;
+    let nested_cfg = TrainConfig {
+        nested_bits: (!args.nested_bits.is_empty()).then(|| NestedBits {
+            bits: args.nested_bits.clone(),
+            group: args.nested_group,
+        }),
+        ..cfg.clone()
+    };
+    let model = train(
+        "nested",
+        sorted.clone(),
+        teacher,
+        &tokens,
+        &nested_cfg,
+        &nested,
+    )?;
+    let bits_note = if args.nested_bits.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ", nested bits {:?} (groups of {})",
+            args.nested_bits, args.nested_group
+        )
+    };
     save(
         &model,
         &loaded,
         &args.out.join("nested.compress"),
-        &format!("train_nested: MatFormer widths {:?}", args.widths),
+        &format!(
+            "train_nested: MatFormer widths {:?}{bits_note}",
+            args.widths
+        ),
         Some(NestingEntry {
             order: NestingOrder::Trained,
             widths: args.widths.clone(),
             nested_bits: None,
         }),
     )?;
+    if args.only_nested {
+        return Ok(());
+    }
     for &f in &args.widths {
         let spec = SliceSpec {
             width: Width::uniform(f),
