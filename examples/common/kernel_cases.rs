@@ -28,8 +28,8 @@ pub struct Format {
 }
 
 /// int8 per channel, int4 groups of 32 symmetric (= Q4_0), int4 groups of 128 asymmetric (GPTQ's
-/// usual layout).
-pub const FORMATS: [Format; 3] = [
+/// usual layout), int2 groups of 64 asymmetric.
+pub const FORMATS: [Format; 4] = [
     Format {
         name: "int8",
         bits: 8,
@@ -46,6 +46,12 @@ pub const FORMATS: [Format; 3] = [
         name: "int4-g128a",
         bits: 4,
         group: Some(128),
+        symmetry: Symmetry::Asymmetric,
+    },
+    Format {
+        name: "int2-g64a",
+        bits: 2,
+        group: Some(64),
         symmetry: Symmetry::Asymmetric,
     },
 ];

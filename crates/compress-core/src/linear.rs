@@ -161,10 +161,13 @@ impl QuantizedLinear {
 
     /// The kernel tier the forward pass runs on, or `None` when it uses the dequantized weight:
     /// [`Self::kernel`] is `None`; the layer is pruned with an asymmetric grid; its format has
-    /// no SIMD tier on this CPU (2, 3, 5–7 bits: the portable tier is an order of magnitude
+    /// no SIMD tier on this CPU (3, 5–7 bits: the portable tier is an order of magnitude
     /// slower than the dense product, 0.58 ms against about 0.06 ms for a 3-bit 576×1536 GEMV
-    /// on the development machine); or it lives on a non-CPU backend or an autodiff device (the
-    /// kernels read plain f32 host memory and record no graph).
+    /// on the development machine); it is 2-bit (the SIMD loop is 5× dense f32 at 4096×4096
+    /// but 0.7× at SmolLM2's 576×1536, so the cached dense product stays faster on the small
+    /// layers this project runs; `compress_kernels::matmul` runs it directly); or it lives on a
+    /// non-CPU backend or an autodiff device (the kernels read plain f32 host memory and record
+    /// no graph).
     pub fn kernel_tier(&self) -> Option<compress_kernels::Tier> {
         self.kernel_plan().map(|(tier, _)| tier)
     }
@@ -179,6 +182,9 @@ impl QuantizedLinear {
             return None;
         }
         let w = self.kernel_view()?;
+        if w.bits() == 2 {
+            return None;
+        }
         let tier = compress_kernels::Tier::select(&w, activations);
         (tier != compress_kernels::Tier::Portable).then_some((tier, w))
     }

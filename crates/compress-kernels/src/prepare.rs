@@ -5,8 +5,9 @@
 //! the inner loop, which then only multiplies codes by activations. Two preparations serve that:
 //!
 //! - [`F32Activations`]: the row (for 4-bit SIMD tiers re-ordered inside each block of 32 so the
-//!   low nibbles of 16 bytes meet the even columns and the high nibbles the odd ones — a
-//!   permutation of the reduction index, so the dot product is unchanged) and `Σ x` per group.
+//!   low nibbles of 16 bytes meet the even columns and the high nibbles the odd ones; for 2-bit,
+//!   so that bits `2j` of 8 bytes meet columns `4l + j` — permutations of the reduction index,
+//!   so the dot product is unchanged) and `Σ x` per group.
 //! - [`Int8Activations`]: the same blocks quantized to `i8` with one scale per block of 32
 //!   (`x ≈ d · q`, `d = max|x| / 127`), the form integer dot-product instructions (VNNI) consume,
 //!   as llama.cpp's CPU backend does; the columns after the last full block of a group stay f32.
@@ -26,12 +27,25 @@ fn round_to_i8(v: f32) -> i8 {
     ((v + MAGIC) - MAGIC).clamp(-127.0, 127.0) as i8
 }
 
-/// Re-orders one block of 32 values from natural column order to `[even 16, odd 16]`.
+/// Re-orders one block of 32 values from natural column order to `[even 16, odd 16]` (4-bit
+/// codes: low nibbles, then high nibbles).
 #[inline]
 fn permute_block<T: Copy>(src: &[T], dst: &mut [T]) {
     for p in 0..BLOCK / 2 {
         dst[p] = src[2 * p];
         dst[BLOCK / 2 + p] = src[2 * p + 1];
+    }
+}
+
+/// Re-orders one block of 32 values for 2-bit codes: 8 bytes hold columns `4l + j` at bits
+/// `2j` of byte `l`, so widening the bytes to 8 lanes and taking bits `2j` gives columns
+/// `4l + j`, which meet positions `8j + l`.
+#[inline]
+fn permute_block_2bit<T: Copy>(src: &[T], dst: &mut [T]) {
+    for j in 0..4 {
+        for l in 0..BLOCK / 4 {
+            dst[8 * j + l] = src[4 * l + j];
+        }
     }
 }
 
@@ -48,7 +62,8 @@ pub struct F32Activations {
 
 impl F32Activations {
     /// Prepares `x` (length `in_features`) for `w`; `permute` re-orders full blocks of 32 inside
-    /// each group (only meaningful for 4-bit codes, whose groups must then start on even columns).
+    /// each group for `w`'s code width (4- and 2-bit codes, whose groups must then start on a
+    /// byte).
     pub fn new(x: &[f32], w: &QuantMatrix<'_>, permute: bool) -> Self {
         let mut out = x.to_vec();
         let mut group_sums = Vec::with_capacity(w.groups_per_row());
@@ -57,7 +72,11 @@ impl F32Activations {
             if permute {
                 let full = (e - s) / BLOCK * BLOCK;
                 for b in (s..s + full).step_by(BLOCK) {
-                    permute_block(&x[b..b + BLOCK], &mut out[b..b + BLOCK]);
+                    if w.bits() == 2 {
+                        permute_block_2bit(&x[b..b + BLOCK], &mut out[b..b + BLOCK]);
+                    } else {
+                        permute_block(&x[b..b + BLOCK], &mut out[b..b + BLOCK]);
+                    }
                 }
             }
         }

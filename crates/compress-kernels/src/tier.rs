@@ -11,9 +11,10 @@ pub enum Tier {
     Reference,
     /// Plain Rust, any bit width and group size.
     Portable,
-    /// AVX2 + FMA + F16C, f32 activations; 4- and 8-bit codes.
+    /// AVX2 + FMA + F16C, f32 activations; 2-, 4- and 8-bit codes.
     Avx2,
-    /// AVX-512F (and the AVX2 tier's features), f32 activations; 4- and 8-bit codes.
+    /// AVX-512F (and the AVX2 tier's features), f32 activations; 4- and 8-bit codes (2-bit
+    /// codes run the AVX2 loops).
     Avx512,
     /// AVX-512 VNNI with activations quantized to int8 per block of 32 (llama.cpp's CPU
     /// precision); 4- and 8-bit codes. Only chosen when [`Activations::Int8`] is asked for.
@@ -82,12 +83,19 @@ impl Tier {
     pub fn format_limit(self, w: &QuantMatrix<'_>) -> Option<String> {
         match self {
             Tier::Reference | Tier::Portable => None,
-            _ if !matches!(w.bits(), 4 | 8) => {
-                Some(format!("{}-bit codes (4 and 8 only)", w.bits()))
+            Tier::Avx512Vnni if w.bits() == 2 => {
+                Some("2-bit codes (the VNNI tier takes 4 and 8)".to_string())
             }
-            _ if w.bits() == 4 && w.groups_per_row() > 1 && w.group_len() % 2 == 1 => {
+            _ if !matches!(w.bits(), 2 | 4 | 8) => {
+                Some(format!("{}-bit codes (2, 4 and 8 only)", w.bits()))
+            }
+            _ if w.bits() < 8
+                && w.groups_per_row() > 1
+                && !w.group_len().is_multiple_of(8 / w.bits() as usize) =>
+            {
                 Some(format!(
-                    "4-bit codes in odd groups of {} (groups must start on a byte)",
+                    "{}-bit codes in groups of {} (groups must start on a byte)",
+                    w.bits(),
                     w.group_len()
                 ))
             }
@@ -95,9 +103,14 @@ impl Tier {
         }
     }
 
-    /// Whether the tier reads 4-bit activations in `[even, odd]` block order.
+    /// Whether the tier reads activations block-permuted ([`crate::prepare`]): 4-bit codes on
+    /// every SIMD tier, 2-bit codes on the f32 SIMD tiers.
     pub(crate) fn permutes(self, bits: u8) -> bool {
-        bits == 4 && matches!(self, Tier::Avx2 | Tier::Avx512 | Tier::Avx512Vnni)
+        match bits {
+            4 => matches!(self, Tier::Avx2 | Tier::Avx512 | Tier::Avx512Vnni),
+            2 => matches!(self, Tier::Avx2 | Tier::Avx512),
+            _ => false,
+        }
     }
 
     /// The fastest tier that runs `w` on this CPU at the asked activation precision. With

@@ -244,6 +244,8 @@ fn threaded_products_match_the_reference() {
         (8, 256, 4096, 4096, false, 1),
         (4, 64, 4096, 64, true, 16),
         (3, 300, 576, 128, true, 1),
+        (2, 1536, 576, 64, true, 1),
+        (2, 576, 1536, 32, false, 20),
     ] {
         let p = make(
             bits,
@@ -292,6 +294,16 @@ fn dispatch_picks_the_simd_tier_this_cpu_has() {
         1,
     );
     assert_eq!(Tier::select(&p3.view(), Activations::F32), Tier::Portable);
+    // 2-bit codes run the f32 SIMD tiers (AVX2 loops on AVX-512 CPUs), not the VNNI one.
+    let p2 = make(2, [8, 64], ScaleLayout::PerGroup { group_len: 32 }, true, 1);
+    #[cfg(target_arch = "x86_64")]
+    if Tier::Avx512.is_available() {
+        assert_eq!(Tier::select(&p2.view(), Activations::F32), Tier::Avx512);
+        assert_eq!(Tier::select(&p2.view(), Activations::Int8), Tier::Avx512);
+    }
+    assert!(Tier::Avx512Vnni.format_limit(&p2.view()).is_some());
+    let p2_odd = make(2, [8, 64], ScaleLayout::PerGroup { group_len: 6 }, true, 1);
+    assert!(Tier::Avx2.format_limit(&p2_odd.view()).is_some());
     let odd = make(
         4,
         [8, 64],

@@ -1,5 +1,7 @@
 //! The AVX2 + FMA tier (f32 activations): as the AVX-512 tier with 8 lanes. A block of 32 4-bit
-//! codes is two loads of 8 bytes, each widened to 8 × i32 and split into nibbles.
+//! codes is two loads of 8 bytes, each widened to 8 × i32 and split into nibbles; a block of 32
+//! 2-bit codes is one load of 8 bytes split into four 2-bit planes (the AVX-512 tier runs these
+//! loops too).
 
 use std::arch::x86_64::*;
 
@@ -11,8 +13,8 @@ use crate::x86::{dot3, hsum, row_scales, Scratch, SCALE_CHUNK};
 /// One output: row `row` of `w` against `a` (block-permuted for 4-bit).
 ///
 /// # Safety
-/// The CPU must support AVX2, FMA and F16C; `w` must be 4- or 8-bit, with even group starts for
-/// 4-bit.
+/// The CPU must support AVX2, FMA and F16C; `w` must be 2-, 4- or 8-bit, with groups starting on
+/// a byte.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn row_dot(
     w: &QuantMatrix<'_>,
@@ -24,7 +26,9 @@ pub unsafe fn row_dot(
     let x = a.x.as_ptr();
     let (k, g, gpr) = (w.in_features(), w.group_len(), w.groups_per_row());
     let four = w.bits() == 4;
+    let two = w.bits() == 2;
     let nib = _mm256_set1_epi32(0x0f);
+    let crumb = _mm256_set1_epi32(0x03);
     let mut total = _mm256_setzero_ps();
     let mut scalar = 0f32;
     let Scratch { sb, zb, .. } = scratch;
@@ -37,7 +41,25 @@ pub unsafe fn row_dot(
             let full = (e - s0) / BLOCK * BLOCK;
             let mut acc0 = _mm256_setzero_ps();
             let mut acc1 = _mm256_setzero_ps();
+            // Four chains for the four 2-bit planes (two would wait on the FMA latency).
+            let (mut acc2, mut acc3) = (_mm256_setzero_ps(), _mm256_setzero_ps());
             let mut b = s0;
+            while two && b < s0 + full {
+                // 8 bytes = 32 codes; bits 2j of the 8 widened bytes meet positions 8j..8j+8.
+                let xb = x.add(b);
+                let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(codes.add(b / 4).cast()));
+                let c0 = _mm256_cvtepi32_ps(_mm256_and_si256(v, crumb));
+                let c1 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32::<2>(v), crumb));
+                let c2 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32::<4>(v), crumb));
+                let c3 = _mm256_cvtepi32_ps(_mm256_srli_epi32::<6>(v));
+                acc0 = _mm256_fmadd_ps(c0, _mm256_loadu_ps(xb), acc0);
+                acc1 = _mm256_fmadd_ps(c1, _mm256_loadu_ps(xb.add(8)), acc1);
+                acc2 = _mm256_fmadd_ps(c2, _mm256_loadu_ps(xb.add(16)), acc2);
+                acc3 = _mm256_fmadd_ps(c3, _mm256_loadu_ps(xb.add(24)), acc3);
+                b += BLOCK;
+            }
+            acc0 = _mm256_add_ps(acc0, acc2);
+            acc1 = _mm256_add_ps(acc1, acc3);
             while b < s0 + full {
                 let xb = x.add(b);
                 for half in 0..2 {
@@ -84,11 +106,32 @@ pub unsafe fn row_dot(
 pub unsafe fn dequantize_row(w: &QuantMatrix<'_>, row: usize, out: &mut [f32]) {
     let codes = w.row_codes(row);
     let nib = _mm256_set1_epi32(0x0f);
+    let crumb = _mm256_set1_epi32(0x03);
     for (gi, (s0, e)) in w.groups().enumerate() {
         let (s, z) = w.scale_zero(row, gi);
         let (vs, vb) = (_mm256_set1_ps(s), _mm256_set1_ps(-s * z));
         let o = out.as_mut_ptr().add(s0);
         let full = match w.bits() {
+            2 => {
+                let full = (e - s0) / BLOCK * BLOCK;
+                let base = codes.as_ptr().add(s0 / 4);
+                for b in (0..full).step_by(BLOCK) {
+                    let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(base.add(b / 4).cast()));
+                    for (j, c) in [
+                        _mm256_and_si256(v, crumb),
+                        _mm256_and_si256(_mm256_srli_epi32::<2>(v), crumb),
+                        _mm256_and_si256(_mm256_srli_epi32::<4>(v), crumb),
+                        _mm256_srli_epi32::<6>(v),
+                    ]
+                    .into_iter()
+                    .enumerate()
+                    {
+                        let c = _mm256_cvtepi32_ps(c);
+                        _mm256_storeu_ps(o.add(b + 8 * j), _mm256_fmadd_ps(c, vs, vb));
+                    }
+                }
+                full
+            }
             4 => {
                 let full = (e - s0) / BLOCK * BLOCK;
                 let base = codes.as_ptr().add(s0 / 2);

@@ -15,8 +15,8 @@ use crate::x86::{dot3, row_scales, Scratch, SCALE_CHUNK};
 /// One output: row `row` of `w` against `a` (block-permuted for 4-bit).
 ///
 /// # Safety
-/// The CPU must support AVX-512F and F16C; `w` must be 4- or 8-bit, with even group starts for
-/// 4-bit.
+/// The CPU must support AVX-512F and F16C; `w` must be 2-, 4- or 8-bit, with groups starting on
+/// a byte.
 #[target_feature(enable = "avx512f,avx2,f16c,fma")]
 pub unsafe fn row_dot(
     w: &QuantMatrix<'_>,
@@ -24,6 +24,10 @@ pub unsafe fn row_dot(
     a: &F32Activations,
     scratch: &mut Scratch,
 ) -> f32 {
+    if w.bits() == 2 {
+        // SAFETY: the AVX-512 tier's features include the AVX2 tier's.
+        return unsafe { crate::x86::avx2::row_dot(w, row, a, scratch) };
+    }
     let codes = w.row_codes(row).as_ptr();
     let x = a.x.as_ptr();
     let (k, g, gpr) = (w.in_features(), w.group_len(), w.groups_per_row());
@@ -77,6 +81,10 @@ pub unsafe fn row_dot(
 /// As [`row_dot`].
 #[target_feature(enable = "avx512f,avx2,f16c,fma")]
 pub unsafe fn dequantize_row(w: &QuantMatrix<'_>, row: usize, out: &mut [f32]) {
+    if w.bits() == 2 {
+        // SAFETY: as in `row_dot`.
+        return unsafe { crate::x86::avx2::dequantize_row(w, row, out) };
+    }
     let codes = w.row_codes(row);
     let nib = _mm512_set1_epi32(0x0f);
     for (gi, (s0, e)) in w.groups().enumerate() {
