@@ -145,19 +145,11 @@ pub fn encode_packed(w: &PackedWeight) -> Result<Encoded, String> {
     }
     let ty = legacy?;
     let [rows, cols] = w.shape();
-    let mid = w.scheme().bits.mid_code();
     let mut codes = vec![0u8; cols];
     let mut data = Vec::with_capacity(rows * cols / BLOCK * ty.type_size() as usize);
     let mut max_abs_error = 0f32;
     for r in 0..rows {
-        w.unpack_row(r, &mut codes);
-        if let Some(mask) = w.mask() {
-            for (c, code) in codes.iter_mut().enumerate() {
-                if !mask.is_kept(r, c) {
-                    *code = mid;
-                }
-            }
-        }
+        row_codes_for_ggml(w, r, &mut codes);
         for (b, block) in codes.chunks_exact(BLOCK).enumerate() {
             let (scale, zero) = w.scale_zero(r, b * BLOCK);
             let d = f16::from_f32(scale);
@@ -184,6 +176,20 @@ pub fn encode_packed(w: &PackedWeight) -> Result<Encoded, String> {
         data,
         max_abs_error,
     })
+}
+
+/// Row `r`'s codes with pruned weights set to the middle code (exactly 0 on a symmetric grid),
+/// as every ggml encoder here writes them.
+pub(super) fn row_codes_for_ggml(w: &PackedWeight, r: usize, codes: &mut [u8]) {
+    w.unpack_row(r, codes);
+    if let Some(mask) = w.mask() {
+        let mid = w.scheme().bits.mid_code();
+        for (c, code) in codes.iter_mut().enumerate() {
+            if !mask.is_kept(r, c) {
+                *code = mid;
+            }
+        }
+    }
 }
 
 /// Appends the 5th bits (Q5 types, as a little-endian u32: bit `j` is element `j`'s) and the

@@ -26,7 +26,7 @@ use compress_core::packed::{PackedWeight, Symmetry};
 use half::f16;
 
 use super::dequant::dequantize_into;
-use super::encode::Encoded;
+use super::encode::{row_codes_for_ggml, Encoded};
 use super::types::GgmlType;
 
 /// A k-quant encoding and whether it reproduces the packed grids (see the module docs).
@@ -120,19 +120,11 @@ pub fn encode_k(w: &PackedWeight, format: KQuant) -> KEncoded {
         format.scheme() == w.scheme() && cols.is_multiple_of(SUPER_BLOCK),
         "encode_k: the layer is not {format}"
     );
-    let mid = w.scheme().bits.mid_code();
     let mut codes = vec![0u8; cols];
     let mut data = Vec::with_capacity(rows * cols / SUPER_BLOCK * ty.type_size() as usize);
     let mut faithful = true;
     for r in 0..rows {
-        w.unpack_row(r, &mut codes);
-        if let Some(mask) = w.mask() {
-            for (c, code) in codes.iter_mut().enumerate() {
-                if !mask.is_kept(r, c) {
-                    *code = mid;
-                }
-            }
-        }
+        row_codes_for_ggml(w, r, &mut codes);
         for (b, q) in codes.chunks_exact(SUPER_BLOCK).enumerate() {
             let s = super_scales(w, format, r, b * SUPER_BLOCK);
             faithful &= s.faithful;
