@@ -142,6 +142,10 @@ pub struct CompressArgs {
     /// default f16).
     #[arg(long, value_enum)]
     pub dense_type: Option<DenseType>,
+    /// GGUF: store the token embedding (and a tied output head) as Q8_0, quantized at export
+    /// (llama.cpp's own files do; default: the --dense-type).
+    #[arg(long)]
+    pub embedding_q8: bool,
     /// GGUF and compressed-tensors: write layers the format cannot express (low-rank; for GGUF
     /// 3-bit or groups ≠ 32; for compressed-tensors ragged groups or fractional zero points)
     /// as dense tensors instead of failing.

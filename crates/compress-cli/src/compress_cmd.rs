@@ -262,6 +262,11 @@ fn execute(
         None if args.output.extension().is_some_and(|e| e == "gguf") => Format::Gguf,
         None => Format::Container,
     };
+    if args.embedding_q8 && format != Format::Gguf {
+        return Err(CliError::usage(
+            "--embedding-q8 applies to GGUF output (a .gguf path or --format gguf)",
+        ));
+    }
     if format == Format::CompressedTensors && args.output.exists() {
         return Err(CliError::usage(format!(
             "{} exists: compressed-tensors output is a new directory",
@@ -381,7 +386,7 @@ fn execute(
     }
     if r.output.max_abs_error > 0.0 {
         println!(
-            "  largest |Δw| from format conversion: {:.2e} (Q4_1/Q5_1 round m = −d·z to f16, or dense f16/bf16)",
+            "  largest |Δw| from format conversion: {:.2e} (Q4_1/Q5_1/k-quant minimums rounded to f16, dense f16/bf16, or the Q8_0 embedding)",
             r.output.max_abs_error
         );
     }
@@ -541,6 +546,7 @@ pub(crate) fn save(
                     Some(DenseType::Bf16) => GgmlType::BF16,
                 },
                 fallback_dense: args.dense_fallback,
+                embedding: args.embedding_q8.then_some(GgmlType::Q8_0),
                 name: "compress".into(),
             };
             let r = write_gguf(&m.model, &m.tokenizer, path, &options).map_err(CliError::failed)?;

@@ -516,6 +516,34 @@ fn errors_exit_with_their_codes_and_name_the_culprit() {
     let o = k("q4_0", "rtn", &out);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("unknown k-quant"), "{}", stderr(&o));
+
+    // --embedding-q8 stores the token embedding as Q8_0 in GGUF, and is refused elsewhere.
+    let emb = dir.path().join("emb.gguf");
+    let q = |out: &Path| {
+        compress(&[
+            "quantize",
+            "--method",
+            "rtn",
+            "--group",
+            "32",
+            "--embedding-q8",
+            "--calib",
+            s(&calib),
+            "--output",
+            s(out),
+        ])
+    };
+    let o = q(&emb);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let i = json(&["inspect", "--model", s(&emb)]);
+    assert_eq!(i["gguf_tensor_types"]["Q8_0"], 1, "{i}");
+    let o = q(&dir.path().join("emb.safetensors"));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--embedding-q8 applies to GGUF"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 /// `slice` cuts real smaller models: post-hoc sorted at half width (fewer parameters, the

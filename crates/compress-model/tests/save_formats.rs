@@ -184,6 +184,41 @@ fn gguf_round_trip_through_our_reader() {
         let worst = max_abs_diff(&logits(&back.model, &ids), &want);
         assert!(worst <= tol, "{ty}: max |Δlogit| {worst} > {tol}");
     }
+
+    // The token embedding quantized to Q8_0 at export: the report names it and gives its
+    // deviation, and the model reads back with the dequantized embedding.
+    let path = dir.path().join("m-emb-q8.gguf");
+    let options = GgufExport {
+        embedding: Some(GgmlType::Q8_0),
+        ..GgufExport::default()
+    };
+    let report = write_gguf(&m.model, &m.tokenizer, &path, &options).unwrap();
+    let emb = report
+        .tensors
+        .iter()
+        .find(|t| t.name == "token_embd.weight")
+        .unwrap();
+    assert_eq!(emb.ty, GgmlType::Q8_0);
+    assert!(emb.fallback.is_none() && emb.max_abs_error > 0.0);
+    let file = GgufFile::open(&path).unwrap();
+    let want_emb: Vec<f32> = m.model.embedding.val().into_data().try_to_vec().unwrap();
+    let got_emb = file.dequantize("token_embd.weight").unwrap();
+    assert_eq!(max_abs_diff(&got_emb, &want_emb), emb.max_abs_error);
+    let back = load(&path, &device).unwrap();
+    let worst = max_abs_diff(&logits(&back.model, &ids), &want);
+    eprintln!(
+        "Q8_0 embedding: weights within {:.2e}, max |Δlogit| {worst:.2e}",
+        emb.max_abs_error
+    );
+    // Half a Q8_0 step of the embedding (measured above) moves the logits (magnitude ~20) by a
+    // few hundredths at most.
+    assert!(worst > 0.0 && worst < 0.1, "max |Δlogit| {worst}");
+    let bad = GgufExport {
+        embedding: Some(GgmlType::Q4_K),
+        ..GgufExport::default()
+    };
+    let e = write_gguf(&m.model, &m.tokenizer, &dir.path().join("x.gguf"), &bad).unwrap_err();
+    assert!(e.to_string().contains("token embedding"), "{e}");
 }
 
 /// gguf-py (the reference reader llama.cpp ships) reads our file: every tensor's dequantized
@@ -207,6 +242,14 @@ fn gguf_read_by_gguf_py() {
     };
     write_gguf(&m.model, &m.tokenizer, &path, &options).unwrap();
     common::compare_with_gguf_py(&script, &path);
+    // With the embedding quantized to Q8_0 at export.
+    let q8 = dir.path().join("m-q8.gguf");
+    let options = GgufExport {
+        embedding: Some(GgmlType::Q8_0),
+        ..options
+    };
+    write_gguf(&m.model, &m.tokenizer, &q8, &options).unwrap();
+    common::compare_with_gguf_py(&script, &q8);
 }
 
 /// A model loaded from a Hugging Face checkpoint is written as GGUF with its `tokenizer.json`

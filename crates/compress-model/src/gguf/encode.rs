@@ -79,6 +79,38 @@ pub fn encode_float(values: &[f32], ty: GgmlType) -> Encoded {
     }
 }
 
+/// f32 values (a whole number of blocks of 32) as `Q8_0`, quantized here by round to nearest
+/// with llama.cpp's rule (`d = max|x| / 127` as f16, `q = round(x / d)`): the one lossy
+/// encoding of this module, for tensors the pipeline leaves dense (the token embedding).
+///
+/// # Panics
+/// If `values.len()` is not a multiple of 32.
+pub fn encode_q8_0(values: &[f32]) -> Encoded {
+    assert!(
+        values.len().is_multiple_of(BLOCK),
+        "Q8_0 takes whole blocks of {BLOCK}"
+    );
+    let mut data = Vec::with_capacity(values.len() / BLOCK * 34);
+    let mut max_abs_error = 0f32;
+    for block in values.chunks_exact(BLOCK) {
+        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = f16::from_f32(amax / 127.0);
+        let df = d.to_f32();
+        let inv = if df > 0.0 { 1.0 / df } else { 0.0 };
+        data.extend_from_slice(&d.to_le_bytes());
+        for &v in block {
+            let q = (v * inv).round().clamp(-127.0, 127.0) as i8;
+            data.push(q as u8);
+            max_abs_error = max_abs_error.max((q as f32 * df - v).abs());
+        }
+    }
+    Encoded {
+        ty: GgmlType::Q8_0,
+        data,
+        max_abs_error,
+    }
+}
+
 /// The ggml block type a packed weight maps to, or why it has none.
 pub fn block_type_for(w: &PackedWeight) -> Result<GgmlType, String> {
     let s = w.scheme();
@@ -304,6 +336,29 @@ mod tests {
         assert!(block_type_for(&masked)
             .unwrap_err()
             .contains("0 is not on its grid"));
+    }
+
+    #[test]
+    fn q8_0_quantization_is_within_half_a_step_and_dequantizes_as_ggml() {
+        let v: Vec<f32> = (0..96)
+            .map(|i| ((i * 37 % 97) as f32 - 48.0) / 17.0)
+            .collect();
+        let e = encode_q8_0(&v);
+        assert_eq!((e.ty, e.data.len()), (GgmlType::Q8_0, 3 * 34));
+        let mut back = vec![0f32; 96];
+        dequantize_into(GgmlType::Q8_0, &e.data, &mut back).unwrap();
+        let worst = back
+            .iter()
+            .zip(&v)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert_eq!(
+            worst, e.max_abs_error,
+            "the reported error is the measured one"
+        );
+        // Half a step of the largest block's grid (max |x| ≈ 2.8 / 127), plus the f16 rounding of d.
+        assert!(worst <= 2.83 / 127.0 * 0.5 * 1.01, "{worst}");
+        assert!(encode_q8_0(&[0.0; 32]).max_abs_error == 0.0);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use compress_core::pipeline::BlockwiseModel;
 use super::{host, rope_row_order};
 use crate::config::{Architecture, RopeLayout};
 use crate::error::ModelError;
-use crate::gguf::encode::{encode_float, encode_packed, Encoded};
+use crate::gguf::encode::{encode_float, encode_packed, encode_q8_0, Encoded};
 use crate::gguf::{GgmlType, GgufArray, GgufValue, GgufWriter};
 use crate::llama::calibrate::LINEAR_NAMES;
 use crate::llama::LlamaModel;
@@ -39,6 +39,11 @@ pub struct GgufExport {
     /// Write layers with no ggml block format as dense [`Self::dense`] weights (reported as
     /// such) instead of failing.
     pub fallback_dense: bool,
+    /// Type of the token embedding (and so of a tied output head), when not [`Self::dense`]:
+    /// `F32`, `F16`, `BF16`, or `Q8_0` — quantized at export by round to nearest, the one lossy
+    /// step of the writer (reported with its deviation), as llama.cpp stores it in its own
+    /// quantized files.
+    pub embedding: Option<GgmlType>,
     /// `general.name`.
     pub name: String,
 }
@@ -48,6 +53,7 @@ impl Default for GgufExport {
         Self {
             dense: GgmlType::F32,
             fallback_dense: false,
+            embedding: None,
             name: "compress".into(),
         }
     }
@@ -210,6 +216,20 @@ pub fn write_gguf(
             options.dense
         )));
     }
+    if let Some(ty) = options.embedding {
+        let cols = model.config().hidden_size;
+        let ok = match ty {
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => true,
+            GgmlType::Q8_0 => cols.is_multiple_of(32),
+            _ => false,
+        };
+        if !ok {
+            return Err(ModelError::InvalidInput(format!(
+                "the token embedding can be F32, F16, BF16 or Q8_0 (rows a multiple of 32; this \
+                 model's are {cols}), not {ty}"
+            )));
+        }
+    }
     let c = model.config();
     let converted;
     let vocab = match tokenizer.gguf_vocab() {
@@ -269,12 +289,22 @@ pub fn write_gguf(
     w.set(&key("vocab_size"), u32v(c.vocab_size));
     set_vocab(w, vocab);
 
-    ex.float(
-        "token_embd.weight".into(),
-        model.embedding.val(),
-        options.dense,
-        None,
-    )?;
+    match options.embedding.unwrap_or(options.dense) {
+        GgmlType::Q8_0 => {
+            let t = model.embedding.val();
+            let shape = t.dims().to_vec();
+            let values = host(t, "token_embd.weight")?;
+            // Reported through its deviation (`max_abs_error`); it is not a dense fallback.
+            ex.add(
+                "token_embd.weight".into(),
+                &shape,
+                encode_q8_0(&values),
+                None,
+                None,
+            )?;
+        }
+        ty => ex.float("token_embd.weight".into(), model.embedding.val(), ty, None)?,
+    }
     let hd = c.head_dim;
     for (l, block) in model.layers.iter().enumerate() {
         ex.float(
