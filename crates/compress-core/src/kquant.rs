@@ -154,10 +154,27 @@ impl std::fmt::Display for KQuant {
 /// `2⁻²⁴`: an f16 whose products with integers below `2^(11 − bits)` are f16 too.
 pub fn round_up_significant(x: f32, bits: u32) -> f32 {
     debug_assert!(x > 0.0 && x.is_finite() && x >= f32::MIN_POSITIVE);
+    let quantum = significant_quantum(x, bits);
+    (x / quantum).ceil() * quantum
+}
+
+/// The spacing of `bits`-significant-bit values around a normal `x > 0`, at least `2⁻²⁴`.
+fn significant_quantum(x: f32, bits: u32) -> f32 {
     // The binary exponent of a normal f32, read from its bits (no `log2` rounding).
     let e = ((x.to_bits() >> 23) & 0xff) as i32 - 127;
-    let quantum = 2f32.powi((e - bits as i32 + 1).max(-24));
-    (x / quantum).ceil() * quantum
+    2f32.powi((e - bits as i32 + 1).max(-24))
+}
+
+/// The largest `|t|` of `targets` and the largest `|k|` that reaches it in `range` (the negative
+/// side counts only when a target is negative).
+fn amax_reach(targets: &[f32], range: (i32, i32)) -> (f32, i32) {
+    let amax = targets.iter().fold(0f32, |m, t| m.max(t.abs()));
+    let reach = if targets.iter().any(|&t| t < 0.0) {
+        range.1.min(-range.0)
+    } else {
+        range.1
+    };
+    (amax, reach)
 }
 
 /// Quantizes `targets` as `d · k_i` with integers `k_i` in `range`, `d` rounded *up* by
@@ -165,15 +182,10 @@ pub fn round_up_significant(x: f32, bits: u32) -> f32 {
 /// clipped); a non-zero target never gets `k_i = 0` (it becomes `±1`). All-zero targets give
 /// `d = 0`. Used to snap scales onto a k-quant's form.
 pub fn snap_two_level(targets: &[f32], range: (i32, i32), bits: u32) -> (f32, Vec<i32>) {
-    let amax = targets.iter().fold(0f32, |m, t| m.max(t.abs()));
+    let (amax, reach) = amax_reach(targets, range);
     if amax == 0.0 {
         return (0.0, vec![0; targets.len()]);
     }
-    let reach = if targets.iter().any(|&t| t < 0.0) {
-        range.1.min(-range.0)
-    } else {
-        range.1
-    };
     let d = round_up_significant((amax / reach as f32).max(f32::MIN_POSITIVE), bits);
     let ks = targets
         .iter()
@@ -195,8 +207,7 @@ pub fn snap_two_level(targets: &[f32], range: (i32, i32), bits: u32) -> (f32, Ve
 
 /// `x > 0` rounded to nearest at `bits` significant bits (and a multiple of `2⁻²⁴`).
 fn round_significant(x: f32, bits: u32) -> f32 {
-    let e = ((x.to_bits() >> 23) & 0xff) as i32 - 127;
-    let quantum = 2f32.powi((e - bits as i32 + 1).max(-24));
+    let quantum = significant_quantum(x, bits);
     (x / quantum).round() * quantum
 }
 
@@ -212,15 +223,10 @@ pub fn fit_two_level(
     range: (i32, i32),
     precision: u32,
 ) -> (half::f16, Vec<i32>, f32) {
-    let amax = targets.iter().fold(0f32, |m, t| m.max(t.abs()));
+    let (amax, reach) = amax_reach(targets, range);
     if amax == 0.0 {
         return (half::f16::ZERO, vec![0; targets.len()], 0.0);
     }
-    let reach = if targets.iter().any(|&t| t < 0.0) {
-        range.1.min(-range.0)
-    } else {
-        range.1
-    };
     let mut best = (half::f16::ZERO, vec![0; targets.len()], f32::INFINITY);
     let mut ks = vec![0i32; targets.len()];
     for k in (1..=reach).rev() {
