@@ -10,6 +10,16 @@ use std::str::FromStr;
 
 use burn::tensor::Device;
 
+/// Whether tensors on `device` may take compress-kernels' fused CPU paths (quantized matmul,
+/// attention, SwiGLU): a CPU backend (flex, ndarray) without autodiff. The kernels work on
+/// plain slices, so on an autodiff device they would cut the gradient graph, and on a GPU they
+/// would copy every operand to the host.
+pub fn runs_cpu_kernels(device: &Device) -> bool {
+    #[allow(deprecated)] // burn-ndarray is deprecated upstream but still a supported backend
+    let cpu = *device == Device::flex() || *device == Device::ndarray();
+    cpu && !device.is_autodiff()
+}
+
 /// A burn backend `compress` can run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BackendKind {

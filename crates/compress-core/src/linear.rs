@@ -175,10 +175,7 @@ impl QuantizedLinear {
     /// The tier and the weight view the forward pass uses (see [`Self::kernel_tier`]).
     fn kernel_plan(&self) -> Option<(compress_kernels::Tier, compress_kernels::QuantMatrix<'_>)> {
         let activations = self.kernel?;
-        let device = self.weight.device();
-        #[allow(deprecated)] // burn-ndarray is deprecated upstream but still a supported backend
-        let cpu = device == Device::flex() || device == Device::ndarray();
-        if device.is_autodiff() || !cpu {
+        if !crate::backend::runs_cpu_kernels(&self.weight.device()) {
             return None;
         }
         let w = self.kernel_view()?;

@@ -44,6 +44,8 @@
 
 #![warn(missing_docs)]
 
+pub mod activation;
+pub mod attention;
 pub mod bandwidth;
 pub mod matmul;
 pub mod matrix;
@@ -51,6 +53,7 @@ pub mod portable;
 pub mod prepare;
 pub mod reference;
 pub mod tier;
+pub mod vexp;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 

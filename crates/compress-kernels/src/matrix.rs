@@ -49,6 +49,10 @@ pub enum KernelError {
         /// Why: the missing CPU feature or the format.
         what: String,
     },
+    /// Sizes that do not describe a valid operation (e.g. query heads not a multiple of the
+    /// key/value heads).
+    #[error("invalid shape: {0}")]
+    Shape(String),
 }
 
 /// How scales are shared.

@@ -5,7 +5,9 @@
 
 use burn::module::Module;
 use burn::tensor::activation::softmax;
-use burn::tensor::{Bool, FloatDType, Int, Tensor};
+use burn::tensor::{Bool, FloatDType, Int, Tensor, TensorData};
+use compress_core::backend::runs_cpu_kernels;
+use compress_core::kernels;
 use compress_core::linear::CompressedLinear;
 
 use super::cache::LayerCache;
@@ -84,11 +86,75 @@ impl Attention {
         cache: Option<&mut LayerCache>,
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
-        let (probs, v) = self.probs_values(x, rope, positions, mask, cache);
+        let (q, k, v) = self.qkv(x, rope, positions, cache);
+        if let Some(out) = self.fused(&q, &k, &v, mask.as_ref()) {
+            return out;
+        }
+        let (probs, v) = self.probs(q, k, v, mask);
         probs
             .matmul(v)
             .swap_dims(1, 2)
             .reshape([b, t, self.num_heads * self.head_dim])
+    }
+
+    /// The context through compress-kernels' fused CPU attention (no score tensor; blocked keys
+    /// skipped), when it applies: f32 attention numerics on a CPU backend without autodiff
+    /// (the kernel would cut the gradient graph). `None` otherwise, or should the kernel refuse
+    /// the shapes (it cannot: they come from the model), and the unfused path runs.
+    fn fused(
+        &self,
+        q: &Tensor<4>,
+        k: &Tensor<4>,
+        v: &Tensor<4>,
+        mask: Option<&Tensor<4, Bool>>,
+    ) -> Option<Tensor<3>> {
+        let device = q.device();
+        if self.precision != AttentionPrecision::F32 || !runs_cpu_kernels(&device) {
+            return None;
+        }
+        let [b, h, t, hd] = q.dims();
+        let [_, kvh, s, _] = k.dims();
+        let floats = |x: &Tensor<4>| {
+            x.clone()
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .ok()
+        };
+        let blocked = match mask {
+            Some(m) => Some(
+                m.clone()
+                    .reshape([b * t * s])
+                    .into_data()
+                    .try_into_vec::<bool>()
+                    .ok()?,
+            ),
+            None => None,
+        };
+        let shape = kernels::attention::AttentionShape {
+            batch: b,
+            heads: h,
+            kv_heads: kvh,
+            queries: t,
+            keys: s,
+            head_dim: hd,
+        };
+        let mut out = vec![0f32; b * t * h * hd];
+        let scale = (1.0 / (hd as f64).sqrt()) as f32;
+        kernels::attention::attention(
+            &shape,
+            &floats(q)?,
+            &floats(k)?,
+            &floats(v)?,
+            blocked.as_deref(),
+            scale,
+            &mut out,
+        )
+        .ok()?;
+        Some(Tensor::from_data(
+            TensorData::new(out, [b, t, h * hd]),
+            &device,
+        ))
     }
 
     /// Mean entropy (nats) of each query head's attention distribution over the queries of
@@ -101,7 +167,8 @@ impl Attention {
         positions: Tensor<2, Int>,
         mask: Option<Tensor<4, Bool>>,
     ) -> Tensor<1> {
-        let (p, _) = self.probs_values(x, rope, positions, mask, None);
+        let (q, k, v) = self.qkv(x, rope, positions, None);
+        let (p, _) = self.probs(q, k, v, mask);
         let [b, h, t, _] = p.dims();
         let ent = (p.clone() * p.clamp_min(1e-30).log()).sum_dim(3).neg();
         ent.swap_dims(0, 1)
@@ -110,16 +177,16 @@ impl Attention {
             .reshape([h])
     }
 
-    /// Attention probabilities `[batch, heads, seq, keys]` and the (repeated) values
-    /// `[batch, heads, keys, head_dim]`.
-    fn probs_values(
+    /// Rotated queries `[batch, heads, seq, head_dim]` and the keys and values of every position
+    /// (cached ones first) `[batch, kv_heads, keys, head_dim]`, rounded as [`Self::precision`]
+    /// says; the new keys and values are appended to `cache`.
+    fn qkv(
         &self,
         x: Tensor<3>,
         rope: &Rope,
         positions: Tensor<2, Int>,
-        mask: Option<Tensor<4, Bool>>,
         cache: Option<&mut LayerCache>,
-    ) -> (Tensor<4>, Tensor<4>) {
+    ) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
         let [b, t, _] = x.dims();
         let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let split = |y: Tensor<3>, heads: usize| y.reshape([b, t, heads, hd]).swap_dims(1, 2);
@@ -135,7 +202,19 @@ impl Attention {
             Some(cache) => cache.append(k, v),
             None => (k, v),
         };
+        (q, k, v)
+    }
 
+    /// Attention probabilities `[batch, heads, seq, keys]` and the (repeated) values
+    /// `[batch, heads, keys, head_dim]` of [`Self::qkv`]'s output (the unfused form).
+    fn probs(
+        &self,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        mask: Option<Tensor<4, Bool>>,
+    ) -> (Tensor<4>, Tensor<4>) {
+        let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let group = h / kvh;
         let k = repeat_kv(k, group);
         let v = repeat_kv(v, group);

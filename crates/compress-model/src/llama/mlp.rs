@@ -3,7 +3,9 @@
 
 use burn::module::Module;
 use burn::tensor::activation::silu;
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
+use compress_core::backend::runs_cpu_kernels;
+use compress_core::kernels;
 use compress_core::linear::CompressedLinear;
 
 /// Gated feed-forward network of a decoder block.
@@ -23,8 +25,30 @@ impl Mlp {
         self.down_proj.forward(self.gated(x))
     }
 
-    /// `silu(gate(x)) ⊙ up(x)`, `[..., intermediate]`: the input of `down_proj`.
+    /// `silu(gate(x)) ⊙ up(x)`, `[..., intermediate]`: the input of `down_proj`. On the CPU
+    /// backends without autodiff, in one fused parallel pass (compress-kernels' `swiglu`).
     pub fn gated<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x)
+        let g = self.gate_proj.forward(x.clone());
+        let u = self.up_proj.forward(x);
+        fused_swiglu(&g, &u).unwrap_or_else(|| silu(g) * u)
     }
+}
+
+/// `silu(g) ⊙ u` through the fused kernel, when the tensors are on a device it serves.
+fn fused_swiglu<const D: usize>(g: &Tensor<D>, u: &Tensor<D>) -> Option<Tensor<D>> {
+    let device = g.device();
+    if !runs_cpu_kernels(&device) {
+        return None;
+    }
+    let floats = |x: &Tensor<D>| {
+        x.clone()
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .ok()
+    };
+    let (gs, us) = (floats(g)?, floats(u)?);
+    let mut out = vec![0f32; gs.len()];
+    kernels::activation::swiglu(&gs, &us, &mut out).ok()?;
+    Some(Tensor::from_data(TensorData::new(out, g.dims()), &device))
 }
