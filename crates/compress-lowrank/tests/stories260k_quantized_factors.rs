@@ -110,11 +110,17 @@ fn quantizers_after_svd_llm_quantize_the_factors() {
         k_g.mean_nll.1.exp(), k_r.kld.mean, k_r.kld.lo, k_r.kld.hi, k_r.mean_nll.1.exp(),
         k_lr.mean_nll.0.exp()
     );
+    // End to end the two are within each other's 95% intervals at this setting (16 × 128
+    // calibration tokens, 3 bits), and which is lower flips with rounding-level changes of the
+    // calibration forward — SVD-LLM's whitening of later blocks amplifies them (measured:
+    // 2.985 vs 3.120 with the unfused attention, 2.859 vs 2.795 with the fused CPU kernels;
+    // docs/lowrank.md). So the end-to-end check is that GPTQ is not significantly worse; the
+    // per-layer comparison above, on identical inputs, is the strict one.
     assert!(
-        k_g.kld.mean < k_r.kld.mean,
-        "GPTQ {} vs RTN {}",
-        k_g.kld.mean,
-        k_r.kld.mean
+        k_g.kld.lo < k_r.kld.hi,
+        "GPTQ {:?} significantly worse than RTN {:?}",
+        k_g.kld,
+        k_r.kld
     );
 
     // The kernels run both factors (3-bit has no SIMD tier: 4-bit does) and give the
