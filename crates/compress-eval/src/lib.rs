@@ -118,6 +118,56 @@ impl tasks::BatchScorer for LlamaModel {
             .map(|(i, s)| all[i * t * v..(i * t + s.len()) * v].to_vec())
             .collect())
     }
+
+    /// The prefix once through the KV cache (no output head), then the suffixes as one
+    /// right-padded batch over the repeated cache. No padding mask is needed: the suffixes all
+    /// start at the same position, and causality keeps a real token from seeing the padding
+    /// after it.
+    fn prefix_logits(
+        &self,
+        prefix: &[u32],
+        suffixes: &[Vec<u32>],
+    ) -> Result<Vec<Vec<f32>>, EvalError> {
+        let (b, t, v) = (
+            suffixes.len(),
+            suffixes.iter().map(Vec::len).max().unwrap_or(0),
+            self.config().vocab_size,
+        );
+        if b == 0 || t == 0 || suffixes.iter().any(Vec::is_empty) {
+            return Err(EvalError::InvalidInput("empty suffix batch".into()));
+        }
+        if prefix.is_empty() {
+            return self.batch_logits(suffixes);
+        }
+        let device = self.device();
+        let ids = |data: Vec<i64>, rows: usize, len: usize| {
+            Tensor::<2, Int>::from_data(TensorData::new(data, [rows, len]), &device)
+        };
+        let mut cache = self.new_cache();
+        self.prefill(
+            ids(prefix.iter().map(|&x| x as i64).collect(), 1, prefix.len()),
+            &mut cache,
+        )?;
+        let mut cache = cache.repeat_batch(b)?;
+        let padded: Vec<i64> = suffixes
+            .iter()
+            .flat_map(|s| {
+                s.iter()
+                    .map(|&x| x as i64)
+                    .chain(std::iter::repeat_n(0, t - s.len()))
+            })
+            .collect();
+        let all = self
+            .forward_cached(ids(padded, b, t), &mut cache)?
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| EvalError::InvalidInput(format!("reading logits: {e:?}")))?;
+        Ok(suffixes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| all[i * t * v..(i * t + s.len()) * v].to_vec())
+            .collect())
+    }
 }
 
 impl tasks::Tokenize for LlmTokenizer {

@@ -72,6 +72,27 @@ pub fn load_jsonl(
 pub trait BatchScorer {
     /// Logits `[len_i, vocab]` (row-major) for each sequence; sequences may differ in length.
     fn batch_logits(&self, seqs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EvalError>;
+
+    /// Logits `[len_i, vocab]` of each `suffixes[i]` continuing the shared `prefix`: row `j`
+    /// follows `prefix ++ suffixes[i][..=j]`. The default scores the concatenations with
+    /// [`Self::batch_logits`] and drops the prefix rows; a model with a KV cache runs the prefix
+    /// once (the choices of a question share their context).
+    fn prefix_logits(
+        &self,
+        prefix: &[u32],
+        suffixes: &[Vec<u32>],
+    ) -> Result<Vec<Vec<f32>>, EvalError> {
+        let seqs: Vec<Vec<u32>> = suffixes
+            .iter()
+            .map(|s| prefix.iter().chain(s).copied().collect())
+            .collect();
+        let v = self.vocab();
+        Ok(self
+            .batch_logits(&seqs)?
+            .into_iter()
+            .map(|rows| rows[prefix.len() * v..].to_vec())
+            .collect())
+    }
     /// Vocabulary size.
     fn vocab(&self) -> usize;
 }
@@ -110,7 +131,8 @@ pub fn split_request(tok: &dyn Tokenize, r: &Request) -> Result<(Vec<u32>, usize
     Ok((full, start))
 }
 
-/// Scores every choice of one question in one batch.
+/// Scores every choice of one question in one batch, the shared context run once
+/// ([`BatchScorer::prefix_logits`]).
 pub fn score_item(
     model: &dyn BatchScorer,
     tok: &dyn Tokenize,
@@ -121,14 +143,18 @@ pub fn score_item(
         .iter()
         .map(|r| split_request(tok, r))
         .collect::<Result<_, _>>()?;
-    let seqs: Vec<Vec<u32>> = split.iter().map(|(s, _)| s.clone()).collect();
-    let logits = model.batch_logits(&seqs)?;
+    // Every choice's tokens agree with the context's up to its `start`, so the first
+    // `min(start) − 1` tokens are one shared prefix (the last context token stays in each
+    // suffix: its logits score the first continuation token).
+    let prefix = split.iter().map(|(_, start)| start - 1).min().unwrap_or(0);
+    let suffixes: Vec<Vec<u32>> = split.iter().map(|(s, _)| s[prefix..].to_vec()).collect();
+    let logits = model.prefix_logits(&split[0].0[..prefix], &suffixes)?;
     let v = model.vocab();
-    let mut out = Vec::with_capacity(seqs.len());
+    let mut out = Vec::with_capacity(split.len());
     for ((ids, start), rows) in split.iter().zip(&logits) {
         let (mut logprob, mut greedy) = (0.0, true);
         for t in *start..ids.len() {
-            let row = &rows[(t - 1) * v..t * v];
+            let row = &rows[(t - 1 - prefix) * v..(t - prefix) * v];
             let lp = log_softmax(row);
             logprob += lp[ids[t] as usize];
             let top = lp

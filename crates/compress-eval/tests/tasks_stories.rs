@@ -81,3 +81,63 @@ fn lambada_items_score_by_greedy_match() {
     assert_eq!(r.n, 3);
     assert!(r.gold_ppl.is_finite());
 }
+
+/// Only `batch_logits`: scores through the trait's default `prefix_logits` (concatenation).
+struct Unshared<'a>(&'a compress_model::LlamaModel);
+
+impl compress_eval::tasks::BatchScorer for Unshared<'_> {
+    fn batch_logits(&self, seqs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, compress_eval::EvalError> {
+        self.0.batch_logits(seqs)
+    }
+    fn vocab(&self) -> usize {
+        self.0.config().vocab_size
+    }
+}
+
+#[test]
+fn a_shared_context_runs_once_with_the_same_logits() {
+    use compress_eval::tasks::{BatchScorer, Tokenize};
+    let Some(path) = common::shared("models/stories260K.gguf") else {
+        return;
+    };
+    let m = compress_model::load(path, &BackendKind::Flex.device().unwrap()).unwrap();
+    let prefix = m.tokenizer.tokens("Once upon a time, there was a").unwrap();
+    let suffixes: Vec<Vec<u32>> = [
+        " little girl named Lily.",
+        " dog",
+        " big red ball that liked to bounce",
+    ]
+    .iter()
+    .map(|s| m.tokenizer.encode(s, false).unwrap())
+    .collect();
+    let cached = m.model.prefix_logits(&prefix, &suffixes).unwrap();
+    let plain = Unshared(&m.model)
+        .prefix_logits(&prefix, &suffixes)
+        .unwrap();
+    let vocab = m.model.config().vocab_size;
+    for ((c, p), s) in cached.iter().zip(&plain).zip(&suffixes) {
+        assert_eq!((c.len(), p.len()), (s.len() * vocab, s.len() * vocab));
+        let diff = c.iter().zip(p).fold(0f32, |d, (a, b)| d.max((a - b).abs()));
+        // Same tolerance as compress-model's padding and cache tests: 1e-3.
+        assert!(diff < 1e-3, "max |Δlogit| {diff}");
+    }
+    // Whole questions score the same either way, on a real task file.
+    let items = load_jsonl(
+        common::shared("data/tasks/arc_easy.jsonl").unwrap(),
+        Some(5),
+    )
+    .unwrap();
+    let a = evaluate(&m.model, &m.tokenizer, &items, |_, _| {}).unwrap();
+    let b = evaluate(&Unshared(&m.model), &m.tokenizer, &items, |_, _| {}).unwrap();
+    assert_eq!(
+        (a.correct.clone(), a.acc_norm.mean),
+        (b.correct.clone(), b.acc_norm.mean)
+    );
+    assert!(
+        (a.gold_ppl - b.gold_ppl).abs() < 1e-3 * b.gold_ppl,
+        "{} vs {}",
+        a.gold_ppl,
+        b.gold_ppl
+    );
+    assert!(m.model.new_cache().repeat_batch(2).is_err());
+}

@@ -235,6 +235,13 @@ impl LlamaModel {
             .forward(self.norm.forward(x.narrow(1, t - 1, 1))))
     }
 
+    /// Runs `tokens` `[batch, seq]` through the blocks, appending their keys and values to
+    /// `cache`, without the output head: a prompt or shared prefix that
+    /// [`Self::forward_cached`] will continue.
+    pub fn prefill(&self, tokens: Tensor<2, Int>, cache: &mut KvCache) -> Result<(), ModelError> {
+        self.hidden_cached(tokens, cache).map(|_| ())
+    }
+
     /// Hidden states after the last block for `tokens` continuing `cache`.
     fn hidden_cached(
         &self,
