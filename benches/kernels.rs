@@ -54,6 +54,15 @@ fn kernels(c: &mut Criterion) {
                     });
                 }
             }
+            // The int4 g32 codes in the 2:4-sparse layout (kept codes and positions only).
+            let (f, p) = &packed[1];
+            assert_eq!(f.name, "int4-g32");
+            let s = cases::sparse24(p, 7);
+            let mut y = vec![0f32; m * n];
+            group.throughput(Throughput::Bytes(s.storage_bytes() as u64));
+            group.bench_function(format!("int4-g32-2:4-{}", s.tier()), |b| {
+                b.iter(|| compress::kernels::sparse24::matmul(&x, m, &s, &mut y).unwrap())
+            });
             group.finish();
         }
     }

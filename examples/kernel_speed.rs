@@ -5,6 +5,7 @@
 //! ```text
 //! cargo run --release --example kernel_speed                # all shapes, M = 1, 16, 512
 //! cargo run --release --example kernel_speed -- --rows 1    # decode only (about a minute)
+//! cargo run --release --example kernel_speed -- --sparse24   # the 2:4-sparse int4 table
 //! ```
 //! Each time is the median of repeated runs (at least 3, until 0.5 s has been spent).
 
@@ -28,6 +29,49 @@ struct Args {
     /// Skip the larger-than-cache GEMV and the bandwidth probe.
     #[arg(long)]
     no_large: bool,
+    /// Only the 2:4-sparse table: int4 g32 with a 2:4 pattern in the compact layout
+    /// (`compress_kernels::sparse24`) against the same codes in the dense layout and dense f32.
+    #[arg(long)]
+    sparse24: bool,
+}
+
+/// The 2:4 table: per shape and row count, dense f32 vs dense-layout int4 g32 (pruned weights
+/// stored as zero codes) vs the compact 2:4 layout (kept codes and positions only).
+fn sparse24_table(rows: &[usize], device: &burn::tensor::Device) {
+    use compress::kernels::sparse24;
+    let f = cases::FORMATS[1];
+    assert_eq!(f.name, "int4-g32");
+    println!("| M | K×N | dense f32 (flex) | int4-g32 dense layout | int4-g32 2:4 layout | 2:4 vs f32 | 2:4 vs dense int4 | bytes read (2:4 / int4) |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (k, n) in cases::SHAPES {
+        let wt = Tensor::<2>::from_data(TensorData::new(cases::values(k * n, 1), [k, n]), device);
+        let p = cases::packed(f, n, k, 2);
+        let w = p.kernel_matrix().unwrap();
+        let s = cases::sparse24(&p, 7);
+        for &m in rows {
+            let x = cases::values(m * k, 3);
+            let xt = Tensor::<2>::from_data(TensorData::new(x.clone(), [m, k]), device);
+            let dense = time(|| {
+                xt.clone().matmul(wt.clone()).into_data();
+            });
+            let mut y = vec![0f32; m * n];
+            let tier = Tier::select(&w, Activations::F32);
+            let t4 = time(|| matmul_with(tier, &x, m, &w, &mut y).unwrap());
+            let t24 = time(|| {
+                sparse24::matmul(&x, m, &s, &mut y).unwrap();
+            });
+            println!(
+                "| {m} | {k}×{n} | {:.3} ms | {:.3} ms ({tier}) | {:.3} ms ({}) | **{:.2}×** | {:.2}× | {:.2} |",
+                dense * 1e3,
+                t4 * 1e3,
+                t24 * 1e3,
+                s.tier(),
+                dense / t24,
+                t4 / t24,
+                s.storage_bytes() as f64 / w.storage_bytes() as f64
+            );
+        }
+    }
 }
 
 /// Median seconds of `f` over at least 3 runs and at least 0.5 s.
@@ -86,6 +130,10 @@ fn main() {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if args.sparse24 {
+        sparse24_table(&args.rows, &device);
+        return;
+    }
     let bandwidth = (!args.no_large).then(|| streaming_read(256 << 20, 10));
     if let Some(bw) = bandwidth {
         println!("streaming read, 256 MiB buffer: {:.1} GB/s", bw / 1e9);

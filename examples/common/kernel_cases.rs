@@ -75,3 +75,18 @@ pub fn packed(format: Format, n: usize, k: usize, seed: u64) -> PackedWeight {
     let scheme = QuantScheme::new(format.bits, format.group, format.symmetry).unwrap();
     quantize_rtn("bench", &w, n, k, &scheme, &GridConfig::default(), None).unwrap()
 }
+
+/// `packed`'s codes of an int4 g32 weight in the 2:4-sparse layout, keeping the two
+/// largest-magnitude of every 4 seeded values (ties broken by position); any 2:4 pattern times
+/// the same.
+pub fn sparse24(p: &PackedWeight, seed: u64) -> compress::kernels::sparse24::Sparse24 {
+    let [n, k] = p.shape();
+    let vals = values(n * k, seed);
+    let w = p.kernel_matrix().expect("an unpruned packed weight");
+    compress::kernels::sparse24::Sparse24::from_quant(&w, |r, c| {
+        let b = r * k + c / 4 * 4;
+        let mine = (vals[r * k + c].abs(), r * k + c);
+        (b..b + 4).filter(|&j| (vals[j].abs(), j) > mine).count() < 2
+    })
+    .expect("a 2:4 pattern of a 4-bit weight with rows and groups of multiples of 8")
+}

@@ -69,6 +69,21 @@ impl PackedWeight {
         }
         Some(out)
     }
+
+    /// For a 4-bit weight pruned to a 2:4 pattern (every 4 consecutive weights of a row keep at
+    /// most 2): the compact layout that stores only the kept codes and their positions
+    /// ([`compress_kernels::sparse24`], 3 bits per weight plus scales), which symmetric and
+    /// asymmetric grids alike run on. `None` for other weights, and where the layout cannot
+    /// hold this one (rows or groups not a multiple of 8; an asymmetric block keeping fewer
+    /// than 2).
+    pub fn sparse24(&self) -> Option<compress_kernels::sparse24::Sparse24> {
+        let mask = self.mask()?;
+        if self.scheme().bits.get() != 4 || !mask.satisfies_n_m(2, 4) {
+            return None;
+        }
+        let view = self.kernel_matrix_with_codes(self.packed_codes())?;
+        compress_kernels::sparse24::Sparse24::from_quant(&view, |r, c| mask.is_kept(r, c)).ok()
+    }
 }
 
 #[cfg(test)]

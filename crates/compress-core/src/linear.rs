@@ -103,7 +103,9 @@ impl LowRankLinear {
 /// The packed codes are the layer's storage (what is saved and counted in bits/weight). On the
 /// CPU backends (flex, ndarray) without autodiff, the forward pass runs compress-kernels' fused
 /// matmul straight from the codes (SIMD tier chosen at run time, see [`Self::kernel`]).
-/// Elsewhere — wgpu, CUDA, libtorch, training through autodiff, pruned asymmetric layers — it
+/// A 4-bit layer pruned 2:4 runs the compact layout of its kept codes
+/// ([`PackedWeight::sparse24`]). Elsewhere — wgpu, CUDA, libtorch, training through autodiff,
+/// other pruned asymmetric layers — it
 /// multiplies by the dequantized weight, computed once when the layer is built: numerically the
 /// same product up to f32 rounding.
 #[derive(Module, Debug)]
@@ -118,6 +120,10 @@ pub struct QuantizedLinear {
     /// [`PackedWeight::masked_kernel_codes`]), which the kernels read instead of the mask.
     #[module(skip)]
     kernel_codes: Option<Arc<Vec<u8>>>,
+    /// For a 4-bit layer pruned 2:4, the compact layout of its kept codes
+    /// ([`PackedWeight::sparse24`]), which the kernels read in preference to the dense codes.
+    #[module(skip)]
+    sparse24: Option<Arc<compress_kernels::sparse24::Sparse24>>,
     /// The packed codes, scales and zeros.
     #[module(skip)]
     pub packed: Arc<PackedWeight>,
@@ -126,6 +132,17 @@ pub struct QuantizedLinear {
     /// Optional low-rank correction `U V` added to the dequantized weight (the approximation of
     /// the quantization residual `W − Q`); stored in f32 next to the codes.
     pub correction: Option<LowRankLinear>,
+}
+
+/// Which fused kernel runs a quantized layer's product.
+enum KernelPlan<'a> {
+    /// The dense packed codes (or their masked copy) on a tier.
+    Dense(compress_kernels::Tier, compress_kernels::QuantMatrix<'a>),
+    /// The compact 2:4-sparse layout on a tier.
+    Sparse24(
+        compress_kernels::Tier,
+        &'a compress_kernels::sparse24::Sparse24,
+    ),
 }
 
 impl QuantizedLinear {
@@ -143,6 +160,7 @@ impl QuantizedLinear {
             weight,
             kernel: Some(Activations::F32),
             kernel_codes: packed.masked_kernel_codes().map(Arc::new),
+            sparse24: packed.sparse24().map(Arc::new),
             packed: Arc::new(packed),
             bias: bias.map(Param::from_tensor),
             correction: None,
@@ -160,7 +178,8 @@ impl QuantizedLinear {
     }
 
     /// The kernel tier the forward pass runs on, or `None` when it uses the dequantized weight:
-    /// [`Self::kernel`] is `None`; the layer is pruned with an asymmetric grid; its format has
+    /// [`Self::kernel`] is `None`; the layer is pruned with an asymmetric grid (unless it is
+    /// 4-bit 2:4, which runs the compact layout, see [`Self::runs_sparse24`]); its format has
     /// no SIMD tier on this CPU (3, 5–7 bits: the portable tier is an order of magnitude
     /// slower than the dense product, 0.58 ms against about 0.06 ms for a 3-bit 576×1536 GEMV
     /// on the development machine); it is 2-bit (the SIMD loop is 5× dense f32 at 4096×4096
@@ -169,27 +188,42 @@ impl QuantizedLinear {
     /// non-CPU backend or an autodiff device (the kernels read plain f32 host memory and record
     /// no graph).
     pub fn kernel_tier(&self) -> Option<compress_kernels::Tier> {
-        self.kernel_plan().map(|(tier, _)| tier)
+        self.kernel_plan().map(|p| match p {
+            KernelPlan::Dense(tier, _) | KernelPlan::Sparse24(tier, _) => tier,
+        })
     }
 
-    /// The tier and the weight view the forward pass uses (see [`Self::kernel_tier`]).
-    fn kernel_plan(&self) -> Option<(compress_kernels::Tier, compress_kernels::QuantMatrix<'_>)> {
+    /// Whether the forward pass runs the compact 2:4-sparse layout (a 4-bit layer pruned 2:4,
+    /// on a CPU with AVX-512; see [`PackedWeight::sparse24`]) rather than the dense codes.
+    pub fn runs_sparse24(&self) -> bool {
+        matches!(self.kernel_plan(), Some(KernelPlan::Sparse24(..)))
+    }
+
+    /// What the forward pass runs (see [`Self::kernel_tier`]). The 2:4 layout has f32
+    /// activations only and is used whenever its SIMD tier runs here, whatever
+    /// [`Self::kernel`]'s activation precision.
+    fn kernel_plan(&self) -> Option<KernelPlan<'_>> {
         let activations = self.kernel?;
         if !crate::backend::runs_cpu_kernels(&self.weight.device()) {
             return None;
+        }
+        if let Some(s) = &self.sparse24 {
+            if s.tier() != compress_kernels::Tier::Portable {
+                return Some(KernelPlan::Sparse24(s.tier(), s));
+            }
         }
         let w = self.kernel_view()?;
         if w.bits() == 2 {
             return None;
         }
         let tier = compress_kernels::Tier::select(&w, activations);
-        (tier != compress_kernels::Tier::Portable).then_some((tier, w))
+        (tier != compress_kernels::Tier::Portable).then_some(KernelPlan::Dense(tier, w))
     }
 
     /// `x Wᵀ` through the fused CPU kernel, when [`Self::kernel_tier`] names one and `x` is on
     /// the layer's device.
     fn kernel_product<const D: usize>(&self, x: &Tensor<D>) -> Option<Tensor<D>> {
-        let (tier, w) = self.kernel_plan()?;
+        let plan = self.kernel_plan()?;
         let device = x.device();
         // An autodiff device compares equal to its inner one, so `x` is checked on its own:
         // the kernels would cut its gradient graph.
@@ -197,7 +231,7 @@ impl QuantizedLinear {
             return None;
         }
         let dims = x.dims();
-        let [n, k] = w.shape();
+        let [n, k] = self.packed.shape();
         let rows = dims[..D - 1].iter().product::<usize>();
         let xs = x
             .clone()
@@ -207,10 +241,17 @@ impl QuantizedLinear {
             .ok()?;
         let mut y = vec![0f32; rows * n];
         // Lengths match by construction (`rows · k` activations, `rows · n` outputs), and
-        // `select` only returns tiers this CPU and format support, so this cannot fail; were it
+        // the plan only names tiers this CPU and format support, so this cannot fail; were it
         // to, the dequantized product below is still correct.
         debug_assert_eq!(xs.len(), rows * k);
-        compress_kernels::matmul_with(tier, &xs, rows, &w, &mut y).ok()?;
+        match plan {
+            KernelPlan::Dense(tier, w) => {
+                compress_kernels::matmul_with(tier, &xs, rows, &w, &mut y).ok()?
+            }
+            KernelPlan::Sparse24(tier, s) => {
+                compress_kernels::sparse24::matmul_with(tier, &xs, rows, s, &mut y).ok()?
+            }
+        }
         let mut shape = dims;
         shape[D - 1] = n;
         Some(Tensor::from_data(TensorData::new(y, shape), &device))

@@ -67,7 +67,7 @@ impl AttentionShape {
         out: usize,
     ) -> Result<(), KernelError> {
         let s = self;
-        if s.kv_heads == 0 || s.heads % s.kv_heads != 0 || s.keys == 0 {
+        if s.kv_heads == 0 || !s.heads.is_multiple_of(s.kv_heads) || s.keys == 0 {
             return Err(KernelError::Shape(format!(
                 "attention with {} query heads over {} key/value heads and {} keys",
                 s.heads, s.kv_heads, s.keys
@@ -331,7 +331,7 @@ mod tests {
                 for i in 0..s.queries {
                     let qi = &q[((b * s.heads + h) * s.queries + i) * d..][..d];
                     let seen: Vec<bool> = (0..s.keys)
-                        .map(|j| blocked.map_or(true, |m| !m[(b * s.queries + i) * s.keys + j]))
+                        .map(|j| blocked.is_none_or(|m| !m[(b * s.queries + i) * s.keys + j]))
                         .collect();
                     let any = seen.iter().any(|&x| x);
                     let scores: Vec<f64> = (0..s.keys)

@@ -52,6 +52,7 @@ pub mod matrix;
 pub mod portable;
 pub mod prepare;
 pub mod reference;
+pub mod sparse24;
 pub mod tier;
 pub mod vexp;
 #[cfg(target_arch = "x86_64")]

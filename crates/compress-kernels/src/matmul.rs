@@ -106,7 +106,23 @@ fn for_rows<S: Default>(
     f: impl Fn(&mut S, usize) -> f32 + Sync,
 ) {
     let [n, k] = w.shape();
-    if n * k < PARALLEL_MIN_WEIGHTS {
+    for_rows_of(n * k, out, f);
+}
+
+/// `out[r] = f(r)` for every output row of a product over `weights` weights, across threads
+/// when it is large enough (the 2:4-sparse GEMV's driver).
+pub(crate) fn par_rows(weights: usize, out: &mut [f32], f: impl Fn(usize) -> f32 + Sync) {
+    for_rows_of(weights, out, |_: &mut (), r| f(r));
+}
+
+/// [`for_rows`] for a product over `weights` weights into `out` (one value per weight row).
+fn for_rows_of<S: Default>(
+    weights: usize,
+    out: &mut [f32],
+    f: impl Fn(&mut S, usize) -> f32 + Sync,
+) {
+    let n = out.len();
+    if weights < PARALLEL_MIN_WEIGHTS {
         let mut s = S::default();
         out.iter_mut()
             .enumerate()
@@ -185,7 +201,7 @@ pub fn tile_rows(k: usize) -> usize {
 }
 
 fn gemm(tier: Tier, x: &[f32], m: usize, w: &QuantMatrix<'_>, out: &mut [f32]) {
-    let [n, k] = w.shape();
+    let [_, k] = w.shape();
     let permute = tier.permutes(w.bits());
     let xp: Vec<f32> = if permute {
         x.chunks_exact(k)
@@ -194,7 +210,26 @@ fn gemm(tier: Tier, x: &[f32], m: usize, w: &QuantMatrix<'_>, out: &mut [f32]) {
     } else {
         x.to_vec()
     };
-    let lhs = MatRef::from_row_major_slice(&xp, m, k);
+    gemm_tiles(
+        &xp,
+        m,
+        w.shape(),
+        |r, dst| dequantize_row(tier, w, r, dst),
+        out,
+    );
+}
+
+/// `out = x · Wᵀ` for `x` of `m × k` and an `[n, k]` weight given row by row
+/// (`dequantize(row, dst)` writes row `row` into `dst` in `x`'s column order): threads take
+/// tiles of [`tile_rows`] rows, dequantize them into a per-task buffer and multiply with faer.
+pub(crate) fn gemm_tiles(
+    x: &[f32],
+    m: usize,
+    [n, k]: [usize; 2],
+    dequantize: impl Fn(usize, &mut [f32]) + Sync,
+    out: &mut [f32],
+) {
+    let lhs = MatRef::from_row_major_slice(x, m, k);
     let tr = tile_rows(k);
     let tiles = n.div_ceil(tr);
     // One dequantized tile buffer per task, reused across its tiles.
@@ -203,7 +238,7 @@ fn gemm(tier: Tier, x: &[f32], m: usize, w: &QuantMatrix<'_>, out: &mut [f32]) {
         let rows = tr.min(n - r0);
         wt.resize(tr * k, 0.0);
         for (i, dst) in wt[..rows * k].chunks_exact_mut(k).enumerate() {
-            dequantize_row(tier, w, r0 + i, dst);
+            dequantize(r0 + i, dst);
         }
         let mut yt = vec![0f32; m * rows];
         faer_matmul(

@@ -12,7 +12,7 @@
 //! over a 10⁻³ grid; the test bounds the relative error by 1.5·10⁻⁷). Below that, results near `2⁻¹²⁶` lose relative
 //! precision as they approach the subnormal range (absolute error < `10⁻⁴²`).
 
-const LN2_HI: f32 = 0.693_359_375; // 8 significant bits: n · LN2_HI is exact for |n| < 2¹⁶
+const LN2_HI: f32 = 0.693_359_4; // 8 significant bits: n · LN2_HI is exact for |n| < 2¹⁶
 const LN2_LO: f32 = -2.121_944_4e-4; // ln 2 − LN2_HI
 /// Adding then subtracting 1.5 · 2²³ rounds an f32 of magnitude < 2²² to the nearest integer.
 const ROUND: f32 = 12_582_912.0;

@@ -14,6 +14,7 @@ use crate::matrix::QuantMatrix;
 
 pub mod avx2;
 pub mod avx512;
+pub mod sparse24;
 pub mod vnni;
 
 /// Groups whose scales are widened at once.
