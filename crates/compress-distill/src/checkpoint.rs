@@ -2,8 +2,10 @@
 //!
 //! A checkpoint is a directory `step-NNNNNNNN` holding
 //! - `params.safetensors`: every float parameter of the student in the model's visiting order
-//!   (`param.0`, `param.1`, …), with the burn parameter ids in the metadata so that the restored
-//!   parameters keep their ids — the optimizer's state is keyed by them;
+//!   (`param.0`, `param.1`, …; with LoRA, each adapted weight is followed by its adapter's `A`
+//!   and `B`), with the burn parameter ids in the metadata so that the restored parameters keep
+//!   their ids — the optimizer's state is keyed by them (LoRA factors get fresh random ids when
+//!   attached; restoring gives them back the checkpoint's);
 //! - `optimizer.bpk`: the AdamW moments (burn-optim's own burnpack record);
 //! - `state.json`: the next step and the loss history.
 //!
@@ -100,7 +102,9 @@ impl ModuleMapper for Restore<'_> {
             return param;
         }
         let t = Tensor::<D>::from_data(TensorData::new(values.clone(), dims), &self.device);
-        Param::initialized(ParamId::from(*id), t)
+        // Keeps the parameter's device and training setting (a frozen LoRA base stays frozen,
+        // its adapter factors trainable), takes the checkpoint's id.
+        param.transform_for_load(t, ParamId::from(*id))
     }
 }
 

@@ -153,9 +153,6 @@ impl TrainConfig {
             if l.rank == 0 || !(l.alpha.is_finite() && l.alpha > 0.0) {
                 return bad(format!("lora = {l:?}: rank and alpha must be positive"));
             }
-            if self.checkpoint.is_some() {
-                return bad("lora with checkpoint: resuming LoRA runs is not supported yet".into());
-            }
             if self.nested_bits.is_some() {
                 return bad(
                     "lora with nested_bits: fake quantization trains the dense projections".into(),
@@ -411,6 +408,17 @@ pub fn distill(
         .with_epsilon(1e-8)
         .init();
 
+    // LoRA adapters are attached before a checkpoint is restored: the checkpoint holds them
+    // (after each adapted weight, in visiting order) and gives them back their saved ids.
+    let student = match cfg.lora {
+        None => student,
+        Some(l) => {
+            // The adapters' random A factors come from the device's generator: seed it.
+            base.seed(cfg.seed);
+            let group = ParamGroup::from_ids(projection_weight_ids(&student));
+            student.apply_lora(Lora::new(l.rank, l.alpha).set_param_group(group))
+        }
+    };
     let (student, mut history, start) = match &cfg.checkpoint {
         Some((_, dir)) => match checkpoint::latest(dir) {
             Some(path) => {
@@ -425,14 +433,8 @@ pub fn distill(
     let student = match cfg.lora {
         // Loaded weights do not track gradients; every parameter of the student trains.
         None => student.train().set_require_grad(true),
-        Some(l) => {
-            // The adapters' random A factors come from the device's generator: seed it.
-            base.seed(cfg.seed);
-            let group = ParamGroup::from_ids(projection_weight_ids(&student));
-            student
-                .apply_lora(Lora::new(l.rank, l.alpha).set_param_group(group))
-                .train()
-        }
+        // Only the adapter factors train (LoRA froze the base weights).
+        Some(_) => student.train(),
     };
     let mut ids = Ids(Vec::new());
     student.visit(&mut ids);
