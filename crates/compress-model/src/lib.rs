@@ -8,7 +8,7 @@
 //!   [`CompressedLinear`](compress_core::linear::CompressedLinear).
 //! - [`gguf`]: a validating GGUF reader over mmap with dequantization of F32/F16/BF16, Q4_0, Q4_1,
 //!   Q5_0, Q5_1, Q8_0 and the k-quants Q2_K–Q6_K.
-//! - [`load`]: GGUF files, containers and Hugging Face checkpoints (`config.json` +
+//! - [`load()`]: GGUF files, containers and Hugging Face checkpoints (`config.json` +
 //!   safetensors) → model.
 //! - [`tokenizer`]: tokenizers that encode exactly like llama.cpp, built from GGUF metadata
 //!   (SentencePiece-style and GPT-2 byte-level BPE vocabularies) or from `tokenizer.json`.

@@ -1,6 +1,6 @@
 //! Format-independent access to a model's weights.
 //!
-//! Loaders ([`crate::load`]) translate the canonical names below to their file's names (GGUF's
+//! Loaders ([`crate::load()`]) translate the canonical names below to their file's names (GGUF's
 //! `blk.0.attn_q.weight`, HF's `model.layers.0.self_attn.q_proj.weight`) and return f32 data;
 //! [`crate::llama::LlamaModel::from_source`] checks every shape against the config and every value
 //! for NaN/Inf before a tensor reaches the device.

@@ -2,7 +2,7 @@
 //!
 //! Pruning for `compress` models. Every pruner implements
 //! [`Compressor`](compress_core::compressor::Compressor) and returns a sparse layer (a dense
-//! weight with a [`SparsityMask`](compress_core::sparsity::SparsityMask)) or, in SparseGPT's
+//! weight with a [`SparsityMask`]) or, in SparseGPT's
 //! joint mode, packed low-bit codes with the mask. Later steps keep pruned weights at 0: GPTQ
 //! compensates their error in the kept weights; the pipeline re-applies the mask after any step.
 //!

@@ -1,7 +1,7 @@
 //! x86-64 SIMD tiers, each compiled with `#[target_feature]` and only called after run-time CPU
 //! feature detection ([`crate::Tier::is_available`]).
 //!
-//! The tiers walk a row's groups in chunks of [`SCALE_CHUNK`]: the chunk's f16 scales and zeros
+//! The tiers walk a row's groups in chunks of `SCALE_CHUNK`: the chunk's f16 scales and zeros
 //! are widened to f32 eight at a time (F16C) into stack buffers, and the zero-point correction
 //! `Σ_g s_g · z_g · Σx_g` is one vectorized dot product per chunk, so the per-group work left in
 //! the inner loop is a broadcast and a fused multiply-add.

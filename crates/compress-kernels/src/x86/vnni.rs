@@ -92,7 +92,7 @@ pub(crate) fn pairs_apply(w: &QuantMatrix<'_>) -> bool {
 /// that do not depend on the row) and multiply by `s_g` once per group.
 ///
 /// # Safety
-/// As [`row_dot`], and [`pairs_apply`] must hold for `w`.
+/// As [`row_dot`], and `pairs_apply` must hold for `w`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn row_dot_pairs(
     w: &QuantMatrix<'_>,

@@ -3,7 +3,7 @@
 //! `tokens → embedding → N × [x + attn(norm(x)); x + mlp(norm(x))] → norm → head → logits`,
 //! the pre-norm transformer of Llama (Touvron et al. 2023, arXiv:2302.13971) with RMSNorm, RoPE,
 //! grouped-query attention and a SwiGLU MLP. Every projection is a
-//! [`CompressedLinear`](compress_core::linear::CompressedLinear), so compressed layers drop in.
+//! [`CompressedLinear`], so compressed layers drop in.
 
 mod attention;
 mod build;
