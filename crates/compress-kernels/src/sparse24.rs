@@ -342,6 +342,26 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// The 4-bit `[n, k]` view with groups of `g` over the given buffers.
+    fn view<'a>(
+        n: usize,
+        k: usize,
+        g: usize,
+        codes: &'a [u8],
+        scales: &'a [f16],
+        zeros: Option<&'a [f16]>,
+    ) -> QuantMatrix<'a> {
+        QuantMatrix::new(
+            4,
+            [n, k],
+            ScaleLayout::PerGroup { group_len: g },
+            codes,
+            scales,
+            zeros,
+        )
+        .unwrap()
+    }
+
     /// A random 4-bit matrix and a 2:4 keep pattern (seeded), as owned buffers.
     fn case(
         n: usize,
@@ -391,7 +411,7 @@ mod tests {
             let g = [8usize, 16, 32, 64, 128][gsel].min(k);
             let g = if k % g == 0 { g } else { 8 };
             let (codes, scales, zeros, kept) = case(n, k, g, asym, seed);
-            let w = QuantMatrix::new(4, [n, k], ScaleLayout::PerGroup { group_len: g }, &codes, &scales, zeros.as_deref()).unwrap();
+            let w = view(n, k, g, &codes, &scales, zeros.as_deref());
             let s = Sparse24::from_quant(&w, |r, c| kept[r * k + c]).unwrap();
             let x: Vec<f32> = (0..m * k).map(|i| ((i as f32) * 0.37 + seed as f32).sin()).collect();
             // Yardstick: dense f64 product with pruned weights zeroed.
@@ -429,15 +449,7 @@ mod tests {
     fn storage_is_three_bits_plus_scales() {
         let (n, k, g) = (16, 256, 32);
         let (codes, scales, _, kept) = case(n, k, g, false, 1);
-        let w = QuantMatrix::new(
-            4,
-            [n, k],
-            ScaleLayout::PerGroup { group_len: g },
-            &codes,
-            &scales,
-            None,
-        )
-        .unwrap();
+        let w = view(n, k, g, &codes, &scales, None);
         let s = Sparse24::from_quant(&w, |r, c| kept[r * k + c]).unwrap();
         // 3 bits per weight + a 16-bit scale per 32 weights = 3.5.
         assert!(
@@ -459,29 +471,13 @@ mod tests {
     fn patterns_and_formats_it_cannot_hold_are_refused() {
         let (n, k, g) = (2, 32, 32);
         let (codes, scales, zeros, _) = case(n, k, g, true, 2);
-        let asym = QuantMatrix::new(
-            4,
-            [n, k],
-            ScaleLayout::PerGroup { group_len: g },
-            &codes,
-            &scales,
-            zeros.as_deref(),
-        )
-        .unwrap();
+        let asym = view(n, k, g, &codes, &scales, zeros.as_deref());
         let e = Sparse24::from_quant(&asym, |_, c| c % 4 == 0).unwrap_err();
         assert!(e.to_string().contains("asymmetric"), "{e}");
         let e = Sparse24::from_quant(&asym, |_, c| c % 4 != 3).unwrap_err();
         assert!(e.to_string().contains("3 kept"), "{e}");
         // Symmetric: a block keeping one weight is padded with an exact zero.
-        let sym = QuantMatrix::new(
-            4,
-            [n, k],
-            ScaleLayout::PerGroup { group_len: g },
-            &codes,
-            &scales,
-            None,
-        )
-        .unwrap();
+        let sym = view(n, k, g, &codes, &scales, None);
         let s = Sparse24::from_quant(&sym, |_, c| c % 4 == 1).unwrap();
         let mut row = vec![0f32; k];
         s.dequantize_row(0, &mut row);
