@@ -20,7 +20,7 @@ use compress::core::calibration::sample_windows;
 use compress::core::pipeline::{LayerFilter, Pipeline};
 use compress::core::sparsity::SparsityPattern;
 use compress::distill::loss::DistillLoss;
-use compress::distill::train::{distill, LoraConfig, TrainConfig, WidthSchedule};
+use compress::distill::train::{distill, LoraConfig, LoraTargets, TrainConfig, WidthSchedule};
 use compress::eval::progress::ProgressLine;
 use compress::prune::wanda::Wanda;
 
@@ -41,6 +41,9 @@ struct Args {
     /// LoRA rank.
     #[arg(long, default_value_t = 8)]
     rank: usize,
+    /// Projections that get adapters, comma-separated (`q_proj,v_proj`); all when absent.
+    #[arg(long, value_delimiter = ',')]
+    targets: Option<Vec<String>>,
     /// Peak learning rate.
     #[arg(long, default_value_t = 5e-3)]
     lr: f64,
@@ -81,6 +84,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         lora: Some(LoraConfig {
             rank: args.rank,
             alpha: 2.0 * args.rank as f64,
+            targets: match &args.targets {
+                None => LoraTargets::ALL,
+                Some(names) => LoraTargets::from_names(names)?,
+            },
         }),
         ..TrainConfig::default()
     };

@@ -114,6 +114,10 @@ pub struct HealConfig {
     pub seqlen: Option<usize>,
     /// Peak learning rate (linear warm-up over the first 10% of the steps, cosine decay).
     pub lr: f64,
+    /// The block projections that get adapters (`["q_proj", "v_proj"]`, or full names such as
+    /// `attn.q_proj`); every projection when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets: Option<Vec<String>>,
 }
 
 impl Default for HealConfig {
@@ -127,6 +131,7 @@ impl Default for HealConfig {
             batch_size: 8,
             seqlen: None,
             lr: 5e-3,
+            targets: None,
         }
     }
 }

@@ -22,6 +22,7 @@ use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Int, Tensor, TensorData};
 use compress_core::calibration::sample_windows;
 use compress_core::linear::CompressedLinear;
+use compress_model::llama::calibrate::LINEAR_NAMES;
 use compress_model::llama::PrefixWidth;
 use compress_model::LlamaModel;
 use rand::rngs::StdRng;
@@ -80,6 +81,55 @@ pub struct LoraConfig {
     pub rank: usize,
     /// Scale numerator `α` (the update is scaled by `α / r`).
     pub alpha: f64,
+    /// Which projections of every block get adapters (the others stay frozen as they are).
+    pub targets: LoraTargets,
+}
+
+/// A set of block projections, by their names in
+/// [`LINEAR_NAMES`](compress_model::llama::calibrate::LINEAR_NAMES) (`attn.q_proj` …
+/// `mlp.down_proj`): the linears LoRA adapts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoraTargets(u8);
+
+impl LoraTargets {
+    /// Every projection of every block (the default).
+    pub const ALL: LoraTargets = LoraTargets((1 << LINEAR_NAMES.len()) - 1);
+
+    /// The projections named in `names`, each either in full (`attn.q_proj`) or by its last
+    /// part (`q_proj`); an unknown or empty list is an error naming the offender.
+    pub fn from_names<S: AsRef<str>>(names: &[S]) -> Result<Self, DistillError> {
+        if names.is_empty() {
+            return Err(DistillError::Config(
+                "LoRA targets: the list is empty (omit it to adapt every projection)".into(),
+            ));
+        }
+        let mut bits = 0u8;
+        for n in names {
+            let n = n.as_ref();
+            let i = LINEAR_NAMES
+                .iter()
+                .position(|full| *full == n || full.rsplit('.').next() == Some(n))
+                .ok_or_else(|| {
+                    DistillError::Config(format!(
+                        "LoRA target {n:?}: not a block projection (expected one of {})",
+                        LINEAR_NAMES.join(", ")
+                    ))
+                })?;
+            bits |= 1 << i;
+        }
+        Ok(LoraTargets(bits))
+    }
+
+    /// Whether the projection at `index` of [`LINEAR_NAMES`] is in the set.
+    pub fn contains(self, index: usize) -> bool {
+        index < LINEAR_NAMES.len() && self.0 & (1 << index) != 0
+    }
+}
+
+impl Default for LoraTargets {
+    fn default() -> Self {
+        LoraTargets::ALL
+    }
 }
 
 impl Default for TrainConfig {
@@ -278,11 +328,12 @@ fn clip_global_norm(
     norm
 }
 
-/// The burn ids of every block projection's weight (the LoRA targets).
-fn projection_weight_ids(model: &LlamaModel) -> Vec<ParamId> {
+/// The burn ids of the weights of every block projection in `targets` (the LoRA targets), in
+/// [`LINEAR_NAMES`] order.
+fn projection_weight_ids(model: &LlamaModel, targets: LoraTargets) -> Vec<ParamId> {
     let mut ids = Vec::new();
     for b in &model.layers {
-        for l in [
+        let projections = [
             &b.attn.q_proj,
             &b.attn.k_proj,
             &b.attn.v_proj,
@@ -290,8 +341,9 @@ fn projection_weight_ids(model: &LlamaModel) -> Vec<ParamId> {
             &b.mlp.gate_proj,
             &b.mlp.up_proj,
             &b.mlp.down_proj,
-        ] {
-            if let CompressedLinear::Dense(d) = l {
+        ];
+        for (i, l) in projections.into_iter().enumerate() {
+            if let (true, CompressedLinear::Dense(d)) = (targets.contains(i), l) {
                 ids.push(d.weight.id);
             }
         }
@@ -415,7 +467,7 @@ pub fn distill(
         Some(l) => {
             // The adapters' random A factors come from the device's generator: seed it.
             base.seed(cfg.seed);
-            let group = ParamGroup::from_ids(projection_weight_ids(&student));
+            let group = ParamGroup::from_ids(projection_weight_ids(&student, l.targets));
             student.apply_lora(Lora::new(l.rank, l.alpha).set_param_group(group))
         }
     };

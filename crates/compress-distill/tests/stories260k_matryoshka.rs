@@ -260,6 +260,11 @@ fn resume_after_a_checkpoint_repeats_the_uninterrupted_run() {
     resume_case(Some(compress_distill::train::LoraConfig {
         rank: 4,
         alpha: 8.0,
+        // Attention projections only: a frozen MLP is checked below.
+        targets: compress_distill::train::LoraTargets::from_names(&[
+            "q_proj", "k_proj", "v_proj", "o_proj",
+        ])
+        .unwrap(),
     }));
 }
 
@@ -323,6 +328,30 @@ fn resume_case(lora: Option<compress_distill::train::LoraConfig>) {
             b.total
         );
     }
+    if lora.is_some() {
+        // Only the targeted (attention) projections moved; the MLP is the student's, bit for bit.
+        use compress_core::pipeline::BlockwiseModel;
+        let dense = |m: &LlamaModel, b: usize, name: &str| {
+            m.linear(b, name)
+                .dense_weight()
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap()
+        };
+        for b in 0..student.layers.len() {
+            assert_ne!(
+                dense(&student, b, "attn.q_proj"),
+                dense(&straight.student, b, "attn.q_proj")
+            );
+            for name in ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"] {
+                assert_eq!(
+                    dense(&student, b, name),
+                    dense(&straight.student, b, name),
+                    "block {b} {name}"
+                );
+            }
+        }
+    }
     // The trained models agree too (for LoRA: after merging the adapters); 1e-4 of the logits'
     // scale allows the f32 rounding of a different but equivalent operation order on resume.
     let ids = &s.eval[..32];
@@ -370,6 +399,7 @@ fn lora_healing_after_wanda_keeps_the_mask_and_lowers_perplexity() {
         lora: Some(LoraConfig {
             rank: 8,
             alpha: 16.0,
+            targets: Default::default(),
         }),
         ..TrainConfig::default()
     };

@@ -110,6 +110,7 @@ fn nested_bits_reject_lora_and_bad_widths() {
             lora: lora.then_some(compress_distill::train::LoraConfig {
                 rank: 4,
                 alpha: 8.0,
+                targets: Default::default(),
             }),
             ..TrainConfig::default()
         }
