@@ -335,7 +335,7 @@ fn resume_case(lora: Option<compress_distill::train::LoraConfig>) {
             m.linear(b, name)
                 .dense_weight()
                 .into_data()
-                .to_vec::<f32>()
+                .try_to_vec::<f32>()
                 .unwrap()
         };
         for b in 0..student.layers.len() {
