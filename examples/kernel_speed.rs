@@ -35,8 +35,9 @@ struct Args {
     sparse24: bool,
 }
 
-/// The 2:4 table: per shape and row count, dense f32 vs dense-layout int4 g32 (pruned weights
-/// stored as zero codes) vs the compact 2:4 layout (kept codes and positions only).
+/// The 2:4 table: per shape and row count, dense f32 vs int4 g32 in the dense layout (every
+/// code stored; a pruned layer reads the same bytes) vs the compact 2:4 layout of the same
+/// codes (kept codes and positions only).
 fn sparse24_table(rows: &[usize], device: &burn::tensor::Device) {
     use compress::kernels::sparse24;
     let f = cases::FORMATS[1];

@@ -104,7 +104,8 @@ impl LowRankLinear {
 /// CPU backends (flex, ndarray) without autodiff, the forward pass runs compress-kernels' fused
 /// matmul straight from the codes (SIMD tier chosen at run time, see [`Self::kernel`]).
 /// A 4-bit layer pruned 2:4 runs the compact layout of its kept codes
-/// ([`PackedWeight::sparse24`]). Elsewhere — wgpu, CUDA, libtorch, training through autodiff,
+/// ([`PackedWeight::sparse24`]) on CPUs with AVX-512 when its rows and groups are multiples
+/// of 32 columns. Elsewhere — wgpu, CUDA, libtorch, training through autodiff,
 /// other pruned asymmetric layers — it
 /// multiplies by the dequantized weight, computed once when the layer is built: numerically the
 /// same product up to f32 rounding.
@@ -156,11 +157,22 @@ impl QuantizedLinear {
             assert_eq!(b.dims()[0], out, "bias length must equal out_features");
         }
         let weight = Tensor::from_data(TensorData::new(packed.dequantize(), [out, inp]), device);
+        let sparse24 = compress_kernels::Tier::Avx512
+            .is_available()
+            .then(|| packed.sparse24())
+            .flatten()
+            .filter(|s| s.tier() != compress_kernels::Tier::Portable)
+            .map(Arc::new);
         Self {
             weight,
             kernel: Some(Activations::F32),
-            kernel_codes: packed.masked_kernel_codes().map(Arc::new),
-            sparse24: packed.sparse24().map(Arc::new),
+            // The compact 2:4 copy only where its SIMD loop runs; then the dense kernel copy
+            // of the codes is never read, so it is not made.
+            kernel_codes: match &sparse24 {
+                Some(_) => None,
+                None => packed.masked_kernel_codes().map(Arc::new),
+            },
+            sparse24,
             packed: Arc::new(packed),
             bias: bias.map(Param::from_tensor),
             correction: None,
@@ -179,7 +191,8 @@ impl QuantizedLinear {
 
     /// The kernel tier the forward pass runs on, or `None` when it uses the dequantized weight:
     /// [`Self::kernel`] is `None`; the layer is pruned with an asymmetric grid (unless it is
-    /// 4-bit 2:4, which runs the compact layout, see [`Self::runs_sparse24`]); its format has
+    /// 4-bit 2:4 in the shapes the compact layout's SIMD loop covers, see
+    /// [`Self::runs_sparse24`]); its format has
     /// no SIMD tier on this CPU (3, 5–7 bits: the portable tier is an order of magnitude
     /// slower than the dense product, 0.58 ms against about 0.06 ms for a 3-bit 576×1536 GEMV
     /// on the development machine); it is 2-bit (the SIMD loop is 5× dense f32 at 4096×4096
@@ -193,8 +206,9 @@ impl QuantizedLinear {
         })
     }
 
-    /// Whether the forward pass runs the compact 2:4-sparse layout (a 4-bit layer pruned 2:4,
-    /// on a CPU with AVX-512; see [`PackedWeight::sparse24`]) rather than the dense codes.
+    /// Whether the forward pass runs the compact 2:4-sparse layout (a 4-bit layer pruned 2:4
+    /// whose rows and groups are multiples of 32 columns, on a CPU with AVX-512; see
+    /// [`PackedWeight::sparse24`]) rather than the dense codes.
     pub fn runs_sparse24(&self) -> bool {
         matches!(self.kernel_plan(), Some(KernelPlan::Sparse24(..)))
     }

@@ -190,8 +190,10 @@ pub fn save(
     Ok(target)
 }
 
-/// Restores a checkpoint written by [`save`] into `model` (the same architecture) and `optim`,
-/// returning the state; parameters are placed on `device`.
+/// Restores a checkpoint written by [`save`] into `model` (the same architecture, with the same
+/// LoRA adapters attached if it had them) and `optim`, returning the state. Each restored
+/// tensor is built on `device` and then placed where the parameter it replaces lives, with that
+/// parameter's training setting.
 pub fn load(
     path: &Path,
     model: LlamaModel,

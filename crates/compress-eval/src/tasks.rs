@@ -143,12 +143,29 @@ pub fn score_item(
         .iter()
         .map(|r| split_request(tok, r))
         .collect::<Result<_, _>>()?;
-    // Every choice's tokens agree with the context's up to its `start`, so the first
-    // `min(start) − 1` tokens are one shared prefix (the last context token stays in each
-    // suffix: its logits score the first continuation token).
-    let prefix = split.iter().map(|(_, start)| start - 1).min().unwrap_or(0);
+    // Every choice's tokens agree with its context's up to its `start`, so with one shared
+    // context the first `min(start) − 1` tokens are one shared prefix (the last context token
+    // stays in each suffix: its logits score the first continuation token).
+    let Some((first, _)) = split.first() else {
+        return Err(EvalError::InvalidInput(format!(
+            "question {} has no choices",
+            item.doc_id
+        )));
+    };
+    // Capped by what all the sequences share, should the choices' contexts differ.
+    let common = split
+        .iter()
+        .map(|(s, _)| s.iter().zip(first).take_while(|(a, b)| a == b).count())
+        .min()
+        .unwrap_or(0);
+    let prefix = split
+        .iter()
+        .map(|(_, start)| start - 1)
+        .min()
+        .unwrap_or(0)
+        .min(common);
     let suffixes: Vec<Vec<u32>> = split.iter().map(|(s, _)| s[prefix..].to_vec()).collect();
-    let logits = model.prefix_logits(&split[0].0[..prefix], &suffixes)?;
+    let logits = model.prefix_logits(&first[..prefix], &suffixes)?;
     let v = model.vocab();
     let mut out = Vec::with_capacity(split.len());
     for ((ids, start), rows) in split.iter().zip(&logits) {

@@ -67,10 +67,11 @@ impl AttentionShape {
         out: usize,
     ) -> Result<(), KernelError> {
         let s = self;
-        if s.kv_heads == 0 || !s.heads.is_multiple_of(s.kv_heads) || s.keys == 0 {
+        if s.kv_heads == 0 || !s.heads.is_multiple_of(s.kv_heads) || s.keys == 0 || s.head_dim == 0
+        {
             return Err(KernelError::Shape(format!(
-                "attention with {} query heads over {} key/value heads and {} keys",
-                s.heads, s.kv_heads, s.keys
+                "attention with {} query heads over {} key/value heads, {} keys and heads of {}",
+                s.heads, s.kv_heads, s.keys, s.head_dim
             )));
         }
         let want = [

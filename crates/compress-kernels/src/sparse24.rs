@@ -17,7 +17,8 @@
 //! Products: the reference (f64 sums over the dequantized row), a portable tier (any group that
 //! is a multiple of 8 columns), and an AVX-512 tier for groups that are multiples of 32: per 32
 //! columns it expands 16 codes and 16 positions in registers, gathers the 16 kept activations
-//! from two vectors with one two-source permute (`vpermt2ps`), and fuses `s·(c − z)·x`. The GEMM
+//! from two vectors with one two-source permute (`vpermt2ps`), and fuses `s·(c − z)·x` (rows
+//! and groups must be multiples of 32 columns; others run the portable loop). The GEMM
 //! path (prefill) dequantizes tiles of rows (zeros where pruned) for faer, as the dense layout's.
 //!
 //! ```
@@ -40,7 +41,7 @@
 use half::f16;
 
 use crate::matmul::gemm_tiles;
-use crate::matrix::{check_len, KernelError, QuantMatrix, ScaleLayout};
+use crate::matrix::{check_len, KernelError, QuantMatrix};
 use crate::tier::Tier;
 
 /// A validated, owned 2:4-sparse 4-bit `[out, in]` matrix (the layout in the module docs).
@@ -91,33 +92,38 @@ impl Sparse24 {
                 let mut ib = 0u8;
                 for half in 0..2 {
                     let c0 = b8 * 8 + half * 4;
-                    let mut slots: Vec<usize> = (0..4).filter(|&i| kept(r, c0 + i)).collect();
-                    if slots.len() > 2 {
+                    let keep: [bool; 4] = std::array::from_fn(|i| kept(r, c0 + i));
+                    let count = keep.iter().filter(|&&k| k).count();
+                    if count > 2 {
                         return Err(bad(format!(
-                            "row {r}, columns {c0}..{}: {} kept weights in a block of 4",
-                            c0 + 4,
-                            slots.len()
+                            "row {r}, columns {c0}..{}: {count} kept weights in a block of 4",
+                            c0 + 4
                         )));
                     }
-                    let mut byte = 0u8;
-                    if slots.len() < 2 && w.is_asymmetric() {
+                    if count < 2 && w.is_asymmetric() {
                         return Err(bad(format!(
                             "row {r}, columns {c0}..{}: fewer than 2 kept weights in an \
                              asymmetric matrix (no exact zero code to pad with)",
                             c0 + 4
                         )));
                     }
-                    // Pad with unkept positions (written as the zero code below).
-                    let pad: Vec<usize> = (0..4).filter(|i| !slots.contains(i)).collect();
-                    let missing = 2 - slots.len();
-                    slots.extend(&pad[..missing]);
-                    slots.sort_unstable();
+                    // The kept offsets in order, padded with the first unkept ones (written as
+                    // the zero code 8, exactly 0 in a symmetric grid).
+                    let mut pad = 2 - count;
+                    let mut slots = [0usize; 2];
+                    let mut n_slots = 0;
+                    for (i, &k) in keep.iter().enumerate() {
+                        if k || (pad > 0 && {
+                            pad -= 1;
+                            true
+                        }) {
+                            slots[n_slots] = i;
+                            n_slots += 1;
+                        }
+                    }
+                    let mut byte = 0u8;
                     for (s, &i) in slots.iter().enumerate() {
-                        let code = if kept(r, c0 + i) {
-                            w.code(r, c0 + i)
-                        } else {
-                            8
-                        };
+                        let code = if keep[i] { w.code(r, c0 + i) } else { 8 };
                         byte |= code << (4 * s);
                         ib |= (i as u8) << (4 * half + 2 * s);
                     }
@@ -134,11 +140,8 @@ impl Sparse24 {
                 .flat_map(|r| w.row_zeros(r).unwrap_or(&[]).iter().copied())
                 .collect()
         });
-        let (scales, zeros) = match w.layout() {
-            // One shared value: expand it per row so every layout reads `row * gpr + group`.
-            ScaleLayout::PerTensor => (vec![scales[0]; n], zeros.map(|z: Vec<f16>| vec![z[0]; n])),
-            ScaleLayout::PerGroup { .. } => (scales, zeros),
-        };
+        // Per-tensor layouts give their one value per row here, so every layout reads
+        // `row * groups_per_row + group`.
         check_len("sparse24 scales", n * w.groups_per_row(), scales.len())?;
         Ok(Self {
             out_features: n,
@@ -201,10 +204,16 @@ impl Sparse24 {
         self.for_kept(r, |_, c, q, s, z| out[c] = s * (q as f32 - z));
     }
 
-    /// The tier [`matmul`] runs: AVX-512 when the CPU has it and groups are multiples of 32,
-    /// else the portable loop.
+    /// Whether the AVX-512 loops cover every column: rows and groups multiples of 32 (so no
+    /// group, the last one included, ends inside a 32-column step).
+    fn simd_shape(&self) -> bool {
+        self.group_len.is_multiple_of(32) && self.in_features.is_multiple_of(32)
+    }
+
+    /// The tier [`matmul`] runs: AVX-512 when the CPU has it and rows and groups are multiples
+    /// of 32 columns, else the portable loop.
     pub fn tier(&self) -> Tier {
-        if Tier::Avx512.is_available() && self.group_len.is_multiple_of(32) {
+        if Tier::Avx512.is_available() && self.simd_shape() {
             Tier::Avx512
         } else {
             Tier::Portable
@@ -245,7 +254,7 @@ pub fn matmul(x: &[f32], m: usize, w: &Sparse24, out: &mut [f32]) -> Result<Tier
 }
 
 /// `Y = X · Wᵀ` on a chosen tier: [`Tier::Reference`], [`Tier::Portable`] or [`Tier::Avx512`]
-/// (CPU with AVX-512F, groups a multiple of 32); others are refused.
+/// (CPU with AVX-512F, rows and groups multiples of 32 columns); others are refused.
 pub fn matmul_with(
     tier: Tier,
     x: &[f32],
@@ -265,8 +274,8 @@ pub fn matmul_with(
     match tier {
         Tier::Reference | Tier::Portable => {}
         Tier::Avx512 if !tier.is_available() => return refuse("this CPU (no AVX-512F)"),
-        Tier::Avx512 if !w.group_len.is_multiple_of(32) => {
-            return refuse("2:4-sparse groups that are not multiples of 32 columns")
+        Tier::Avx512 if !w.simd_shape() => {
+            return refuse("2:4-sparse rows or groups that are not multiples of 32 columns")
         }
         Tier::Avx512 => {}
         _ => return refuse("the 2:4-sparse layout"),
@@ -340,6 +349,7 @@ impl Sparse24 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::matrix::ScaleLayout;
     use proptest::prelude::*;
 
     /// The 4-bit `[n, k]` view with groups of `g` over the given buffers.
@@ -406,10 +416,10 @@ mod tests {
         #[test]
         fn tiers_match_the_masked_dense_product(n in 1usize..40, k8 in 1usize..48, gsel in 0usize..5,
                                                asym in any::<bool>(), m in prop::sample::select(vec![1usize, 3, 9]), seed in 0u64..500) {
-            // Rows of any multiple of 8; groups of 8–128 columns that divide the row (else 8).
+            // Rows of any multiple of 8; groups of 8–128 columns (a shorter last group where
+            // they do not divide the row).
             let k = 8 * k8;
             let g = [8usize, 16, 32, 64, 128][gsel].min(k);
-            let g = if k % g == 0 { g } else { 8 };
             let (codes, scales, zeros, kept) = case(n, k, g, asym, seed);
             let w = view(n, k, g, &codes, &scales, zeros.as_deref());
             let s = Sparse24::from_quant(&w, |r, c| kept[r * k + c]).unwrap();
@@ -430,10 +440,14 @@ mod tests {
                 }
             }
             let mut tiers = vec![Tier::Reference, Tier::Portable];
-            if Tier::Avx512.is_available() && g % 32 == 0 {
+            let simd = g % 32 == 0 && k % 32 == 0;
+            if Tier::Avx512.is_available() && simd {
                 tiers.push(Tier::Avx512);
+            } else if Tier::Avx512.is_available() {
+                let mut out = vec![0f32; m * n];
+                prop_assert!(matmul_with(Tier::Avx512, &x, m, &s, &mut out).is_err());
             }
-            prop_assert_eq!(s.tier() == Tier::Avx512, Tier::Avx512.is_available() && g % 32 == 0);
+            prop_assert_eq!(s.tier() == Tier::Avx512, Tier::Avx512.is_available() && simd);
             for t in tiers {
                 let mut out = vec![0f32; m * n];
                 matmul_with(t, &x, m, &s, &mut out).unwrap();

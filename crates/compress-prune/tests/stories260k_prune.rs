@@ -243,8 +243,8 @@ fn pipeline_prunes_exactly_and_masks_survive_quantization() {
     assert!(ps.is_finite() && pj.is_finite() && pj > base && pq > base);
 }
 
-/// Pruned + quantized layers run on the fused kernels: 2:4-pruned 4-bit layers whose rows are a
-/// multiple of 8 on the compact 2:4 layout (kept codes only; symmetric or asymmetric), other
+/// Pruned + quantized layers run on the fused kernels: 2:4-pruned 4-bit layers whose rows (and
+/// groups) are multiples of 32 on the compact 2:4 layout (with AVX-512) (kept codes only; symmetric or asymmetric), other
 /// symmetric ones on the dense codes with pruned codes at the zero point (exactly 0). The
 /// logits equal those through the dequantized weights up to f32 summation order (1e-3 of the
 /// largest logit, as in compress-quant's kernel test). stories260K's down projections (rows of
@@ -283,7 +283,7 @@ fn pruned_symmetric_layers_run_on_the_kernels() {
                 let compress_core::linear::CompressedLinear::Quantized(q) = l else {
                     panic!("block {b} {name} is not quantized")
                 };
-                let fits = q.packed.shape()[1] % 8 == 0;
+                let fits = q.packed.shape()[1] % 32 == 0; // groups are 32
                 assert_eq!(q.runs_sparse24(), fits && avx512, "block {b} {name}");
                 let dense_kernel = symmetry == Symmetry::Symmetric;
                 assert_eq!(

@@ -126,8 +126,8 @@ pub unsafe fn dequantize_row(w: &Sparse24, row: usize, out: &mut [f32]) {
 /// One output: row `row` of `w` against the activation row `x`.
 ///
 /// # Safety
-/// The CPU must support AVX-512F; `w`'s groups must be multiples of 32 columns (so every
-/// 32-column step lies inside one group) and `x` must hold `in` values.
+/// The CPU must support AVX-512F; `w`'s rows and groups must be multiples of 32 columns (so
+/// the 32-column steps cover every group, the last included) and `x` must hold `in` values.
 #[target_feature(enable = "avx512f")]
 pub unsafe fn row_dot(w: &Sparse24, row: usize, x: &[f32]) -> f32 {
     let (codes, index, scales, zeros) = w.row_parts(row);
