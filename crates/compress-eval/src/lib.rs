@@ -92,31 +92,15 @@ impl tasks::BatchScorer for LlamaModel {
         if b == 0 || t == 0 {
             return Err(EvalError::InvalidInput("empty batch".into()));
         }
-        let mut ids = Vec::with_capacity(b * t);
-        let mut real = Vec::with_capacity(b * t);
-        for s in seqs {
-            ids.extend(
-                s.iter()
-                    .map(|&x| x as i64)
-                    .chain(std::iter::repeat_n(0, t - s.len())),
-            );
-            real.extend(
-                std::iter::repeat_n(true, s.len()).chain(std::iter::repeat_n(false, t - s.len())),
-            );
-        }
+        let ids = right_padded(seqs, t);
+        let real: Vec<bool> = seqs
+            .iter()
+            .flat_map(|s| (0..t).map(move |j| j < s.len()))
+            .collect();
         let device = self.device();
         let x = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t]), &device);
         let mask = Tensor::<2, Bool>::from_data(TensorData::new(real, [b, t]), &device);
-        let all = self
-            .forward(x, Some(mask))?
-            .into_data()
-            .try_to_vec::<f32>()
-            .map_err(|e| EvalError::InvalidInput(format!("reading logits: {e:?}")))?;
-        Ok(seqs
-            .iter()
-            .enumerate()
-            .map(|(i, s)| all[i * t * v..(i * t + s.len()) * v].to_vec())
-            .collect())
+        per_sequence(self.forward(x, Some(mask))?, seqs, t, v)
     }
 
     /// The prefix once through the KV cache (no output head), then the suffixes as one
@@ -149,25 +133,38 @@ impl tasks::BatchScorer for LlamaModel {
             &mut cache,
         )?;
         let mut cache = cache.repeat_batch(b)?;
-        let padded: Vec<i64> = suffixes
-            .iter()
-            .flat_map(|s| {
-                s.iter()
-                    .map(|&x| x as i64)
-                    .chain(std::iter::repeat_n(0, t - s.len()))
-            })
-            .collect();
-        let all = self
-            .forward_cached(ids(padded, b, t), &mut cache)?
-            .into_data()
-            .try_to_vec::<f32>()
-            .map_err(|e| EvalError::InvalidInput(format!("reading logits: {e:?}")))?;
-        Ok(suffixes
-            .iter()
-            .enumerate()
-            .map(|(i, s)| all[i * t * v..(i * t + s.len()) * v].to_vec())
-            .collect())
+        let logits = self.forward_cached(ids(right_padded(suffixes, t), b, t), &mut cache)?;
+        per_sequence(logits, suffixes, t, v)
     }
+}
+
+/// The token ids of `seqs` as one `[len, t]` batch, each row right-padded with id 0.
+fn right_padded(seqs: &[Vec<u32>], t: usize) -> Vec<i64> {
+    seqs.iter()
+        .flat_map(|s| {
+            s.iter()
+                .map(|&x| i64::from(x))
+                .chain(std::iter::repeat_n(0, t - s.len()))
+        })
+        .collect()
+}
+
+/// Each sequence's rows `[len_i, v]` of batch logits `[len, t, v]` (padding rows dropped).
+fn per_sequence(
+    logits: Tensor<3>,
+    seqs: &[Vec<u32>],
+    t: usize,
+    v: usize,
+) -> Result<Vec<Vec<f32>>, EvalError> {
+    let all = logits
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| EvalError::InvalidInput(format!("reading logits: {e:?}")))?;
+    Ok(seqs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| all[i * t * v..(i * t + s.len()) * v].to_vec())
+        .collect())
 }
 
 impl tasks::Tokenize for LlmTokenizer {
