@@ -20,6 +20,16 @@ pub fn runs_cpu_kernels(device: &Device) -> bool {
     cpu && !device.is_autodiff()
 }
 
+/// The values of `x` as a host `Vec<f32>` (row-major, converted from its dtype), the input
+/// the fused CPU kernels read; `None` if the data cannot be read back.
+pub fn host_f32<const D: usize>(x: &burn::tensor::Tensor<D>) -> Option<Vec<f32>> {
+    x.clone()
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .ok()
+}
+
 /// A burn backend `compress` can run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BackendKind {

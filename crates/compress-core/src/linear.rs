@@ -247,12 +247,7 @@ impl QuantizedLinear {
         let dims = x.dims();
         let [n, k] = self.packed.shape();
         let rows = dims[..D - 1].iter().product::<usize>();
-        let xs = x
-            .clone()
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .ok()?;
+        let xs = crate::backend::host_f32(x)?;
         let mut y = vec![0f32; rows * n];
         // Lengths match by construction (`rows · k` activations, `rows · n` outputs), and
         // the plan only names tiers this CPU and format support, so this cannot fail; were it

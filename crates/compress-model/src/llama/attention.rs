@@ -6,7 +6,7 @@
 use burn::module::Module;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, FloatDType, Int, Tensor, TensorData};
-use compress_core::backend::runs_cpu_kernels;
+use compress_core::backend::{host_f32, runs_cpu_kernels};
 use compress_core::kernels;
 use compress_core::linear::CompressedLinear;
 
@@ -114,13 +114,6 @@ impl Attention {
         }
         let [b, h, t, hd] = q.dims();
         let [_, kvh, s, _] = k.dims();
-        let floats = |x: &Tensor<4>| {
-            x.clone()
-                .into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .ok()
-        };
         let blocked = match mask {
             Some(m) => Some(
                 m.clone()
@@ -143,9 +136,9 @@ impl Attention {
         let scale = (1.0 / (hd as f64).sqrt()) as f32;
         kernels::attention::attention(
             &shape,
-            &floats(q)?,
-            &floats(k)?,
-            &floats(v)?,
+            &host_f32(q)?,
+            &host_f32(k)?,
+            &host_f32(v)?,
             blocked.as_deref(),
             scale,
             &mut out,
