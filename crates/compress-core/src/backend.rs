@@ -20,6 +20,20 @@ pub fn runs_cpu_kernels(device: &Device) -> bool {
     cpu && !device.is_autodiff()
 }
 
+/// Whether `device` belongs to burn's CubeCL backend (wgpu, CUDA, ...), where quantized layers
+/// run compress-kernels' CubeCL kernels. Always `false` in builds without a CubeCL backend.
+pub fn is_cube(device: &Device) -> bool {
+    #[cfg(feature = "cube")]
+    {
+        matches!(device.as_dispatch(), burn::backend::DispatchDevice::Cube(_))
+    }
+    #[cfg(not(feature = "cube"))]
+    {
+        let _ = device;
+        false
+    }
+}
+
 /// The values of `x` as a host `Vec<f32>` (row-major, converted from its dtype), the input
 /// the fused CPU kernels read; `None` if the data cannot be read back.
 pub fn host_f32<const D: usize>(x: &burn::tensor::Tensor<D>) -> Option<Vec<f32>> {

@@ -48,6 +48,7 @@ mod kernel_view;
 pub mod kquant;
 pub mod linear;
 pub mod packed;
+pub mod packed_matmul;
 pub mod pipeline;
 pub mod recipe;
 pub mod scaling;

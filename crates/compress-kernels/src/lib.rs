@@ -47,6 +47,9 @@
 pub mod activation;
 pub mod attention;
 pub mod bandwidth;
+#[cfg(feature = "cube")]
+pub mod cube;
+pub mod device_layout;
 pub mod matmul;
 pub mod matrix;
 pub mod portable;

@@ -126,3 +126,78 @@ fn int8_activations_cost_under_one_percent_perplexity() {
         }
     }
 }
+
+/// On the wgpu backend (Mesa's lavapipe in CI) every quantized layer of stories260K runs
+/// compress-kernels' CubeCL kernels through the `packed_matmul` backend extension, and the model
+/// gives the logits of the same model through its dequantized weights, and of the flex model
+/// through the SIMD kernels. Same summation-order tolerance as above (1e-3 of the largest logit).
+#[test]
+fn device_kernels_give_the_dequantized_models_logits() {
+    use compress_core::backend::BackendKind;
+    if !BackendKind::Wgpu.is_compiled() {
+        eprintln!("SKIPPED: built without the wgpu feature");
+        return;
+    }
+    let device = match BackendKind::Wgpu.device() {
+        Ok(d) => d,
+        Err(e) => {
+            assert!(!common::under_ci(), "CI must run the wgpu backend: {e}");
+            eprintln!("SKIPPED: {e}");
+            return;
+        }
+    };
+    let Some(s) = common::stories_split() else {
+        return;
+    };
+    let path = common::shared("models/stories260K.gguf").unwrap();
+    let gpu = compress_model::load(path, &device).unwrap();
+    // Short sequences keep lavapipe (a software rasterizer) quick: 24 tokens run the GEMM
+    // kernel, 1 token the GEMV kernel.
+    let ids = &s.eval[..24];
+    let schemes = [
+        QuantScheme::new(4, Some(32), Symmetry::Symmetric).unwrap(),
+        QuantScheme::new(8, None, Symmetry::Symmetric).unwrap(),
+        QuantScheme::new(3, Some(64), Symmetry::Asymmetric).unwrap(),
+    ];
+    for scheme in schemes {
+        let mut q = rtn_model(&gpu.model, scheme);
+        let on_device = q
+            .layers
+            .iter()
+            .flat_map(|l| {
+                [
+                    &l.attn.q_proj, &l.attn.k_proj, &l.attn.v_proj, &l.attn.o_proj,
+                    &l.mlp.gate_proj, &l.mlp.up_proj, &l.mlp.down_proj,
+                ]
+            })
+            .filter(|l| matches!(l, compress_core::linear::CompressedLinear::Quantized(q) if q.runs_device_kernel()))
+            .count();
+        assert_eq!(
+            on_device,
+            7 * q.layers.len(),
+            "{scheme:?}: every layer on the CubeCL kernels"
+        );
+        let fused = common::logits(&q, ids);
+        let fused_one = common::logits(&q, &ids[..1]);
+        let mut cpu = rtn_model(&s.m.model, scheme);
+        cpu.set_kernels(Some(Activations::F32));
+        let simd = common::logits(&cpu, ids);
+        q.set_kernels(None);
+        let dequantized = common::logits(&q, ids);
+        let dequantized_one = common::logits(&q, &ids[..1]);
+        let scale = dequantized.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = common::max_abs_diff(&fused, &dequantized);
+        let diff_one = common::max_abs_diff(&fused_one, &dequantized_one);
+        let diff_cpu = common::max_abs_diff(&fused, &simd);
+        eprintln!("{scheme:?} on wgpu: max |Δlogit| {diff:.2e} (24 tokens), {diff_one:.2e} (1 token), {diff_cpu:.2e} vs flex, of {scale:.1}");
+        assert!(diff <= 1e-3 * scale, "{scheme:?}: {diff} vs {scale}");
+        assert!(
+            diff_one <= 1e-3 * scale,
+            "{scheme:?}: {diff_one} vs {scale}"
+        );
+        assert!(
+            diff_cpu <= 1e-3 * scale,
+            "{scheme:?}: {diff_cpu} vs {scale}"
+        );
+    }
+}

@@ -1,0 +1,314 @@
+//! The one operation a quantized layer calls on every backend: `y = x · Wᵀ` for a packed `W`,
+//! through burn's backend-extension mechanism.
+//!
+//! [`PackedMatmulBackend::packed_matmul`] is implemented once per backend, and burn's dispatch
+//! picks the implementation from the device `x` lives on:
+//!
+//! | backend | operand | what runs |
+//! |---|---|---|
+//! | flex, ndarray | [`PackedOperand::Host`] | compress-kernels' fused SIMD kernels on the host codes |
+//! | CubeCL (wgpu, CUDA) | [`PackedOperand::Device`] | the CubeCL kernels on the codes in device memory (`compress_kernels::cube`) |
+//! | libtorch, and any layer without a kernel | [`PackedOperand::Dense`] | a matmul with the dequantized weight |
+//!
+//! [`QuantizedLinear`](crate::linear::QuantizedLinear) builds the operand its device calls for,
+//! so a compressed model runs on every backend with the same model code. Autodiff devices never
+//! reach this operation: training multiplies by the dequantized weight, which records the graph.
+
+// burn-ndarray (and burn-tch) are deprecated upstream but still supported backends: the
+// extension names them, and the code it generates refers to them throughout this module.
+#![allow(deprecated)]
+
+use std::sync::Arc;
+
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{backend_extension, Backend, Dispatch, ExtensionType, TensorMetadata};
+use burn::tensor::{Int, Shape, Tensor, TensorData};
+
+use compress_kernels::device_layout::DeviceMeta;
+use compress_kernels::sparse24::Sparse24;
+use compress_kernels::{KernelError, Tier};
+
+use crate::packed::PackedWeight;
+
+/// A packed weight as one backend's implementation of [`PackedMatmulBackend`] reads it.
+#[derive(ExtensionType)]
+pub enum PackedOperand<B: Backend> {
+    /// The codes and scale pairs in device memory, in compress-kernels' `DeviceLayout`
+    /// (CubeCL backends).
+    Device {
+        /// Code words (`u32` bit patterns stored in a 32-bit integer tensor).
+        words: IntTensor<B>,
+        /// `(s, s·z)` per group, f32.
+        params: FloatTensor<B>,
+        /// Shape and format.
+        meta: DeviceMeta,
+    },
+    /// The dequantized `[out, in]` weight (libtorch; layers no kernel covers).
+    Dense(FloatTensor<B>),
+    /// The packed codes in host memory, read by the fused CPU kernels (flex, ndarray).
+    Host(Arc<HostKernel>),
+}
+
+/// The packed-weight product as a burn backend extension (see the [module docs](self)).
+#[backend_extension(Cube: cfg(feature = "cube"), Flex, NdArray, LibTorch: cfg(feature = "tch"))]
+pub trait PackedMatmulBackend: Backend {
+    /// `x · Wᵀ` for `x` of shape `[..., in]`, giving `[..., out]` (no bias).
+    fn packed_matmul(
+        x: FloatTensor<Self>,
+        #[extension_type] weight: PackedOperand<Self>,
+    ) -> FloatTensor<Self>;
+}
+
+/// `x · Wᵀ` through [`PackedMatmulBackend::packed_matmul`] on `x`'s backend.
+///
+/// # Panics
+/// If `x` is on an autodiff device (the operation records no gradient), or the operand does not
+/// suit the backend (a [`PackedOperand::Device`] on a CPU backend, say): both programming
+/// errors that [`QuantizedLinear`](crate::linear::QuantizedLinear) rules out.
+pub fn packed_matmul<const D: usize>(x: Tensor<D>, weight: PackedOperand<Dispatch>) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as PackedMatmulBackend>::packed_matmul(
+        x.into_dispatch(),
+        weight,
+    ))
+}
+
+/// Builds the [`PackedOperand::Device`] operand from a weight's device tensors.
+pub fn device_operand(
+    words: Tensor<1, Int>,
+    params: Tensor<1>,
+    meta: DeviceMeta,
+) -> PackedOperand<Dispatch> {
+    PackedOperand::Device {
+        words: words.into_dispatch(),
+        params: params.into_dispatch(),
+        meta,
+    }
+}
+
+/// Builds the [`PackedOperand::Dense`] operand from a dequantized `[out, in]` weight.
+pub fn dense_operand(weight: Tensor<2>) -> PackedOperand<Dispatch> {
+    PackedOperand::Dense(weight.into_dispatch())
+}
+
+/// What the fused CPU kernels multiply by: a packed weight (or the compact 2:4 copy of its kept
+/// codes) and the tier that runs it, all owned so the operation can carry it.
+#[derive(Debug)]
+pub struct HostKernel {
+    packed: Arc<PackedWeight>,
+    /// For a pruned symmetric layer, its codes with pruned weights at the zero point.
+    codes: Option<Arc<Vec<u8>>>,
+    sparse24: Option<Arc<Sparse24>>,
+    tier: Tier,
+}
+
+impl HostKernel {
+    /// The kernel for the dense packed codes (or `codes`, their masked copy) on `tier`.
+    pub(crate) fn dense(
+        packed: Arc<PackedWeight>,
+        codes: Option<Arc<Vec<u8>>>,
+        tier: Tier,
+    ) -> Self {
+        Self {
+            packed,
+            codes,
+            sparse24: None,
+            tier,
+        }
+    }
+
+    /// The kernel for the compact 2:4 layout `sparse24` of `packed` on `tier`.
+    pub(crate) fn sparse24(packed: Arc<PackedWeight>, sparse24: Arc<Sparse24>, tier: Tier) -> Self {
+        Self {
+            packed,
+            codes: None,
+            sparse24: Some(sparse24),
+            tier,
+        }
+    }
+
+    /// Whether it runs the compact 2:4 layout.
+    pub fn is_sparse24(&self) -> bool {
+        self.sparse24.is_some()
+    }
+
+    /// The tier that runs the product.
+    pub fn tier(&self) -> Tier {
+        self.tier
+    }
+
+    /// `[out, in]` of the weight.
+    pub fn shape(&self) -> [usize; 2] {
+        self.packed.shape()
+    }
+
+    /// `y = xs · Wᵀ` for `rows` rows of `xs`.
+    pub fn product(&self, xs: &[f32], rows: usize, y: &mut [f32]) -> Result<(), KernelError> {
+        if let Some(s) = &self.sparse24 {
+            return compress_kernels::sparse24::matmul_with(self.tier, xs, rows, s, y);
+        }
+        let view = match &self.codes {
+            Some(codes) => self.packed.kernel_matrix_with_codes(codes),
+            None => self.packed.kernel_matrix(),
+        };
+        let view = view.ok_or_else(|| {
+            KernelError::Shape("the packed weight has no kernel view (pruned asymmetric)".into())
+        })?;
+        compress_kernels::matmul_with(self.tier, xs, rows, &view, y)
+    }
+}
+
+/// Shapes of `x · Wᵀ`: the rows (all leading dimensions together) and the output shape.
+fn product_shape(x: &Shape, out_features: usize) -> (usize, Shape) {
+    let dims = x.as_slice();
+    let rows = dims[..dims.len() - 1].iter().product();
+    let mut out = dims.to_vec();
+    *out.last_mut().expect("a tensor of rank ≥ 1") = out_features;
+    (rows, Shape::from(out))
+}
+
+/// `x · Wᵀ` with a dequantized `w` (`[out, in]`) on any backend.
+fn dense_product<B: Backend>(x: FloatTensor<B>, w: FloatTensor<B>) -> FloatTensor<B> {
+    let shape = x.shape();
+    let k = shape[shape.num_dims() - 1];
+    let (rows, out) = product_shape(&shape, w.shape()[0]);
+    let x2 = B::float_reshape(x, Shape::from(vec![rows, k]));
+    let y = B::float_matmul(x2, B::float_transpose(w));
+    B::float_reshape(y, out)
+}
+
+/// `x · Wᵀ` on the fused CPU kernels: `x` read back to host f32, the product written into a
+/// new tensor on `x`'s device.
+fn host_product<B: Backend>(x: FloatTensor<B>, kernel: &HostKernel) -> FloatTensor<B> {
+    let device = x.device();
+    let [n, k] = kernel.shape();
+    let (rows, out) = product_shape(&x.shape(), n);
+    let data = burn::tensor::try_read_sync(B::float_into_data(x))
+        .expect("reading a CPU tensor cannot wait on a device")
+        .expect("a CPU backend reads its own tensors back");
+    let xs: Vec<f32> = data
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("converted to f32 above");
+    assert_eq!(
+        xs.len(),
+        rows * k,
+        "x has {} columns, W {k}",
+        xs.len() / rows.max(1)
+    );
+    let mut y = vec![0f32; rows * n];
+    // The tier was chosen for this weight's format on this CPU when the operand was built, and
+    // the lengths are checked above, so the kernels cannot refuse the product.
+    kernel
+        .product(&xs, rows, &mut y)
+        .expect("the kernel tier was validated for this weight");
+    B::float_from_data(TensorData::new(y, out), &device)
+}
+
+/// The implementation every CPU backend shares.
+fn cpu_packed_matmul<B: Backend>(x: FloatTensor<B>, weight: PackedOperand<B>) -> FloatTensor<B> {
+    match weight {
+        PackedOperand::Host(kernel) => host_product::<B>(x, &kernel),
+        PackedOperand::Dense(w) => dense_product::<B>(x, w),
+        PackedOperand::Device { .. } => {
+            panic!("a device-layout operand was given to a CPU backend (use PackedOperand::Host)")
+        }
+    }
+}
+
+impl PackedMatmulBackend for burn::backend::Flex {
+    fn packed_matmul(x: FloatTensor<Self>, weight: PackedOperand<Self>) -> FloatTensor<Self> {
+        cpu_packed_matmul::<Self>(x, weight)
+    }
+}
+
+impl PackedMatmulBackend for burn::backend::NdArray {
+    fn packed_matmul(x: FloatTensor<Self>, weight: PackedOperand<Self>) -> FloatTensor<Self> {
+        cpu_packed_matmul::<Self>(x, weight)
+    }
+}
+
+#[cfg(feature = "tch")]
+impl PackedMatmulBackend for burn::backend::LibTorch {
+    fn packed_matmul(x: FloatTensor<Self>, weight: PackedOperand<Self>) -> FloatTensor<Self> {
+        match weight {
+            PackedOperand::Dense(w) => dense_product::<Self>(x, w),
+            _ => panic!("libtorch multiplies by the dequantized weight (PackedOperand::Dense)"),
+        }
+    }
+}
+
+#[cfg(feature = "cube")]
+mod cube {
+    use super::*;
+    use burn::backend::Cube;
+    use burn::tensor::DType;
+    use burn_cubecl::kernel::into_contiguous;
+    use burn_cubecl::tensor::CubeTensor;
+
+    impl PackedMatmulBackend for Cube {
+        fn packed_matmul(x: FloatTensor<Self>, weight: PackedOperand<Self>) -> FloatTensor<Self> {
+            match weight {
+                PackedOperand::Device {
+                    words,
+                    params,
+                    meta,
+                } => device_product(x, words, params, &meta),
+                PackedOperand::Dense(w) => dense_product::<Self>(x, w),
+                PackedOperand::Host(_) => {
+                    panic!(
+                        "a host operand was given to a CubeCL backend (use PackedOperand::Device)"
+                    )
+                }
+            }
+        }
+    }
+
+    /// Runs compress-kernels' CubeCL kernels on the buffers of `x`, `words` and `params`.
+    fn device_product(
+        x: CubeTensor,
+        words: CubeTensor,
+        params: CubeTensor,
+        meta: &DeviceMeta,
+    ) -> CubeTensor {
+        assert_eq!(
+            x.dtype,
+            DType::F32,
+            "the CubeCL packed matmul takes f32 activations"
+        );
+        assert_eq!(params.dtype, DType::F32, "scale pairs are f32");
+        assert_eq!(
+            words.dtype.size(),
+            4,
+            "code words are 32-bit ({:?})",
+            words.dtype
+        );
+        assert_eq!(words.shape().num_elements(), meta.num_words(), "code words");
+        assert_eq!(
+            params.shape().num_elements(),
+            meta.num_params(),
+            "scale pairs"
+        );
+        let shape = x.shape();
+        let k = shape[shape.num_dims() - 1];
+        assert_eq!(
+            k, meta.in_features,
+            "x has {k} columns, W {}",
+            meta.in_features
+        );
+        let (rows, out) = product_shape(&shape, meta.out_features);
+        let x = into_contiguous(x);
+        let words = into_contiguous(words);
+        let params = into_contiguous(params);
+        let y = x.client.empty(rows * meta.out_features * 4);
+        compress_kernels::cube::launch(
+            &x.client,
+            x.handle.clone(),
+            words.handle.clone(),
+            params.handle.clone(),
+            y.clone(),
+            rows,
+            meta,
+        );
+        CubeTensor::new_contiguous(x.client.clone(), x.device.clone(), out, y, DType::F32)
+    }
+}
