@@ -41,34 +41,52 @@ struct Args {
     model: Option<PathBuf>,
 }
 
-/// Median seconds per call of `f` (batches of `batch` calls, then one sync; 5 batches after a
-/// warm-up batch).
-fn time(device: &Device, batch: usize, mut f: impl FnMut(usize)) -> f64 {
-    for i in 0..batch {
-        f(i);
-    }
-    device.sync().unwrap();
-    let mut t: Vec<f64> = (0..5)
-        .map(|_| {
-            let start = Instant::now();
-            for i in 0..batch {
-                f(i);
-            }
-            device.sync().unwrap();
-            start.elapsed().as_secs_f64() / batch as f64
-        })
-        .collect();
+/// Median seconds per call of `f` (batches of `batch` calls, then a device sync and a read of
+/// the last output's sum; 5 batches after a warm-up batch). Every output is kept alive until
+/// then, so that no call's work can be dropped unexecuted.
+fn time<const D: usize>(
+    device: &Device,
+    batch: usize,
+    mut f: impl FnMut(usize) -> Tensor<D>,
+) -> f64 {
+    let mut run = || {
+        let start = Instant::now();
+        let outputs: Vec<Tensor<D>> = (0..batch).map(&mut f).collect();
+        device.sync().unwrap();
+        let last = outputs.last().expect("batch ≥ 1").clone();
+        let _ = last.sum().into_data();
+        start.elapsed().as_secs_f64() / batch as f64
+    };
+    run();
+    let mut t: Vec<f64> = (0..5).map(|_| run()).collect();
     t.sort_by(f64::total_cmp);
     t[2]
 }
 
-/// Copy bandwidth of the device: `y = x · 1` over 2^28 f32 (1 GiB read, 1 GiB written).
+/// Two seconds of 1024³ matmuls, so that a GPU that idles at a low clock has ramped up before
+/// anything is timed.
+fn warm_up(device: &Device) {
+    let a = Tensor::<2>::from_data(
+        TensorData::new(cases::values(1 << 20, 3), [1024, 1024]),
+        device,
+    );
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < 2.0 {
+        let _ = (0..10)
+            .map(|_| a.clone().matmul(a.clone()))
+            .collect::<Vec<_>>();
+        device.sync().unwrap();
+    }
+}
+
+/// Copy bandwidth of the device: `y = x + 1` over 2^25 f32 (128 MiB read, 128 MiB written:
+/// one storage buffer of wgpu's default size limit, beyond a GPU's last-level cache).
 fn bandwidth(device: &Device) -> f64 {
-    let x = Tensor::<1>::ones([1 << 28], device);
-    let s = time(device, 5, |_| {
-        let _ = x.clone() * 1.0;
-    });
-    2.0 * 4.0 * (1u64 << 28) as f64 / s / 1e9
+    let len = 1usize << 25;
+    // From host data: a `Tensor::random` on wgpu measured implausibly fast here.
+    let x = Tensor::<1>::from_data(TensorData::new(cases::values(len, 5), [len]), device);
+    let s = time(device, 10, |_| x.clone() + 1.0);
+    2.0 * 4.0 * len as f64 / s / 1e9
 }
 
 fn main() {
@@ -81,6 +99,7 @@ fn main() {
         }
     };
     println!("backend: {}", args.backend);
+    warm_up(&device);
     let bw = bandwidth(&device);
     println!("device copy bandwidth: {bw:.0} GB/s (read + write)\n");
 
@@ -135,11 +154,9 @@ fn main() {
                     .fold(0f32, |a, (p, q)| a.max((p - q).abs()))
                     / scale;
                 let t_dense = time(&device, args.batch, |i| {
-                    let _ = xs[i % 3].clone().matmul(wt.clone());
+                    xs[i % 3].clone().matmul(wt.clone())
                 });
-                let t_packed = time(&device, args.batch, |i| {
-                    let _ = layer.forward(xs[i % 3].clone());
-                });
+                let t_packed = time(&device, args.batch, |i| layer.forward(xs[i % 3].clone()));
                 println!(
                     "| {} | {m} | {k}×{n} | {:.1} µs | {:.1} µs | {:.2}× | {:.0} GB/s | {diff:.1e} |",
                     f.name,
@@ -219,7 +236,7 @@ fn model_check(path: &PathBuf, device: &Device, batch: usize) {
         let one =
             Tensor::<2, burn::tensor::Int>::from_data(TensorData::new(vec![1i64], [1, 1]), &d);
         time(&d, batch, |_| {
-            let _ = m.forward_cached_last(one.clone(), &mut cache).unwrap();
+            m.forward_cached_last(one.clone(), &mut cache).unwrap()
         })
     };
     let fused = step(&qg);

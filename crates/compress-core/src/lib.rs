@@ -8,6 +8,9 @@
 //!   this project is built from. A model never assumes its weights are dense: compressors replace
 //!   a layer's storage (dense, low-rank, and — as later crates add them — packed low-bit) and the
 //!   model keeps running on any backend.
+//! - [`packed_matmul`]: the one operation quantized layers call, a burn backend extension with
+//!   an implementation per backend (SIMD kernels on the CPU, CubeCL kernels on GPUs, a dense
+//!   matmul on libtorch).
 //! - [`packed`]: the packed 2–8-bit weight layout (codes, f16 scales and zeros) shared by the
 //!   quantizers and the kernels.
 //! - [`kquant`]: llama.cpp's k-quant super-block formats (two-level scales) as packed schemes.

@@ -68,22 +68,35 @@ fn weight(scheme: QuantScheme, n: usize, k: usize, rng: &mut Rng) -> PackedWeigh
     PackedWeight::from_codes(scheme, n, k, &codes, scales, zeros).unwrap()
 }
 
+/// One test function for both checks: two threads using one wgpu device at once gave a wrong
+/// product once on an NVIDIA GPU (the first run on a freshly started machine; not reproduced
+/// in 30 later runs, nor ever on lavapipe), so the checks share one thread.
 #[test]
-fn device_kernels_give_the_reference_product() {
+fn device_kernels_on_wgpu() {
     let Some(device) = wgpu() else {
         return;
     };
+    device_kernels_give_the_reference_product(&device);
+    device_kernels_can_be_switched_off(&device);
+}
+
+fn device_kernels_give_the_reference_product(device: &burn::tensor::Device) {
+    let device = device.clone();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     // (bits, group, symmetry, n, k): 4-bit groups of 32 and 128 (the word-at-a-time path),
     // 8-bit per channel, 3-bit (codes straddling words, groups of 24 crossing the 8-column
-    // chunks), 2-bit groups of 16; K not a multiple of 8 and N not a multiple of the tiles.
+    // chunks), 2-bit groups of 16; K not a multiple of 8 and N not a multiple of the tiles;
+    // rows over 512 columns take the GEMV's two-chunks-per-iteration loop.
     let cases = [
+        (4, Some(32), Symmetry::Asymmetric, 9, 1100),
+        (3, Some(24), Symmetry::Symmetric, 5, 613),
         (4, Some(32), Symmetry::Symmetric, 70, 96),
         (4, Some(128), Symmetry::Asymmetric, 33, 200),
         (8, None, Symmetry::Symmetric, 40, 77),
         (3, Some(24), Symmetry::Asymmetric, 21, 101),
         (2, Some(16), Symmetry::Symmetric, 19, 64),
     ];
+    let mut failures = Vec::new();
     for (bits, group, symmetry, n, k) in cases {
         let scheme = QuantScheme::new(bits, group, symmetry).unwrap();
         let packed = weight(scheme, n, k, &mut rng);
@@ -100,6 +113,7 @@ fn device_kernels_give_the_reference_product() {
             let xt = Tensor::<2>::from_data(TensorData::new(x.clone(), [rows, k]), &device);
             let y: Vec<f32> = layer.forward(xt).into_data().try_to_vec().unwrap();
             assert_eq!(y.len(), rows * n);
+            let mut wrong = Vec::new();
             for r in 0..rows {
                 for o in 0..n {
                     let (mut exact, mut size) = (0f64, 0f64);
@@ -112,23 +126,33 @@ fn device_kernels_give_the_reference_product() {
                     }
                     let tol = (2 * k + 16) as f64 * f64::from(f32::EPSILON) / 2.0 * size + 1e-6;
                     let got = f64::from(y[r * n + o]);
-                    assert!(
-                        (got - exact).abs() <= tol,
-                        "{scheme:?} rows {rows}: y[{r}, {o}] = {got}, exact {exact} (tol {tol:.2e})"
-                    );
+                    if (got - exact).abs() > tol {
+                        wrong.push(format!(
+                            "y[{r}, {o}] = {got}, exact {exact} (tol {tol:.2e})"
+                        ));
+                    }
                 }
+            }
+            eprintln!(
+                "{bits}-bit g{group:?} {symmetry:?} {n}×{k}, rows {rows}: {} of {} outputs wrong",
+                wrong.len(),
+                rows * n
+            );
+            if !wrong.is_empty() {
+                failures.push(format!(
+                    "{scheme:?} {n}×{k} rows {rows}: {}",
+                    wrong[..wrong.len().min(4)].join("; ")
+                ));
             }
         }
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 /// With the kernels switched off (`kernel = None`) a layer on wgpu multiplies by its dequantized
 /// weight, and both paths agree.
-#[test]
-fn device_kernels_can_be_switched_off() {
-    let Some(device) = wgpu() else {
-        return;
-    };
+fn device_kernels_can_be_switched_off(device: &burn::tensor::Device) {
+    let device = device.clone();
     let mut rng = Rng(7);
     let scheme = QuantScheme::new(4, Some(32), Symmetry::Asymmetric).unwrap();
     let mut layer = QuantizedLinear::new(weight(scheme, 24, 64, &mut rng), None, &device);

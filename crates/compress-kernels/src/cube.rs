@@ -103,6 +103,38 @@ mod kernels {
         (cx, sx)
     }
 
+    /// The contribution `Σ w·x` of the 8 columns `c0..c0 + 8` of one row.
+    #[cube]
+    #[allow(clippy::too_many_arguments)]
+    fn chunk_term(
+        x: &[f32],
+        xbase: usize,
+        words: &[u32],
+        wbase: usize,
+        params: &[f32],
+        pbase: usize,
+        c0: u32,
+        group_len: u32,
+        #[comptime] bits: u32,
+        #[comptime] chunks_in_group: bool,
+    ) -> f32 {
+        let mut acc = 0.0f32;
+        if comptime![chunks_in_group] {
+            let (cx, sx) = chunk_sums(x, xbase, words, wbase, c0, bits);
+            let p = pbase + (2 * (c0 / group_len)) as usize;
+            acc = params[p] * cx - params[p + 1] * sx;
+        } else {
+            // A chunk may cross a group boundary: weight by weight.
+            for i in 0..8u32 {
+                let c = c0 + i;
+                let p = pbase + (2 * (c / group_len)) as usize;
+                let code = f32::cast_from(read_code(words, wbase, c, bits));
+                acc += (params[p] * code - params[p + 1]) * x[xbase + c as usize];
+            }
+        }
+        acc
+    }
+
     /// GEMV: `y[m, n] = Σ_k x[m, k] · w[n, k]` for a cube of 8 outputs of activation row
     /// `CUBE_POS_Y` (see the [module docs](self)). Launched with cubes of 32 × 8 units.
     #[cube(launch)]
@@ -129,23 +161,49 @@ mod kernels {
             let pbase = (row * groups_per_row * 2) as usize;
             let xbase = (m * k) as usize;
             let whole = k / 8;
+            // Two chunks per iteration (independent loads in flight), then the odd one.
             let mut j = lane;
-            while j < whole {
-                let c0 = j * 8;
-                let (cx, sx) = chunk_sums(x, xbase, words, wbase, c0, bits);
-                if comptime![chunks_in_group] {
-                    let p = pbase + (2 * (c0 / group_len)) as usize;
-                    acc += params[p] * cx - params[p + 1] * sx;
-                } else {
-                    // A chunk may cross a group boundary: weight by weight.
-                    for i in 0..8u32 {
-                        let c = c0 + i;
-                        let p = pbase + (2 * (c / group_len)) as usize;
-                        let code = f32::cast_from(read_code(words, wbase, c, bits));
-                        acc += (params[p] * code - params[p + 1]) * x[xbase + c as usize];
-                    }
-                }
-                j += 32u32;
+            while j + 32u32 < whole {
+                let a = chunk_term(
+                    x,
+                    xbase,
+                    words,
+                    wbase,
+                    params,
+                    pbase,
+                    j * 8,
+                    group_len,
+                    bits,
+                    chunks_in_group,
+                );
+                let b = chunk_term(
+                    x,
+                    xbase,
+                    words,
+                    wbase,
+                    params,
+                    pbase,
+                    (j + 32u32) * 8,
+                    group_len,
+                    bits,
+                    chunks_in_group,
+                );
+                acc += a + b;
+                j += 64u32;
+            }
+            if j < whole {
+                acc += chunk_term(
+                    x,
+                    xbase,
+                    words,
+                    wbase,
+                    params,
+                    pbase,
+                    j * 8,
+                    group_len,
+                    bits,
+                    chunks_in_group,
+                );
             }
             // The last `k % 8` columns.
             let c = whole * 8 + lane;

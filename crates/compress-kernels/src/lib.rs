@@ -18,6 +18,8 @@
 //! | [`Tier::Avx512Vnni`] | 4, 8-bit | int8 per block of 32 | + activation rounding |
 //!
 //! The crate does not depend on burn: compress-core wires it into its quantized linear layer.
+//! With the `cube` feature, [`cube`] holds the same product as CubeCL kernels for GPUs, over the
+//! device copy of a weight in [`device_layout`].
 //!
 //! ```
 //! use compress_kernels::{matmul, QuantMatrix, ScaleLayout, Tier};
