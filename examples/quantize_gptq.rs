@@ -158,7 +158,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let calib_tokens = m.tokenizer.encode(&calib_text, true)?;
     let (pipeline, windows) = match &args.recipe {
         Some(path) => {
-            let recipe = Recipe::from_file(path)?;
+            let mut recipe = Recipe::from_file(path)?;
+            // A --calib-precision other than the default overrides the recipe's.
+            if args.run.calib_precision != Default::default() {
+                recipe.calibration.precision = args.run.calib_precision;
+            }
             let c = &recipe.calibration;
             let windows = sample_windows(&calib_tokens, c.nsamples, c.seqlen, c.seed)?;
             recipe.without_heal("this example")?;

@@ -45,6 +45,10 @@ pub struct RunArgs {
     /// time and memory).
     #[arg(long)]
     pub no_eval: bool,
+    /// Calibration arithmetic: f32, or bf16 (AMX tiles where the CPU has them; see
+    /// `Pipeline::calibration_precision`).
+    #[arg(long, default_value_t = compress::core::recipe::CalibrationPrecision::F32)]
+    pub calib_precision: compress::core::recipe::CalibrationPrecision,
     /// Backend: flex, ndarray, wgpu, cuda, tch.
     #[arg(long, default_value_t = compress::core::backend::BackendKind::default())]
     pub backend: compress::core::backend::BackendKind,
@@ -58,6 +62,7 @@ impl RunArgs {
             seqlen: self.seqlen,
             seed: self.seed,
             batch_size: 8,
+            precision: self.calib_precision,
         }
     }
 }

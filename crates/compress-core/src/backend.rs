@@ -34,6 +34,21 @@ pub fn is_cube(device: &Device) -> bool {
     }
 }
 
+/// Calls `f` with the values of `x` as host f32 (row-major): borrowed in place when `x` is a
+/// contiguous f32 tensor of the flex backend, else read back into a new vector
+/// ([`host_f32`]). `None` if the data cannot be read back.
+pub fn with_host_f32<const D: usize, R>(
+    x: &burn::tensor::Tensor<D>,
+    f: impl FnOnce(&[f32]) -> R,
+) -> Option<R> {
+    if let Ok(p) = x.clone().try_into_primitive::<burn::backend::Flex>() {
+        if let Some(s) = p.as_slice::<f32>() {
+            return Some(f(s));
+        }
+    }
+    host_f32(x).map(|v| f(&v))
+}
+
 /// The values of `x` as a host `Vec<f32>` (row-major, converted from its dtype), the input
 /// the fused CPU kernels read; `None` if the data cannot be read back.
 pub fn host_f32<const D: usize>(x: &burn::tensor::Tensor<D>) -> Option<Vec<f32>> {

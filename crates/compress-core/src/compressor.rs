@@ -444,6 +444,35 @@ pub fn output_rel_error(w: Tensor<2>, w_hat: Tensor<2>, gram: Tensor<2>) -> f64 
     quad(w - w_hat) / den
 }
 
+/// [`output_rel_error`] on host slices (`w`, `w_hat`: `[out, in]`; `gram`: `[in, in]`, symmetric),
+/// with the products on compress-kernels' f32 GEMM: what the pipeline uses on the CPU backends.
+pub fn output_rel_error_host(
+    w: &[f32],
+    w_hat: &[f32],
+    out: usize,
+    inp: usize,
+    gram: &[f32],
+) -> f64 {
+    let quad = |m: &[f32]| -> f64 {
+        // (M G) ⊙ M summed; G symmetric, so M·Gᵀ = M·G is the kernels' `x · wᵀ`.
+        let mut mg = vec![0f32; out * inp];
+        let dense = compress_kernels::dense::DensePrecision::F32;
+        if compress_kernels::dense::matmul(m, out, gram, inp, inp, &mut mg, dense).is_err() {
+            return f64::NAN;
+        }
+        mg.iter()
+            .zip(m)
+            .map(|(&a, &b)| f64::from(a) * f64::from(b))
+            .sum()
+    };
+    let den = quad(w);
+    if den == 0.0 {
+        return 0.0;
+    }
+    let delta: Vec<f32> = w.iter().zip(w_hat).map(|(a, b)| a - b).collect();
+    quad(&delta) / den
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

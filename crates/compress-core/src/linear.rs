@@ -13,6 +13,8 @@ use std::sync::Arc;
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor, TensorData};
 
+use compress_kernels::dense::DensePrecision;
+
 use crate::compressor::LayerWeights;
 use crate::packed::PackedWeight;
 use crate::sparsity::SparsityMask;
@@ -30,6 +32,11 @@ pub struct DenseLinear {
     /// Which weights are kept, when the layer was pruned (later steps keep pruned weights at 0).
     #[module(skip)]
     pub mask: Option<Arc<SparsityMask>>,
+    /// Arithmetic of the product on the CPU backends: f32 (the default), or bf16 operands with
+    /// f32 sums on AMX tiles — what the calibration pipeline asks for with
+    /// [`Pipeline::calibration_precision`](crate::pipeline::Pipeline::calibration_precision).
+    #[module(skip)]
+    pub precision: DensePrecision,
 }
 
 impl DenseLinear {
@@ -50,6 +57,7 @@ impl DenseLinear {
             weight: Param::from_tensor(weight),
             bias: bias.map(Param::from_tensor),
             mask: None,
+            precision: DensePrecision::F32,
         }
     }
 }
@@ -66,6 +74,9 @@ pub struct LowRankLinear {
     pub down: Param<Tensor<2>>,
     /// Optional bias, `[out_features]`.
     pub bias: Option<Param<Tensor<1>>>,
+    /// Arithmetic of both products on the CPU backends (see [`DenseLinear::precision`]).
+    #[module(skip)]
+    pub precision: DensePrecision,
 }
 
 impl LowRankLinear {
@@ -90,6 +101,7 @@ impl LowRankLinear {
             up: Param::from_tensor(up),
             down: Param::from_tensor(down),
             bias: bias.map(Param::from_tensor),
+            precision: DensePrecision::F32,
         }
     }
 
@@ -119,16 +131,30 @@ impl CompressedLinear {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match self {
             CompressedLinear::Dense(l) => {
-                let y = matmul_wt(x, l.weight.val());
+                let y = dense_product(x, l.weight.val(), l.precision);
                 add_bias(y, &l.bias)
             }
             CompressedLinear::LowRank(l) => {
-                let h = matmul_wt(x, l.down.val());
-                add_bias(matmul_wt(h, l.up.val()), &l.bias)
+                let h = dense_product(x, l.down.val(), l.precision);
+                add_bias(dense_product(h, l.up.val(), l.precision), &l.bias)
             }
             CompressedLinear::Quantized(l) => add_bias(l.product(x), &l.bias),
             CompressedLinear::QuantizedLowRank(l) => {
                 add_bias(l.up.product(l.down.product(x)), &l.bias)
+            }
+        }
+    }
+
+    /// Sets the arithmetic of the layer's products on the CPU backends (f32, or bf16 on AMX
+    /// tiles: see [`DenseLinear::precision`] and [`QuantizedLinear::precision`]).
+    pub fn set_precision(&mut self, precision: DensePrecision) {
+        match self {
+            CompressedLinear::Dense(l) => l.precision = precision,
+            CompressedLinear::LowRank(l) => l.precision = precision,
+            CompressedLinear::Quantized(l) => l.precision = precision,
+            CompressedLinear::QuantizedLowRank(l) => {
+                l.up.precision = precision;
+                l.down.precision = precision;
             }
         }
     }
@@ -310,6 +336,22 @@ impl CompressedLinear {
 
 /// `x Wᵀ` for `x: [..., in]`, `W: [out, in]`: folds the leading dimensions into rows so the
 /// backend sees one 2-D matmul (one pass over `W`, whatever the batch shape).
+/// `x Wᵀ` for a dense `[out, in]` weight: through the [`packed_matmul`](crate::packed_matmul)
+/// extension (faer or AMX on the CPU backends, the backend's matmul elsewhere), or — when
+/// either operand is tracked by autodiff — as a recorded burn matmul.
+fn dense_product<const D: usize>(
+    x: Tensor<D>,
+    w: Tensor<2>,
+    precision: DensePrecision,
+) -> Tensor<D> {
+    let (xd, wd) = (x.device(), w.device());
+    // An autodiff device compares equal to its inner one, so each is checked on its own.
+    if xd.is_autodiff() || wd.is_autodiff() || xd != wd {
+        return matmul_wt(x, w);
+    }
+    crate::packed_matmul::packed_matmul(x, crate::packed_matmul::dense_operand(w, precision))
+}
+
 fn matmul_wt<const D: usize>(x: Tensor<D>, w: Tensor<2>) -> Tensor<D> {
     let dims = x.dims();
     let d_in = dims[D - 1];

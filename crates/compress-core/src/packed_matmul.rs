@@ -8,11 +8,14 @@
 //! |---|---|---|
 //! | flex, ndarray | [`PackedOperand::Host`] | compress-kernels' fused SIMD kernels on the host codes |
 //! | CubeCL (wgpu, CUDA) | [`PackedOperand::Device`] | the CubeCL kernels on the codes in device memory (`compress_kernels::cube`) |
-//! | libtorch, and any layer without a kernel | [`PackedOperand::Dense`] | a matmul with the dequantized weight |
+//! | flex, ndarray | [`PackedOperand::Dense`] | `compress_kernels::dense`: faer's f32 GEMM, or bf16 on AMX tiles when asked |
+//! | CubeCL, libtorch | [`PackedOperand::Dense`] | the backend's own matmul (f32 whatever the precision asked) |
 //!
 //! [`QuantizedLinear`](crate::linear::QuantizedLinear) builds the operand its device calls for,
-//! so a compressed model runs on every backend with the same model code. Autodiff devices never
-//! reach this operation: training multiplies by the dequantized weight, which records the graph.
+//! and dense layers ([`DenseLinear`](crate::linear::DenseLinear)) call the same operation with
+//! their weight, so a compressed model runs on every backend with the same model code. Autodiff
+//! devices never reach this operation: training multiplies by the dequantized weight, which
+//! records the graph.
 
 // burn-ndarray (and burn-tch) are deprecated upstream but still supported backends: the
 // extension names them, and the code it generates refers to them throughout this module.
@@ -24,6 +27,7 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{backend_extension, Backend, Dispatch, ExtensionType, TensorMetadata};
 use burn::tensor::{Int, Shape, Tensor, TensorData};
 
+use compress_kernels::dense::DensePrecision;
 use compress_kernels::device_layout::DeviceMeta;
 use compress_kernels::sparse24::Sparse24;
 use compress_kernels::{KernelError, Tier};
@@ -43,8 +47,14 @@ pub enum PackedOperand<B: Backend> {
         /// Shape and format.
         meta: DeviceMeta,
     },
-    /// The dequantized `[out, in]` weight (libtorch; layers no kernel covers).
-    Dense(FloatTensor<B>),
+    /// A dense (or dequantized) `[out, in]` weight: dense layers, libtorch, quantized layers no
+    /// kernel covers. `precision` applies on the CPU backends.
+    Dense {
+        /// The weight, `[out, in]`.
+        weight: FloatTensor<B>,
+        /// f32, or bf16 products on AMX (CPU backends only).
+        precision: DensePrecision,
+    },
     /// The packed codes in host memory, read by the fused CPU kernels (flex, ndarray).
     Host(Arc<HostKernel>),
 }
@@ -85,9 +95,12 @@ pub fn device_operand(
     }
 }
 
-/// Builds the [`PackedOperand::Dense`] operand from a dequantized `[out, in]` weight.
-pub fn dense_operand(weight: Tensor<2>) -> PackedOperand<Dispatch> {
-    PackedOperand::Dense(weight.into_dispatch())
+/// Builds the [`PackedOperand::Dense`] operand from a dense `[out, in]` weight.
+pub fn dense_operand(weight: Tensor<2>, precision: DensePrecision) -> PackedOperand<Dispatch> {
+    PackedOperand::Dense {
+        weight: weight.into_dispatch(),
+        precision,
+    }
 }
 
 /// What the fused CPU kernels multiply by: a packed weight (or the compact 2:4 copy of its kept
@@ -166,7 +179,8 @@ fn product_shape(x: &Shape, out_features: usize) -> (usize, Shape) {
     (rows, Shape::from(out))
 }
 
-/// `x · Wᵀ` with a dequantized `w` (`[out, in]`) on any backend.
+/// `x · Wᵀ` with a dequantized `w` (`[out, in]`) on any backend (the GPU and libtorch path).
+#[cfg_attr(not(any(feature = "cube", feature = "tch")), allow(dead_code))]
 fn dense_product<B: Backend>(x: FloatTensor<B>, w: FloatTensor<B>) -> FloatTensor<B> {
     let shape = x.shape();
     let k = shape[shape.num_dims() - 1];
@@ -180,15 +194,14 @@ fn dense_product<B: Backend>(x: FloatTensor<B>, w: FloatTensor<B>) -> FloatTenso
 /// new tensor on `x`'s device.
 fn host_product<B: Backend>(x: FloatTensor<B>, kernel: &HostKernel) -> FloatTensor<B> {
     let device = x.device();
+    let (rows, out) = product_shape(&x.shape(), kernel.shape()[0]);
+    let y = host_kernel_product(&host_values::<B>(x), rows, kernel);
+    B::float_from_data(TensorData::new(y, out), &device)
+}
+
+/// `xs · Wᵀ` (`rows` rows) on the fused CPU kernels.
+fn host_kernel_product(xs: &[f32], rows: usize, kernel: &HostKernel) -> Vec<f32> {
     let [n, k] = kernel.shape();
-    let (rows, out) = product_shape(&x.shape(), n);
-    let data = burn::tensor::try_read_sync(B::float_into_data(x))
-        .expect("reading a CPU tensor cannot wait on a device")
-        .expect("a CPU backend reads its own tensors back");
-    let xs: Vec<f32> = data
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .expect("converted to f32 above");
     assert_eq!(
         xs.len(),
         rows * k,
@@ -199,16 +212,60 @@ fn host_product<B: Backend>(x: FloatTensor<B>, kernel: &HostKernel) -> FloatTens
     // The tier was chosen for this weight's format on this CPU when the operand was built, and
     // the lengths are checked above, so the kernels cannot refuse the product.
     kernel
-        .product(&xs, rows, &mut y)
+        .product(xs, rows, &mut y)
         .expect("the kernel tier was validated for this weight");
-    B::float_from_data(TensorData::new(y, out), &device)
+    y
 }
 
-/// The implementation every CPU backend shares.
+/// A CPU tensor's values as host f32 (one copy).
+fn host_values<B: Backend>(t: FloatTensor<B>) -> Vec<f32> {
+    burn::tensor::try_read_sync(B::float_into_data(t))
+        .expect("reading a CPU tensor cannot wait on a device")
+        .expect("a CPU backend reads its own tensors back")
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("converted to f32")
+}
+
+/// `x · wᵀ` on the host with `compress_kernels::dense` (f32 on faer, or bf16 on AMX), for slices
+/// `xs` (`rows × k`) and `ws` (`n × k`).
+fn host_dense(
+    xs: &[f32],
+    rows: usize,
+    ws: &[f32],
+    n: usize,
+    precision: DensePrecision,
+) -> Vec<f32> {
+    let k = ws.len() / n.max(1);
+    assert_eq!(
+        xs.len(),
+        rows * k,
+        "x has {} columns, W {k}",
+        xs.len() / rows.max(1)
+    );
+    let mut y = vec![0f32; rows * n];
+    compress_kernels::dense::matmul(xs, rows, ws, n, k, &mut y, precision)
+        .expect("lengths checked above");
+    y
+}
+
+/// The implementation every CPU backend shares (copies `x` and a dense weight to the host).
 fn cpu_packed_matmul<B: Backend>(x: FloatTensor<B>, weight: PackedOperand<B>) -> FloatTensor<B> {
     match weight {
         PackedOperand::Host(kernel) => host_product::<B>(x, &kernel),
-        PackedOperand::Dense(w) => dense_product::<B>(x, w),
+        PackedOperand::Dense { weight, precision } => {
+            let device = x.device();
+            let n = weight.shape()[0];
+            let (rows, out) = product_shape(&x.shape(), n);
+            let y = host_dense(
+                &host_values::<B>(x),
+                rows,
+                &host_values::<B>(weight),
+                n,
+                precision,
+            );
+            B::float_from_data(TensorData::new(y, out), &device)
+        }
         PackedOperand::Device { .. } => {
             panic!("a device-layout operand was given to a CPU backend (use PackedOperand::Host)")
         }
@@ -217,7 +274,39 @@ fn cpu_packed_matmul<B: Backend>(x: FloatTensor<B>, weight: PackedOperand<B>) ->
 
 impl PackedMatmulBackend for burn::backend::Flex {
     fn packed_matmul(x: FloatTensor<Self>, weight: PackedOperand<Self>) -> FloatTensor<Self> {
-        cpu_packed_matmul::<Self>(x, weight)
+        use burn::backend::flex::FlexTensor;
+        // Flex tensors expose their storage: contiguous f32 operands are read in place
+        // rather than copied (the weight would otherwise be copied on every call).
+        let contiguous_f32 =
+            |t: &FlexTensor| t.is_contiguous() && t.dtype() == burn::tensor::DType::F32;
+        match weight {
+            PackedOperand::Dense { weight, precision }
+                if contiguous_f32(&x) && contiguous_f32(&weight) =>
+            {
+                let n = weight.shape()[0];
+                let (rows, out) = product_shape(&x.shape(), n);
+                let (xs, ws) = (x.as_slice::<f32>(), weight.as_slice::<f32>());
+                let y = host_dense(
+                    xs.expect("contiguous f32"),
+                    rows,
+                    ws.expect("contiguous f32"),
+                    n,
+                    precision,
+                );
+                FlexTensor::from_data(TensorData::new(y, out))
+            }
+            PackedOperand::Host(kernel) if contiguous_f32(&x) => {
+                let [n, _] = kernel.shape();
+                let (rows, out) = product_shape(&x.shape(), n);
+                let y = host_kernel_product(
+                    x.as_slice::<f32>().expect("contiguous f32"),
+                    rows,
+                    &kernel,
+                );
+                FlexTensor::from_data(TensorData::new(y, out))
+            }
+            other => cpu_packed_matmul::<Self>(x, other),
+        }
     }
 }
 
@@ -231,7 +320,7 @@ impl PackedMatmulBackend for burn::backend::NdArray {
 impl PackedMatmulBackend for burn::backend::LibTorch {
     fn packed_matmul(x: FloatTensor<Self>, weight: PackedOperand<Self>) -> FloatTensor<Self> {
         match weight {
-            PackedOperand::Dense(w) => dense_product::<Self>(x, w),
+            PackedOperand::Dense { weight, .. } => dense_product::<Self>(x, weight),
             _ => panic!("libtorch multiplies by the dequantized weight (PackedOperand::Dense)"),
         }
     }
@@ -253,7 +342,7 @@ mod cube {
                     params,
                     meta,
                 } => device_product(x, words, params, &meta),
-                PackedOperand::Dense(w) => dense_product::<Self>(x, w),
+                PackedOperand::Dense { weight, .. } => dense_product::<Self>(x, weight),
                 PackedOperand::Host(_) => {
                     panic!(
                         "a host operand was given to a CubeCL backend (use PackedOperand::Device)"

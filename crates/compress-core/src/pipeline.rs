@@ -19,9 +19,11 @@ use std::time::Instant;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use compress_kernels::dense::DensePrecision;
+
 use crate::compressor::{
-    ensure_finite, output_rel_error, weight_rel_error, CompressError, Compressor, LayerReport,
-    LayerStats, LayerView, LayerWeights, StatsRequest,
+    ensure_finite, output_rel_error, output_rel_error_host, weight_rel_error, CompressError,
+    Compressor, LayerReport, LayerStats, LayerView, LayerWeights, StatsRequest,
 };
 use crate::linear::CompressedLinear;
 
@@ -182,6 +184,9 @@ pub struct Pipeline {
     pub steps: Vec<PipelineStep>,
     /// Calibration sequences per forward pass (memory vs speed; default 8).
     pub batch_size: usize,
+    /// Arithmetic of the calibration forward passes' dense products and of `XᵀX` on the CPU
+    /// backends (default f32; see [`Self::calibration_precision`]).
+    pub precision: DensePrecision,
 }
 
 impl Pipeline {
@@ -190,7 +195,19 @@ impl Pipeline {
         Self {
             steps: Vec::new(),
             batch_size: 8,
+            precision: DensePrecision::F32,
         }
+    }
+
+    /// Runs the calibration forward passes' dense products and the `XᵀX` statistics in
+    /// `precision`. [`DensePrecision::Bf16`] rounds both operands to bf16 and sums in f32 on AMX
+    /// tiles — several times faster on CPUs that have them (`compress_kernels::dense`), as GPU
+    /// calibration in bf16 is; elsewhere it runs in f32. Every linear of the model's blocks
+    /// (dense, and compressed ones through their dequantized weight) is set to it for the run
+    /// and back to f32 after it.
+    pub fn calibration_precision(mut self, precision: DensePrecision) -> Self {
+        self.precision = precision;
+        self
     }
 
     /// Adds a step.
@@ -205,6 +222,18 @@ impl Pipeline {
     /// Runs the pipeline on `model` with `calibration` sequences (all of one length), calling
     /// `progress` after each layer step with its report and the block count.
     pub fn run<M: BlockwiseModel>(
+        &self,
+        model: &mut M,
+        calibration: &[Vec<u32>],
+        progress: impl FnMut(&LayerReport, usize, usize),
+    ) -> Result<PipelineReport, PipelineError> {
+        set_dense_precision(model, self.precision);
+        let result = self.run_steps(model, calibration, progress);
+        set_dense_precision(model, DensePrecision::F32);
+        result
+    }
+
+    fn run_steps<M: BlockwiseModel>(
         &self,
         model: &mut M,
         calibration: &[Vec<u32>],
@@ -254,7 +283,7 @@ impl Pipeline {
                     ..request
                 };
                 let mut stats = if needs_stats {
-                    collect_stats(model, block, si, &mut caches, request)?
+                    collect_stats_in(model, block, si, &mut caches, request, self.precision)?
                 } else {
                     LayerStats::default()
                 };
@@ -289,6 +318,7 @@ impl Pipeline {
                             &device,
                         )?;
                         *model.linear_mut(block, name) = new;
+                        model.linear_mut(block, name).set_precision(self.precision);
                         progress(&r, block, blocks);
                         reports.push(r);
                     }
@@ -317,7 +347,12 @@ impl Pipeline {
                     ..request
                 };
                 let inputs = xs.iter().map(|x| model.head_input(x.clone()));
-                stats_of_inputs(inputs, request, &format!("the input of {HEAD_PATH}"))?
+                stats_of_inputs(
+                    inputs,
+                    request,
+                    &format!("the input of {HEAD_PATH}"),
+                    self.precision,
+                )?
             } else {
                 LayerStats::default()
             };
@@ -367,13 +402,25 @@ impl Pipeline {
 }
 
 /// Accumulates the requested statistics of the input of stage `stage` of block `block` over the
-/// block caches (one per calibration batch), on the model's device.
+/// block caches (one per calibration batch), on the model's device, in f32.
 pub fn collect_stats<M: BlockwiseModel>(
     model: &M,
     block: usize,
     stage: usize,
     caches: &mut [M::Cache],
     request: StatsRequest,
+) -> Result<LayerStats, PipelineError> {
+    collect_stats_in(model, block, stage, caches, request, DensePrecision::F32)
+}
+
+/// [`collect_stats`] with `XᵀX` accumulated in `precision` on the CPU backends.
+pub fn collect_stats_in<M: BlockwiseModel>(
+    model: &M,
+    block: usize,
+    stage: usize,
+    caches: &mut [M::Cache],
+    request: StatsRequest,
+    precision: DensePrecision,
 ) -> Result<LayerStats, PipelineError> {
     let stage_name = model.stages().get(stage).map_or("?", |s| s.name);
     let inputs = caches
@@ -383,7 +430,22 @@ pub fn collect_stats<M: BlockwiseModel>(
         inputs,
         request,
         &format!("the {stage_name} input of block {block}"),
+        precision,
     )
+}
+
+/// Sets the product precision of every linear of `model`'s blocks.
+fn set_dense_precision<M: BlockwiseModel>(model: &mut M, precision: DensePrecision) {
+    let names: Vec<&str> = model
+        .stages()
+        .iter()
+        .flat_map(|s| s.linears.clone())
+        .collect();
+    for block in 0..model.num_blocks() {
+        for name in &names {
+            model.linear_mut(block, name).set_precision(precision);
+        }
+    }
 }
 
 /// Accumulates the requested statistics over layer inputs `[batch, seq, in]` (one per
@@ -392,15 +454,24 @@ fn stats_of_inputs(
     inputs: impl Iterator<Item = Tensor<3>>,
     request: StatsRequest,
     what: &str,
+    precision: DensePrecision,
 ) -> Result<LayerStats, PipelineError> {
     let (mut gram, mut sq, mut amax): (Option<Tensor<2>>, Option<Tensor<1>>, Option<Tensor<1>>) =
         (None, None, None);
+    // On the CPU backends `XᵀX` is summed on the host by compress-kernels (faer in f32, or AMX
+    // in bf16), elsewhere with the backend's matmul.
+    let mut host_gram: Option<Vec<f32>> = None;
     let mut tokens = 0;
     for inp in inputs {
         let [b, t, d] = inp.dims();
         tokens += b * t;
         let flat = inp.reshape([b * t, d]);
-        if request.gram {
+        if request.gram && crate::backend::runs_cpu_kernels(&flat.device()) {
+            let xs = to_host(flat.clone().into_data(), what)?;
+            let g = host_gram.get_or_insert_with(|| vec![0f32; d * d]);
+            compress_kernels::dense::gram(&xs, b * t, d, g, precision)
+                .map_err(|e| PipelineError::Config(format!("{what}: {e}")))?;
+        } else if request.gram {
             let g = flat.clone().transpose().matmul(flat.clone());
             gram = Some(match gram {
                 Some(acc) => acc + g,
@@ -425,12 +496,12 @@ fn stats_of_inputs(
     let host = |t: Option<Tensor<1>>| -> Result<Option<Vec<f32>>, PipelineError> {
         t.map(|t| to_host(t.into_data(), what)).transpose()
     };
-    let gram = match gram {
-        Some(g) => {
+    let gram = match (gram, host_gram) {
+        (Some(g), _) => {
             let n = g.dims()[0];
             Some(to_host(g.reshape([n * n]).into_data(), what)?)
         }
-        None => None,
+        (None, host) => host,
     };
     Ok(LayerStats {
         tokens,
@@ -514,9 +585,13 @@ fn compress_linear(
     let dense = new.to_dense();
     ensure_finite(path, "compressed weight", &dense)?;
     let output_rel_error = stats.gram.as_ref().map(|g| {
-        let gram = Tensor::<2>::from_data(TensorData::new(g.clone(), [inp, inp]), device);
-        let w_hat = Tensor::<2>::from_data(TensorData::new(dense.clone(), [out, inp]), device);
-        output_rel_error(w_tensor, w_hat, gram)
+        if crate::backend::runs_cpu_kernels(device) {
+            output_rel_error_host(&w, &dense, out, inp, g)
+        } else {
+            let gram = Tensor::<2>::from_data(TensorData::new(g.clone(), [inp, inp]), device);
+            let w_hat = Tensor::<2>::from_data(TensorData::new(dense.clone(), [out, inp]), device);
+            output_rel_error(w_tensor, w_hat, gram)
+        }
     });
     let report = LayerReport {
         path: path.to_string(),

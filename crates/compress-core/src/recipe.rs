@@ -8,6 +8,7 @@
 //! seqlen = 512
 //! seed = 0
 //! batch_size = 8
+//! precision = "f32"    # or "bf16": calibration products on AMX tiles (see Pipeline)
 //!
 //! [[step]]
 //! layers = "mlp\\.down_proj$"   # regex on layer paths such as `layers.3.mlp.down_proj`
@@ -76,17 +77,64 @@ pub struct CalibrationConfig {
     pub seed: u64,
     /// Windows per forward pass.
     pub batch_size: usize,
+    /// Arithmetic of the calibration forward passes and `XᵀX` on the CPU backends
+    /// ([`Pipeline::calibration_precision`]).
+    pub precision: CalibrationPrecision,
+}
+
+/// `calibration.precision` of a recipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CalibrationPrecision {
+    /// f32 products (the default).
+    #[default]
+    F32,
+    /// bf16 operands with f32 sums, on AMX tiles where the CPU has them.
+    Bf16,
+}
+
+impl From<CalibrationPrecision> for compress_kernels::dense::DensePrecision {
+    fn from(p: CalibrationPrecision) -> Self {
+        match p {
+            CalibrationPrecision::F32 => Self::F32,
+            CalibrationPrecision::Bf16 => Self::Bf16,
+        }
+    }
+}
+
+impl std::str::FromStr for CalibrationPrecision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(format!(
+                "unknown precision `{other}` (expected f32 or bf16)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for CalibrationPrecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        })
+    }
 }
 
 impl Default for CalibrationConfig {
     /// 128 windows of 512 tokens, seed 0, batches of 8 (the common GPTQ/AWQ setting for small
-    /// models).
+    /// models), f32 products.
     fn default() -> Self {
         Self {
             nsamples: 128,
             seqlen: 512,
             seed: 0,
             batch_size: 8,
+            precision: CalibrationPrecision::F32,
         }
     }
 }
@@ -261,6 +309,7 @@ impl<M: StepMethod + Serialize + DeserializeOwned> Recipe<M> {
     pub fn pipeline(&self) -> Result<Pipeline, RecipeError> {
         let mut pipeline = Pipeline::new();
         pipeline.batch_size = self.calibration.batch_size;
+        pipeline.precision = self.calibration.precision.into();
         for (i, step) in self.steps.iter().enumerate() {
             let at = |m: String| {
                 RecipeError::Invalid(format!(

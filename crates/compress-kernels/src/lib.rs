@@ -51,6 +51,7 @@ pub mod attention;
 pub mod bandwidth;
 #[cfg(feature = "cube")]
 pub mod cube;
+pub mod dense;
 pub mod device_layout;
 pub mod matmul;
 pub mod matrix;

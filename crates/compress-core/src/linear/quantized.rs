@@ -7,6 +7,7 @@ use burn::backend::Dispatch;
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use compress_kernels::dense::DensePrecision;
 use compress_kernels::device_layout::{DeviceLayout, DeviceMeta};
 use compress_kernels::Activations;
 
@@ -39,6 +40,13 @@ pub struct QuantizedLinear {
     /// `None` always uses the dequantized weight (for side-by-side comparisons).
     #[module(skip)]
     pub kernel: Option<Activations>,
+    /// [`DensePrecision::Bf16`] multiplies by the dequantized weight in bf16 on AMX tiles on the
+    /// CPU backends (what the calibration pipeline asks for, see
+    /// [`Pipeline::calibration_precision`](crate::pipeline::Pipeline::calibration_precision)),
+    /// in place of the fused kernels; [`DensePrecision::F32`] (the default) leaves
+    /// [`Self::kernel`] in charge.
+    #[module(skip)]
+    pub precision: DensePrecision,
     /// For a pruned symmetric layer, the codes with pruned weights at the zero point (see
     /// [`PackedWeight::masked_kernel_codes`]), which the kernels read instead of the mask.
     #[module(skip)]
@@ -122,6 +130,7 @@ impl QuantizedLinear {
         Self {
             weight,
             kernel: Some(Activations::F32),
+            precision: DensePrecision::F32,
             kernel_codes,
             sparse24,
             device_copy,
@@ -203,13 +212,16 @@ impl QuantizedLinear {
         if *device != self.weight.device() || device.is_autodiff() {
             return None;
         }
+        if self.precision == DensePrecision::Bf16 && crate::backend::runs_cpu_kernels(device) {
+            return Some(dense_operand(self.weight.clone(), DensePrecision::Bf16));
+        }
         if let Some(kernel) = self.host_kernel() {
             return Some(PackedOperand::Host(Arc::new(kernel)));
         }
         if let (Some(_), Some(d)) = (self.kernel, &self.device_copy) {
             return Some(device_operand(d.words.clone(), d.params.clone(), d.meta));
         }
-        Some(dense_operand(self.weight.clone()))
+        Some(dense_operand(self.weight.clone(), DensePrecision::F32))
     }
 
     /// `x Wᵀ` (plus the correction's `x Vᵀ Uᵀ`), bias excluded: one call of the

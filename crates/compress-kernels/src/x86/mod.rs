@@ -12,6 +12,7 @@ use half::f16;
 
 use crate::matrix::QuantMatrix;
 
+pub mod amx;
 pub mod avx2;
 pub mod avx512;
 pub mod sparse24;

@@ -6,7 +6,7 @@
 use burn::module::Module;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, FloatDType, Int, Tensor, TensorData};
-use compress_core::backend::{host_f32, runs_cpu_kernels};
+use compress_core::backend::{runs_cpu_kernels, with_host_f32};
 use compress_core::kernels;
 use compress_core::linear::CompressedLinear;
 
@@ -134,16 +134,22 @@ impl Attention {
         };
         let mut out = vec![0f32; b * t * h * hd];
         let scale = (1.0 / (hd as f64).sqrt()) as f32;
-        kernels::attention::attention(
-            &shape,
-            &host_f32(q)?,
-            &host_f32(k)?,
-            &host_f32(v)?,
-            blocked.as_deref(),
-            scale,
-            &mut out,
-        )
-        .ok()?;
+        with_host_f32(q, |qs| {
+            with_host_f32(k, |ks| {
+                with_host_f32(v, |vs| {
+                    kernels::attention::attention(
+                        &shape,
+                        qs,
+                        ks,
+                        vs,
+                        blocked.as_deref(),
+                        scale,
+                        &mut out,
+                    )
+                    .ok()
+                })
+            })
+        })????;
         Some(Tensor::from_data(
             TensorData::new(out, [b, t, h * hd]),
             &device,

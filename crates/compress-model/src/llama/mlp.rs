@@ -4,7 +4,7 @@
 use burn::module::Module;
 use burn::tensor::activation::silu;
 use burn::tensor::{Tensor, TensorData};
-use compress_core::backend::{host_f32, runs_cpu_kernels};
+use compress_core::backend::{runs_cpu_kernels, with_host_f32};
 use compress_core::kernels;
 use compress_core::linear::CompressedLinear;
 
@@ -40,8 +40,13 @@ fn fused_swiglu<const D: usize>(g: &Tensor<D>, u: &Tensor<D>) -> Option<Tensor<D
     if !runs_cpu_kernels(&device) {
         return None;
     }
-    let (gs, us) = (host_f32(g)?, host_f32(u)?);
-    let mut out = vec![0f32; gs.len()];
-    kernels::activation::swiglu(&gs, &us, &mut out).ok()?;
+    let out = with_host_f32(g, |gs| {
+        with_host_f32(u, |us| {
+            let mut out = vec![0f32; gs.len()];
+            kernels::activation::swiglu(gs, us, &mut out)
+                .ok()
+                .map(|_| out)
+        })
+    })???;
     Some(Tensor::from_data(TensorData::new(out, g.dims()), &device))
 }
