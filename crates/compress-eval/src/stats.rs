@@ -49,14 +49,32 @@ pub fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
     }
 }
 
-/// `ln Σ_j exp(row_j)` in f64, shifted by the maximum so large logits cannot overflow.
+/// `ln Σ_j exp(row_j)`, shifted by the maximum so large logits cannot overflow: the
+/// exponentials in f32 (each within 1 ulp), their sum and the logarithm in f64.
 pub fn log_sum_exp(row: &[f32]) -> f64 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    max + row
-        .iter()
-        .map(|&x| (x as f64 - max).exp())
-        .sum::<f64>()
-        .ln()
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
+        // All −∞ (or a NaN/∞ logit): the plain formula says what it is.
+        let m = f64::from(max);
+        return m + row
+            .iter()
+            .map(|&x| (f64::from(x) - m).exp())
+            .sum::<f64>()
+            .ln();
+    }
+    // exp(x − max) ≤ 1 on compress-kernels' vectorized f32 exp (≤ 1 ulp; a vocabulary row is
+    // 10⁴–10⁵ exponentials), in chunks, summed in f64.
+    let mut sum = 0f64;
+    let mut buf = [0f32; 1024];
+    for chunk in row.chunks(buf.len()) {
+        let b = &mut buf[..chunk.len()];
+        for (d, &x) in b.iter_mut().zip(chunk) {
+            *d = x - max;
+        }
+        compress_core::kernels::vexp::exp_in_place(b);
+        sum += b.iter().map(|&e| f64::from(e)).sum::<f64>();
+    }
+    f64::from(max) + sum.ln()
 }
 
 /// `ln softmax(row)` in f64: `row_i − ln Σ_j exp(row_j)`.

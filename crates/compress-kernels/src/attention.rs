@@ -110,6 +110,18 @@ impl AttentionShape {
     }
 }
 
+/// How `q`, `k` and `v` are laid out (row-major).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QkvLayout {
+    /// `q` `[batch, heads, queries, head_dim]`, `k` and `v` `[batch, kv_heads, keys,
+    /// head_dim]`: each head's rows contiguous.
+    #[default]
+    HeadMajor,
+    /// `q` `[batch, queries, heads, head_dim]`, `k` and `v` `[batch, keys, kv_heads,
+    /// head_dim]`: what the projections produce, read in place with a row stride.
+    TokenMajor,
+}
+
 /// `out = softmax(Q Kᵀ · scale, blocked keys excluded) · V` per head.
 ///
 /// Layouts (row-major): `q` `[batch, heads, queries, head_dim]`; `k` and `v` `[batch, kv_heads,
@@ -120,6 +132,22 @@ impl AttentionShape {
 /// blocked scores would give.
 pub fn attention(
     shape: &AttentionShape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    blocked: Option<&[bool]>,
+    scale: f32,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    attention_in(shape, QkvLayout::HeadMajor, q, k, v, blocked, scale, out)
+}
+
+/// [`attention`] with `q`, `k` and `v` in `layout` (the output is always `[batch, queries,
+/// heads, head_dim]`).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_in(
+    shape: &AttentionShape,
+    layout: QkvLayout,
     q: &[f32],
     k: &[f32],
     v: &[f32],
@@ -145,14 +173,18 @@ pub fn attention(
     let group = heads / kv_heads;
     let blocks = queries.div_ceil(QUERY_BLOCK);
     let tasks = batch * heads * blocks;
+    let (qr, kr) = (
+        Strides::new(layout, heads, queries, d),
+        Strides::new(layout, kv_heads, keys, d),
+    );
     // Each task returns its `rows × head_dim` output block; they are scattered afterwards.
     let run = |task: usize| -> (usize, Vec<f32>) {
         let (bh, blk) = (task / blocks, task % blocks);
         let (b, h) = (bh / heads, bh % heads);
+        let g = h / group;
         let q0 = blk * QUERY_BLOCK;
         let rows = QUERY_BLOCK.min(queries - q0);
-        let kv = (b * kv_heads + h / group) * keys * d;
-        let qs = &q[((b * heads + h) * queries + q0) * d..][..rows * d];
+        let qs = qr.rows(q, b, h, q0, rows);
         let mask_rows = blocked.map(|m| &m[(b * queries + q0) * keys..][..rows * keys]);
         // The keys any query of the block sees: [lo, hi).
         let (lo, hi) = match mask_rows {
@@ -164,8 +196,8 @@ pub fn attention(
         faer_matmul(
             MatMut::from_row_major_slice_mut(&mut scores, rows, span),
             Accum::Replace,
-            MatRef::from_row_major_slice(qs, rows, d),
-            MatRef::from_column_major_slice(&k[kv + lo * d..][..span * d], d, span),
+            qs,
+            kr.rows(k, b, g, lo, span).transpose(),
             scale,
             Par::Seq,
         );
@@ -181,14 +213,14 @@ pub fn attention(
             MatMut::from_row_major_slice_mut(&mut o, rows, d),
             Accum::Replace,
             MatRef::from_row_major_slice(&scores, rows, span),
-            MatRef::from_row_major_slice(&v[kv + lo * d..][..span * d], span, d),
+            kr.rows(v, b, g, lo, span),
             1.0f32,
             Par::Seq,
         );
         // Rows that see no key (their visible keys cannot lie outside the span): the uniform
         // average over all keys.
         for i in unseeing {
-            mean_rows(&v[kv..][..keys * d], d, &mut o[i * d..][..d]);
+            mean_rows(kr.rows(v, b, g, 0, keys), &mut o[i * d..][..d]);
         }
         (task, o)
     };
@@ -296,16 +328,55 @@ fn lanes_sum(xs: &[f32]) -> f32 {
 }
 
 /// `out = mean over rows of x` (`x` is `rows × d`).
-fn mean_rows(x: &[f32], d: usize, out: &mut [f32]) {
+fn mean_rows(x: MatRef<'_, f32>, out: &mut [f32]) {
     out.fill(0.0);
-    let rows = x.len() / d;
-    for r in x.chunks_exact(d) {
-        for (o, &a) in out.iter_mut().zip(r) {
-            *o += a;
+    for r in 0..x.nrows() {
+        for (c, o) in out.iter_mut().enumerate() {
+            *o += x[(r, c)];
         }
     }
     for o in out.iter_mut() {
-        *o /= rows as f32;
+        *o /= x.nrows() as f32;
+    }
+}
+
+/// Where the rows of one head of one sequence lie in a `q`, `k` or `v` buffer of a layout:
+/// row `i` of head `h` of sequence `b` starts at `b·seq + h·head + i·row`.
+#[derive(Clone, Copy)]
+struct Strides {
+    seq: usize,
+    head: usize,
+    row: usize,
+    d: usize,
+}
+
+impl Strides {
+    fn new(layout: QkvLayout, heads: usize, rows: usize, d: usize) -> Self {
+        match layout {
+            QkvLayout::HeadMajor => Self {
+                seq: heads * rows * d,
+                head: rows * d,
+                row: d,
+                d,
+            },
+            QkvLayout::TokenMajor => Self {
+                seq: rows * heads * d,
+                head: d,
+                row: heads * d,
+                d,
+            },
+        }
+    }
+
+    /// Rows `i0..i0 + n` of head `h` of sequence `b` as an `n × d` matrix.
+    fn rows<'a>(&self, x: &'a [f32], b: usize, h: usize, i0: usize, n: usize) -> MatRef<'a, f32> {
+        let at = b * self.seq + h * self.head + i0 * self.row;
+        let len = if n == 0 {
+            0
+        } else {
+            (n - 1) * self.row + self.d
+        };
+        MatRef::from_row_major_slice_with_stride(&x[at..at + len], n, self.d, self.row)
     }
 }
 
@@ -406,6 +477,45 @@ mod tests {
             for (i, (a, b)) in out.iter().zip(&want).enumerate() {
                 prop_assert!((a - b).abs() < 1e-5, "element {}: {} vs {}", i, a, b);
             }
+        }
+    }
+
+    /// `[batch, heads, rows, d]` → `[batch, rows, heads, d]`.
+    fn token_major(x: &[f32], batch: usize, heads: usize, rows: usize, d: usize) -> Vec<f32> {
+        let mut out = vec![0f32; x.len()];
+        for b in 0..batch {
+            for h in 0..heads {
+                for i in 0..rows {
+                    let src = ((b * heads + h) * rows + i) * d;
+                    let dst = ((b * rows + i) * heads + h) * d;
+                    out[dst..dst + d].copy_from_slice(&x[src..src + d]);
+                }
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+        /// The token-major layout (the projections' own) gives the same output as the
+        /// head-major one on the same values, bit for bit: only where rows are read changes.
+        #[test]
+        fn token_major_equals_head_major(batch in 1usize..3, kv_heads in 1usize..3, group in 1usize..4,
+                                         queries in 1usize..100, cached in 0usize..20,
+                                         d in prop::sample::select(vec![4usize, 8, 64]), seed in 0u64..1000) {
+            let keys = cached + queries;
+            let s = AttentionShape { batch, heads: kv_heads * group, kv_heads, queries, keys, head_dim: d };
+            let q = seeded(batch * s.heads * queries * d, seed);
+            let k = seeded(batch * kv_heads * keys * d, seed + 1);
+            let v = seeded(batch * kv_heads * keys * d, seed + 2);
+            let blocked: Vec<bool> = (0..batch).flat_map(|_| (0..queries).flat_map(move |i| (0..keys).map(move |j| j > cached + i))).collect();
+            let mut a = vec![0f32; batch * queries * s.heads * d];
+            let mut b = a.clone();
+            attention(&s, &q, &k, &v, Some(&blocked), 0.3, &mut a).unwrap();
+            attention_in(&s, QkvLayout::TokenMajor, &token_major(&q, batch, s.heads, queries, d),
+                &token_major(&k, batch, kv_heads, keys, d), &token_major(&v, batch, kv_heads, keys, d),
+                Some(&blocked), 0.3, &mut b).unwrap();
+            prop_assert_eq!(a, b);
         }
     }
 

@@ -86,6 +86,11 @@ impl Attention {
         cache: Option<&mut LayerCache>,
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
+        if cache.is_none() {
+            if let Some(out) = self.fused_projections(&x, rope, &positions, mask.as_ref()) {
+                return out;
+            }
+        }
         let (q, k, v) = self.qkv(x, rope, positions, cache);
         if let Some(out) = self.fused(&q, &k, &v, mask.as_ref()) {
             return out;
@@ -95,6 +100,81 @@ impl Attention {
             .matmul(v)
             .swap_dims(1, 2)
             .reshape([b, t, self.num_heads * self.head_dim])
+    }
+
+    /// The context without a cache on the CPU backends, with no tensor operation between the
+    /// projections and the output: the projections' `[batch, seq, heads · head_dim]` outputs are
+    /// rotated on the host (compress-kernels' `rope`) and attended to where they lie (the fused
+    /// attention's token-major layout), so no `[batch, heads, seq, head_dim]` copy is made.
+    /// Same conditions and numerics as [`Self::fused`]; `None` where it does not apply.
+    fn fused_projections(
+        &self,
+        x: &Tensor<3>,
+        rope: &Rope,
+        positions: &Tensor<2, Int>,
+        mask: Option<&Tensor<4, Bool>>,
+    ) -> Option<Tensor<3>> {
+        let device = x.device();
+        if self.precision != AttentionPrecision::F32 || !runs_cpu_kernels(&device) {
+            return None;
+        }
+        let [b, t, _] = x.dims();
+        let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let pos: Vec<usize> = positions
+            .clone()
+            .reshape([b * t])
+            .into_data()
+            .convert::<i64>()
+            .try_into_vec::<i64>()
+            .ok()?
+            .into_iter()
+            .map(|p| usize::try_from(p).ok())
+            .collect::<Option<_>>()?;
+        let blocked = match mask {
+            Some(m) => Some(
+                m.clone()
+                    .reshape([b * t * t])
+                    .into_data()
+                    .try_into_vec::<bool>()
+                    .ok()?,
+            ),
+            None => None,
+        };
+        let rotated = |proj: &CompressedLinear, heads: usize| -> Option<Vec<f32>> {
+            let y = proj.forward(x.clone());
+            let mut out = vec![0f32; b * t * heads * hd];
+            with_host_f32(&y, |ys| rope.apply_host(ys, &mut out, heads, &pos).ok())??;
+            Some(out)
+        };
+        let (q, k) = (rotated(&self.q_proj, h)?, rotated(&self.k_proj, kvh)?);
+        let v = self.v_proj.forward(x.clone());
+        let shape = kernels::attention::AttentionShape {
+            batch: b,
+            heads: h,
+            kv_heads: kvh,
+            queries: t,
+            keys: t,
+            head_dim: hd,
+        };
+        let mut out = vec![0f32; b * t * h * hd];
+        let scale = (1.0 / (hd as f64).sqrt()) as f32;
+        with_host_f32(&v, |vs| {
+            kernels::attention::attention_in(
+                &shape,
+                kernels::attention::QkvLayout::TokenMajor,
+                &q,
+                &k,
+                vs,
+                blocked.as_deref(),
+                scale,
+                &mut out,
+            )
+            .ok()
+        })??;
+        Some(Tensor::from_data(
+            TensorData::new(out, [b, t, h * hd]),
+            &device,
+        ))
     }
 
     /// The context through compress-kernels' fused CPU attention (no score tensor; blocked keys

@@ -19,6 +19,9 @@ pub struct Rope {
     sin: Tensor<2>,
     #[module(skip)]
     layout: RopeLayout,
+    /// The same tables on the host (`cos`, `sin`), for compress-kernels' fused CPU rotation.
+    #[module(skip)]
+    host: std::sync::Arc<(Vec<f32>, Vec<f32>)>,
 }
 
 impl Rope {
@@ -42,10 +45,29 @@ impl Rope {
             }
         }
         Self {
-            cos: Tensor::from_data(TensorData::new(cos, [max_positions, half]), device),
-            sin: Tensor::from_data(TensorData::new(sin, [max_positions, half]), device),
+            cos: Tensor::from_data(TensorData::new(cos.clone(), [max_positions, half]), device),
+            sin: Tensor::from_data(TensorData::new(sin.clone(), [max_positions, half]), device),
             layout,
+            host: std::sync::Arc::new((cos, sin)),
         }
+    }
+
+    /// Rotates host `x` of `[tokens, heads, head_dim]` into `out` (same shape), token `t` at
+    /// `positions[t]`, with compress-kernels' fused loop: the same values as [`Self::apply`].
+    pub fn apply_host(
+        &self,
+        x: &[f32],
+        out: &mut [f32],
+        heads: usize,
+        positions: &[usize],
+    ) -> Result<(), compress_core::kernels::KernelError> {
+        let head_dim = 2 * self.cos.dims()[1];
+        let pairs = match self.layout {
+            RopeLayout::NeoX => compress_core::kernels::rope::RopePairs::Halves,
+            RopeLayout::Interleaved => compress_core::kernels::rope::RopePairs::Adjacent,
+        };
+        let (cos, sin) = &*self.host;
+        compress_core::kernels::rope::rope(x, out, heads, head_dim, positions, cos, sin, pairs)
     }
 
     /// Number of positions the tables cover.
