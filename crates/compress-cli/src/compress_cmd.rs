@@ -255,6 +255,7 @@ fn execute(
     c.nsamples = args.nsamples.unwrap_or(c.nsamples);
     c.seqlen = args.seqlen.unwrap_or(c.seqlen);
     c.seed = args.seed.unwrap_or(c.seed);
+    c.precision = args.calib_precision.unwrap_or(c.precision);
     // Checked before the model loads, so a bad recipe fails fast.
     recipe.pipeline().map_err(CliError::usage)?;
     let format = match args.format {

@@ -140,6 +140,36 @@ fn generate_inspect_and_quantize_to_a_container() {
     assert!(kld > 0.0 && kld < 0.5, "KLD {kld}");
     assert!(r["recipe"].as_str().unwrap().contains("method = \"gptq\""));
 
+    // The same with bf16 calibration: written into the recipe, and the model about as good.
+    let out16 = dir.path().join("w4-bf16.safetensors");
+    let r16 = json(&[
+        "quantize",
+        "--method",
+        "gptq",
+        "--bits",
+        "4",
+        "--group",
+        "32",
+        "--nsamples",
+        "16",
+        "--calib",
+        s(&calib),
+        "--output",
+        s(&out16),
+        "--eval",
+        s(&calib),
+        "--limit",
+        "4",
+        "--calib-precision",
+        "bf16",
+    ]);
+    assert!(r16["recipe"]
+        .as_str()
+        .unwrap()
+        .contains("precision = \"bf16\""));
+    let kld16 = r16["eval"]["kld"]["mean"].as_f64().unwrap();
+    assert!(kld16 > 0.0 && kld16 < 0.5, "KLD {kld16}");
+
     let i = json(&["inspect", "--model", s(&out)]);
     assert_eq!(i["format"], "container");
     assert!((i["linear_bits_per_weight"].as_f64().unwrap() - bits).abs() < 1e-9);
@@ -448,6 +478,15 @@ fn errors_exit_with_their_codes_and_name_the_culprit() {
         s(&dir.path().join("o")),
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = compress(&[
+        "quantize",
+        "--calib-precision",
+        "f8",
+        "--output",
+        s(&dir.path().join("o")),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("f32 or bf16"), "{}", stderr(&o));
 
     // Input: a model file that does not exist, and one that is not a model, exit with 3.
     let o = compress(&["inspect", "--model", "no-such-model.gguf"]);
