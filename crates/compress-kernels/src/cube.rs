@@ -45,6 +45,8 @@ mod kernels {
 
     /// The code of column `c` of the row whose words start at `base` (least-significant bit first;
     /// a code straddles two words when `bits` does not divide 32).
+    // The outer `if` is decided when the kernel is compiled, the inner one when it runs.
+    #[allow(clippy::collapsible_if)]
     #[cube]
     fn read_code(words: &[u32], base: usize, c: u32, #[comptime] bits: u32) -> u32 {
         let bit = c * bits;
@@ -219,7 +221,7 @@ mod kernels {
         let mut stride = 16u32;
         while stride > 0 {
             if lane < stride {
-                partial[slot] = partial[slot] + partial[slot + stride as usize];
+                partial[slot] += partial[slot + stride as usize];
             }
             sync_cube();
             stride /= 2u32;
@@ -365,7 +367,7 @@ pub fn launch(
     };
     match kernel {
         CubeKernel::Gemv => {
-            let chunks_in_group = meta.group_len % 8 == 0;
+            let chunks_in_group = meta.group_len.is_multiple_of(8);
             packed_gemv::launch(
                 client,
                 CubeCount::Static(fits(n.div_ceil(GEMV_ROWS as usize)), fits(rows), 1),

@@ -25,7 +25,7 @@ const PARALLEL_MIN: usize = 1 << 14;
 /// `out = rms_norm(x)` for rows of `gain.len()` values (`x.len()` a multiple of it).
 pub fn rms_norm(x: &[f32], gain: &[f32], eps: f32, out: &mut [f32]) -> Result<(), KernelError> {
     let width = gain.len();
-    if width == 0 || x.len() % width != 0 {
+    if width == 0 || !x.len().is_multiple_of(width) {
         return Err(KernelError::Shape(format!(
             "rms_norm of {} values in rows of {width}",
             x.len()

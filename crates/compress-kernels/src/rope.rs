@@ -36,7 +36,10 @@ pub fn rope(
 ) -> Result<(), KernelError> {
     let half = head_dim / 2;
     let width = heads * head_dim;
-    if head_dim == 0 || head_dim % 2 != 0 || cos.len() != sin.len() || cos.len() % half.max(1) != 0
+    if head_dim == 0
+        || !head_dim.is_multiple_of(2)
+        || cos.len() != sin.len()
+        || !cos.len().is_multiple_of(half.max(1))
     {
         return Err(KernelError::Shape(format!(
             "rope over heads of {head_dim} with tables of {} and {} values",

@@ -137,6 +137,7 @@ impl Drop for TileScope {
 /// A [`TileScope`] must be live on this thread; every pointer must be valid for the tiles and
 /// the 32 × 32 block read and written.
 #[inline]
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn block_32x32(
     _scope: &TileScope,
     a0: *const Tile,
