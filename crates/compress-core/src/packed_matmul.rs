@@ -199,15 +199,21 @@ fn host_product<B: Backend>(x: FloatTensor<B>, kernel: &HostKernel) -> FloatTens
     B::float_from_data(TensorData::new(y, out), &device)
 }
 
-/// `xs · Wᵀ` (`rows` rows) on the fused CPU kernels.
-fn host_kernel_product(xs: &[f32], rows: usize, kernel: &HostKernel) -> Vec<f32> {
-    let [n, k] = kernel.shape();
+/// Checks that `xs` holds `rows` rows of `k` values (the operation's callers build both from
+/// the same tensors, so a mismatch is a programming error).
+fn check_rows(xs: &[f32], rows: usize, k: usize) {
     assert_eq!(
         xs.len(),
         rows * k,
         "x has {} columns, W {k}",
         xs.len() / rows.max(1)
     );
+}
+
+/// `xs · Wᵀ` (`rows` rows) on the fused CPU kernels.
+fn host_kernel_product(xs: &[f32], rows: usize, kernel: &HostKernel) -> Vec<f32> {
+    let [n, k] = kernel.shape();
+    check_rows(xs, rows, k);
     let mut y = vec![0f32; rows * n];
     // The tier was chosen for this weight's format on this CPU when the operand was built, and
     // the lengths are checked above, so the kernels cannot refuse the product.
@@ -237,12 +243,7 @@ fn host_dense(
     precision: DensePrecision,
 ) -> Vec<f32> {
     let k = ws.len() / n.max(1);
-    assert_eq!(
-        xs.len(),
-        rows * k,
-        "x has {} columns, W {k}",
-        xs.len() / rows.max(1)
-    );
+    check_rows(xs, rows, k);
     let mut y = vec![0f32; rows * n];
     compress_kernels::dense::matmul(xs, rows, ws, n, k, &mut y, precision)
         .expect("lengths checked above");

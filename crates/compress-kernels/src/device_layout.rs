@@ -22,19 +22,8 @@ use crate::matrix::{QuantMatrix, ScaleLayout};
 /// The device copy of a packed weight (see the [module docs](self)).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceLayout {
-    /// Code width in bits (2–8).
-    pub bits: u32,
-    /// Output features `N` (rows).
-    pub out_features: usize,
-    /// Input features `K` (columns).
-    pub in_features: usize,
-    /// Weights per group (`K` for per-channel and per-tensor scales); the last group of a row
-    /// is shorter when it does not divide `K`.
-    pub group_len: usize,
-    /// Groups per row, `ceil(K / group_len)`.
-    pub groups_per_row: usize,
-    /// `u32` words per row, `ceil(K·b / 32)`.
-    pub words_per_row: usize,
+    /// Shape and format.
+    pub meta: DeviceMeta,
     /// The code words, `N · words_per_row`.
     pub words: Vec<u32>,
     /// `(s, s·z)` per group, row-major: `N · groups_per_row · 2` values.
@@ -70,12 +59,14 @@ impl DeviceLayout {
             }
         }
         Self {
-            bits,
-            out_features: n,
-            in_features: k,
-            group_len,
-            groups_per_row,
-            words_per_row,
+            meta: DeviceMeta {
+                bits,
+                out_features: n,
+                in_features: k,
+                group_len,
+                groups_per_row,
+                words_per_row,
+            },
             words,
             params,
         }
@@ -83,30 +74,26 @@ impl DeviceLayout {
 
     /// The code of weight `(row, col)`, read from the words as the kernels do.
     pub fn code(&self, row: usize, col: usize) -> u32 {
-        let bit = col * self.bits as usize;
-        let at = row * self.words_per_row + bit / 32;
+        let m = &self.meta;
+        let bit = col * m.bits as usize;
+        let at = row * m.words_per_row + bit / 32;
         let shift = (bit % 32) as u32;
         let mut v = self.words[at] >> shift;
-        if shift + self.bits > 32 {
+        if shift + m.bits > 32 {
             v |= self.words[at + 1] << (32 - shift);
         }
-        v & ((1u32 << self.bits) - 1)
+        v & ((1u32 << m.bits) - 1)
     }
 
     /// The weight `(row, col)` stands for, `s·c − s·z`, computed as the kernels do.
     pub fn weight(&self, row: usize, col: usize) -> f32 {
-        let p = 2 * (row * self.groups_per_row + col / self.group_len);
+        let p = 2 * (row * self.meta.groups_per_row + col / self.meta.group_len);
         self.params[p].mul_add(self.code(row, col) as f32, -self.params[p + 1])
     }
 
     /// Bytes the device copy occupies (words and parameters).
     pub fn device_bytes(&self) -> usize {
         4 * (self.words.len() + self.params.len())
-    }
-
-    /// The shape and format without the buffers.
-    pub fn meta(&self) -> DeviceMeta {
-        DeviceMeta::from(self)
     }
 }
 
@@ -126,19 +113,6 @@ pub struct DeviceMeta {
     pub groups_per_row: usize,
     /// `u32` words per row.
     pub words_per_row: usize,
-}
-
-impl From<&DeviceLayout> for DeviceMeta {
-    fn from(d: &DeviceLayout) -> Self {
-        Self {
-            bits: d.bits,
-            out_features: d.out_features,
-            in_features: d.in_features,
-            group_len: d.group_len,
-            groups_per_row: d.groups_per_row,
-            words_per_row: d.words_per_row,
-        }
-    }
 }
 
 impl DeviceMeta {

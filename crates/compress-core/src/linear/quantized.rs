@@ -96,7 +96,7 @@ impl DeviceCopy {
         Some(Self {
             words,
             params,
-            meta: layout.meta(),
+            meta: layout.meta,
         })
     }
 }

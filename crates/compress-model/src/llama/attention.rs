@@ -31,6 +31,21 @@ pub enum AttentionPrecision {
     F16KvCache,
 }
 
+/// The attention mask `[batch, 1, queries, keys]` (`len` values) as host booleans, for the
+/// fused CPU kernels: `Some(None)` without a mask, `None` if it cannot be read back.
+fn host_mask(mask: Option<&Tensor<4, Bool>>, len: usize) -> Option<Option<Vec<bool>>> {
+    match mask {
+        Some(m) => m
+            .clone()
+            .reshape([len])
+            .into_data()
+            .try_into_vec::<bool>()
+            .ok()
+            .map(Some),
+        None => Some(None),
+    }
+}
+
 /// Rounds every element to the nearest f16 value (ties to even), keeping the f32 dtype.
 fn round_to_f16(x: Tensor<4>) -> Tensor<4> {
     x.cast(FloatDType::F16).cast(FloatDType::F32)
@@ -130,16 +145,7 @@ impl Attention {
             .into_iter()
             .map(|p| usize::try_from(p).ok())
             .collect::<Option<_>>()?;
-        let blocked = match mask {
-            Some(m) => Some(
-                m.clone()
-                    .reshape([b * t * t])
-                    .into_data()
-                    .try_into_vec::<bool>()
-                    .ok()?,
-            ),
-            None => None,
-        };
+        let blocked = host_mask(mask, b * t * t)?;
         let rotated = |proj: &CompressedLinear, heads: usize| -> Option<Vec<f32>> {
             let y = proj.forward(x.clone());
             let mut out = vec![0f32; b * t * heads * hd];
@@ -194,16 +200,7 @@ impl Attention {
         }
         let [b, h, t, hd] = q.dims();
         let [_, kvh, s, _] = k.dims();
-        let blocked = match mask {
-            Some(m) => Some(
-                m.clone()
-                    .reshape([b * t * s])
-                    .into_data()
-                    .try_into_vec::<bool>()
-                    .ok()?,
-            ),
-            None => None,
-        };
+        let blocked = host_mask(mask, b * t * s)?;
         let shape = kernels::attention::AttentionShape {
             batch: b,
             heads: h,
