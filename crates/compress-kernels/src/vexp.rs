@@ -23,7 +23,8 @@ const ROUND: f32 = 12_582_912.0;
 #[inline(always)]
 pub fn exp_approx(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let t = x * std::f32::consts::LOG2_E + ROUND;
+    let n = t - ROUND;
     let r = (x - n * LN2_HI) - n * LN2_LO;
     // exp(r) = 1 + r + r²·(1/2 + r/6 + … + r⁵/7!): the two largest terms added last, so the
     // rounding of the small ones barely reaches the result (≤ 1 ulp measured).
@@ -34,7 +35,10 @@ pub fn exp_approx(x: f32) -> f32 {
     p = p * r + 1.0 / 6.0;
     p = p * r + 0.5;
     let y = p * (r * r) + r + 1.0;
-    let two_n = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // `t = ROUND + n` exactly, so its low mantissa bits hold `n` in two's complement and
+    // `2ⁿ`'s exponent field `n + 127` comes from integer arithmetic on them (a float-to-int
+    // cast would not vectorize: Rust's saturating `as` is scalar code per lane).
+    let two_n = f32::from_bits(t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23);
     y * two_n
 }
 
