@@ -27,7 +27,7 @@ type HostFactors = (Vec<f32>, Vec<f32>, usize);
 fn factors(lin: &CompressedLinear, path: &str) -> Result<Option<HostFactors>, PipelineError> {
     let (up, down) = match lin {
         CompressedLinear::LowRank(l) => (l.up.val(), l.down.val()),
-        CompressedLinear::QuantizedLowRank(l) => (l.up.weight.clone(), l.down.weight.clone()),
+        CompressedLinear::QuantizedLowRank(l) => (l.up.dense_weight(), l.down.dense_weight()),
         _ => return Ok(None),
     };
     let r = down.dims()[0];

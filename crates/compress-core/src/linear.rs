@@ -46,15 +46,25 @@ impl DenseLinear {
     /// If the bias length differs from the weight's output dimension (a programming error; loaders
     /// validate shapes from files before calling this).
     pub fn new(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
+        Self::from_param(Param::from_tensor(weight), bias)
+    }
+
+    /// A dense layer from a weight parameter, which may be lazily initialized (a model loader
+    /// can leave a weight in its file until the first product reads it): the shape is read with
+    /// [`Param::lazy_shape`], so building the layer does not load the weight.
+    ///
+    /// # Panics
+    /// As [`DenseLinear::new`].
+    pub fn from_param(weight: Param<Tensor<2>>, bias: Option<Tensor<1>>) -> Self {
         if let Some(b) = &bias {
             assert_eq!(
                 b.dims()[0],
-                weight.dims()[0],
+                weight.lazy_shape()[0],
                 "bias length must equal out_features"
             );
         }
         Self {
-            weight: Param::from_tensor(weight),
+            weight,
             bias: bias.map(Param::from_tensor),
             mask: None,
             precision: DensePrecision::F32,
@@ -151,10 +161,10 @@ impl CompressedLinear {
         match self {
             CompressedLinear::Dense(l) => l.precision = precision,
             CompressedLinear::LowRank(l) => l.precision = precision,
-            CompressedLinear::Quantized(l) => l.precision = precision,
+            CompressedLinear::Quantized(l) => l.set_precision(precision),
             CompressedLinear::QuantizedLowRank(l) => {
-                l.up.precision = precision;
-                l.down.precision = precision;
+                l.up.set_precision(precision);
+                l.down.set_precision(precision);
             }
         }
     }
@@ -162,7 +172,7 @@ impl CompressedLinear {
     /// Number of input features.
     pub fn in_features(&self) -> usize {
         match self {
-            CompressedLinear::Dense(l) => l.weight.dims()[1],
+            CompressedLinear::Dense(l) => l.weight.lazy_shape()[1],
             CompressedLinear::LowRank(l) => l.down.dims()[1],
             CompressedLinear::Quantized(l) => l.packed.shape()[1],
             CompressedLinear::QuantizedLowRank(l) => l.down.packed.shape()[1],
@@ -172,7 +182,7 @@ impl CompressedLinear {
     /// Number of output features.
     pub fn out_features(&self) -> usize {
         match self {
-            CompressedLinear::Dense(l) => l.weight.dims()[0],
+            CompressedLinear::Dense(l) => l.weight.lazy_shape()[0],
             CompressedLinear::LowRank(l) => l.up.dims()[0],
             CompressedLinear::Quantized(l) => l.packed.shape()[0],
             CompressedLinear::QuantizedLowRank(l) => l.up.packed.shape()[0],
@@ -186,11 +196,11 @@ impl CompressedLinear {
             CompressedLinear::Dense(l) => l.weight.val(),
             CompressedLinear::LowRank(l) => l.up.val().matmul(l.down.val()),
             CompressedLinear::Quantized(l) => match &l.correction {
-                Some(c) => l.weight.clone() + c.up.val().matmul(c.down.val()),
-                None => l.weight.clone(),
+                Some(c) => l.dense_weight() + c.up.val().matmul(c.down.val()),
+                None => l.dense_weight(),
             },
             CompressedLinear::QuantizedLowRank(l) => {
-                l.up.weight.clone().matmul(l.down.weight.clone())
+                l.up.dense_weight().matmul(l.down.dense_weight())
             }
         }
     }
@@ -315,7 +325,7 @@ impl CompressedLinear {
     /// or low-rank f32 value, the packed size for quantized layers.
     pub fn storage_bits(&self) -> u64 {
         match self {
-            CompressedLinear::Dense(l) => 32 * l.weight.dims().iter().product::<usize>() as u64,
+            CompressedLinear::Dense(l) => 32 * l.weight.lazy_shape().num_elements() as u64,
             CompressedLinear::LowRank(l) => {
                 32 * (l.up.dims().iter().product::<usize>()
                     + l.down.dims().iter().product::<usize>()) as u64

@@ -331,6 +331,13 @@ impl Pipeline {
                     .collect();
                 check_finite_tensors(&xs, &format!("the output of block {block}"))?;
             }
+            // The block is not run again during calibration: back to f32 products, which lets
+            // quantized layers drop the dequantized weight the bf16 products used.
+            for name in stages.iter().flat_map(|s| s.linears.iter()) {
+                model
+                    .linear_mut(block, name)
+                    .set_precision(DensePrecision::F32);
+            }
         }
         let head_steps: Vec<&PipelineStep> = self
             .steps

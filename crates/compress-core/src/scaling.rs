@@ -130,8 +130,8 @@ pub fn scale_output_rows(linear: &mut CompressedLinear, s: &[f32]) -> bool {
     let device = match linear {
         CompressedLinear::Dense(l) => l.weight.val().device(),
         CompressedLinear::LowRank(l) => l.up.val().device(),
-        CompressedLinear::Quantized(l) => l.weight.device(),
-        CompressedLinear::QuantizedLowRank(l) => l.up.weight.device(),
+        CompressedLinear::Quantized(l) => l.device(),
+        CompressedLinear::QuantizedLowRank(l) => l.up.device(),
     };
     let inv = Tensor::<1>::from_data(TensorData::new(inv_s, [s.len()]), &device);
     let col = inv.clone().unsqueeze_dim::<2>(1);

@@ -84,7 +84,7 @@ pub fn keep_indices(
             Ok(CompressedLinear::Quantized(QuantizedLinear::new(
                 packed,
                 bias(lin.bias()),
-                &q.weight.device(),
+                &q.device(),
             )))
         }
         CompressedLinear::QuantizedLowRank(l) => {
@@ -100,7 +100,7 @@ pub fn keep_indices(
                 ),
             };
             Ok(CompressedLinear::QuantizedLowRank(
-                QuantizedLowRankLinear::new(up, down, bias(lin.bias()), &l.up.weight.device()),
+                QuantizedLowRankLinear::new(up, down, bias(lin.bias()), &l.up.device()),
             ))
         }
     }

@@ -192,7 +192,7 @@ fn bf16_calibration_matches_f32_calibration() {
             let CompressedLinear::Quantized(q) = lin else {
                 panic!("not quantized")
             };
-            assert_eq!(q.precision, DensePrecision::F32, "precision restored");
+            assert_eq!(q.precision(), DensePrecision::F32, "precision restored");
         }
     }
     let (rtn, _) = quantized_model(&s, Rtn::new(g32), Rtn::new(pc));

@@ -1,7 +1,7 @@
 //! [`QuantizedLinear`] and [`QuantizedLowRankLinear`]: layers stored as packed low-bit codes,
 //! multiplied through the [`packed_matmul`](crate::packed_matmul) backend extension.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use burn::backend::Dispatch;
 use burn::module::{Module, Param};
@@ -27,26 +27,30 @@ use crate::packed_matmul::{
 /// of 32 columns. On the CubeCL backends (wgpu, CUDA) it runs compress-kernels' CubeCL kernels on
 /// a copy of the codes in device memory ([`DeviceLayout`]). Elsewhere — libtorch, training
 /// through autodiff, pruned asymmetric layers, formats a tier does not cover — it multiplies by
-/// the dequantized weight, computed once when the layer is built: numerically the same product
-/// up to f32 rounding. Every case is one call of the
-/// [`packed_matmul`](crate::packed_matmul) backend extension, except autodiff, which multiplies
-/// by the dequantized weight so that the product is recorded.
+/// the dequantized weight: numerically the same product up to f32 rounding. Every case is one
+/// call of the [`packed_matmul`](crate::packed_matmul) backend extension, except autodiff,
+/// which multiplies by the dequantized weight so that the product is recorded.
+///
+/// No dense copy of the weight is kept where the kernels run the layer: the dequantized
+/// `[out, in]` f32 matrix is made the first time something needs it (a path without a kernel,
+/// bf16 products, [`Self::dense_weight`]) and kept from then on, until
+/// [`Self::set_precision`] returns the layer to its kernels.
 #[derive(Module, Debug)]
 pub struct QuantizedLinear {
-    /// The dense f32 weight the codes stand for, `[out, in]`, on the layer's device.
-    pub weight: Tensor<2>,
+    /// The device the layer's tensors live on.
+    #[module(skip)]
+    layer_device: Device,
+    /// The dequantized weight, once made (see the type's documentation).
+    #[module(skip)]
+    dense: Arc<OnceLock<Tensor<2>>>,
     /// Whether (and at which activation precision) the fused kernels run the forward pass
     /// (the activation precision applies to the CPU kernels; the CubeCL kernels take f32);
     /// `None` always uses the dequantized weight (for side-by-side comparisons).
     #[module(skip)]
     pub kernel: Option<Activations>,
-    /// [`DensePrecision::Bf16`] multiplies by the dequantized weight in bf16 on AMX tiles on the
-    /// CPU backends (what the calibration pipeline asks for, see
-    /// [`Pipeline::calibration_precision`](crate::pipeline::Pipeline::calibration_precision)),
-    /// in place of the fused kernels; [`DensePrecision::F32`] (the default) leaves
-    /// [`Self::kernel`] in charge.
+    /// The product precision (see [`Self::precision`]).
     #[module(skip)]
-    pub precision: DensePrecision,
+    precision: DensePrecision,
     /// For a pruned symmetric layer, the codes with pruned weights at the zero point (see
     /// [`PackedWeight::masked_kernel_codes`]), which the kernels read instead of the mask.
     #[module(skip)]
@@ -107,11 +111,10 @@ impl QuantizedLinear {
     /// # Panics
     /// If the bias length differs from the packed weight's output dimension.
     pub fn new(packed: PackedWeight, bias: Option<Tensor<1>>, device: &Device) -> Self {
-        let [out, inp] = packed.shape();
+        let [out, _] = packed.shape();
         if let Some(b) = &bias {
             assert_eq!(b.dims()[0], out, "bias length must equal out_features");
         }
-        let weight = Tensor::from_data(TensorData::new(packed.dequantize(), [out, inp]), device);
         let on_cube = crate::backend::is_cube(device);
         let sparse24 = (!on_cube && compress_kernels::Tier::Avx512.is_available())
             .then(|| packed.sparse24())
@@ -128,7 +131,8 @@ impl QuantizedLinear {
             .then(|| DeviceCopy::new(&packed, kernel_codes.as_ref().map(|c| c.as_slice()), device))
             .flatten();
         Self {
-            weight,
+            layer_device: device.clone(),
+            dense: Arc::new(OnceLock::new()),
             kernel: Some(Activations::F32),
             precision: DensePrecision::F32,
             kernel_codes,
@@ -138,6 +142,56 @@ impl QuantizedLinear {
             bias: bias.map(Param::from_tensor),
             correction: None,
         }
+    }
+
+    /// The device the layer lives on.
+    pub fn device(&self) -> Device {
+        self.layer_device.clone()
+    }
+
+    /// The dense f32 weight the codes stand for, `[out, in]`, on the layer's device (without the
+    /// correction term): dequantized on the first call and kept until [`Self::set_precision`]
+    /// gives the layer back to its kernels.
+    pub fn dense_weight(&self) -> Tensor<2> {
+        self.dense
+            .get_or_init(|| {
+                let [out, inp] = self.packed.shape();
+                Tensor::from_data(
+                    TensorData::new(self.packed.dequantize(), [out, inp]),
+                    &self.layer_device,
+                )
+            })
+            .clone()
+    }
+
+    /// Whether the dequantized weight is currently held in memory next to the codes.
+    pub fn holds_dense_weight(&self) -> bool {
+        self.dense.get().is_some()
+    }
+
+    /// The product precision: [`DensePrecision::Bf16`] multiplies by the dequantized weight in
+    /// bf16 on AMX tiles on the CPU backends (what the calibration pipeline asks for, see
+    /// [`Pipeline::calibration_precision`](crate::pipeline::Pipeline::calibration_precision)),
+    /// in place of the fused kernels; [`DensePrecision::F32`] (the default) leaves
+    /// [`Self::kernel`] in charge.
+    pub fn precision(&self) -> DensePrecision {
+        self.precision
+    }
+
+    /// Sets the product precision ([`Self::precision`]). Going back to
+    /// [`DensePrecision::F32`] drops the dequantized weight when a kernel runs the layer, so a
+    /// layer that was multiplied in bf16 during calibration keeps only its codes afterwards.
+    pub fn set_precision(&mut self, precision: DensePrecision) {
+        self.precision = precision;
+        if precision == DensePrecision::F32 && self.kernel_runs(&self.layer_device) {
+            self.dense = Arc::new(OnceLock::new());
+        }
+    }
+
+    /// Whether the forward pass on `device` (not autodiff) runs a kernel on the codes rather
+    /// than the dequantized weight, at f32 precision.
+    fn kernel_runs(&self, device: &Device) -> bool {
+        !device.is_autodiff() && (self.host_kernel().is_some() || self.runs_device_kernel())
     }
 
     /// The kernels' view of the weight: the packed codes, or for a pruned symmetric layer the
@@ -184,7 +238,7 @@ impl QuantizedLinear {
     /// [`Self::kernel`]'s activation precision.
     fn host_kernel(&self) -> Option<HostKernel> {
         let activations = self.kernel?;
-        if !crate::backend::runs_cpu_kernels(&self.weight.device()) {
+        if !crate::backend::runs_cpu_kernels(&self.layer_device) {
             return None;
         }
         if let Some(s) = &self.sparse24 {
@@ -209,11 +263,11 @@ impl QuantizedLinear {
     /// an autodiff device (the product must be recorded) or not on the layer's device.
     fn operand(&self, device: &Device) -> Option<PackedOperand<Dispatch>> {
         // An autodiff device compares equal to its inner one, so `x`'s is checked on its own.
-        if *device != self.weight.device() || device.is_autodiff() {
+        if *device != self.layer_device || device.is_autodiff() {
             return None;
         }
         if self.precision == DensePrecision::Bf16 && crate::backend::runs_cpu_kernels(device) {
-            return Some(dense_operand(self.weight.clone(), DensePrecision::Bf16));
+            return Some(dense_operand(self.dense_weight(), DensePrecision::Bf16));
         }
         if let Some(kernel) = self.host_kernel() {
             return Some(PackedOperand::Host(Arc::new(kernel)));
@@ -221,7 +275,7 @@ impl QuantizedLinear {
         if let (Some(_), Some(d)) = (self.kernel, &self.device_copy) {
             return Some(device_operand(d.words.clone(), d.params.clone(), d.meta));
         }
-        Some(dense_operand(self.weight.clone(), DensePrecision::F32))
+        Some(dense_operand(self.dense_weight(), DensePrecision::F32))
     }
 
     /// `x Wᵀ` (plus the correction's `x Vᵀ Uᵀ`), bias excluded: one call of the
@@ -230,7 +284,7 @@ impl QuantizedLinear {
     pub(super) fn product<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let y = match self.operand(&x.device()) {
             Some(operand) => packed_matmul(x.clone(), operand),
-            None => matmul_wt(x.clone(), self.weight.clone()),
+            None => matmul_wt(x.clone(), self.dense_weight()),
         };
         match &self.correction {
             Some(c) => y + matmul_wt(matmul_wt(x, c.down.val()), c.up.val()),
@@ -301,5 +355,74 @@ impl QuantizedLowRankLinear {
     /// The rank `r` of the factorization.
     pub fn rank(&self) -> usize {
         self.down.packed.shape()[0]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendKind;
+    use crate::packed::{QuantScheme, Symmetry};
+    use half::f16;
+
+    /// A seeded `[out, inp]` layer of `bits`-bit codes, groups of 32, scales in `[0.01, 0.02)`.
+    fn layer(bits: u8, out: usize, inp: usize, device: &Device) -> QuantizedLinear {
+        let s = QuantScheme::new(bits, Some(32), Symmetry::Symmetric).unwrap();
+        let levels = 1u32 << bits;
+        let codes: Vec<u8> = (0..out * inp)
+            .map(|i| ((i as u32).wrapping_mul(2_654_435_761) >> 7) % levels)
+            .map(|c| c as u8)
+            .collect();
+        let scales = (0..out * inp / 32)
+            .map(|i| f16::from_f32(0.01 + 0.01 * (i % 7) as f32 / 7.0))
+            .collect();
+        let packed = PackedWeight::from_codes(s, out, inp, &codes, scales, None).unwrap();
+        QuantizedLinear::new(packed, None, device)
+    }
+
+    fn run(l: &QuantizedLinear, device: &Device) -> Vec<f32> {
+        let [_, inp] = l.packed.shape();
+        let x: Vec<f32> = (0..2 * inp)
+            .map(|i| ((i % 13) as f32 - 6.0) / 6.0)
+            .collect();
+        let x = Tensor::<2>::from_data(TensorData::new(x, [2, inp]), device);
+        l.product(x).into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn dense_weight_is_made_only_when_a_path_needs_it() {
+        let device = BackendKind::Flex.device().unwrap();
+        let mut q4 = layer(4, 48, 64, &device);
+        assert!(
+            !q4.holds_dense_weight(),
+            "nothing dequantized at construction"
+        );
+        let kernel = run(&q4, &device);
+        // A CPU with a SIMD tier runs the codes; without one the dense weight is the path.
+        assert_eq!(q4.holds_dense_weight(), q4.kernel_tier().is_none());
+        q4.set_precision(DensePrecision::Bf16);
+        let bf16 = run(&q4, &device);
+        assert!(
+            q4.holds_dense_weight(),
+            "bf16 products read the dequantized weight"
+        );
+        q4.set_precision(DensePrecision::F32);
+        assert_eq!(q4.holds_dense_weight(), q4.kernel_tier().is_none());
+        // The same product either way: x is O(1), |w| < 0.16 over 64 terms; bf16 rounds each
+        // operand to 8 significant bits (relative 2^-9), so 64 · 1 · 0.16 · 2 · 2^-9 ≈ 0.04.
+        for (a, b) in kernel.iter().zip(&bf16) {
+            assert!((a - b).abs() < 0.04, "{a} vs {b}");
+        }
+        // 3-bit codes have no SIMD tier: the dense weight is made on the first product and
+        // kept, also across a return to f32.
+        let mut q3 = layer(3, 48, 64, &device);
+        assert!(!q3.holds_dense_weight());
+        run(&q3, &device);
+        assert!(q3.holds_dense_weight());
+        q3.set_precision(DensePrecision::F32);
+        assert!(q3.holds_dense_weight());
+        // The weight on demand equals the codes' dequantization exactly.
+        let w: Vec<f32> = q4.dense_weight().into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(w, q4.packed.dequantize());
     }
 }

@@ -113,7 +113,7 @@ pub fn slice(
             }
             let packed = slice_bits(&q.packed, bits)
                 .map_err(|e| DistillError::Config(format!("{name}: {e}")))?;
-            let device = q.weight.device();
+            let device = q.device();
             *lin = CompressedLinear::Quantized(QuantizedLinear::new(packed, lin.bias(), &device));
         }
     }
