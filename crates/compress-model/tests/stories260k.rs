@@ -445,3 +445,49 @@ fn blockwise_walk_equals_the_forward_pass_and_sees_replaced_layers() {
     let want = lm.layers[1].ffn_norm.forward(x);
     assert!(max_abs_diff(&flat(got), &flat(want)) < 1e-6);
 }
+
+/// `load` leaves the blocks' projection weights in the file until a product reads them, and the
+/// lazily read weights give exactly the logits of a model built eagerly from the same file.
+#[test]
+fn block_weights_are_read_on_first_use_with_the_same_values() {
+    use compress_core::linear::CompressedLinear;
+    use compress_model::llama::LlamaModel;
+    use compress_model::load::GgufModel;
+
+    let Some(path) = shared("models/stories260K.gguf") else {
+        return;
+    };
+    let device = BackendKind::Flex.device().unwrap();
+    let lazy = load(&path, &device).unwrap();
+    let resident = |m: &LlamaModel| -> Vec<bool> {
+        m.layers
+            .iter()
+            .map(|b| match &b.mlp.down_proj {
+                CompressedLinear::Dense(d) => d.weight.is_initialized(),
+                other => panic!("a loaded model has dense layers, found {other:?}"),
+            })
+            .collect()
+    };
+    assert!(
+        resident(&lazy.model).iter().all(|r| !r),
+        "no block weight should be read at load time"
+    );
+    // Shapes and storage accounting do not read the weights either.
+    let down = &lazy.model.layers[0].mlp.down_proj;
+    assert_eq!(down.out_features(), lazy.model.config().hidden_size);
+    assert!(down.storage_bits() > 0);
+    assert!(!resident(&lazy.model)[0]);
+
+    let ids = lazy.tokenizer.encode("Once upon a time", true).unwrap();
+    let from_lazy = logits(&lazy.model, &ids);
+    assert!(
+        resident(&lazy.model).iter().all(|&r| r),
+        "a forward reads every block"
+    );
+    let eager = LlamaModel::from_source(&GgufModel::open(&path).unwrap(), &device).unwrap();
+    assert_eq!(
+        from_lazy,
+        logits(&eager, &ids),
+        "lazy and eager weights differ"
+    );
+}

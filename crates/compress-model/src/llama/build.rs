@@ -1,7 +1,9 @@
 //! Building a [`LlamaModel`] from a [`WeightSource`], validating every tensor on the way.
 
-use burn::module::Param;
-use burn::tensor::{Device, Tensor, TensorData};
+use std::sync::Arc;
+
+use burn::module::{Param, ParamId};
+use burn::tensor::{Device, Shape, Tensor, TensorData};
 use compress_core::linear::{CompressedLinear, DenseLinear};
 
 use super::{Attention, AttentionPrecision, Block, LlamaModel, Mlp, RmsNorm, Rope};
@@ -15,6 +17,30 @@ impl LlamaModel {
     /// Every tensor's shape is checked against the config and every value for NaN/Inf; errors name
     /// the tensor. Only one tensor is held in host memory at a time besides the device copies.
     pub fn from_source(source: &dyn WeightSource, device: &Device) -> Result<Self, ModelError> {
+        Self::build(source, None, device)
+    }
+
+    /// Builds the model from a shared `source`, leaving the blocks' projection weights in it
+    /// until a product first reads them ([`Param::uninitialized`]).
+    ///
+    /// Every tensor is read and validated here as in [`LlamaModel::from_source`] (shape, NaN/Inf),
+    /// then dropped; the embedding, the head and the norms are kept. A block's weights are read
+    /// again — the same bytes, so the same values — the first time the block runs, which lets the
+    /// calibration pipeline hold only the blocks it has reached: the ones behind it are replaced by
+    /// their compressed forms and the ones ahead are still in the file (for a GGUF, its memory
+    /// map).
+    pub fn from_shared_source(
+        source: Arc<dyn WeightSource + Send + Sync>,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        Self::build(source.as_ref(), Some(&source), device)
+    }
+
+    fn build(
+        source: &dyn WeightSource,
+        lazy: Option<&Arc<dyn WeightSource + Send + Sync>>,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
         let config = source.config().clone();
         config.validate().map_err(ModelError::InvalidConfig)?;
         let c = &config;
@@ -35,14 +61,23 @@ impl LlamaModel {
             };
             let linear = |p: Proj| -> Result<CompressedLinear, ModelError> {
                 let [out, inp] = shape(p);
-                let weight = loader.required(WeightName::Weight(l, p), &[out, inp])?;
+                let name = WeightName::Weight(l, p);
+                let weight = match lazy {
+                    Some(shared) => {
+                        drop(loader.host(name, &[out, inp])?);
+                        lazy_weight(shared.clone(), name, [out, inp], device)
+                    }
+                    None => Param::from_tensor(loader.required(name, &[out, inp])?),
+                };
                 let bias = match p {
                     Proj::Q | Proj::K | Proj::V if c.attention_bias => {
                         Some(loader.required(WeightName::Bias(l, p), &[out])?)
                     }
                     _ => None,
                 };
-                Ok(CompressedLinear::Dense(DenseLinear::new(weight, bias)))
+                Ok(CompressedLinear::Dense(DenseLinear::from_param(
+                    weight, bias,
+                )))
             };
             layers.push(Block {
                 attn_norm: RmsNorm::new(
@@ -109,6 +144,19 @@ impl Loader<'_> {
         name: WeightName,
         shape: &[usize; D],
     ) -> Result<Tensor<D>, ModelError> {
+        let t = self.host(name, shape)?;
+        Ok(Tensor::from_data(
+            TensorData::new(t.data, *shape),
+            self.device,
+        ))
+    }
+
+    /// Reads `name` into host memory and checks its shape and values.
+    fn host<const D: usize>(
+        &self,
+        name: WeightName,
+        shape: &[usize; D],
+    ) -> Result<HostTensor, ModelError> {
         let t: HostTensor = self
             .source
             .tensor(name)?
@@ -121,11 +169,40 @@ impl Loader<'_> {
             });
         }
         t.check_finite(&self.source.file_name(name))?;
-        Ok(Tensor::from_data(
-            TensorData::new(t.data, *shape),
-            self.device,
-        ))
+        Ok(t)
     }
+}
+
+/// A weight parameter that reads `name` from `source` on first use.
+///
+/// The tensor was read and validated when the model was built; reading it again can only fail if
+/// the file changed underneath the model (a memory-mapped GGUF rewritten in place), which the
+/// initializer reports with a panic naming the tensor — a parameter's initializer cannot return
+/// an error.
+fn lazy_weight(
+    source: Arc<dyn WeightSource + Send + Sync>,
+    name: WeightName,
+    shape: [usize; 2],
+    device: &Device,
+) -> Param<Tensor<2>> {
+    Param::uninitialized(
+        ParamId::new(),
+        move |device, _require_grad| {
+            let file_name = source.file_name(name);
+            let t = match source.tensor(name) {
+                Ok(Some(t)) if t.shape == shape && t.check_finite(&file_name).is_ok() => t,
+                Ok(Some(_)) | Ok(None) => panic!(
+                    "`{file_name}` changed in its file after the model was loaded (it was a \
+                     finite {shape:?} tensor then)"
+                ),
+                Err(e) => panic!("could not read `{file_name}` again from its file: {e}"),
+            };
+            Tensor::from_data(TensorData::new(t.data, shape), device)
+        },
+        device.clone(),
+        false,
+        Shape::new(shape),
+    )
 }
 
 /// Builds a model from a config with every weight drawn from `N(0, 0.02²)` and norms set to 1.

@@ -7,6 +7,7 @@ pub use gguf::GgufModel;
 pub use hf::HfModel;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use burn::tensor::Device;
 
@@ -37,29 +38,36 @@ pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<LoadedModel, Mode
     let path = path.as_ref();
     if path.is_dir() {
         let source = HfModel::open(path)?;
-        LoadedModel::from_source(&source, source.tokenizer()?, device)
+        let tokenizer = source.tokenizer()?;
+        LoadedModel::from_source(Arc::new(source), tokenizer, device)
     } else if crate::container::is_container(path) {
         crate::container::read_container(path, device)
     } else {
         let source = GgufModel::open(path)?;
-        LoadedModel::from_source(&source, source.tokenizer()?, device)
+        let tokenizer = source.tokenizer()?;
+        LoadedModel::from_source(Arc::new(source), tokenizer, device)
     }
 }
 
 /// Loads a GGUF file held in memory (for example one embedded with `include_bytes!`).
 pub fn load_gguf_bytes(bytes: Vec<u8>, device: &Device) -> Result<LoadedModel, ModelError> {
     let source = GgufModel::from_file(crate::gguf::GgufFile::from_bytes(bytes)?)?;
-    LoadedModel::from_source(&source, source.tokenizer()?, device)
+    let tokenizer = source.tokenizer()?;
+    LoadedModel::from_source(Arc::new(source), tokenizer, device)
 }
 
 impl LoadedModel {
+    /// The blocks' projection weights stay in `source` (a GGUF's memory map, a checkpoint's
+    /// safetensors maps) until a product first reads them ([`LlamaModel::from_shared_source`]):
+    /// a model is resident only as far as it has been run, which is what lets the calibration
+    /// pipeline hold about one uncompressed block at a time.
     fn from_source(
-        source: &dyn WeightSource,
+        source: Arc<dyn WeightSource + Send + Sync>,
         tokenizer: LlmTokenizer,
         device: &Device,
     ) -> Result<Self, ModelError> {
         Ok(LoadedModel {
-            model: LlamaModel::from_source(source, device)?,
+            model: LlamaModel::from_shared_source(source, device)?,
             tokenizer,
         })
     }
