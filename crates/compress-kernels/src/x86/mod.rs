@@ -15,6 +15,7 @@ use crate::matrix::QuantMatrix;
 pub mod amx;
 pub mod avx2;
 pub mod avx512;
+pub mod bf16_dot;
 pub mod bf16_tiles;
 pub mod sparse24;
 pub mod vnni;
