@@ -8,7 +8,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use burn::tensor::Device;
+use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
+use half::slice::HalfFloatSliceExt;
 
 /// Whether tensors on `device` may take compress-kernels' fused CPU paths (quantized matmul,
 /// attention, SwiGLU): a CPU backend (flex, ndarray) without autodiff. The kernels work on
@@ -57,6 +58,48 @@ pub fn host_f32<const D: usize>(x: &burn::tensor::Tensor<D>) -> Option<Vec<f32>>
         .convert::<f32>()
         .try_into_vec::<f32>()
         .ok()
+}
+
+/// `x` stored as bf16 (rounded to nearest even): half the memory of f32, for activations that
+/// are kept rather than computed on (the calibration pipeline's, with
+/// [`DensePrecision::Bf16`](compress_kernels::dense::DensePrecision)). On the flex backend the
+/// rounding runs in parallel with AVX-512 BF16 where the CPU has it
+/// ([`compress_kernels::dense::slice_to_bf16`]); elsewhere it is burn's cast.
+pub fn to_bf16_storage<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if x.dtype() == DType::BF16 {
+        return x;
+    }
+    let device = x.device();
+    if device == Device::flex() && x.dtype() == DType::F32 {
+        let bits = with_host_f32(&x, |s| {
+            let mut out = vec![half::bf16::ZERO; s.len()];
+            compress_kernels::dense::slice_to_bf16(s, out.reinterpret_cast_mut());
+            out
+        });
+        if let Some(bits) = bits {
+            return Tensor::from_data(TensorData::new(bits, x.shape()), (&device, DType::BF16));
+        }
+    }
+    x.cast(FloatDType::BF16)
+}
+
+/// `x` as f32 (exact from bf16 or f16; `x` itself when it is f32) — the inverse of
+/// [`to_bf16_storage`] for computing on stored activations.
+pub fn to_f32<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if x.dtype() == DType::F32 {
+        return x;
+    }
+    let device = x.device();
+    if x.dtype() == DType::BF16 {
+        if let Ok(p) = x.clone().try_into_primitive::<burn::backend::Flex>() {
+            if let Some(s) = p.as_slice::<half::bf16>() {
+                let mut out = vec![0.0f32; s.len()];
+                compress_kernels::dense::slice_from_bf16(s.reinterpret_cast(), &mut out);
+                return Tensor::from_data(TensorData::new(out, x.shape()), &device);
+            }
+        }
+    }
+    x.cast(FloatDType::F32)
 }
 
 /// A burn backend `compress` can run on.

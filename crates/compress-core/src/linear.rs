@@ -33,7 +33,7 @@ pub struct DenseLinear {
     #[module(skip)]
     pub mask: Option<Arc<SparsityMask>>,
     /// Arithmetic of the product on the CPU backends: f32 (the default), or bf16 operands with
-    /// f32 sums on AMX tiles — what the calibration pipeline asks for with
+    /// f32 sums (AMX or AVX-512 BF16) — what the calibration pipeline asks for with
     /// [`Pipeline::calibration_precision`](crate::pipeline::Pipeline::calibration_precision).
     #[module(skip)]
     pub precision: DensePrecision,
@@ -156,7 +156,7 @@ impl CompressedLinear {
     }
 
     /// Sets the arithmetic of the layer's products on the CPU backends (f32, or bf16 on AMX
-    /// tiles: see [`DenseLinear::precision`] and [`QuantizedLinear::precision`]).
+    /// or AVX-512 BF16: see [`DenseLinear::precision`] and [`QuantizedLinear::precision`]).
     pub fn set_precision(&mut self, precision: DensePrecision) {
         match self {
             CompressedLinear::Dense(l) => l.precision = precision,
@@ -165,6 +165,20 @@ impl CompressedLinear {
             CompressedLinear::QuantizedLowRank(l) => {
                 l.up.set_precision(precision);
                 l.down.set_precision(precision);
+            }
+        }
+    }
+
+    /// Drops the dequantized copies quantized layers keep for products that do not run on their
+    /// codes ([`QuantizedLinear::release_dense_weight`]); they are made again on first need.
+    /// Dense and low-rank layers hold nothing of the kind.
+    pub fn release_dense_copies(&mut self) {
+        match self {
+            CompressedLinear::Dense(_) | CompressedLinear::LowRank(_) => {}
+            CompressedLinear::Quantized(l) => l.release_dense_weight(),
+            CompressedLinear::QuantizedLowRank(l) => {
+                l.up.release_dense_weight();
+                l.down.release_dense_weight();
             }
         }
     }
@@ -347,7 +361,7 @@ impl CompressedLinear {
 /// `x Wᵀ` for `x: [..., in]`, `W: [out, in]`: folds the leading dimensions into rows so the
 /// backend sees one 2-D matmul (one pass over `W`, whatever the batch shape).
 /// `x Wᵀ` for a dense `[out, in]` weight: through the [`packed_matmul`](crate::packed_matmul)
-/// extension (faer or AMX on the CPU backends, the backend's matmul elsewhere), or — when
+/// extension (faer, AMX or AVX-512 BF16 on the CPU backends, the backend's matmul elsewhere), or — when
 /// either operand is tracked by autodiff — as a recorded burn matmul.
 fn dense_product<const D: usize>(
     x: Tensor<D>,

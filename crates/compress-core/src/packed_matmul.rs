@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | flex, ndarray | [`PackedOperand::Host`] | compress-kernels' fused SIMD kernels on the host codes |
 //! | CubeCL (wgpu, CUDA) | [`PackedOperand::Device`] | the CubeCL kernels on the codes in device memory (`compress_kernels::cube`) |
-//! | flex, ndarray | [`PackedOperand::Dense`] | `compress_kernels::dense`: faer's f32 GEMM, or bf16 on AMX tiles when asked |
+//! | flex, ndarray | [`PackedOperand::Dense`] | `compress_kernels::dense`: faer's f32 GEMM, or bf16 (AMX, AVX-512 BF16) when asked |
 //! | CubeCL, libtorch | [`PackedOperand::Dense`] | the backend's own matmul (f32 whatever the precision asked) |
 //!
 //! [`QuantizedLinear`](crate::linear::QuantizedLinear) builds the operand its device calls for,
@@ -52,7 +52,7 @@ pub enum PackedOperand<B: Backend> {
     Dense {
         /// The weight, `[out, in]`.
         weight: FloatTensor<B>,
-        /// f32, or bf16 products on AMX (CPU backends only).
+        /// f32, or bf16 products on AMX or AVX-512 BF16 (CPU backends only).
         precision: DensePrecision,
     },
     /// The packed codes in host memory, read by the fused CPU kernels (flex, ndarray).
@@ -233,7 +233,7 @@ fn host_values<B: Backend>(t: FloatTensor<B>) -> Vec<f32> {
         .expect("converted to f32")
 }
 
-/// `x · wᵀ` on the host with `compress_kernels::dense` (f32 on faer, or bf16 on AMX), for slices
+/// `x · wᵀ` on the host with `compress_kernels::dense` (f32 on faer, or bf16 on AMX / AVX-512 BF16), for slices
 /// `xs` (`rows × k`) and `ws` (`n × k`).
 fn host_dense(
     xs: &[f32],

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use compress_kernels::dense::DensePrecision;
+use compress_kernels::dense::{DensePath, DensePrecision};
 
 use crate::compressor::{
     ensure_finite, output_rel_error, output_rel_error_host, weight_rel_error, CompressError,
@@ -89,6 +89,16 @@ pub trait BlockwiseModel {
     fn fold_input_scales(&mut self, _block: usize, _stage: usize, _scales: &[f32]) -> bool {
         false
     }
+
+    /// Keeps the activations a calibration walk holds between calls — block inputs and outputs,
+    /// the intermediates a [`Cache`](Self::Cache) stores — in `precision`:
+    /// [`DensePrecision::Bf16`] halves their memory (values rounded to bf16 when stored, read
+    /// back as f32 for every computation), [`DensePrecision::F32`] keeps them exact. Tensors
+    /// passed in ([`begin_block`](Self::begin_block), [`head_input`](Self::head_input)) may be
+    /// of either dtype; [`stage_input`](Self::stage_input) returns f32. The pipeline sets its
+    /// calibration precision for a run (bf16 only where the CPU multiplies in bf16 too) and f32
+    /// after it. The default ignores the request.
+    fn set_activation_precision(&mut self, _precision: DensePrecision) {}
 
     /// The block's output for input `x` in one go.
     fn block_forward(&self, block: usize, x: Tensor<3>) -> Tensor<3> {
@@ -201,10 +211,12 @@ impl Pipeline {
 
     /// Runs the calibration forward passes' dense products and the `XᵀX` statistics in
     /// `precision`. [`DensePrecision::Bf16`] rounds both operands to bf16 and sums in f32 on AMX
-    /// tiles — several times faster on CPUs that have them (`compress_kernels::dense`), as GPU
-    /// calibration in bf16 is; elsewhere it runs in f32. Every linear of the model's blocks
-    /// (dense, and compressed ones through their dequantized weight) is set to it for the run
-    /// and back to f32 after it.
+    /// tiles or with AVX-512 BF16 — 2–4.5× faster products on CPUs that have them
+    /// (`compress_kernels::dense`), as GPU calibration in bf16 is — and stores the activations
+    /// kept between calls in bf16 ([`BlockwiseModel::set_activation_precision`]); on a CPU with
+    /// neither unit the whole run stays f32. Every linear of the model's blocks (dense, and
+    /// compressed ones through their dequantized weight) is set to it for the run and back to
+    /// f32 after it.
     pub fn calibration_precision(mut self, precision: DensePrecision) -> Self {
         self.precision = precision;
         self
@@ -228,7 +240,15 @@ impl Pipeline {
         progress: impl FnMut(&LayerReport, usize, usize),
     ) -> Result<PipelineReport, PipelineError> {
         set_dense_precision(model, self.precision);
+        // bf16 storage only where the products run in bf16 too: rounding the kept activations
+        // without the speed of bf16 products is not worth its error.
+        let storage = match compress_kernels::dense::path_for(self.precision) {
+            DensePath::F32 => DensePrecision::F32,
+            _ => self.precision,
+        };
+        model.set_activation_precision(storage);
         let result = self.run_steps(model, calibration, progress);
+        model.set_activation_precision(DensePrecision::F32);
         set_dense_precision(model, DensePrecision::F32);
         result
     }
@@ -331,12 +351,11 @@ impl Pipeline {
                     .collect();
                 check_finite_tensors(&xs, &format!("the output of block {block}"))?;
             }
-            // The block is not run again during calibration: back to f32 products, which lets
-            // quantized layers drop the dequantized weight the bf16 products used.
+            // The block is not run again during calibration: its quantized layers drop the
+            // dequantized weights its products used (made again if the model is run later), so
+            // only the block being calibrated is ever held dense.
             for name in stages.iter().flat_map(|s| s.linears.iter()) {
-                model
-                    .linear_mut(block, name)
-                    .set_precision(DensePrecision::F32);
+                model.linear_mut(block, name).release_dense_copies();
             }
         }
         let head_steps: Vec<&PipelineStep> = self
@@ -465,8 +484,8 @@ fn stats_of_inputs(
 ) -> Result<LayerStats, PipelineError> {
     let (mut gram, mut sq, mut amax): (Option<Tensor<2>>, Option<Tensor<1>>, Option<Tensor<1>>) =
         (None, None, None);
-    // On the CPU backends `XᵀX` is summed on the host by compress-kernels (faer in f32, or AMX
-    // in bf16), elsewhere with the backend's matmul.
+    // On the CPU backends `XᵀX` is summed on the host by compress-kernels (faer in f32, or AMX /
+    // AVX-512 BF16 in bf16), elsewhere with the backend's matmul.
     let mut host_gram: Option<Vec<f32>> = None;
     let mut tokens = 0;
     for inp in inputs {

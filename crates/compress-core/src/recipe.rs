@@ -8,7 +8,7 @@
 //! seqlen = 512
 //! seed = 0
 //! batch_size = 8
-//! precision = "f32"    # or "bf16": calibration products on AMX tiles (see Pipeline)
+//! precision = "f32"    # or "bf16": bf16 calibration products (see Pipeline)
 //!
 //! [[step]]
 //! layers = "mlp\\.down_proj$"   # regex on layer paths such as `layers.3.mlp.down_proj`
@@ -89,7 +89,7 @@ pub enum CalibrationPrecision {
     /// f32 products (the default).
     #[default]
     F32,
-    /// bf16 operands with f32 sums, on AMX tiles where the CPU has them.
+    /// bf16 operands with f32 sums, on AMX or AVX-512 BF16 where the CPU has them.
     Bf16,
 }
 

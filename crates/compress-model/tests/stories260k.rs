@@ -446,6 +446,59 @@ fn blockwise_walk_equals_the_forward_pass_and_sees_replaced_layers() {
     assert!(max_abs_diff(&flat(got), &flat(want)) < 1e-6);
 }
 
+/// With bf16 activation storage the walk keeps its block outputs in bf16 (half the memory) and
+/// computes in f32 between: every stage input and the block output stay within bf16 rounding
+/// of the f32 walk.
+#[test]
+fn bf16_activation_storage_stays_within_bf16_rounding() {
+    use burn::tensor::DType;
+    use compress_core::kernels::dense::DensePrecision;
+    use compress_core::pipeline::BlockwiseModel;
+    use compress_model::llama::LlamaModel;
+    let Some(m) = model(BackendKind::Flex) else {
+        return;
+    };
+    let mut lm = m.model;
+    let device = BlockwiseModel::device(&lm);
+    let ids: Vec<i64> = (0..64).map(|i| (i * 13 % 500 + 1) as i64).collect();
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [2, 32]), &device);
+    let x = lm.embed_tokens(tokens);
+    let flat = |t: Tensor<3>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    let walk = |lm: &LlamaModel| -> (Vec<Vec<f32>>, Tensor<3>) {
+        let mut cache = lm.begin_block(1, x.clone());
+        let inputs = (0..lm.stages().len())
+            .map(|s| {
+                let t = lm.stage_input(1, s, &mut cache);
+                assert_eq!(t.dtype(), DType::F32, "stage inputs are f32");
+                flat(t)
+            })
+            .collect();
+        (inputs, lm.finish_block(1, cache))
+    };
+    let (exact_inputs, exact_out) = walk(&lm);
+    lm.set_activation_precision(DensePrecision::Bf16);
+    let (inputs, out) = walk(&lm);
+    lm.set_activation_precision(DensePrecision::F32);
+    assert_eq!(out.dtype(), DType::BF16, "block outputs are stored in bf16");
+    assert_eq!(exact_out.dtype(), DType::F32);
+    // bf16 keeps 8 significant bits: a stored value is within 2⁻⁹ of itself, relative. The
+    // stage inputs are computed from stored values (input, context, residual), so they may
+    // differ by a few such roundings propagated through a norm and attention: 2⁻⁶ of each
+    // tensor's largest magnitude bounds them.
+    for (s, (a, b)) in inputs.iter().zip(&exact_inputs).enumerate() {
+        let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let d = max_abs_diff(a, b);
+        assert!(d <= scale / 64.0, "stage {s}: {d} vs largest {scale}");
+        assert!(
+            d > 0.0 || s == 0,
+            "stage {s} should see rounded activations"
+        );
+    }
+    let (a, b) = (flat(out), flat(exact_out));
+    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!(max_abs_diff(&a, &b) <= scale / 64.0);
+}
+
 /// `load` leaves the blocks' projection weights in the file until a product reads them, and the
 /// lazily read weights give exactly the logits of a model built eagerly from the same file.
 #[test]

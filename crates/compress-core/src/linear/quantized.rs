@@ -151,7 +151,7 @@ impl QuantizedLinear {
 
     /// The dense f32 weight the codes stand for, `[out, in]`, on the layer's device (without the
     /// correction term): dequantized on the first call and kept until [`Self::set_precision`]
-    /// gives the layer back to its kernels.
+    /// gives the layer back to its kernels or [`Self::release_dense_weight`] drops it.
     pub fn dense_weight(&self) -> Tensor<2> {
         self.dense
             .get_or_init(|| {
@@ -169,8 +169,15 @@ impl QuantizedLinear {
         self.dense.get().is_some()
     }
 
+    /// Drops the dequantized weight (clones of the layer made before keep theirs); the next
+    /// product that needs it dequantizes again. The calibration pipeline calls this for every
+    /// finished block, whose layers it does not run again.
+    pub fn release_dense_weight(&mut self) {
+        self.dense = Arc::new(OnceLock::new());
+    }
+
     /// The product precision: [`DensePrecision::Bf16`] multiplies by the dequantized weight in
-    /// bf16 on AMX tiles on the CPU backends (what the calibration pipeline asks for, see
+    /// bf16 (AMX or AVX-512 BF16) on the CPU backends (what the calibration pipeline asks for, see
     /// [`Pipeline::calibration_precision`](crate::pipeline::Pipeline::calibration_precision)),
     /// in place of the fused kernels; [`DensePrecision::F32`] (the default) leaves
     /// [`Self::kernel`] in charge.
@@ -420,6 +427,12 @@ mod tests {
         run(&q3, &device);
         assert!(q3.holds_dense_weight());
         q3.set_precision(DensePrecision::F32);
+        assert!(q3.holds_dense_weight());
+        // Released explicitly (what the pipeline does after a block), it is made again on need.
+        let before = run(&q3, &device);
+        q3.release_dense_weight();
+        assert!(!q3.holds_dense_weight());
+        assert_eq!(run(&q3, &device), before);
         assert!(q3.holds_dense_weight());
         // The weight on demand equals the codes' dequantization exactly.
         let w: Vec<f32> = q4.dense_weight().into_data().try_to_vec::<f32>().unwrap();

@@ -430,6 +430,7 @@ pub fn read_container(path: &Path, device: &Device) -> Result<LoadedModel, Model
         lm_head,
         rope,
         config: c,
+        activations: Default::default(),
     };
     Ok(LoadedModel { model, tokenizer })
 }

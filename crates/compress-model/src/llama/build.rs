@@ -128,6 +128,7 @@ impl LlamaModel {
             lm_head: CompressedLinear::Dense(DenseLinear::new(head, None)),
             rope,
             config,
+            activations: Default::default(),
         })
     }
 }

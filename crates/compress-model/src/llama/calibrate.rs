@@ -10,9 +10,13 @@
 //! The per-batch [`BlockCache`] keeps the block input, the attention context and the residual
 //! after attention, each computed once and only after the layers it depends on were replaced, so
 //! a whole block walk costs about one forward pass (plus the gate/up products a second time,
-//! rather than caching the `[tokens, intermediate]` activations).
+//! rather than caching the `[tokens, intermediate]` activations). With bf16 activation storage
+//! ([`BlockwiseModel::set_activation_precision`], CPU flex backend only) the cached tensors and
+//! the block outputs are kept in bf16 and widened to f32 for each computation.
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use compress_core::backend::{to_bf16_storage, to_f32};
+use compress_core::kernels::dense::DensePrecision;
 use compress_core::linear::CompressedLinear;
 use compress_core::pipeline::{BlockwiseModel, StageSpec};
 use compress_core::scaling::scale_output_rows;
@@ -39,6 +43,14 @@ pub struct BlockCache {
 }
 
 impl LlamaModel {
+    /// `x` as the calibration walk stores it (bf16 or f32, see `activations`).
+    fn keep(&self, x: Tensor<3>) -> Tensor<3> {
+        match self.activations {
+            DensePrecision::Bf16 => to_bf16_storage(x),
+            DensePrecision::F32 => x,
+        }
+    }
+
     fn full_sequence(&self, x: &Tensor<3>) -> (Tensor<2, Int>, Tensor<4, Bool>) {
         let [b, t, _] = x.dims();
         full_sequence(b, t, &x.device())
@@ -48,9 +60,9 @@ impl LlamaModel {
     /// `fold_input_scales` is always applied.
     fn normed(&self, layer: &Block, c: &BlockCache) -> Tensor<3> {
         let x = c.x.clone();
-        layer
-            .attn_norm
-            .forward(x.expect("block input is kept until the residual exists"))
+        layer.attn_norm.forward(to_f32(
+            x.expect("block input is kept until the residual exists"),
+        ))
     }
 
     fn cached_context(&self, layer: &Block, c: &mut BlockCache) -> Tensor<3> {
@@ -60,9 +72,9 @@ impl LlamaModel {
             let ctx = layer
                 .attn
                 .context(normed, &self.rope, pos, Some(mask), None);
-            c.context = Some(ctx);
+            c.context = Some(self.keep(ctx));
         }
-        c.context.clone().unwrap()
+        to_f32(c.context.clone().unwrap())
     }
 
     fn cached_residual(&self, layer: &Block, c: &mut BlockCache) -> Tensor<3> {
@@ -71,10 +83,10 @@ impl LlamaModel {
             let x =
                 c.x.take()
                     .expect("block input is kept until the residual exists");
-            c.residual = Some(x + layer.attn.o_proj.forward(context));
             c.context = None;
+            c.residual = Some(self.keep(to_f32(x) + layer.attn.o_proj.forward(context)));
         }
-        c.residual.clone().unwrap()
+        to_f32(c.residual.clone().unwrap())
     }
 }
 
@@ -116,7 +128,7 @@ impl BlockwiseModel for LlamaModel {
 
     fn begin_block(&self, _block: usize, x: Tensor<3>) -> BlockCache {
         BlockCache {
-            x: Some(x),
+            x: Some(self.keep(x)),
             context: None,
             residual: None,
         }
@@ -138,7 +150,13 @@ impl BlockwiseModel for LlamaModel {
     fn finish_block(&self, block: usize, mut c: BlockCache) -> Tensor<3> {
         let layer = &self.layers[block];
         let h = self.cached_residual(layer, &mut c);
-        h.clone() + layer.mlp.forward(layer.ffn_norm.forward(h))
+        self.keep(h.clone() + layer.mlp.forward(layer.ffn_norm.forward(h)))
+    }
+
+    fn set_activation_precision(&mut self, precision: DensePrecision) {
+        // bf16 storage uses the flex backend's host conversion; other devices keep f32.
+        let flex = LlamaModel::device(self) == Device::flex();
+        self.activations = if flex { precision } else { DensePrecision::F32 };
     }
 
     /// Folds into the norm gains (stages 0 and 2) and the rows of `up_proj` (stage 3). Stage 1
@@ -166,7 +184,7 @@ impl BlockwiseModel for LlamaModel {
     }
 
     fn head_logits(&self, x: Tensor<3>) -> Tensor<3> {
-        self.lm_head.forward(self.norm.forward(x))
+        self.lm_head.forward(self.norm.forward(to_f32(x)))
     }
 
     fn head(&self) -> Option<&CompressedLinear> {
@@ -178,7 +196,7 @@ impl BlockwiseModel for LlamaModel {
     }
 
     fn head_input(&self, x: Tensor<3>) -> Tensor<3> {
-        self.norm.forward(x)
+        self.norm.forward(to_f32(x))
     }
 
     fn linear(&self, block: usize, name: &str) -> &CompressedLinear {

@@ -28,6 +28,7 @@ pub use surgery::HeadShape;
 
 use burn::module::{Module, Param};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use compress_core::kernels::dense::DensePrecision;
 use compress_core::linear::CompressedLinear;
 
 use crate::config::LlamaConfig;
@@ -111,6 +112,10 @@ pub struct LlamaModel {
     pub rope: Rope,
     #[module(skip)]
     pub(crate) config: LlamaConfig,
+    /// Storage of the activations a calibration walk keeps (see
+    /// `BlockwiseModel::set_activation_precision`); f32 outside the pipeline.
+    #[module(skip)]
+    pub(crate) activations: DensePrecision,
 }
 
 impl LlamaModel {

@@ -80,6 +80,9 @@ impl WeightSource for GgufModel {
             .map(|d| d as usize)
             .collect();
         let data = self.file.dequantize(&file_name)?;
+        // The values are copied out: the file's pages need not stay resident (a model built
+        // lazily reads a block's tensors again when the block first runs).
+        self.file.release_tensor_pages(info);
         Ok(Some(HostTensor { shape, data }))
     }
 }
