@@ -1,6 +1,7 @@
 //! Dense products of calibration size on the CPU, side by side in one run: burn-flex's f32
 //! matmul (what a dense layer and the pipeline's `XᵀX` used before), faer's f32 GEMM and bf16
-//! on AMX tiles (`compress_kernels::dense`), for SmolLM2-135M's projections and Gram matrices.
+//! on AMX tiles or AVX-512 BF16 (`compress_kernels::dense`, whichever the CPU has), for
+//! SmolLM2-135M's projections and Gram matrices.
 //!
 //! ```text
 //! cargo run --release --example dense_speed             # 4096 rows (8 windows of 512 tokens)
@@ -20,7 +21,9 @@ use compress::core::backend::BackendKind;
 use compress::kernels::dense::{self, DensePrecision};
 
 #[derive(Parser, Debug)]
-#[command(about = "Dense f32 (burn-flex, faer) vs bf16 (AMX) products of calibration size")]
+#[command(
+    about = "Dense f32 (burn-flex, faer) vs bf16 (AMX / AVX-512 BF16) products of calibration size"
+)]
 struct Args {
     /// Activation rows (tokens) per product.
     #[arg(long, default_value_t = 4096)]
@@ -48,7 +51,9 @@ fn main() {
         "bf16 products run on {:?}\n",
         dense::path_for(DensePrecision::Bf16)
     );
-    println!("| product | M×K·(N×K)ᵀ | burn-flex f32 | faer f32 | bf16 AMX | AMX vs flex | AMX vs faer |");
+    println!(
+        "| product | M×K·(N×K)ᵀ | burn-flex f32 | faer f32 | bf16 | bf16 vs flex | bf16 vs faer |"
+    );
     println!("|---|---|---|---|---|---|---|");
     let gflops = |flop: f64, s: f64| flop / s / 1e9;
     // SmolLM2-135M: q/o (576→576), k/v (576→192), gate/up (576→1536), down (1536→576).

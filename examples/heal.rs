@@ -69,7 +69,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     common::evaluate(
         &loaded.model,
         &pruned,
-        &loaded,
+        &loaded.tokenizer,
         &eval_text,
         r.context,
         r.limit,
@@ -123,7 +123,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     common::evaluate(
         &loaded.model,
         &out.student,
-        &loaded,
+        &loaded.tokenizer,
         &eval_text,
         r.context,
         r.limit,

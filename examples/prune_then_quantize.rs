@@ -389,7 +389,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(base) => common::evaluate(
             &base,
             &model,
-            &m,
+            &m.tokenizer,
             &eval_text,
             args.run.context,
             args.run.limit,

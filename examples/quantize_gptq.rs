@@ -197,7 +197,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The base model is kept for the KL divergence (its weights are shared until replaced).
     let base = (!args.run.no_eval).then(|| m.model.clone());
-    let mut model = m.model.clone();
+    // Moved, not cloned: a clone shares the block weights `load` reads on first use, so it
+    // would keep every block's dense weights after the pipeline replaced them.
+    let mut model = m.model;
     let report = pipeline.run(&mut model, &windows, common::pipeline_progress("quantize"))?;
     let steps = match pipeline.steps.as_slice() {
         [one] => one.compressor.name(),
@@ -208,7 +210,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(base) => common::evaluate(
             &base,
             &model,
-            &m,
+            &m.tokenizer,
             &eval_text,
             args.run.context,
             args.run.limit,

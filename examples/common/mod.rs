@@ -9,7 +9,7 @@ use compress::core::pipeline::{BlockwiseModel, PipelineReport};
 use compress::eval::kld::kl_divergence;
 use compress::eval::perplexity::{PerplexityConfig, Scoring};
 use compress::eval::progress::ProgressLine;
-use compress::model::{LlamaModel, LoadedModel};
+use compress::model::{LlamaModel, LlmTokenizer, LoadedModel};
 
 /// The flags every compression example shares: model, texts, calibration, evaluation, backend.
 #[derive(clap::Args, Debug, Clone)]
@@ -45,7 +45,7 @@ pub struct RunArgs {
     /// time and memory).
     #[arg(long)]
     pub no_eval: bool,
-    /// Calibration arithmetic: f32, or bf16 (AMX tiles where the CPU has them; see
+    /// Calibration arithmetic: f32, or bf16 (AMX or AVX-512 BF16 where the CPU has them; see
     /// `Pipeline::calibration_precision`).
     #[arg(long, default_value_t = compress::core::recipe::CalibrationPrecision::F32)]
     pub calib_precision: compress::core::recipe::CalibrationPrecision,
@@ -165,17 +165,17 @@ pub fn print_summary(
 pub fn evaluate(
     base: &LlamaModel,
     model: &LlamaModel,
-    loaded: &LoadedModel,
+    tokenizer: &LlmTokenizer,
     text: &str,
     context: usize,
     limit: Option<usize>,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let tokens = loaded.tokenizer.encode(text, true)?;
+    let tokens = tokenizer.encode(text, true)?;
     let config = PerplexityConfig {
         context,
         scoring: Scoring::AllTokens,
         max_windows: limit,
-        bos: loaded.tokenizer.bos_id(),
+        bos: tokenizer.bos_id(),
     };
     let mut line = ProgressLine::new("KL divergence");
     let kld = kl_divergence(base, model, &tokens, &config, |d, t| {
