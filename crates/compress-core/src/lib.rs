@@ -50,6 +50,7 @@ mod factored;
 mod kernel_view;
 pub mod kquant;
 pub mod linear;
+pub mod memory;
 pub mod packed;
 pub mod packed_matmul;
 pub mod pipeline;

@@ -233,12 +233,16 @@ impl Pipeline {
 
     /// Runs the pipeline on `model` with `calibration` sequences (all of one length), calling
     /// `progress` after each layer step with its report and the block count.
+    ///
+    /// Sets the process's allocator to keep freed large buffers
+    /// ([`crate::memory::retain_freed_buffers`]), which makes calibration about 10% faster.
     pub fn run<M: BlockwiseModel>(
         &self,
         model: &mut M,
         calibration: &[Vec<u32>],
         progress: impl FnMut(&LayerReport, usize, usize),
     ) -> Result<PipelineReport, PipelineError> {
+        crate::memory::retain_freed_buffers();
         set_dense_precision(model, self.precision);
         // bf16 storage only where the products run in bf16 too: rounding the kept activations
         // without the speed of bf16 products is not worth its error.
@@ -336,6 +340,7 @@ impl Pipeline {
                             &stats,
                             &mut original,
                             &device,
+                            self.precision,
                         )?;
                         *model.linear_mut(block, name) = new;
                         model.linear_mut(block, name).set_precision(self.precision);
@@ -385,8 +390,15 @@ impl Pipeline {
             let mut original = None;
             for step in head_steps {
                 let head = model.head().expect("checked above");
-                let (new, r) =
-                    compress_linear(head, HEAD_PATH, step, &stats, &mut original, &device)?;
+                let (new, r) = compress_linear(
+                    head,
+                    HEAD_PATH,
+                    step,
+                    &stats,
+                    &mut original,
+                    &device,
+                    self.precision,
+                )?;
                 *model.head_mut().expect("checked above") = new;
                 progress(&r, blocks, blocks);
                 reports.push(r);
@@ -566,6 +578,7 @@ fn compress_linear(
     stats: &LayerStats,
     original: &mut Option<Vec<f32>>,
     device: &Device,
+    precision: DensePrecision,
 ) -> Result<(CompressedLinear, LayerReport), PipelineError> {
     let t0 = Instant::now();
     let (out, inp) = (lin.out_features(), lin.in_features());
@@ -612,7 +625,7 @@ fn compress_linear(
     ensure_finite(path, "compressed weight", &dense)?;
     let output_rel_error = stats.gram.as_ref().map(|g| {
         if crate::backend::runs_cpu_kernels(device) {
-            output_rel_error_host(&w, &dense, out, inp, g)
+            output_rel_error_host(&w, &dense, out, inp, g, precision)
         } else {
             let gram = Tensor::<2>::from_data(TensorData::new(g.clone(), [inp, inp]), device);
             let w_hat = Tensor::<2>::from_data(TensorData::new(dense.clone(), [out, inp]), device);
@@ -634,13 +647,7 @@ fn compress_linear(
     ))
 }
 
-/// Peak resident set size of this process (Linux `VmHWM`), if available.
-pub fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
+pub use crate::memory::peak_rss_bytes;
 
 #[cfg(test)]
 mod tests {
@@ -654,12 +661,5 @@ mod tests {
         assert!(LayerFilter::All.matches("anything"));
         let e = LayerFilter::regex("(").unwrap_err();
         assert!(e.to_string().contains("`(`"), "{e}");
-    }
-
-    #[test]
-    fn peak_rss_is_read_on_linux() {
-        if cfg!(target_os = "linux") {
-            assert!(peak_rss_bytes().unwrap() > 0);
-        }
     }
 }
