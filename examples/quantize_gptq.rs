@@ -163,6 +163,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             if args.run.calib_precision != Default::default() {
                 recipe.calibration.precision = args.run.calib_precision;
             }
+            recipe.calibration.keep_intermediates |= args.run.keep_intermediates;
             let c = &recipe.calibration;
             let windows = sample_windows(&calib_tokens, c.nsamples, c.seqlen, c.seed)?;
             recipe.without_heal("this example")?;

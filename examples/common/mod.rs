@@ -49,6 +49,10 @@ pub struct RunArgs {
     /// `Pipeline::calibration_precision`).
     #[arg(long, default_value_t = compress::core::recipe::CalibrationPrecision::F32)]
     pub calib_precision: compress::core::recipe::CalibrationPrecision,
+    /// Keep each block's MLP activations between calibration stages instead of recomputing
+    /// them: faster, more memory (`Pipeline::keep_intermediates`).
+    #[arg(long)]
+    pub keep_intermediates: bool,
     /// Backend: flex, ndarray, wgpu, cuda, tch.
     #[arg(long, default_value_t = compress::core::backend::BackendKind::default())]
     pub backend: compress::core::backend::BackendKind,
@@ -63,6 +67,7 @@ impl RunArgs {
             seed: self.seed,
             batch_size: 8,
             precision: self.calib_precision,
+            keep_intermediates: self.keep_intermediates,
         }
     }
 }

@@ -256,6 +256,7 @@ fn execute(
     c.seqlen = args.seqlen.unwrap_or(c.seqlen);
     c.seed = args.seed.unwrap_or(c.seed);
     c.precision = args.calib_precision.unwrap_or(c.precision);
+    c.keep_intermediates |= args.keep_intermediates;
     // Checked before the model loads, so a bad recipe fails fast.
     recipe.pipeline().map_err(CliError::usage)?;
     let format = match args.format {

@@ -9,6 +9,7 @@
 //! seed = 0
 //! batch_size = 8
 //! precision = "f32"    # or "bf16": bf16 calibration products (see Pipeline)
+//! keep_intermediates = false  # true: faster, holds down_proj's inputs (see Pipeline)
 //!
 //! [[step]]
 //! layers = "mlp\\.down_proj$"   # regex on layer paths such as `layers.3.mlp.down_proj`
@@ -80,6 +81,9 @@ pub struct CalibrationConfig {
     /// Arithmetic of the calibration forward passes and `XᵀX` on the CPU backends
     /// ([`Pipeline::calibration_precision`]).
     pub precision: CalibrationPrecision,
+    /// Keep a block's intermediate results between its stages instead of recomputing them:
+    /// faster, more memory ([`Pipeline::keep_intermediates()`]).
+    pub keep_intermediates: bool,
 }
 
 /// `calibration.precision` of a recipe.
@@ -135,6 +139,7 @@ impl Default for CalibrationConfig {
             seed: 0,
             batch_size: 8,
             precision: CalibrationPrecision::F32,
+            keep_intermediates: false,
         }
     }
 }
@@ -310,6 +315,7 @@ impl<M: StepMethod + Serialize + DeserializeOwned> Recipe<M> {
         let mut pipeline = Pipeline::new();
         pipeline.batch_size = self.calibration.batch_size;
         pipeline.precision = self.calibration.precision.into();
+        pipeline.keep_intermediates = self.calibration.keep_intermediates;
         for (i, step) in self.steps.iter().enumerate() {
             let at = |m: String| {
                 RecipeError::Invalid(format!(

@@ -544,3 +544,95 @@ fn block_weights_are_read_on_first_use_with_the_same_values() {
         "lazy and eager weights differ"
     );
 }
+
+/// The token embedding (and the tied head, which shares its parameter) of a loaded model is read
+/// from the file on first use, and `release_embedding` drops it again without changing the
+/// logits; a model built in memory has nothing to re-read and keeps it.
+#[test]
+fn the_embedding_is_read_on_use_and_can_be_released() {
+    use compress_core::linear::CompressedLinear;
+    use compress_model::llama::LlamaModel;
+    use compress_model::load::GgufModel;
+
+    let Some(m) = model(BackendKind::Flex) else {
+        return;
+    };
+    let mut lm = m.model;
+    let head_read = |lm: &LlamaModel| match &lm.lm_head {
+        CompressedLinear::Dense(d) => d.weight.is_initialized(),
+        other => panic!("a loaded model has a dense head, found {other:?}"),
+    };
+    assert!(!lm.embedding.is_initialized(), "read at load time");
+    assert!(!head_read(&lm));
+    let _ = lm.device();
+    assert!(
+        !lm.embedding.is_initialized(),
+        "asking for the device read it"
+    );
+
+    let ids = m.tokenizer.encode("Once upon a time", true).unwrap();
+    let before = logits(&lm, &ids);
+    assert!(lm.embedding.is_initialized() && head_read(&lm));
+    assert!(lm.release_embedding());
+    assert!(!lm.embedding.is_initialized());
+    assert_eq!(
+        head_read(&lm),
+        !lm.config().tie_word_embeddings,
+        "a tied head is released with the embedding"
+    );
+    assert_eq!(logits(&lm, &ids), before, "re-read embedding differs");
+
+    let path = shared("models/stories260K.gguf").unwrap();
+    let device = BackendKind::Flex.device().unwrap();
+    let mut eager = LlamaModel::from_source(&GgufModel::open(&path).unwrap(), &device).unwrap();
+    assert!(!eager.release_embedding());
+    assert_eq!(logits(&eager, &ids), before);
+}
+
+/// With `set_keep_intermediates`, a block walk computes `down_proj`'s input once (at the
+/// `mlp_down` stage) and the block output uses it, unless input scales were folded into
+/// `up_proj` since — then it is recomputed, as without keeping.
+#[test]
+fn kept_mlp_input_serves_the_block_output_until_a_fold() {
+    use compress_core::linear::{CompressedLinear, DenseLinear};
+    use compress_core::pipeline::BlockwiseModel;
+    use compress_model::llama::LlamaModel;
+
+    let Some(m) = model(BackendKind::Flex) else {
+        return;
+    };
+    let mut lm = m.model;
+    let device = BlockwiseModel::device(&lm);
+    let ids: Vec<i64> = (0..64).map(|i| (i * 7 % 400 + 2) as i64).collect();
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [2, 32]), &device);
+    let x = lm.embed_tokens(tokens);
+    let flat = |t: Tensor<3>| t.into_data().try_to_vec::<f32>().unwrap();
+    let zero_gate = |lm: &mut LlamaModel| {
+        let [o, i] = lm.layers[0].mlp.gate_proj.dense_weight().dims();
+        lm.layers[0].mlp.gate_proj =
+            CompressedLinear::Dense(DenseLinear::new(Tensor::zeros([o, i], &device), None));
+    };
+    // Walks block 0 to its `mlp_down` input, then changes the model with `edit` and finishes.
+    let walk = |lm: &mut LlamaModel, keep: bool, edit: &dyn Fn(&mut LlamaModel)| {
+        lm.set_keep_intermediates(keep);
+        let mut cache = lm.begin_block(0, x.clone());
+        for s in 0..4 {
+            lm.stage_input(0, s, &mut cache);
+        }
+        edit(lm);
+        flat(lm.finish_block(0, cache))
+    };
+    let reference = walk(&mut lm.clone(), false, &|_| {});
+    // Zeroing gate_proj after the `mlp_down` stage (which a pipeline never does) shows which
+    // input the output used: the kept one gives the unchanged output, a recomputed one not.
+    assert_eq!(walk(&mut lm.clone(), true, &zero_gate), reference);
+    assert_ne!(walk(&mut lm.clone(), false, &zero_gate), reference);
+    // A fold into up_proj (alone, so the function changes) makes the kept input stale.
+    let fold = |lm: &mut LlamaModel| {
+        let n = lm.layers[0].mlp.up_proj.out_features();
+        assert!(lm.fold_input_scales(0, 3, &vec![2.0; n]));
+    };
+    let folded = walk(&mut lm.clone(), false, &fold);
+    assert_ne!(folded, reference);
+    assert_eq!(walk(&mut lm, true, &fold), folded);
+}

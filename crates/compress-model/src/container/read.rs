@@ -431,6 +431,9 @@ pub fn read_container(path: &Path, device: &Device) -> Result<LoadedModel, Model
         rope,
         config: c,
         activations: Default::default(),
+        keep_intermediates: false,
+        mlp_folds: 0,
+        embedding_source: None,
     };
     Ok(LoadedModel { model, tokenizer })
 }

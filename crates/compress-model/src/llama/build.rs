@@ -49,7 +49,20 @@ impl LlamaModel {
         let kv_out = c.num_kv_heads * c.head_dim;
 
         let loader = Loader { source, device };
-        let embedding = loader.required(WeightName::TokenEmbedding, &[c.vocab_size, d])?;
+        let emb_shape = [c.vocab_size, d];
+        // Lazily loaded, the embedding (and a tied head, sharing its parameter) is read from the
+        // file on first use, and can be dropped again (`LlamaModel::release_embedding`).
+        let (embedding, embedding_source) = match lazy {
+            Some(shared) => {
+                drop(loader.host(WeightName::TokenEmbedding, &emb_shape)?);
+                let source = EmbeddingSource::new(shared.clone(), emb_shape, device);
+                (source.param(), Some(source))
+            }
+            None => (
+                Param::from_tensor(loader.required(WeightName::TokenEmbedding, &emb_shape)?),
+                None,
+            ),
+        };
         let mut layers = Vec::with_capacity(c.num_layers);
         for l in 0..c.num_layers {
             let shape = |p: Proj| match p {
@@ -112,7 +125,13 @@ impl LlamaModel {
         let head = if c.tie_word_embeddings {
             embedding.clone()
         } else {
-            loader.required(WeightName::Output, &[c.vocab_size, d])?
+            match lazy {
+                Some(shared) => {
+                    drop(loader.host(WeightName::Output, &emb_shape)?);
+                    lazy_weight(shared.clone(), WeightName::Output, emb_shape, device)
+                }
+                None => Param::from_tensor(loader.required(WeightName::Output, &emb_shape)?),
+            }
         };
         let rope = Rope::new(
             c.head_dim,
@@ -122,13 +141,16 @@ impl LlamaModel {
             device,
         );
         Ok(LlamaModel {
-            embedding: Param::from_tensor(embedding),
+            embedding,
             layers,
             norm,
-            lm_head: CompressedLinear::Dense(DenseLinear::new(head, None)),
+            lm_head: CompressedLinear::Dense(DenseLinear::from_param(head, None)),
             rope,
             config,
             activations: Default::default(),
+            keep_intermediates: false,
+            mlp_folds: 0,
+            embedding_source,
         })
     }
 }
@@ -186,8 +208,19 @@ fn lazy_weight(
     shape: [usize; 2],
     device: &Device,
 ) -> Param<Tensor<2>> {
+    lazy_param(ParamId::new(), source, name, shape, device)
+}
+
+/// [`lazy_weight`] with a given parameter id.
+fn lazy_param(
+    id: ParamId,
+    source: Arc<dyn WeightSource + Send + Sync>,
+    name: WeightName,
+    shape: [usize; 2],
+    device: &Device,
+) -> Param<Tensor<2>> {
     Param::uninitialized(
-        ParamId::new(),
+        id,
         move |device, _require_grad| {
             let file_name = source.file_name(name);
             let t = match source.tensor(name) {
@@ -204,6 +237,54 @@ fn lazy_weight(
         false,
         Shape::new(shape),
     )
+}
+
+/// How a lazily loaded model reads its token embedding again: a fresh lazy parameter over the
+/// same file, so a resident copy can be dropped (`LlamaModel::release_embedding`).
+#[derive(Clone)]
+pub(crate) struct EmbeddingSource {
+    source: Arc<dyn WeightSource + Send + Sync>,
+    shape: [usize; 2],
+    device: Device,
+}
+
+impl EmbeddingSource {
+    fn new(
+        source: Arc<dyn WeightSource + Send + Sync>,
+        shape: [usize; 2],
+        device: &Device,
+    ) -> Self {
+        Self {
+            source,
+            shape,
+            device: device.clone(),
+        }
+    }
+
+    /// A new parameter that reads the embedding from the file on first use.
+    fn param(&self) -> Param<Tensor<2>> {
+        self.param_with_id(ParamId::new())
+    }
+
+    /// [`Self::param`] keeping an existing parameter's id.
+    pub(crate) fn param_with_id(&self, id: ParamId) -> Param<Tensor<2>> {
+        lazy_param(
+            id,
+            self.source.clone(),
+            WeightName::TokenEmbedding,
+            self.shape,
+            &self.device,
+        )
+    }
+}
+
+impl std::fmt::Debug for EmbeddingSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddingSource")
+            .field("tensor", &self.source.file_name(WeightName::TokenEmbedding))
+            .field("shape", &self.shape)
+            .finish()
+    }
 }
 
 /// Builds a model from a config with every weight drawn from `N(0, 0.02²)` and norms set to 1.

@@ -8,11 +8,13 @@
 //! sequences are full windows, so inputs use a plain causal mask and positions from 0.
 //!
 //! The per-batch [`BlockCache`] keeps the block input, the attention context and the residual
-//! after attention, each computed once and only after the layers it depends on were replaced, so
-//! a whole block walk costs about one forward pass (plus the gate/up products a second time,
-//! rather than caching the `[tokens, intermediate]` activations). With bf16 activation storage
-//! ([`BlockwiseModel::set_activation_precision`], CPU flex backend only) the cached tensors and
-//! the block outputs are kept in bf16 and widened to f32 for each computation.
+//! after attention, each computed once and only after the layers it depends on were replaced.
+//! With [`BlockwiseModel::set_keep_intermediates`] it also keeps `down_proj`'s input
+//! (`silu(gate) ⊙ up`, `[tokens, intermediate]`) from the `mlp_down` stage for the block's output,
+//! so a whole block walk costs one forward pass; without it the gate/up products run a second
+//! time in [`BlockwiseModel::finish_block`] and that memory is not held. With bf16 activation
+//! storage ([`BlockwiseModel::set_activation_precision`], CPU flex backend only) the cached
+//! tensors and the block outputs are kept in bf16 and widened to f32 for each computation.
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use compress_core::backend::{to_bf16_storage, to_f32};
@@ -40,6 +42,9 @@ pub struct BlockCache {
     x: Option<Tensor<3>>,
     context: Option<Tensor<3>>,
     residual: Option<Tensor<3>>,
+    /// `down_proj`'s input with the count of folds into `up_proj` it was computed under
+    /// (`LlamaModel::mlp_folds`): a later fold makes it stale.
+    gated: Option<(Tensor<3>, usize)>,
 }
 
 impl LlamaModel {
@@ -122,8 +127,10 @@ impl BlockwiseModel for LlamaModel {
         LlamaModel::device(self)
     }
 
+    /// Stored like the block outputs (bf16 under bf16 activation storage), so the embedded
+    /// calibration set is never held in f32.
     fn embed_tokens(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
-        self.embed(tokens)
+        self.keep(self.embed(tokens))
     }
 
     fn begin_block(&self, _block: usize, x: Tensor<3>) -> BlockCache {
@@ -131,6 +138,7 @@ impl BlockwiseModel for LlamaModel {
             x: Some(self.keep(x)),
             context: None,
             residual: None,
+            gated: None,
         }
     }
 
@@ -140,9 +148,15 @@ impl BlockwiseModel for LlamaModel {
             0 => self.normed(layer, c),
             1 => self.cached_context(layer, c),
             2 => layer.ffn_norm.forward(self.cached_residual(layer, c)),
-            3 => layer
-                .mlp
-                .gated(layer.ffn_norm.forward(self.cached_residual(layer, c))),
+            3 => {
+                let gated = layer
+                    .mlp
+                    .gated(layer.ffn_norm.forward(self.cached_residual(layer, c)));
+                if self.keep_intermediates {
+                    c.gated = Some((self.keep(gated.clone()), self.mlp_folds));
+                }
+                gated
+            }
             _ => panic!("a llama block has 4 stages, asked for stage {stage}"),
         }
     }
@@ -150,7 +164,22 @@ impl BlockwiseModel for LlamaModel {
     fn finish_block(&self, block: usize, mut c: BlockCache) -> Tensor<3> {
         let layer = &self.layers[block];
         let h = self.cached_residual(layer, &mut c);
-        self.keep(h.clone() + layer.mlp.forward(layer.ffn_norm.forward(h)))
+        let mlp = match c.gated.take() {
+            // Computed with the same gate/up weights (no fold since), so equal to recomputing it.
+            Some((gated, folds)) if folds == self.mlp_folds => {
+                layer.mlp.down_proj.forward(to_f32(gated))
+            }
+            _ => layer.mlp.forward(layer.ffn_norm.forward(h.clone())),
+        };
+        self.keep(h + mlp)
+    }
+
+    fn release_embedding(&mut self) {
+        LlamaModel::release_embedding(self);
+    }
+
+    fn set_keep_intermediates(&mut self, keep: bool) {
+        self.keep_intermediates = keep;
     }
 
     fn set_activation_precision(&mut self, precision: DensePrecision) {
@@ -176,7 +205,10 @@ impl BlockwiseModel for LlamaModel {
         let norm = match stage {
             0 => &mut layer.attn_norm,
             2 => &mut layer.ffn_norm,
-            3 => return scale_output_rows(&mut layer.mlp.up_proj, scales),
+            3 => {
+                self.mlp_folds += 1;
+                return scale_output_rows(&mut layer.mlp.up_proj, scales);
+            }
             _ => return false,
         };
         norm.weight = norm.weight.clone().map(|g| g * inv);

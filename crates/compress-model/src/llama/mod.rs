@@ -116,6 +116,17 @@ pub struct LlamaModel {
     /// `BlockwiseModel::set_activation_precision`); f32 outside the pipeline.
     #[module(skip)]
     pub(crate) activations: DensePrecision,
+    /// Whether a calibration walk keeps `down_proj`'s input for the block's output instead of
+    /// recomputing it (`BlockwiseModel::set_keep_intermediates`).
+    #[module(skip)]
+    pub(crate) keep_intermediates: bool,
+    /// Folds of input scales into an `up_proj` so far: a kept `down_proj` input computed under
+    /// an older count is stale.
+    #[module(skip)]
+    pub(crate) mlp_folds: usize,
+    /// Where a lazily loaded model reads its embedding again (see [`Self::release_embedding`]).
+    #[module(skip)]
+    pub(crate) embedding_source: Option<build::EmbeddingSource>,
 }
 
 impl LlamaModel {
@@ -176,9 +187,29 @@ impl LlamaModel {
         tiers
     }
 
+    /// Drops the resident token embedding of a lazily loaded model ([`crate::load`] of a file),
+    /// and the tied output head's while it is still the embedding: both are read from the file
+    /// again on their next use, as the blocks' weights are. Returns whether anything was
+    /// released; a model built from memory keeps its embedding. The calibration pipeline calls
+    /// it once the calibration set is embedded (113 MB in f32 for SmolLM2-135M).
+    pub fn release_embedding(&mut self) -> bool {
+        let Some(source) = &self.embedding_source else {
+            return false;
+        };
+        let id = self.embedding.id;
+        let fresh = source.param_with_id(id);
+        if let CompressedLinear::Dense(head) = &mut self.lm_head {
+            if head.weight.id == id {
+                head.weight = fresh.clone();
+            }
+        }
+        self.embedding = fresh;
+        true
+    }
+
     /// The device the weights live on.
     pub fn device(&self) -> Device {
-        self.embedding.val().device()
+        self.embedding.lazy_device()
     }
 
     /// Logits `[batch, seq, vocab]` for a batch of token ids `[batch, seq]`.
