@@ -56,7 +56,7 @@ impl LlamaModel {
             Some(shared) => {
                 drop(loader.host(WeightName::TokenEmbedding, &emb_shape)?);
                 let source = EmbeddingSource::new(shared.clone(), emb_shape, device);
-                (source.param(), Some(source))
+                (source.param_with_id(ParamId::new()), Some(source))
             }
             None => (
                 Param::from_tensor(loader.required(WeightName::TokenEmbedding, &emb_shape)?),
@@ -261,12 +261,7 @@ impl EmbeddingSource {
         }
     }
 
-    /// A new parameter that reads the embedding from the file on first use.
-    fn param(&self) -> Param<Tensor<2>> {
-        self.param_with_id(ParamId::new())
-    }
-
-    /// [`Self::param`] keeping an existing parameter's id.
+    /// A new parameter with id `id` that reads the embedding from the file on first use.
     pub(crate) fn param_with_id(&self, id: ParamId) -> Param<Tensor<2>> {
         lazy_param(
             id,
