@@ -1,7 +1,7 @@
 //! Quick GEMV timing of every tier on one shape, without burn (fast to build): for iterating on
 //! the kernels. `cargo run --release -p compress-kernels --example gemv_probe -- 4096 4096 32`
 //! (K, N, group; symmetric 4-bit), prints ms and effective weight GB/s per tier, single- and
-//! multi-threaded.
+//! multi-threaded, with the streaming-read bandwidth measured before and after.
 
 use std::time::Instant;
 
@@ -40,6 +40,11 @@ fn main() {
         .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
         .collect();
     let mut y = vec![0f32; n];
+    let bandwidth = || compress_kernels::bandwidth::streaming_read(256 << 20, 5) / 1e9;
+    println!(
+        "streaming read (256 MiB, all threads): {:.1} GB/s",
+        bandwidth()
+    );
     for threads in [1, 0] {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -67,4 +72,19 @@ fn main() {
             );
         }
     }
+    println!(
+        "streaming read (256 MiB, all threads): {:.1} GB/s",
+        bandwidth()
+    );
+    // Side by side with the streaming read, eleven pairs (see `fraction_of_streaming`).
+    let tier = Tier::select(&w, compress_kernels::Activations::Int8);
+    let r = compress_kernels::bandwidth::fraction_of_streaming(w.storage_bytes(), 11, || {
+        matmul_with(tier, &x, 1, &w, &mut y).unwrap();
+    });
+    println!(
+        "{tier} GEMV / streaming read, side by side: median {:.0}% (range {:.0}–{:.0}%)",
+        100.0 * r.median,
+        100.0 * r.min,
+        100.0 * r.max
+    );
 }

@@ -145,12 +145,22 @@ fn gemv(tier: Tier, x: &[f32], w: &QuantMatrix<'_>, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         Tier::Avx512Vnni => {
             use crate::x86::vnni;
-            if vnni::pairs_apply(w) {
-                let mut a = Int8Activations::with_span(x, w, permute, crate::prepare::int8_span(w));
-                a.interleave_pairs();
-                // SAFETY: `matmul_with` checked the CPU features and the format, and
-                // `pairs_apply` the two-block loop's conditions.
-                for_rows(w, out, |s, r| unsafe { vnni::row_dot_pairs(w, r, &a, s) });
+            if vnni::quads_apply(w) {
+                let mut a = Int8Activations::new(x, w, permute);
+                let zero = (!w.is_asymmetric()).then(|| w.mid_code() as i32);
+                a.interleave_quads(zero);
+                // SAFETY: `matmul_with` checked the CPU features and the format, `quads_apply`
+                // the four-block loop's conditions, and `a` is laid out for it (with the zero
+                // point exactly when `w` is symmetric).
+                if zero.is_some() {
+                    for_rows(w, out, |s, r| unsafe {
+                        vnni::row_dot_quads::<true>(w, r, &a, s)
+                    });
+                } else {
+                    for_rows(w, out, |s, r| unsafe {
+                        vnni::row_dot_quads::<false>(w, r, &a, s)
+                    });
+                }
             } else {
                 let a = Int8Activations::new(x, w, permute);
                 // SAFETY: `matmul_with` checked the CPU features and the format.

@@ -88,24 +88,6 @@ impl F32Activations {
     }
 }
 
-/// How many consecutive blocks of 32 share one int8 activation scale when the VNNI tier runs
-/// `w` (see [`Int8Activations::with_span`]): for 4-bit weights whose groups are 2, 4, 6 or 8
-/// whole blocks, one scale per group (the group's sum then stays in integers); with one group
-/// per row, one per 256 columns; otherwise one per block.
-pub fn int8_span(w: &QuantMatrix<'_>) -> usize {
-    let per_group = w.group_len() / BLOCK;
-    let whole_blocks = w.groups_per_row() == 1 || w.group_len().is_multiple_of(BLOCK);
-    if w.bits() != 4 || !whole_blocks {
-        1
-    } else if w.groups_per_row() == 1 {
-        8
-    } else if (2..=8).contains(&per_group) && per_group.is_multiple_of(2) {
-        per_group
-    } else {
-        1
-    }
-}
-
 /// A row of activations quantized to `i8` per block of 32 (see the [module docs](self)).
 #[derive(Debug, Clone)]
 pub struct Int8Activations {
@@ -118,25 +100,17 @@ pub struct Int8Activations {
     pub group_corrections: Vec<f32>,
     /// The original row (tails are computed from it in f32).
     pub x: Vec<f32>,
-    /// Consecutive full blocks of a group that share one scale (see [`Self::with_span`]).
-    pub span: usize,
+    /// Per `i32` lane of each run of four blocks, `−z · Σ q` over the eight activations the
+    /// lane meets, for a symmetric weight with zero point `z` laid out by
+    /// [`Self::interleave_quads`]: starting each lane's integer sum there makes it
+    /// `Σ (c − z) · q` exactly, so no zero-point correction is left. Empty otherwise.
+    pub lane_bias: Vec<i32>,
 }
 
 impl Int8Activations {
     /// Quantizes `x` for `w` with one scale per block of 32, permuting blocks when `permute`
     /// (4-bit codes).
     pub fn new(x: &[f32], w: &QuantMatrix<'_>, permute: bool) -> Self {
-        Self::with_span(x, w, permute, 1)
-    }
-
-    /// As [`Self::new`], with one scale shared by each run of `span` consecutive full blocks of a
-    /// group (the last run of a group may be shorter). `block_scales` still holds one entry per
-    /// block (equal within a run), so every kernel can read it per block; the VNNI tier with
-    /// `span > 1` sums a whole run in integers before one conversion to f32. A larger span
-    /// rounds small activations next to a large one more coarsely (the step is the run's
-    /// `max|x| / 127`), as llama.cpp's 256-wide `Q8_K` activation blocks do.
-    pub fn with_span(x: &[f32], w: &QuantMatrix<'_>, permute: bool, span: usize) -> Self {
-        let span = span.max(1);
         let mut q = Vec::with_capacity(x.len());
         let mut block_scales = Vec::with_capacity(x.len() / BLOCK);
         let mut group_corrections = Vec::with_capacity(w.groups_per_row());
@@ -145,26 +119,23 @@ impl Int8Activations {
         for (s, e) in w.groups() {
             let full = (e - s) / BLOCK * BLOCK;
             let mut corr = 0f32;
-            for run in (s..s + full).step_by(span * BLOCK) {
-                let run_end = (run + span * BLOCK).min(s + full);
-                let amax = x[run..run_end].iter().fold(0f32, |m, v| m.max(v.abs()));
+            for b in (s..s + full).step_by(BLOCK) {
+                let amax = x[b..b + BLOCK].iter().fold(0f32, |m, v| m.max(v.abs()));
                 let d = amax / 127.0;
                 let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-                for b in (run..run_end).step_by(BLOCK) {
-                    let mut sum = 0i32;
-                    for (n, &v) in natural.iter_mut().zip(&x[b..b + BLOCK]) {
-                        *n = round_to_i8(v * inv);
-                        sum += *n as i32;
-                    }
-                    if permute {
-                        permute_block(&natural, &mut ordered);
-                        q.extend_from_slice(&ordered);
-                    } else {
-                        q.extend_from_slice(&natural);
-                    }
-                    block_scales.push(d);
-                    corr += d * sum as f32;
+                let mut sum = 0i32;
+                for (n, &v) in natural.iter_mut().zip(&x[b..b + BLOCK]) {
+                    *n = round_to_i8(v * inv);
+                    sum += *n as i32;
                 }
+                if permute {
+                    permute_block(&natural, &mut ordered);
+                    q.extend_from_slice(&ordered);
+                } else {
+                    q.extend_from_slice(&natural);
+                }
+                block_scales.push(d);
+                corr += d * sum as f32;
             }
             group_corrections.push(corr);
         }
@@ -173,24 +144,53 @@ impl Int8Activations {
             block_scales,
             group_corrections,
             x: x.to_vec(),
-            span,
+            lane_bias: Vec::new(),
         }
     }
 }
+
+/// Blocks of 32 in one step of the VNNI tier's four-block loop.
+pub const QUAD: usize = 4;
+
 impl Int8Activations {
-    /// Re-orders each pair of consecutive blocks from `[e₀ o₀] [e₁ o₁]` (16 values each) to
-    /// `[e₀ e₁ o₀ o₁]`, the order a 64-byte register of two blocks' low then high nibbles meets
-    /// (the VNNI tier's two-block loop). An odd last block keeps its order.
-    pub fn interleave_pairs(&mut self) {
+    /// Lays out the blocks (already in `[even 16, odd 16]` order) for the VNNI tier's
+    /// four-block loop: zero blocks pad `q` to a whole number of runs of four, and each run
+    /// `[e₀ o₀] [e₁ o₁] [e₂ o₂] [e₃ o₃]` becomes `[e₀ e₁ e₂ e₃ o₀ o₁ o₂ o₃]` — the order in which
+    /// the low nibbles, then the high nibbles, of the runs' 64 code bytes meet them. Lane `l` of
+    /// a 16-lane `i32` dot product then sums eight products of block `l / 4` alone.
+    ///
+    /// `zero` is the weight's zero point when it is symmetric (an integer code, `2^(b−1)`):
+    /// [`Self::lane_bias`] is then filled so that the loop needs no zero-point correction.
+    /// `block_scales` is padded with zeros to a multiple of 16 blocks.
+    pub fn interleave_quads(&mut self, zero: Option<i32>) {
         let h = BLOCK / 2;
-        let mut tmp = [0i8; 2 * BLOCK];
-        for pair in self.q.chunks_exact_mut(2 * BLOCK) {
-            tmp[..h].copy_from_slice(&pair[..h]);
-            tmp[h..2 * h].copy_from_slice(&pair[BLOCK..BLOCK + h]);
-            tmp[2 * h..3 * h].copy_from_slice(&pair[h..BLOCK]);
-            tmp[3 * h..].copy_from_slice(&pair[BLOCK + h..]);
-            pair.copy_from_slice(&tmp);
+        let run = QUAD * BLOCK;
+        self.q.resize(self.q.len().div_ceil(run) * run, 0);
+        // The loop computes the factors of 16 blocks at once (zero for the padding).
+        self.block_scales
+            .resize(self.block_scales.len().next_multiple_of(16), 0.0);
+        let mut tmp = [0i8; QUAD * BLOCK];
+        for quad in self.q.chunks_exact_mut(run) {
+            for (b, block) in quad.chunks_exact(BLOCK).enumerate() {
+                tmp[b * h..(b + 1) * h].copy_from_slice(&block[..h]);
+                tmp[run / 2 + b * h..run / 2 + (b + 1) * h].copy_from_slice(&block[h..]);
+            }
+            quad.copy_from_slice(&tmp);
         }
+        self.lane_bias = match zero {
+            Some(z) => self
+                .q
+                .chunks_exact(run)
+                .flat_map(|quad| {
+                    let (even, odd) = quad.split_at(run / 2);
+                    (0..16).map(move |l| {
+                        let lane = even[4 * l..4 * l + 4].iter().chain(&odd[4 * l..4 * l + 4]);
+                        -z * lane.map(|&v| v as i32).sum::<i32>()
+                    })
+                })
+                .collect(),
+            None => Vec::new(),
+        };
     }
 }
 

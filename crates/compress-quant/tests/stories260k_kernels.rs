@@ -93,9 +93,8 @@ fn decode_nll(model: &LlamaModel, ids: &[u32]) -> f64 {
     nll / (ids.len() - 1) as f64
 }
 
-/// Decode perplexity with int8 activations within 1% of f32 activations, for groups of 32 (one
-/// activation scale per block) and groups of 128 (one per group: 4 blocks on the 172-wide down
-/// projection, and per 256 columns on the 64-wide rows, which hold a single group).
+/// Decode perplexity with int8 activations (one scale per block of 32) within 1% of f32
+/// activations, for weight groups of 32 and of 128 (the 64-wide rows hold a single group).
 #[test]
 fn int8_activations_cost_under_one_percent_perplexity() {
     let Some(s) = common::stories_split() else {

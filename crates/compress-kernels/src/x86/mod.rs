@@ -29,8 +29,6 @@ pub struct Scratch {
     pub(crate) sb: [f32; SCALE_CHUNK],
     /// The matching zero points.
     pub(crate) zb: [f32; SCALE_CHUNK],
-    /// Per-block factors of the VNNI two-block loop.
-    pub(crate) f: [f32; vnni::PAIR_MAX_BLOCKS],
 }
 
 impl Default for Scratch {
@@ -38,7 +36,6 @@ impl Default for Scratch {
         Self {
             sb: [0.0; SCALE_CHUNK],
             zb: [0.0; SCALE_CHUNK],
-            f: [0.0; vnni::PAIR_MAX_BLOCKS],
         }
     }
 }
@@ -46,7 +43,7 @@ impl Default for Scratch {
 /// Widens `src` (at most [`SCALE_CHUNK`] values) into `dst`.
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn widen(src: &[f16], dst: &mut [f32; SCALE_CHUNK]) {
+pub(crate) unsafe fn widen(src: &[f16], dst: &mut [f32; SCALE_CHUNK]) {
     let n = src.len();
     let mut i = 0;
     while i + 8 <= n {
