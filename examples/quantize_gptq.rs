@@ -153,9 +153,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let device = args.run.backend.device()?;
     let mut m = common::load_model(args.run.model.as_deref(), &device)?;
+    common::trace_memory_at("after loading the model", &args.run);
     let (calib_text, eval_text) =
         common::calibration_and_eval_text(&args.run.calib, &args.run.text)?;
     let calib_tokens = m.tokenizer.encode(&calib_text, true)?;
+    common::trace_memory_at("after tokenizing the calibration text", &args.run);
     let (pipeline, windows) = match &args.recipe {
         Some(path) => {
             let mut recipe = Recipe::from_file(path)?;
@@ -201,7 +203,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Moved, not cloned: a clone shares the block weights `load` reads on first use, so it
     // would keep every block's dense weights after the pipeline replaced them.
     let mut model = m.model;
-    let report = pipeline.run(&mut model, &windows, common::pipeline_progress("quantize"))?;
+    let progress = common::pipeline_progress_traced("quantize", args.run.trace_memory);
+    let report = pipeline.run(&mut model, &windows, progress)?;
     let steps = match pipeline.steps.as_slice() {
         [one] => one.compressor.name(),
         steps => format!("{} recipe steps", steps.len()),

@@ -29,6 +29,9 @@ pub struct RunArgs {
     /// Tokens per calibration window.
     #[arg(long, default_value_t = 128)]
     pub seqlen: usize,
+    /// Calibration windows per forward pass (memory vs speed).
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
     /// Calibration sampling seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -56,6 +59,10 @@ pub struct RunArgs {
     /// Backend: flex, ndarray, wgpu, cuda, tch.
     #[arg(long, default_value_t = compress::core::backend::BackendKind::default())]
     pub backend: compress::core::backend::BackendKind,
+    /// After each compressed layer, print the live heap (bytes allocated and not freed), its
+    /// peak since the previous layer, and the resident set: where calibration memory goes.
+    #[arg(long)]
+    pub trace_memory: bool,
 }
 
 impl RunArgs {
@@ -65,12 +72,17 @@ impl RunArgs {
             nsamples: self.nsamples,
             seqlen: self.seqlen,
             seed: self.seed,
-            batch_size: 8,
+            batch_size: self.batch_size,
             precision: self.calib_precision,
             keep_intermediates: self.keep_intermediates,
         }
     }
 }
+
+/// Every example counts its heap allocations, so `--trace-memory` can tell live heap bytes from
+/// the resident set (two relaxed atomic updates per allocation).
+#[global_allocator]
+static ALLOC: compress::core::memory::CountingAllocator = compress::core::memory::CountingAllocator;
 
 /// stories260K, embedded so the examples run with no arguments.
 pub static EMBEDDED: &[u8] = include_bytes!("../../assets/stories260K.gguf");
@@ -109,13 +121,63 @@ pub fn calibration_and_eval_text(
     Ok((c.to_string(), e.to_string()))
 }
 
+/// With `--trace-memory`, one line of where memory stands at `point` (live heap and its peak
+/// since the previous line, resident set and its peak).
+pub fn trace_memory_at(point: &str, args: &RunArgs) {
+    use compress::core::memory::{
+        live_heap_bytes, peak_rss_bytes, rss_bytes, take_peak_heap_bytes,
+    };
+    if args.trace_memory {
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        eprintln!(
+            "memory {point}: live heap {:.1} MiB, heap peak {:.1} MiB, RSS {:.1} MiB (peak {:.1} MiB)",
+            mib(live_heap_bytes() as u64),
+            mib(take_peak_heap_bytes() as u64),
+            mib(rss_bytes().unwrap_or(0)),
+            mib(peak_rss_bytes().unwrap_or(0)),
+        );
+    }
+}
+
 /// A progress callback for [`Pipeline::run`](compress::core::pipeline::Pipeline::run): blocks
 /// done, the layer and its output error.
 pub fn pipeline_progress(
     what: &str,
 ) -> impl FnMut(&compress::core::compressor::LayerReport, usize, usize) {
+    pipeline_progress_traced(what, false)
+}
+
+/// [`pipeline_progress`], with one memory line per layer when `trace_memory` (see
+/// [`RunArgs::trace_memory`]): live heap now, its peak since the previous line (which covers
+/// the layer's statistics and its compression), and the resident set now and at its peak.
+pub fn pipeline_progress_traced(
+    what: &str,
+    trace_memory: bool,
+) -> impl FnMut(&compress::core::compressor::LayerReport, usize, usize) {
+    use compress::core::memory::{
+        allocator_stats, live_heap_bytes, peak_rss_bytes, rss_bytes, take_peak_heap_bytes,
+    };
     let mut line = ProgressLine::new(what);
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     move |r, block, blocks| {
+        if trace_memory {
+            let glibc = allocator_stats().map_or(String::new(), |a| {
+                format!(
+                    "; glibc: heap in use {:.1}, heap free {:.1}, mapped {:.1} MiB",
+                    mib(a.heap_in_use),
+                    mib(a.heap_free),
+                    mib(a.mapped)
+                )
+            });
+            eprintln!(
+                "memory after {:<24} live heap {:7.1} MiB, heap peak {:7.1} MiB, RSS {:7.1} MiB (peak {:7.1} MiB){glibc}",
+                r.path,
+                mib(live_heap_bytes() as u64),
+                mib(take_peak_heap_bytes() as u64),
+                mib(rss_bytes().unwrap_or(0)),
+                mib(peak_rss_bytes().unwrap_or(0)),
+            );
+        }
         let detail = format!(
             "blocks, {:<22} output err {:.1e},",
             r.path,

@@ -209,7 +209,7 @@ pub struct PipelineReport {
 pub struct Pipeline {
     /// Steps, applied to each matching layer in order.
     pub steps: Vec<PipelineStep>,
-    /// Calibration sequences per forward pass (memory vs speed; default 8).
+    /// Calibration sequences per forward pass (memory vs speed; default 4).
     pub batch_size: usize,
     /// Arithmetic of the calibration forward passes' dense products and of `XᵀX` on the CPU
     /// backends (default f32; see [`Self::calibration_precision`]).
@@ -220,11 +220,13 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// An empty pipeline with batches of 8 sequences.
+    /// An empty pipeline with batches of 4 sequences: on SmolLM2-135M with 128 × 512 bf16
+    /// calibration tokens as fast as batches of 8 and 26–29 MiB less peak memory (the per-batch
+    /// products' buffers; docs/quantization.md).
     pub fn new() -> Self {
         Self {
             steps: Vec::new(),
-            batch_size: 8,
+            batch_size: 4,
             precision: DensePrecision::F32,
             keep_intermediates: false,
         }
@@ -265,7 +267,10 @@ impl Pipeline {
     /// `progress` after each layer step with its report and the block count.
     ///
     /// Sets the process's allocator to keep freed large buffers
-    /// ([`crate::memory::retain_freed_buffers`]), which makes calibration about 10% faster.
+    /// ([`crate::memory::retain_freed_buffers`]), which makes calibration about 10% faster, and
+    /// returns the allocator's free pages to the kernel ([`crate::memory::release_free_memory`])
+    /// at the start, after each stage's statistics and after each block, so the resident set
+    /// follows what is live instead of the heap's high-water mark.
     pub fn run<M: BlockwiseModel>(
         &self,
         model: &mut M,
@@ -273,6 +278,8 @@ impl Pipeline {
         progress: impl FnMut(&LayerReport, usize, usize),
     ) -> Result<PipelineReport, PipelineError> {
         crate::memory::retain_freed_buffers();
+        // What the caller freed before (a tokenizer's work buffers, a loader's) is not needed.
+        crate::memory::release_free_memory();
         set_dense_precision(model, self.precision);
         // bf16 storage only where the products run in bf16 too: rounding the kept activations
         // without the speed of bf16 products is not worth its error.
@@ -357,6 +364,9 @@ impl Pipeline {
                         )?;
                     }
                 }
+                // The statistics' per-batch buffers are freed: give their pages back before the
+                // compressors allocate (see `memory::release_free_memory`).
+                crate::memory::release_free_memory();
                 for (name, path) in &paths {
                     let steps: Vec<&PipelineStep> = self
                         .steps
@@ -395,6 +405,7 @@ impl Pipeline {
             for name in stages.iter().flat_map(|s| s.linears.iter()) {
                 model.linear_mut(block, name).release_dense_copies();
             }
+            crate::memory::release_free_memory();
         }
         let head_steps: Vec<&PipelineStep> = self
             .steps

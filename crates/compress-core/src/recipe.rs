@@ -7,7 +7,7 @@
 //! nsamples = 128
 //! seqlen = 512
 //! seed = 0
-//! batch_size = 8
+//! batch_size = 4
 //! precision = "f32"    # or "bf16": bf16 calibration products (see Pipeline)
 //! keep_intermediates = false  # true: faster, holds down_proj's inputs (see Pipeline)
 //!
@@ -130,14 +130,14 @@ impl std::fmt::Display for CalibrationPrecision {
 }
 
 impl Default for CalibrationConfig {
-    /// 128 windows of 512 tokens, seed 0, batches of 8 (the common GPTQ/AWQ setting for small
-    /// models), f32 products.
+    /// 128 windows of 512 tokens (the common GPTQ/AWQ setting for small models), seed 0,
+    /// batches of 4 (see [`crate::pipeline::Pipeline::new`]), f32 products.
     fn default() -> Self {
         Self {
             nsamples: 128,
             seqlen: 512,
             seed: 0,
-            batch_size: 8,
+            batch_size: 4,
             precision: CalibrationPrecision::F32,
             keep_intermediates: false,
         }

@@ -18,8 +18,10 @@
 //!    `inverse_upper_factor`), returned in f32 for the sweep.
 
 use compress_core::compressor::{ensure_finite, CompressError};
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
 use faer::linalg::triangular_inverse::invert_lower_triangular;
-use faer::{Mat, Par, Side};
+use faer::{Mat, Par};
 
 /// The inverse-Hessian factor a GPTQ/SparseGPT sweep runs on.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,24 +76,25 @@ pub fn prepare_hessian(
         perm.sort_by(|&a, &b| diag[b].total_cmp(&diag[a]));
     }
     let mean_diag = diag.iter().sum::<f64>() / n.max(1) as f64;
-    let h = Mat::<f64>::from_fn(n, n, |i, j| {
-        let (a, b) = (perm[i], perm[j]);
-        if a == b {
-            diag[a]
-        } else if diag_is_dead(&dead, a) || diag_is_dead(&dead, b) {
-            0.0
-        } else {
-            gram[a * n + b] as f64 * inv_t
-        }
-    });
+    // `H` permuted and damped, its columns reversed (see `inverse_upper_factor`), built straight
+    // from the Gram matrix for each attempt: with the factor and its inverse, two `n × n` f64
+    // matrices are live at most (38 MB for a 1536-wide layer) instead of five.
+    let reversed = |add: f64| {
+        Mat::<f64>::from_fn(n, n, |i, j| {
+            let (a, b) = (perm[n - 1 - i], perm[n - 1 - j]);
+            if a == b {
+                diag[a] + add
+            } else if diag_is_dead(&dead, a) || diag_is_dead(&dead, b) {
+                0.0
+            } else {
+                gram[a * n + b] as f64 * inv_t
+            }
+        })
+    };
     let mut lambda = damp;
     for attempt in 0..4 {
-        let mut hd = h.clone();
         let add = lambda.max(if attempt > 0 { 1e-6 } else { 0.0 }) * mean_diag;
-        for i in 0..n {
-            hd[(i, i)] += add;
-        }
-        if let Some(upper) = inverse_upper_factor(&hd) {
+        if let Some(upper) = inverse_upper_factor(reversed(add)) {
             return Ok(HessianInverse {
                 n,
                 upper,
@@ -115,19 +118,30 @@ fn diag_is_dead(dead: &[usize], i: usize) -> bool {
     dead.binary_search(&i).is_ok()
 }
 
-/// `U` (row-major, f32) with `H⁻¹ = UᵀU`, or `None` if `H` is not positive definite.
+/// `U` (row-major, f32) with `H⁻¹ = UᵀU` from `reversed = J H J`, or `None` if `H` is not
+/// positive definite.
 ///
 /// With `J` the reversal permutation and `J H J = L Lᵀ` (Cholesky),
 /// `H⁻¹ = (J L⁻ᵀ J)(J L⁻¹ J)` and `J L⁻¹ J` is upper triangular with a positive diagonal, so it
-/// is the `U` sought (the upper Cholesky factor of `H⁻¹` is unique). One factorization and one
-/// triangular inverse (`2n³/3` flops) replace the reference's factorization, inverse and second
-/// factorization of the inverse (`4n³/3`), and no explicit `H⁻¹` is formed.
-fn inverse_upper_factor(h: &Mat<f64>) -> Option<Vec<f32>> {
-    let n = h.nrows();
-    let reversed = Mat::<f64>::from_fn(n, n, |i, j| h[(n - 1 - i, n - 1 - j)]);
-    let llt = reversed.llt(Side::Lower).ok()?;
+/// is the `U` sought (the upper Cholesky factor of `H⁻¹` is unique). One factorization (in place)
+/// and one triangular inverse (`2n³/3` flops) replace the reference's factorization, inverse and
+/// second factorization of the inverse (`4n³/3`), and no explicit `H⁻¹` is formed.
+fn inverse_upper_factor(mut reversed: Mat<f64>) -> Option<Vec<f32>> {
+    let n = reversed.nrows();
+    let par = Par::rayon(0);
+    let mut buf = MemBuffer::new(cholesky_in_place_scratch::<f64>(n, par, Default::default()));
+    cholesky_in_place(
+        reversed.as_mut(),
+        Default::default(),
+        par,
+        MemStack::new(&mut buf),
+        Default::default(),
+    )
+    .ok()?;
+    drop(buf);
     let mut l_inv = Mat::<f64>::zeros(n, n);
-    invert_lower_triangular(l_inv.as_mut(), llt.L(), Par::rayon(0));
+    invert_lower_triangular(l_inv.as_mut(), reversed.as_ref(), par);
+    drop(reversed);
     let mut upper = vec![0f32; n * n];
     for i in 0..n {
         for j in i..n {
@@ -218,11 +232,13 @@ mod tests {
             h[(i, i)] += 0.01 * mean;
         }
         use faer::linalg::solvers::DenseSolveCore;
+        use faer::Side;
         let inv = h.llt(Side::Lower).unwrap().inverse();
         let inv = Mat::<f64>::from_fn(n, n, |i, j| 0.5 * (inv[(i, j)] + inv[(j, i)]));
         let reference = inv.llt(Side::Lower).unwrap();
         let reference = reference.L();
-        let got = inverse_upper_factor(&h).unwrap();
+        let got =
+            inverse_upper_factor(Mat::from_fn(n, n, |i, j| h[(n - 1 - i, n - 1 - j)])).unwrap();
         let scale = (0..n).map(|i| reference[(i, i)].abs()).fold(0.0, f64::max);
         for i in 0..n {
             for j in 0..n {
