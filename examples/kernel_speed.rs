@@ -108,12 +108,12 @@ fn ours(w: &QuantMatrix<'_>, x: &[f32], m: usize) -> Vec<(Tier, f64)> {
     if m == 1 && Tier::Avx512Vnni.is_available() {
         modes.push(Activations::Int8);
     }
-    modes
+    // A format the VNNI tier does not run (2-bit) selects the f32 tier again: time it once.
+    let mut tiers: Vec<Tier> = modes.into_iter().map(|a| Tier::select(w, a)).collect();
+    tiers.dedup();
+    tiers
         .into_iter()
-        .map(|a| {
-            let tier = Tier::select(w, a);
-            (tier, time(|| matmul_with(tier, x, m, w, &mut y).unwrap()))
-        })
+        .map(|tier| (tier, time(|| matmul_with(tier, x, m, w, &mut y).unwrap())))
         .collect()
 }
 
