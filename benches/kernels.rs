@@ -44,11 +44,13 @@ fn kernels(c: &mut Criterion) {
                 let mut y = vec![0f32; m * n];
                 group.throughput(Throughput::Bytes(w.storage_bytes() as u64));
                 let mut modes = vec![Activations::F32];
-                if m == 1 && Tier::Avx512Vnni.is_available() {
+                if Tier::Avx512Vnni.is_available() {
                     modes.push(Activations::Int8);
                 }
-                for a in modes {
-                    let tier = Tier::select(&w, a);
+                // 2-bit codes select the same f32 tier for both: benchmark it once.
+                let mut tiers: Vec<Tier> = modes.into_iter().map(|a| Tier::select(&w, a)).collect();
+                tiers.dedup();
+                for tier in tiers {
                     group.bench_function(format!("{}-{tier}", f.name), |b| {
                         b.iter(|| matmul_with(tier, &x, m, &w, &mut y).unwrap())
                     });

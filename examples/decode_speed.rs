@@ -9,7 +9,9 @@
 //! cargo run --release --example decode_speed              # embedded stories260K, seconds
 //! ```
 //! Decode speed is greedy generation of `--new-tokens` after a `--prompt-tokens` WikiText-2
-//! prompt, median of `--repeats` runs.
+//! prompt, median of `--repeats` runs; prompt tokens/s is the prompt's length over the time of
+//! its one forward pass and first token (the kernels' GEMM path: int8 on VNNI CPUs for the
+//! int8-activation rows).
 
 mod common;
 
@@ -70,19 +72,20 @@ struct Args {
     backend: compress::core::backend::BackendKind,
 }
 
-/// Decode tokens/s of one greedy run and the generated ids.
+/// Decode tokens/s, prompt (prefill) tokens/s of one greedy run, and the generated ids.
 fn decode(
     model: &LlamaModel,
     prompt: &[u32],
     args: &Args,
-) -> Result<(f64, Vec<u32>), Box<dyn std::error::Error>> {
+) -> Result<(f64, f64, Vec<u32>), Box<dyn std::error::Error>> {
     let options = GenerateOptions {
         max_new_tokens: args.new_tokens,
         sampling: Sampling::Greedy,
         stop_token: None,
     };
     let out = generate(model, prompt, &options, |_| {})?;
-    Ok((out.decode_tokens_per_second(), out.tokens))
+    let prefill = prompt.len() as f64 / out.prefill.as_secs_f64();
+    Ok((out.decode_tokens_per_second(), prefill, out.tokens))
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -165,11 +168,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ));
     }
     let mut rates = vec![Vec::new(); configs.len()];
+    let mut prefills = vec![Vec::new(); configs.len()];
     let mut outputs = vec![Vec::new(); configs.len()];
     for _ in 0..args.repeats.max(1) {
         for (i, (_, model)) in configs.iter().enumerate() {
-            let (rate, tokens) = decode(model, prompt, &args)?;
+            let (rate, prefill, tokens) = decode(model, prompt, &args)?;
             rates[i].push(rate);
+            prefills[i].push(prefill);
             outputs[i] = tokens;
         }
     }
@@ -177,31 +182,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let rows: Vec<(String, f64, Vec<u32>)> = configs
+    let rows: Vec<(String, f64, f64, Vec<u32>)> = configs
         .iter()
         .zip(rates.iter_mut())
+        .zip(prefills.iter_mut())
         .zip(&outputs)
-        .map(|(((name, _), r), t)| (name.clone(), median(r), t.clone()))
+        .map(|((((name, _), r), p), t)| (name.clone(), median(r), median(p), t.clone()))
         .collect();
-    let (dense, dense_tokens) = (rows[0].1, rows[0].2.clone());
+    let (dense, dense_prefill, dense_tokens) = (rows[0].1, rows[0].2, rows[0].3.clone());
 
     println!(
         "\ndecode, {} new tokens after a {}-token prompt, {} backend, median of {}:\n",
         args.new_tokens, args.prompt_tokens, args.backend, args.repeats
     );
-    println!("| weights | decode tokens/s | × dense | greedy tokens as dense | as dequantized |");
-    println!("|---|---|---|---|---|");
+    println!("| weights | decode tokens/s | × dense | prompt tokens/s | × dense | greedy tokens as dense | as dequantized |");
+    println!("|---|---|---|---|---|---|---|");
     let agree = |a: &[u32], b: &[u32]| a.iter().zip(b).take_while(|(x, y)| x == y).count();
-    let reference = rows[1].2.clone();
-    for (i, (name, rate, tokens)) in rows.iter().enumerate() {
+    let reference = rows[1].3.clone();
+    for (i, (name, rate, prefill, tokens)) in rows.iter().enumerate() {
         let vs_deq = if i >= 1 {
             format!("{}/{}", agree(tokens, &reference), reference.len())
         } else {
             "–".into()
         };
         println!(
-            "| {name} | {rate:.1} | {:.2}× | {}/{} | {vs_deq} |",
+            "| {name} | {rate:.1} | {:.2}× | {prefill:.0} | {:.2}× | {}/{} | {vs_deq} |",
             rate / dense,
+            prefill / dense_prefill,
             agree(tokens, &dense_tokens),
             dense_tokens.len()
         );
@@ -219,8 +226,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             args.ppl_windows,
             args.text.display()
         );
-        let models = [&configs[0], &configs[2], configs.last().unwrap()];
-        for (name, model) in models {
+        // Dense, the f32-activation kernels, and every int8-activation row (their 512-token
+        // windows run the int8 GEMM where the weight's groups are whole blocks).
+        // (The dequantized-weights row is the f32-activation kernels' model up to rounding.)
+        for (name, model) in configs.iter().filter(|(n, _)| !n.contains("dequantized")) {
             let r = perplexity(model, &ids, text.len(), &config, |_, _| {})?;
             println!("- {name}: {:.3}", r.ppl);
         }

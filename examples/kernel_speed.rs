@@ -105,7 +105,7 @@ fn cpu_name() -> String {
 fn ours(w: &QuantMatrix<'_>, x: &[f32], m: usize) -> Vec<(Tier, f64)> {
     let mut y = vec![0f32; m * w.out_features()];
     let mut modes = vec![Activations::F32];
-    if m == 1 && Tier::Avx512Vnni.is_available() {
+    if Tier::Avx512Vnni.is_available() {
         modes.push(Activations::Int8);
     }
     // A format the VNNI tier does not run (2-bit) selects the f32 tier again: time it once.
@@ -169,8 +169,48 @@ fn main() {
             }
         }
     }
+    bf16_table(&args.rows);
     if let Some(bw) = bandwidth {
         beyond_the_cache(bw, &device);
+    }
+}
+
+/// Prefill-sized products (`M ≥ 8`) of the int8 GEMM against the dense bf16 product
+/// (`compress_kernels::dense`, AMX or AVX-512 BF16: what bf16 calibration multiplies with) and
+/// dense f32 (faer) on the same shapes, where the CPU has both VNNI and a bf16 path.
+fn bf16_table(rows: &[usize]) {
+    use compress::kernels::dense::{self, DensePrecision};
+    if !Tier::Avx512Vnni.is_available() || !dense::bf16_available() {
+        return;
+    }
+    println!();
+    println!("| M | K×N | dense f32 (faer) | dense bf16 | format | int8 GEMM (avx512-vnni) | vs bf16 | int8 GEMM TOPS |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (k, n) in cases::SHAPES {
+        let wd = cases::values(k * n, 1);
+        let packed: Vec<_> = cases::FORMATS[..3]
+            .iter()
+            .map(|&f| (f, cases::packed(f, n, k, 2)))
+            .collect();
+        for &m in rows.iter().filter(|&&m| m >= 8) {
+            let x = cases::values(m * k, 3);
+            let mut y = vec![0f32; m * n];
+            let mut run = |p| time(|| _ = dense::matmul(&x, m, &wd, n, k, &mut y, p).unwrap());
+            let (f32_t, bf16_t) = (run(DensePrecision::F32), run(DensePrecision::Bf16));
+            for (f, p) in &packed {
+                let w = p.kernel_matrix().unwrap();
+                let t = time(|| matmul_with(Tier::Avx512Vnni, &x, m, &w, &mut y).unwrap());
+                println!(
+                    "| {m} | {k}×{n} | {:.3} ms | {:.3} ms | {} | {:.3} ms | **{:.2}×** | {:.2} |",
+                    f32_t * 1e3,
+                    bf16_t * 1e3,
+                    f.name,
+                    t * 1e3,
+                    bf16_t / t,
+                    2.0 * (m * n * k) as f64 / t / 1e12
+                );
+            }
+        }
     }
 }
 

@@ -6,7 +6,8 @@
 //! - **GEMM path** (prefill): threads take tiles of [`tile_rows`] weight rows, dequantize the
 //!   tile into a per-task buffer (about 512 KiB of f32: it stays in cache, and the whole `W` is
 //!   never materialised) and multiply with faer's register-blocked GEMM, so the unpacking cost is
-//!   shared by all `M` rows.
+//!   shared by all `M` rows. On the VNNI tier, weights whose groups are whole blocks of 32 take
+//!   an int8 register-tiled GEMM instead (`x86/vnni_gemm.rs`, docs/kernels.md).
 
 use faer::linalg::matmul::matmul as faer_matmul;
 use faer::{Accum, MatMut, MatRef, Par};
@@ -55,8 +56,10 @@ pub fn matmul(
 
 /// `Y = X · Wᵀ` on a chosen tier. Fails with [`KernelError::Unsupported`] when this CPU lacks the
 /// tier's features or the tier cannot run the format, and with [`KernelError::Length`] on
-/// mismatched buffers. [`Tier::Avx512Vnni`] quantizes activations to int8 on the GEMV path; its
-/// GEMM path is the (exact) AVX-512 one.
+/// mismatched buffers. [`Tier::Avx512Vnni`] quantizes activations to int8 per block of 32 on
+/// the GEMV path and, for weights whose groups are whole blocks, on the GEMM path too (an int8
+/// register-tiled product); other weights' GEMM is the exact AVX-512 one
+/// ([`quantizes_activations`] says which).
 pub fn matmul_with(
     tier: Tier,
     x: &[f32],
@@ -210,7 +213,34 @@ pub fn tile_rows(k: usize) -> usize {
     ((TILE_FLOATS / k.max(1)) / 8 * 8).clamp(16, 256)
 }
 
+/// Whether a product of `m` activation rows with `w` on `tier` rounds the activations to int8
+/// (the VNNI tier: always on the GEMV path; on the GEMM path when the weight's groups are whole
+/// blocks of 32, see [`crate::x86`]'s `vnni_gemm`) rather than using them in f32.
+pub fn quantizes_activations(tier: Tier, w: &QuantMatrix<'_>, m: usize) -> bool {
+    if tier != Tier::Avx512Vnni || tier.format_limit(w).is_some() {
+        return false;
+    }
+    if m < GEMM_MIN_ROWS {
+        return true;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        crate::x86::vnni_gemm::applies(w)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 fn gemm(tier: Tier, x: &[f32], m: usize, w: &QuantMatrix<'_>, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if tier == Tier::Avx512Vnni && crate::x86::vnni_gemm::applies(w) {
+        // SAFETY: `matmul_with` checked the CPU features, the format and the buffer lengths;
+        // `applies` the path's own conditions.
+        unsafe { crate::x86::vnni_gemm::gemm(x, m, w, out) };
+        return;
+    }
     let [_, k] = w.shape();
     let permute = tier.permutes(w.bits());
     let xp: Vec<f32> = if permute {

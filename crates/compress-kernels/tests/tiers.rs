@@ -101,6 +101,17 @@ fn make(bits: u8, [n, k]: [usize; 2], layout: ScaleLayout, asym: bool, seed: u64
     }
 }
 
+/// [`make`] with groups of `g` (`usize::MAX`: one per row).
+fn grouped(bits: u8, shape: [usize; 2], g: usize, asym: bool, seed: u64) -> Packed {
+    make(
+        bits,
+        shape,
+        ScaleLayout::PerGroup { group_len: g },
+        asym,
+        seed,
+    )
+}
+
 fn activations(m: usize, k: usize, seed: u64) -> Vec<f32> {
     let mut rng = Rng(seed ^ 0xabcdef);
     // Heavy-ish tails like real hidden states: a few large values among small ones.
@@ -170,8 +181,8 @@ fn check_all_tiers(p: &Packed, m: usize, seed: u64) -> Result<(), TestCaseError>
         }
         let mut got = vec![f32::NAN; m * n];
         matmul_with(tier, &x, m, &w, &mut got).unwrap();
-        // The VNNI tier's GEMM path is the exact AVX-512 one.
-        let int8 = tier == Tier::Avx512Vnni && m < compress_kernels::matmul::GEMM_MIN_ROWS;
+        // The VNNI tier's GEMM path is int8 for groups of whole blocks, else the exact one.
+        let int8 = compress_kernels::matmul::quantizes_activations(tier, &w, m);
         let (mut err2, mut var) = (0f64, 0f64);
         for i in 0..m {
             for j in 0..n {
@@ -231,6 +242,73 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    /// Shapes the VNNI tier's int8 GEMM runs (rows of whole blocks, groups of whole blocks or one
+    /// per row), with every tile width it picks (1–4 vectors of 16 activation rows, a partial
+    /// last one) and weight rows that are not a multiple of its chunk (48).
+    #[test]
+    fn int8_gemm_shapes_match_the_reference(
+        bits in prop::sample::select(vec![4u8, 8]),
+        n in prop::sample::select(vec![1usize, 5, 47, 48, 49, 100]),
+        blocks in 1usize..12,
+        m in prop::sample::select(vec![8usize, 16, 17, 33, 50, 64, 65, 130]),
+        layout in prop_oneof![
+            Just(ScaleLayout::PerTensor),
+            prop::sample::select(vec![32usize, 64, 96, 128, usize::MAX])
+                .prop_map(|g| ScaleLayout::PerGroup { group_len: g }),
+        ],
+        asym in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let p = make(bits, [n, 32 * blocks], layout, asym, seed);
+        check_all_tiers(&p, m, seed)?;
+    }
+}
+
+/// The int8 GEMM quantizes activations exactly as the GEMV does, so row by row the two differ
+/// only in the order of their f32 sums: within twice the f32 summation bound of the file docs.
+#[test]
+fn int8_gemm_rows_match_the_int8_gemv() {
+    if !Tier::Avx512Vnni.is_available() {
+        eprintln!("skipped: this CPU has no AVX-512 VNNI");
+        return;
+    }
+    for (bits, n, k, g, asym, m) in [
+        (4, 100, 576, 128, false, 70),
+        (4, 64, 1536, 32, true, 33),
+        (8, 49, 256, usize::MAX, false, 17),
+        (8, 30, 320, 64, true, 8),
+    ] {
+        let p = grouped(bits, [n, k], g, asym, 3 + k as u64);
+        let w = p.view();
+        assert!(compress_kernels::matmul::quantizes_activations(
+            Tier::Avx512Vnni,
+            &w,
+            m
+        ));
+        let x = activations(m, k, 5);
+        let mut gemm = vec![f32::NAN; m * n];
+        matmul_with(Tier::Avx512Vnni, &x, m, &w, &mut gemm).unwrap();
+        let mut want = vec![0f32; m * n];
+        matmul_with(Tier::Reference, &x, m, &w, &mut want).unwrap();
+        for i in 0..m {
+            let mut gemv = vec![f32::NAN; n];
+            matmul_with(Tier::Avx512Vnni, &x[i * k..(i + 1) * k], 1, &w, &mut gemv).unwrap();
+            for j in 0..n {
+                let (tol, _) = tolerance(&w, &x, i, j, false, want[i * n + j]);
+                let (a, b) = (gemm[i * n + j], gemv[j]);
+                assert!(
+                    (a - b).abs() <= 2.0 * tol,
+                    "{bits}-bit g{g} asym {asym}: y[{i},{j}] GEMM {a} vs GEMV {b} (tolerance {})",
+                    2.0 * tol
+                );
+            }
+        }
+    }
+}
+
 /// Products large enough to be split across threads, at SmolLM2's row lengths (576 with groups
 /// of 128 leaves a short last group of 64), at a 4096-wide row, and at rows of more than 128
 /// blocks with a tail (the VNNI four-block loop computes its factors 128 blocks at a time; 5,000
@@ -245,19 +323,15 @@ fn threaded_products_match_the_reference() {
         (3, 300, 576, 128, true, 1),
         (2, 1536, 576, 64, true, 1),
         (2, 576, 1536, 32, false, 20),
+        (4, 1536, 576, 128, false, 300),
+        (8, 576, 1536, 1536, true, 64),
         (4, 40, 5000, 32, false, 1),
         (4, 40, 5000, 32, true, 1),
         (4, 40, 5000, 96, false, 1),
         (4, 40, 4170, 128, true, 1),
         (4, 40, 4170, usize::MAX, false, 1),
     ] {
-        let p = make(
-            bits,
-            [n, k],
-            ScaleLayout::PerGroup { group_len: g },
-            asym,
-            7 + n as u64,
-        );
+        let p = grouped(bits, [n, k], g, asym, 7 + n as u64);
         check_all_tiers(&p, m, 11).unwrap();
     }
 }

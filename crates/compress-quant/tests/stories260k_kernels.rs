@@ -1,6 +1,8 @@
 //! The fused CPU kernels (compress-kernels) inside a real quantized model: stories260K quantized
 //! with RTN in several formats gives the same logits through the kernels (GEMM path for a
-//! 96-token sequence, GEMV for one token) as through the dequantized weight, and the int8-activation (VNNI) path costs < 1% decode perplexity.
+//! 96-token sequence, GEMV for one token) as through the dequantized weight, and the
+//! int8-activation (VNNI) path costs < 1% perplexity, token by token (GEMV) and over a whole
+//! window (the int8 GEMM).
 //!
 //! Tolerance: the two paths compute the same product in a different f32 summation order, so
 //! they differ by rounding only — about 1e-6 relative per layer. After five blocks, the norm and
@@ -78,7 +80,7 @@ fn kernels_give_the_dequantized_models_logits() {
 }
 
 /// Mean next-token NLL of `ids`, fed one token at a time through the KV cache (decode-sized
-/// products: the GEMV path, where the int8-activation tier runs).
+/// products: the GEMV path).
 fn decode_nll(model: &LlamaModel, ids: &[u32]) -> f64 {
     use burn::tensor::{Int, Tensor, TensorData};
     let device = model.device();
@@ -93,8 +95,8 @@ fn decode_nll(model: &LlamaModel, ids: &[u32]) -> f64 {
     nll / (ids.len() - 1) as f64
 }
 
-/// Decode perplexity with int8 activations (one scale per block of 32) within 1% of f32
-/// activations, for weight groups of 32 and of 128 (the 64-wide rows hold a single group).
+/// Decode and whole-window perplexity with int8 activations (one scale per block of 32) within
+/// 1% of f32 activations, for weight groups of 32 and of 128 (the 64-wide rows hold a single group).
 #[test]
 fn int8_activations_cost_under_one_percent_perplexity() {
     let Some(s) = common::stories_split() else {
@@ -108,8 +110,22 @@ fn int8_activations_cost_under_one_percent_perplexity() {
         );
         q.set_kernels(Some(Activations::F32));
         let exact = decode_nll(&q, ids).exp();
+        let vocab = q.config().vocab_size;
+        let exact_window = common::mean_nll(&common::logits(&q, ids), ids, vocab).exp();
         let tiers = q.set_kernels(Some(Activations::Int8));
         let int8 = decode_nll(&q, ids).exp();
+        // The whole window in one forward: 200-row products, the int8 GEMM on the 64-wide
+        // projections (whole blocks of 32); the 172-wide down projection keeps the f32 GEMM.
+        let int8_window = common::mean_nll(&common::logits(&q, ids), ids, vocab).exp();
+        let window_change = int8_window / exact_window - 1.0;
+        eprintln!(
+            "g{group}: window perplexity over 199 tokens, f32 activations {exact_window:.4}, int8 {int8_window:.4} ({:+.3}%)",
+            100.0 * window_change
+        );
+        assert!(
+            window_change.abs() < 0.01,
+            "g{group}: {exact_window} vs {int8_window}"
+        );
         let change = int8 / exact - 1.0;
         eprintln!(
             "g{group}: decode perplexity over 199 tokens, f32 activations {exact:.4}, int8 {int8:.4} ({:+.3}%), tier {:?}",
@@ -122,6 +138,10 @@ fn int8_activations_cost_under_one_percent_perplexity() {
         if Tier::Avx512Vnni.is_available() {
             assert_eq!(tiers[0], Some(Tier::Avx512Vnni));
             assert_ne!(exact, int8, "the VNNI path ran and rounded the activations");
+            assert_ne!(
+                exact_window, int8_window,
+                "the int8 GEMM ran and rounded the activations"
+            );
         }
     }
 }

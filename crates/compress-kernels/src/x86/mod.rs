@@ -19,6 +19,7 @@ pub mod bf16_dot;
 pub mod bf16_tiles;
 pub mod sparse24;
 pub mod vnni;
+pub(crate) mod vnni_gemm;
 
 /// Groups whose scales are widened at once.
 pub(crate) const SCALE_CHUNK: usize = 128;
