@@ -53,6 +53,7 @@ pub mod bandwidth;
 pub mod cube;
 pub mod dense;
 pub mod device_layout;
+pub mod half_input;
 pub mod matmul;
 pub mod matrix;
 pub mod norm;
@@ -66,6 +67,7 @@ pub mod vexp;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 
+pub use half_input::{matmul_input, matmul_with_input, Input};
 pub use matmul::{matmul, matmul_with};
 pub use matrix::{KernelError, QuantMatrix, ScaleLayout};
 pub use tier::{Activations, Tier};
