@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use burn::tensor::{Tensor, TensorData};
 use compress::core::backend::BackendKind;
-use compress::kernels::{matmul_with, Activations, Tier};
+use compress::kernels::matmul_with;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 fn kernels(c: &mut Criterion) {
@@ -43,14 +43,7 @@ fn kernels(c: &mut Criterion) {
                 let w = p.kernel_matrix().unwrap();
                 let mut y = vec![0f32; m * n];
                 group.throughput(Throughput::Bytes(w.storage_bytes() as u64));
-                let mut modes = vec![Activations::F32];
-                if Tier::Avx512Vnni.is_available() {
-                    modes.push(Activations::Int8);
-                }
-                // 2-bit codes select the same f32 tier for both: benchmark it once.
-                let mut tiers: Vec<Tier> = modes.into_iter().map(|a| Tier::select(&w, a)).collect();
-                tiers.dedup();
-                for tier in tiers {
+                for tier in cases::tiers_to_time(&w) {
                     group.bench_function(format!("{}-{tier}", f.name), |b| {
                         b.iter(|| matmul_with(tier, &x, m, &w, &mut y).unwrap())
                     });

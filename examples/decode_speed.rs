@@ -228,8 +228,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         // Dense, the f32-activation kernels, and every int8-activation row (their 512-token
         // windows run the int8 GEMM where the weight's groups are whole blocks).
-        // (The dequantized-weights row is the f32-activation kernels' model up to rounding.)
-        for (name, model) in configs.iter().filter(|(n, _)| !n.contains("dequantized")) {
+        // configs[1] (dequantized weights) is the f32-activation kernels' model up to rounding.
+        for (name, model) in configs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 1)
+            .map(|(_, c)| c)
+        {
             let r = perplexity(model, &ids, text.len(), &config, |_, _| {})?;
             println!("- {name}: {:.3}", r.ppl);
         }

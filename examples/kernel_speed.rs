@@ -104,14 +104,7 @@ fn cpu_name() -> String {
 /// Times our kernel on `w` at every activation precision this CPU offers for `m` rows.
 fn ours(w: &QuantMatrix<'_>, x: &[f32], m: usize) -> Vec<(Tier, f64)> {
     let mut y = vec![0f32; m * w.out_features()];
-    let mut modes = vec![Activations::F32];
-    if Tier::Avx512Vnni.is_available() {
-        modes.push(Activations::Int8);
-    }
-    // A format the VNNI tier does not run (2-bit) selects the f32 tier again: time it once.
-    let mut tiers: Vec<Tier> = modes.into_iter().map(|a| Tier::select(w, a)).collect();
-    tiers.dedup();
-    tiers
+    cases::tiers_to_time(w)
         .into_iter()
         .map(|tier| (tier, time(|| matmul_with(tier, x, m, w, &mut y).unwrap())))
         .collect()

@@ -6,6 +6,7 @@
 #![allow(dead_code)] // each user takes a subset
 
 use compress::core::packed::{PackedWeight, QuantScheme, Symmetry};
+use compress::kernels::{Activations, QuantMatrix, Tier};
 use compress::quant::grid::GridConfig;
 use compress::quant::rtn::quantize_rtn;
 
@@ -89,4 +90,16 @@ pub fn sparse24(p: &PackedWeight, seed: u64) -> compress::kernels::sparse24::Spa
         (b..b + 4).filter(|&j| (vals[j].abs(), j) > mine).count() < 2
     })
     .expect("a 2:4 pattern of a 4-bit weight with rows and groups of multiples of 8")
+}
+
+/// The tiers worth timing for `w` on this CPU: the one f32 activations select and, on VNNI
+/// CPUs, the one int8 activations select — once, when both are the same (2-bit codes, which
+/// the VNNI tier does not run).
+pub fn tiers_to_time(w: &QuantMatrix<'_>) -> Vec<Tier> {
+    let mut tiers = vec![Tier::select(w, Activations::F32)];
+    if Tier::Avx512Vnni.is_available() {
+        tiers.push(Tier::select(w, Activations::Int8));
+    }
+    tiers.dedup();
+    tiers
 }
