@@ -29,8 +29,8 @@ pub struct RunArgs {
     /// Tokens per calibration window.
     #[arg(long, default_value_t = 128)]
     pub seqlen: usize,
-    /// Calibration windows per forward pass (memory vs speed).
-    #[arg(long, default_value_t = 4)]
+    /// Calibration windows per forward pass (memory vs speed; two batches run side by side).
+    #[arg(long, default_value_t = 2)]
     pub batch_size: usize,
     /// Calibration sampling seed.
     #[arg(long, default_value_t = 0)]

@@ -131,13 +131,13 @@ impl std::fmt::Display for CalibrationPrecision {
 
 impl Default for CalibrationConfig {
     /// 128 windows of 512 tokens (the common GPTQ/AWQ setting for small models), seed 0,
-    /// batches of 4 (see [`crate::pipeline::Pipeline::new`]), f32 products.
+    /// batches of 2 (see [`crate::pipeline::Pipeline::new`]), f32 products.
     fn default() -> Self {
         Self {
             nsamples: 128,
             seqlen: 512,
             seed: 0,
-            batch_size: 4,
+            batch_size: 2,
             precision: CalibrationPrecision::F32,
             keep_intermediates: false,
         }

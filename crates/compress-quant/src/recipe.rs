@@ -283,7 +283,7 @@ group = 16
 "#;
         let r = R::from_toml(text).unwrap();
         assert_eq!(r.calibration.nsamples, 16);
-        assert_eq!(r.calibration.batch_size, 4);
+        assert_eq!(r.calibration.batch_size, 2);
         assert_eq!(r.steps.len(), 3);
         let p = r.pipeline().unwrap();
         let names: Vec<String> = p.steps.iter().map(|s| s.compressor.name()).collect();

@@ -221,15 +221,24 @@ pub(super) fn gemm(
     // Tasks own whole block columns (or rows, when there are fewer columns), so no two
     // write the same block of C.
     let by_cols = nb >= mb;
-    let parts = rayon::current_num_threads().clamp(1, if by_cols { nb } else { mb });
     let total = if by_cols { nb } else { mb };
+    // Blocks of C each task's block column (or row) holds: a triangle's columns are uneven, so
+    // equal column counts would leave one thread with three quarters of a Gram matrix. Several
+    // tasks per thread let rayon balance what remains (and calls running side by side).
+    let blocks_in = |i: usize| match (upper, by_cols) {
+        (false, _) => 1,
+        (true, true) => (i + 1).min(mb),
+        (true, false) => nb.saturating_sub(i),
+    };
+    let ranges = balanced_ranges(total, 4 * rayon::current_num_threads(), blocks_in);
+    let parts = ranges.len();
     let cp = SendPtr(c.as_mut_ptr());
     let (ap, bp) = (
         SendPtr(at.as_ptr() as *mut Tile),
         SendPtr(bt.as_ptr() as *mut Tile),
     );
     let work = |part: usize| {
-        let (lo, hi) = (part * total / parts, (part + 1) * total / parts);
+        let (lo, hi) = (ranges[part].start, ranges[part].end);
         let (rows, cols) = if by_cols {
             (0..mb, lo..hi)
         } else {
@@ -307,9 +316,61 @@ pub(super) fn gemm(
     }
 }
 
+/// `0..total` cut into at most `parts` consecutive non-empty ranges of about equal total
+/// `weight` (every index weighs at least nothing; ranges of zero weight are merged away).
+fn balanced_ranges(
+    total: usize,
+    parts: usize,
+    weight: impl Fn(usize) -> usize,
+) -> Vec<std::ops::Range<usize>> {
+    let sum: usize = (0..total).map(&weight).sum();
+    let parts = parts.clamp(1, total.max(1));
+    let mut ranges = Vec::with_capacity(parts);
+    let (mut start, mut acc) = (0, 0);
+    for i in 0..total {
+        acc += weight(i);
+        // Close the range once it holds its share of the whole (`acc / sum ≥ next / parts`).
+        if acc * parts >= (ranges.len() + 1) * sum && ranges.len() + 1 < parts {
+            ranges.push(start..i + 1);
+            start = i + 1;
+        }
+    }
+    if start < total {
+        ranges.push(start..total);
+    }
+    ranges
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn balanced_ranges_cover_everything_with_even_work() {
+        for (total, parts) in [(1, 8), (7, 8), (48, 8), (48, 2), (100, 3)] {
+            let tri = |i: usize| i + 1;
+            let r = balanced_ranges(total, parts, tri);
+            assert!(r.len() <= parts && !r.is_empty());
+            assert_eq!(r[0].start, 0);
+            assert_eq!(r.last().unwrap().end, total);
+            for w in r.windows(2) {
+                assert_eq!(w[0].end, w[1].start);
+                assert!(w[0].start < w[0].end);
+            }
+            if total >= 4 * parts {
+                // Each part within one column's weight of an equal share.
+                let sum: usize = (0..total).map(tri).sum();
+                for x in &r {
+                    let w: usize = x.clone().map(tri).sum();
+                    assert!(w.abs_diff(sum / r.len()) <= total, "{total} {parts} {r:?}");
+                }
+            }
+        }
+        // A triangle split in two: the first part takes ~71% of the columns, not half.
+        let r = balanced_ranges(48, 2, |i| i + 1);
+        assert_eq!(r.len(), 2);
+        assert!((33..=35).contains(&r[0].end), "{r:?}");
+    }
 
     /// The vectorized packing writes exactly the tiles of the scalar definition, for every
     /// layout and for edges that cut a tile in both directions (needs AVX-512 BF16, not AMX,
