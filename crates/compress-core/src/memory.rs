@@ -148,12 +148,14 @@ pub fn take_peak_heap_bytes() -> usize {
 ///
 /// With glibc it sets `M_MMAP_THRESHOLD` to 1 GiB (32 MiB where glibc refuses more), so buffers
 /// below it come from the heap, and `M_TRIM_THRESHOLD` to its maximum, so freed memory at the
-/// heap top is not returned, and `M_ARENA_MAX` to 1, so threads share one heap (the pipeline
-/// runs two calibration batches side by side, and a second arena held ~35 MiB more at the peak
-/// of a SmolLM2 run). Threads that already allocated keep the arena they had; call this at
-/// the start of `main` to cover them too. The resident set then stays at its high-water mark instead of
+/// heap top is not returned. The resident set then stays at its high-water mark instead of
 /// falling between uses; on a SmolLM2 GPTQ run (32 × 512 calibration tokens) the peak moved
 /// from 509 to 513 MiB while the pipeline went from 50.0 s to 45.4 s (docs/quantization.md).
+///
+/// It also sets `M_ARENA_MAX` to 1, so threads share one heap: the pipeline runs two
+/// calibration batches side by side, and a second arena held ~37 MiB more at the peak of a
+/// SmolLM2 run (128 × 512). Threads that already allocated keep the arena they had; call this
+/// at the start of `main` to cover them too.
 ///
 /// Setting the environment variable `COMPRESS_RETAIN_FREED=0` leaves glibc's defaults (for
 /// measuring what the setting costs in memory).

@@ -382,7 +382,7 @@ impl Pipeline {
                     let one = |(name, path): &(&str, String)| {
                         self.compress_layer(model.linear(block, name), path, &stats, &device)
                     };
-                    if stats::two_lanes(paths.len(), &device) {
+                    if stats::side_by_side(paths.len(), &device) {
                         paths.par_iter().map(one).collect()
                     } else {
                         paths.iter().map(one).collect()
@@ -529,7 +529,7 @@ fn finish_blocks<M: BlockwiseModel>(
             .map(|c| model.finish_block(block, c))
             .collect()
     };
-    if !stats::two_lanes(caches.len(), &model.device()) {
+    if !stats::side_by_side(caches.len(), &model.device()) {
         return lane(caches);
     }
     let second = caches.split_off(caches.len().div_ceil(2));

@@ -163,9 +163,9 @@ pub fn symmetrize_upper(g: &mut [f32], d: usize) {
     }
     // Rows `i` take column `j < i` from row `j`: a band of rows reads only rows above it,
     // which no band writes below their diagonal, so bands are independent.
-    let ptr = SendMut(g.as_mut_ptr());
+    let ptr = SendPtr(g.as_mut_ptr());
     (0..d.div_ceil(T)).into_par_iter().for_each(|bi| {
-        let ptr = &ptr;
+        let p = ptr.get();
         let (i0, i1) = (bi * T, ((bi + 1) * T).min(d));
         for j0 in (0..i1).step_by(T) {
             for i in i0..i1 {
@@ -173,17 +173,27 @@ pub fn symmetrize_upper(g: &mut [f32], d: usize) {
                     // SAFETY: `i, j < d`; this band writes only its rows' entries below the
                     // diagonal (`j < i`) and reads entries above it (`(j, i)`, `j < i`), which
                     // nothing writes.
-                    unsafe { *ptr.0.add(i * d + j) = *ptr.0.add(j * d + i) };
+                    unsafe { *p.add(i * d + j) = *p.add(j * d + i) };
                 }
             }
         }
     });
 }
 
-/// A pointer that may cross threads (see [`symmetrize_upper`]'s disjointness argument).
-struct SendMut(*mut f32);
-// SAFETY: used only where the writes of different threads are disjoint (see its uses).
-unsafe impl Sync for SendMut {}
+/// A pointer that may cross threads, for tasks that write disjoint parts of one buffer
+/// (blocks of C in `tiles::gemm`, bands of rows in [`symmetrize_upper`]).
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*mut T);
+// SAFETY: every use writes disjoint elements from different threads (see the uses).
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+
+impl<T> SendPtr<T> {
+    /// The pointer (a method, so closures capture the whole `Send` wrapper).
+    fn get(&self) -> *mut T {
+        self.0
+    }
+}
 
 /// f32 → bf16 bits, rounding to nearest even (NaN stays NaN).
 pub fn to_bf16(x: f32) -> u16 {

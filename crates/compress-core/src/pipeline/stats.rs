@@ -48,7 +48,7 @@ pub fn collect_stats_in<M: BlockwiseModel>(
         }
         Ok::<_, PipelineError>(acc)
     };
-    let acc = if two_lanes(caches.len(), &model.device()) {
+    let acc = if side_by_side(caches.len(), &model.device()) {
         let (a, b) = caches.split_at_mut(caches.len().div_ceil(2));
         let (a, b) = rayon::join(|| lane(a), || lane(b));
         a?.merge(b?)
@@ -58,10 +58,11 @@ pub fn collect_stats_in<M: BlockwiseModel>(
     acc.finish(&what)
 }
 
-/// Whether `batches` calibration batches run in two lanes (see [`collect_stats_in`]): on the
-/// CPU backends, where the host kernels share one thread pool, and for two batches or more.
-pub(super) fn two_lanes(batches: usize, device: &burn::tensor::Device) -> bool {
-    batches >= 2 && crate::backend::runs_cpu_kernels(device)
+/// Whether `items` independent pieces of calibration work — batches (in two lanes, see
+/// [`collect_stats_in`]) or a stage's linears — run side by side: on the CPU backends, where
+/// the host kernels share one thread pool, and for two items or more.
+pub(super) fn side_by_side(items: usize, device: &burn::tensor::Device) -> bool {
+    items >= 2 && crate::backend::runs_cpu_kernels(device)
 }
 
 /// Accumulates the requested statistics over layer inputs `[batch, seq, in]` (one per

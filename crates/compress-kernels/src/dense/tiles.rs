@@ -169,19 +169,6 @@ fn pack_scalar(v: View<'_>, pairs: bool) -> Vec<Tile> {
     tiles
 }
 
-#[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
-// SAFETY: tasks write disjoint blocks of C through it (see `gemm`).
-unsafe impl<T> Send for SendPtr<T> {}
-unsafe impl<T> Sync for SendPtr<T> {}
-
-impl<T> SendPtr<T> {
-    /// The pointer (a method, so closures capture the whole `Send` wrapper).
-    fn get(&self) -> *mut T {
-        self.0
-    }
-}
-
 /// `c (M × N) += a · bᵀ` (`accumulate`) or `c = a · bᵀ` for `a` of `M × K` and `b` of
 /// `N × K`; with `upper`, only the 32 × 32 blocks on or above the block diagonal (for a
 /// symmetric result; the others are left as they are).
