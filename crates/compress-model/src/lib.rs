@@ -40,6 +40,7 @@ pub mod generate;
 pub mod gguf;
 pub mod llama;
 pub mod load;
+mod pages;
 pub mod save;
 pub mod tokenizer;
 pub mod weights;

@@ -238,34 +238,9 @@ impl GgufFile {
     /// Advisory: a no-op for in-memory files and on platforms without `madvise`, and errors are
     /// ignored.
     pub fn release_tensor_pages(&self, info: &TensorInfo) {
-        #[cfg(unix)]
         if let GgufBytes::Mmap(map) = &self.bytes {
-            let bytes = self.tensor_bytes(info);
-            if bytes.is_empty() {
-                return;
-            }
-            let page = 4096usize;
-            let start = bytes.as_ptr() as usize - map.as_ptr() as usize;
-            let (first, end) = (
-                start.div_ceil(page) * page,
-                (start + bytes.len()) / page * page,
-            );
-            if end > first {
-                // SAFETY: the map is a read-only shared mapping of a file: dropping its pages
-                // only makes later reads fault them in again from the file, with the same
-                // contents; no Rust reference sees the memory change. The range is page
-                // aligned and inside the map.
-                let _ = unsafe {
-                    map.unchecked_advise_range(
-                        memmap2::UncheckedAdvice::DontNeed,
-                        first,
-                        end - first,
-                    )
-                };
-            }
+            crate::pages::release(map, self.tensor_bytes(info));
         }
-        #[cfg(not(unix))]
-        let _ = info;
     }
 
     /// Dequantizes the tensor named `name` to f32 values in ggml order

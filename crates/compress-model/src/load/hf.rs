@@ -226,6 +226,9 @@ impl WeightSource for HfModel {
                 })
             }
         };
+        // The values are copied out: the file's pages need not stay resident (a model built
+        // lazily reads a block's tensors again when the block first runs), as for GGUF.
+        crate::pages::release(&shard.mmap, bytes);
         Ok(Some(HostTensor {
             shape: info.shape.clone(),
             data,
