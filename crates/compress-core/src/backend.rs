@@ -100,8 +100,7 @@ pub fn to_f32<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     if x.dtype() == DType::BF16 {
         if let Ok(p) = x.clone().try_into_primitive::<burn::backend::Flex>() {
             if let Some(s) = p.as_slice::<half::bf16>() {
-                let mut out = vec![0.0f32; s.len()];
-                compress_kernels::dense::slice_from_bf16(s.reinterpret_cast(), &mut out);
+                let out = compress_kernels::dense::vec_from_bf16(s.reinterpret_cast());
                 return Tensor::from_data(TensorData::new(out, x.shape()), &device);
             }
         }

@@ -244,10 +244,9 @@ fn host_dense(
 ) -> Vec<f32> {
     let k = ws.len() / n.max(1);
     check_rows(xs, rows, k);
-    let mut y = vec![0f32; rows * n];
-    compress_kernels::dense::matmul(xs, rows, ws, n, k, &mut y, precision)
-        .expect("lengths checked above");
-    y
+    compress_kernels::dense::matmul_new(xs, rows, ws, n, k, precision)
+        .expect("lengths checked above")
+        .0
 }
 
 /// The implementation every CPU backend shares (copies `x` and a dense weight to the host).

@@ -102,6 +102,54 @@ pub fn matmul(
     Ok(path)
 }
 
+/// [`matmul`] into a new `m × n` vector. On the bf16 paths the product is written straight
+/// into fresh memory, which is not zero-filled first (the tiles replace every value): at
+/// calibration sizes that fill was a pass over megabytes per product.
+///
+/// ```
+/// use compress_kernels::dense::{matmul_new, DensePrecision};
+///
+/// // [1 2; 3 4] · [1 0; 0 1; 1 1]ᵀ
+/// let (y, _) = matmul_new(&[1.0, 2.0, 3.0, 4.0], 2, &[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], 3, 2,
+///                         DensePrecision::Bf16)?;
+/// assert_eq!(y, vec![1.0, 2.0, 3.0, 3.0, 4.0, 7.0]);
+/// # Ok::<(), compress_kernels::KernelError>(())
+/// ```
+pub fn matmul_new(
+    x: &[f32],
+    m: usize,
+    w: &[f32],
+    n: usize,
+    k: usize,
+    precision: DensePrecision,
+) -> Result<(Vec<f32>, DensePath), KernelError> {
+    check_len("activations", m * k, x.len())?;
+    check_len("weight", n * k, w.len())?;
+    let path = path_for(precision);
+    #[cfg(target_arch = "x86_64")]
+    if path != DensePath::F32 && k > 0 {
+        let mut y: Vec<f32> = Vec::with_capacity(m * n);
+        // SAFETY: the bf16 paths are available (`path_for`); with `upper` and `accumulate`
+        // false and `k > 0` the tiles write all `m × n` values before any is read, so the
+        // length may be set afterwards; the spare capacity is exclusively ours.
+        unsafe {
+            tiles::gemm_raw(
+                path,
+                tiles::View::row_major(x, m, k),
+                tiles::View::row_major(w, n, k),
+                y.as_mut_ptr(),
+                false,
+                false,
+            );
+            y.set_len(m * n);
+        }
+        return Ok((y, path));
+    }
+    let mut y = vec![0f32; m * n];
+    let path = matmul(x, m, w, n, k, &mut y, precision)?;
+    Ok((y, path))
+}
+
 /// `g += xᵀ · x` for `x` of `t × d` (row-major; `t` samples of `d` features), `g` of `d × d`.
 /// On the bf16 path only the upper block triangle is multiplied and mirrored, so `g` must be
 /// symmetric on entry (zeros, or earlier sums of this function).
@@ -252,6 +300,23 @@ pub fn slice_from_bf16(src: &[u16], dst: &mut [f32]) {
         });
 }
 
+/// `src` widened to f32 in a new vector (exact), converted in parallel straight into its fresh
+/// memory: [`slice_from_bf16`] without the zero-filled output buffer.
+pub fn vec_from_bf16(src: &[u16]) -> Vec<f32> {
+    let mut out: Vec<f32> = Vec::with_capacity(src.len());
+    out.spare_capacity_mut()[..src.len()]
+        .par_chunks_mut(1 << 14)
+        .zip(src.par_chunks(1 << 14))
+        .for_each(|(d, s)| {
+            for (d, s) in d.iter_mut().zip(s) {
+                d.write(from_bf16(*s));
+            }
+        });
+    // SAFETY: every one of the first `src.len()` values was written above.
+    unsafe { out.set_len(src.len()) };
+    out
+}
+
 /// `d[i] = bf16(s[i])` with `vcvtne2ps2bf16` (round to nearest even), 32 at a time.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
@@ -332,6 +397,57 @@ mod tests {
         for (b, f) in bits.iter().zip(&back) {
             assert_eq!(f.to_bits(), from_bf16(*b).to_bits());
         }
+    }
+
+    /// The conversion into a fresh vector gives the same values as into a zeroed one.
+    #[test]
+    fn vec_from_bf16_equals_slice_from_bf16() {
+        for len in [0, 1, 31, 100_003] {
+            let mut bits = vec![0u16; len];
+            slice_to_bf16(&values(len, 5), &mut bits);
+            let mut want = vec![0f32; len];
+            slice_from_bf16(&bits, &mut want);
+            let got = vec_from_bf16(&bits);
+            assert_eq!(got.len(), len);
+            assert!(got
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits()));
+        }
+    }
+
+    /// The product into fresh memory equals the product into a buffer bit for bit, on both
+    /// paths, at shapes with ragged edge blocks, several passes over `K` (> 32 steps of 32),
+    /// and an empty `K` (all zeros).
+    #[test]
+    fn matmul_new_equals_matmul() {
+        for (m, n, k) in [
+            (1, 1, 1),
+            (37, 45, 70),
+            (64, 33, 1100),
+            (5, 7, 0),
+            (0, 3, 4),
+        ] {
+            let (x, w) = (values(m * k, 7), values(n * k, 8));
+            for precision in [DensePrecision::F32, DensePrecision::Bf16] {
+                let mut want = vec![f32::NAN; m * n];
+                let p0 = matmul(&x, m, &w, n, k, &mut want, precision).unwrap();
+                if k == 0 {
+                    // An empty sum is zero, whatever the buffer held.
+                    want.iter_mut().for_each(|v| *v = 0.0);
+                }
+                let (got, p1) = matmul_new(&x, m, &w, n, k, precision).unwrap();
+                assert_eq!(p0, p1);
+                assert_eq!(got.len(), m * n);
+                assert!(
+                    got.iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{precision:?} {m}×{n}×{k}"
+                );
+            }
+        }
+        assert!(matmul_new(&[0.0; 3], 2, &[0.0; 2], 1, 2, DensePrecision::F32).is_err());
     }
 
     #[test]

@@ -185,6 +185,27 @@ pub(super) fn gemm(
     upper: bool,
     accumulate: bool,
 ) {
+    assert_eq!(c.len(), a.rows * b.rows);
+    // SAFETY: `c` is valid for reads and writes of `M × N` initialised values.
+    unsafe { gemm_raw(path, a, b, c.as_mut_ptr(), upper, accumulate) }
+}
+
+/// [`gemm`] into `M × N` values at `c`. With `accumulate` and `upper` both false and `K > 0`,
+/// every value is written before any is read (each block's first pass over `K` replaces it),
+/// so `c` may point at uninitialised memory; the values are all initialised on return. With
+/// `M`, `N` or `K` zero nothing is written.
+///
+/// # Safety
+/// `c` is valid for writes of `M × N` values (and for reads of them, initialised, when
+/// `accumulate` or `upper` is true) and not accessed elsewhere during the call.
+pub(super) unsafe fn gemm_raw(
+    path: DensePath,
+    a: View<'_>,
+    b: View<'_>,
+    c: *mut f32,
+    upper: bool,
+    accumulate: bool,
+) {
     let amx = match path {
         DensePath::Bf16Amx => true,
         DensePath::Bf16Avx512 => false,
@@ -197,7 +218,6 @@ pub(super) fn gemm(
     }
     let (m, n, k) = (a.rows, b.rows, a.cols);
     assert_eq!(b.cols, k);
-    assert_eq!(c.len(), m * n);
     if m == 0 || n == 0 || k == 0 {
         return;
     }
@@ -219,7 +239,7 @@ pub(super) fn gemm(
     };
     let ranges = balanced_ranges(total, 4 * rayon::current_num_threads(), blocks_in);
     let parts = ranges.len();
-    let cp = SendPtr(c.as_mut_ptr());
+    let cp = SendPtr(c);
     let (ap, bp) = (
         SendPtr(at.as_ptr() as *mut Tile),
         SendPtr(bt.as_ptr() as *mut Tile),
