@@ -165,22 +165,31 @@ fn significant_quantum(x: f32, bits: u32) -> f32 {
     2f32.powi((e - bits as i32 + 1).max(-24))
 }
 
-/// The largest `|t|` of `targets` and the largest `|k|` that reaches it in `range` (the negative
-/// side counts only when a target is negative).
+/// The largest `|t|` of the `targets` whose sign `range` can express, and the largest `|k|`
+/// that reaches it on every side those targets use. Targets of a sign the range lacks (a
+/// negative one for a range of `0..`) are left out: they can only be clipped to `k = 0`.
 fn amax_reach(targets: &[f32], range: (i32, i32)) -> (f32, i32) {
-    let amax = targets.iter().fold(0f32, |m, t| m.max(t.abs()));
-    let reach = if targets.iter().any(|&t| t < 0.0) {
-        range.1.min(-range.0)
-    } else {
-        range.1
+    let (mut amax, mut pos, mut neg) = (0f32, false, false);
+    for &t in targets {
+        if (t > 0.0 && range.1 > 0) || (t < 0.0 && range.0 < 0) {
+            amax = amax.max(t.abs());
+            pos |= t > 0.0;
+            neg |= t < 0.0;
+        }
+    }
+    let reach = match (pos, neg) {
+        (true, true) => range.1.min(-range.0),
+        (false, true) => -range.0,
+        _ => range.1,
     };
     (amax, reach)
 }
 
 /// Quantizes `targets` as `d · k_i` with integers `k_i` in `range`, `d` rounded *up* by
 /// [`round_up_significant`] from the largest magnitude over the reachable range (so no target is
-/// clipped); a non-zero target never gets `k_i = 0` (it becomes `±1`). All-zero targets give
-/// `d = 0`. Used to snap scales onto a k-quant's form.
+/// clipped); a non-zero target never gets `k_i = 0` (it becomes `±1`), except one of a sign
+/// `range` cannot express, which is clipped to 0. All-zero targets give `d = 0`. Used to snap
+/// scales onto a k-quant's form.
 pub fn snap_two_level(targets: &[f32], range: (i32, i32), bits: u32) -> (f32, Vec<i32>) {
     let (amax, reach) = amax_reach(targets, range);
     if amax == 0.0 {
@@ -262,6 +271,22 @@ pub fn fit_two_level(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A sign the range cannot express is clipped to 0 and does not set the step (a negative
+    /// target used to make the step infinite for a range of `0..`).
+    #[test]
+    fn unreachable_signs_are_clipped() {
+        let (d, k) = snap_two_level(&[-1.0, 2.0, 0.5], (0, 63), 6);
+        assert!(d.is_finite() && d > 0.0 && d * 63.0 >= 2.0, "{d}");
+        assert_eq!(k[0], 0);
+        assert!(k[1] > 0 && k[2] > 0);
+        assert_eq!(snap_two_level(&[-1.0, -2.0], (0, 63), 6), (0.0, vec![0, 0]));
+        let (d, k, err) = fit_two_level(&[-1.0, 2.0], None, (0, 63), 6);
+        assert!(
+            d.to_f32() > 0.0 && k[0] == 0 && (err - 1.0).abs() < 1e-6,
+            "{d} {k:?} {err}"
+        );
+    }
 
     proptest! {
         #[test]
