@@ -55,7 +55,6 @@ pub(crate) fn release(map: &Mmap, bytes: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
 
     #[test]
     fn only_whole_pages_inside_the_slice_are_chosen() {
@@ -94,6 +93,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn released_pages_leave_the_resident_set_and_read_back_unchanged() {
+        use std::io::Write;
         let pages = 64;
         let data: Vec<u8> = (0..pages * PAGE).map(|i| (i * 7 % 251) as u8).collect();
         let mut file = tempfile::tempfile().unwrap();
