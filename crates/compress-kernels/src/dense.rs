@@ -285,23 +285,8 @@ pub fn slice_to_bf16(src: &[f32], dst: &mut [u16]) {
         });
 }
 
-/// `dst[i] = from_bf16(src[i])` in parallel (exact; a shift the compiler vectorizes).
-///
-/// # Panics
-/// If the lengths differ.
-pub fn slice_from_bf16(src: &[u16], dst: &mut [f32]) {
-    assert_eq!(src.len(), dst.len(), "slice_from_bf16: lengths differ");
-    dst.par_chunks_mut(1 << 14)
-        .zip(src.par_chunks(1 << 14))
-        .for_each(|(d, s)| {
-            for (d, s) in d.iter_mut().zip(s) {
-                *d = from_bf16(*s);
-            }
-        });
-}
-
-/// `src` widened to f32 in a new vector (exact), converted in parallel straight into its fresh
-/// memory: [`slice_from_bf16`] without the zero-filled output buffer.
+/// `src` widened to f32 in a new vector (exact; a shift the compiler vectorizes), converted in
+/// parallel straight into its fresh memory, with no zero-filled output buffer first.
 pub fn vec_from_bf16(src: &[u16]) -> Vec<f32> {
     let mut out: Vec<f32> = Vec::with_capacity(src.len());
     out.spare_capacity_mut()[..src.len()]
@@ -392,27 +377,13 @@ mod tests {
             let flushed = s.is_subnormal() && b & 0x7fff == 0;
             assert!(*b == to_bf16(*s) || flushed, "value {i}: {s}");
         }
-        let mut back = vec![0.0f32; bits.len()];
-        slice_from_bf16(&bits, &mut back);
-        for (b, f) in bits.iter().zip(&back) {
-            assert_eq!(f.to_bits(), from_bf16(*b).to_bits());
-        }
-    }
-
-    /// The conversion into a fresh vector gives the same values as into a zeroed one.
-    #[test]
-    fn vec_from_bf16_equals_slice_from_bf16() {
-        for len in [0, 1, 31, 100_003] {
-            let mut bits = vec![0u16; len];
-            slice_to_bf16(&values(len, 5), &mut bits);
-            let mut want = vec![0f32; len];
-            slice_from_bf16(&bits, &mut want);
-            let got = vec_from_bf16(&bits);
-            assert_eq!(got.len(), len);
-            assert!(got
-                .iter()
-                .zip(&want)
-                .all(|(a, b)| a.to_bits() == b.to_bits()));
+        // Into a fresh vector, at lengths around and across the parallel chunks.
+        for len in [0, 1, 31, bits.len()] {
+            let back = vec_from_bf16(&bits[..len]);
+            assert_eq!(back.len(), len);
+            for (b, f) in bits.iter().zip(&back) {
+                assert_eq!(f.to_bits(), from_bf16(*b).to_bits());
+            }
         }
     }
 
