@@ -300,10 +300,10 @@ fn sensitivity(
     let mut by_kind = std::collections::BTreeMap::<String, Vec<(usize, f64)>>::new();
     for l in &sens {
         let kld = l.options[0].1;
-        println!("{:<24} {kld:.5}", l.path);
-        let block: usize = l.path.split('.').nth(1).ok_or("layer path")?.parse()?;
+        println!("{:<24} {kld:.5}", l.id.to_string());
+        let block = l.id.block_index().ok_or("the head is never measured")?;
         by_block.entry(block).or_default().push(kld);
-        let kind = l.path.rsplit('.').next().unwrap_or("?").to_string();
+        let kind = l.id.kind().short_name().to_string();
         by_kind.entry(kind).or_default().push((block, kld));
     }
     let mean = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len().max(1) as f64;

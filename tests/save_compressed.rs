@@ -17,10 +17,12 @@ use std::path::Path;
 
 use common::{logits, max_abs_diff, stories_split};
 use compress::core::calibration::sample_windows;
+use compress::core::layer_id::{LinearId, LinearKind};
 use compress::core::linear::{CompressedLinear, LowRankLinear};
 use compress::core::pipeline::BlockwiseModel;
 use compress::model::container::{read_container, write_container};
 use compress::model::gguf::{GgmlType, GgufFile};
+use compress::model::llama::BLOCK_LINEARS;
 use compress::model::save::{write_gguf, GgufExport};
 use compress::model::LoadedModel;
 use compress::recipe::Recipe;
@@ -83,12 +85,18 @@ fn compressed() -> Option<(LoadedModel, Vec<u32>)> {
         .unwrap()
         .run(&mut m.model, &windows, |_, _, _| {})
         .unwrap();
-    let o0 = m.model.linear(0, "attn.o_proj").dense_weight();
-    let o1 = m.model.linear(1, "attn.o_proj").dense_weight();
+    let o0 = m
+        .model
+        .expect_linear(LinearId::block(0, LinearKind::O))
+        .dense_weight();
+    let o1 = m
+        .model
+        .expect_linear(LinearId::block(1, LinearKind::O))
+        .dense_weight();
     let [out, inp] = o0.dims();
     let up = o0.slice([0..out, 0..8]);
     let down = o1.slice([0..8, 0..inp]);
-    *m.model.linear_mut(0, "attn.o_proj") =
+    *m.model.expect_linear_mut(LinearId::block(0, LinearKind::O)) =
         CompressedLinear::LowRank(LowRankLinear::new(up, down, None));
     let ids = m
         .tokenizer
@@ -113,8 +121,8 @@ fn container_restores_every_layer_kind_bit_for_bit() {
     let device = m.model.device();
     let back = read_container(&path, &device).unwrap();
     for l in 0..m.model.num_blocks() {
-        for name in compress::model::llama::calibrate::LINEAR_NAMES {
-            let (a, b) = (m.model.linear(l, name), back.model.linear(l, name));
+        for name in BLOCK_LINEARS.map(|k| LinearId::block(l, k)) {
+            let (a, b) = (m.model.expect_linear(name), back.model.expect_linear(name));
             let what = format!("layers.{l}.{name}");
             match (a, b) {
                 (CompressedLinear::Quantized(a), CompressedLinear::Quantized(b)) => {
@@ -224,28 +232,29 @@ fn gguf_export_uses_block_formats_and_reports_fallbacks() {
         .fold(0.0f32, f32::max);
     assert!(worst_weight > 0.0 && worst_weight < 1e-3, "{worst_weight}");
     for l in 0..m.model.num_blocks() {
-        for name in [
-            "attn.q_proj",
-            "attn.k_proj",
-            "mlp.gate_proj",
-            "mlp.up_proj",
-            "mlp.down_proj",
+        for kind in [
+            LinearKind::Q,
+            LinearKind::K,
+            LinearKind::Gate,
+            LinearKind::Up,
+            LinearKind::Down,
         ] {
+            let name = LinearId::block(l, kind);
             let a = m
                 .model
-                .linear(l, name)
+                .expect_linear(name)
                 .dense_weight()
                 .into_data()
                 .try_to_vec::<f32>()
                 .unwrap();
             let b = back
                 .model
-                .linear(l, name)
+                .expect_linear(name)
                 .dense_weight()
                 .into_data()
                 .try_to_vec::<f32>()
                 .unwrap();
-            assert_eq!(a, b, "layers.{l}.{name} must survive GGUF exactly");
+            assert_eq!(a, b, "{name} must survive GGUF exactly");
         }
     }
     let d = max_abs_diff(&logits(&back.model, &ids), &logits(&m.model, &ids));
@@ -351,15 +360,15 @@ fn compressed_tensors_export_decompresses_to_our_weights() {
     let hd = m.model.config().head_dim;
     let mut checked = 0;
     for l in 0..m.model.num_blocks() {
-        for (name, hf) in [
-            ("attn.q_proj", "self_attn.q_proj"),
-            ("attn.k_proj", "self_attn.k_proj"),
-            ("mlp.gate_proj", "mlp.gate_proj"),
+        for (kind, hf) in [
+            (LinearKind::Q, "self_attn.q_proj"),
+            (LinearKind::K, "self_attn.k_proj"),
+            (LinearKind::Gate, "mlp.gate_proj"),
         ] {
-            let lin = m.model.linear(l, name);
+            let lin = m.model.expect_linear(LinearId::block(l, kind));
             let (rows, cols) = (lin.out_features(), lin.in_features());
             let mut ours = lin.dense_weight().into_data().try_to_vec::<f32>().unwrap();
-            if name == "attn.q_proj" || name == "attn.k_proj" {
+            if kind.is_rotated() {
                 ours = to_neox(&ours, rows, cols, hd);
             }
             let module = &dump["modules"][format!("model.layers.{l}.{hf}")];
@@ -370,7 +379,7 @@ fn compressed_tensors_export_decompresses_to_our_weights() {
                 // One f16 rounding: half an ulp, 2^-11 relative (f16 normals).
                 assert!(
                     (a - b).abs() <= b.abs() * 2f32.powi(-11) + 1e-7,
-                    "layers.{l}.{name}[{i}]: compressed-tensors {a}, ours {b}"
+                    "layers.{l}.{hf}[{i}]: compressed-tensors {a}, ours {b}"
                 );
                 if *b == 0.0 {
                     assert_eq!(*a, 0.0, "pruned weights stay exactly 0");

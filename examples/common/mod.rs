@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use compress::core::pipeline::{BlockwiseModel, PipelineReport};
+use compress::core::pipeline::PipelineReport;
 use compress::eval::kld::kl_divergence;
 use compress::eval::perplexity::{PerplexityConfig, Scoring};
 use compress::eval::progress::ProgressLine;
@@ -171,7 +171,7 @@ pub fn pipeline_progress_traced(
             });
             eprintln!(
                 "memory after {:<24} live heap {:7.1} MiB, heap peak {:7.1} MiB, RSS {:7.1} MiB (peak {:7.1} MiB){glibc}",
-                r.path,
+                r.id.to_string(),
                 mib(live_heap_bytes() as u64),
                 mib(take_peak_heap_bytes() as u64),
                 mib(rss_bytes().unwrap_or(0)),
@@ -180,11 +180,11 @@ pub fn pipeline_progress_traced(
         }
         let detail = format!(
             "blocks, {:<22} output err {:.1e},",
-            r.path,
+            r.id.to_string(),
             r.output_rel_error.unwrap_or(f64::NAN)
         );
         line.update(
-            block + usize::from(r.path.ends_with("down_proj")),
+            block + usize::from(r.id.kind() == compress::core::layer_id::LinearKind::Down),
             blocks,
             &detail,
         )
@@ -200,12 +200,13 @@ pub fn print_summary(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let mut last = std::collections::BTreeMap::new();
     for r in &report.layers {
-        last.insert(r.path.as_str(), r);
+        last.insert(r.id, r);
     }
     let (mut bits, mut pruned, mut weights) = (0.0, 0.0, 0usize);
-    for (path, r) in &last {
-        let block: usize = path.split('.').nth(1).ok_or("layer path")?.parse()?;
-        let lin = model.linear(block, path.splitn(3, '.').nth(2).ok_or("layer path")?);
+    for (id, r) in &last {
+        let lin = model
+            .linear(*id)
+            .ok_or_else(|| format!("the report names `{id}`, which the model lacks"))?;
         let n = lin.in_features() * lin.out_features();
         bits += r.bits_per_weight * n as f64;
         pruned += r.sparsity * n as f64;
@@ -265,16 +266,18 @@ pub fn evaluate(
 /// `model`'s kept (non-zero) weights: standard deviation, excess kurtosis, 3σ outlier fraction,
 /// largest |w| and the zero fraction.
 pub fn print_weight_stats(base: &LlamaModel, model: &LlamaModel) {
+    use compress::core::layer_id::LinearId;
     use compress::eval::weights::weight_stats;
-    let kinds = compress::model::llama::calibrate::LINEAR_NAMES;
     println!("weight distribution (mean over blocks; after = non-zero weights): kind, std, excess kurtosis, 3σ outliers %, max|w|, zeros %");
-    for kind in kinds {
+    for (i, kind) in compress::model::llama::BLOCK_LINEARS
+        .into_iter()
+        .enumerate()
+    {
         let mut acc = [[0f64; 5]; 2];
         let blocks = base.num_blocks().min(model.num_blocks());
         for b in 0..blocks {
             for (k, m) in [base, model].into_iter().enumerate() {
-                let w: Vec<f32> = m
-                    .linear(b, kind)
+                let w: Vec<f32> = m.layers[b].linears()[i]
                     .dense_weight()
                     .into_data()
                     .try_to_vec::<f32>()
@@ -292,6 +295,7 @@ pub fn print_weight_stats(base: &LlamaModel, model: &LlamaModel) {
             }
         }
         let [b, a] = acc;
+        let kind = LinearId::block(0, kind).name_in_block();
         println!(
             "{kind:<14} std {:.4} → {:.4}, kurtosis {:.2} → {:.2}, outliers {:.3}% → {:.3}%, max {:.3} → {:.3}, zeros {:.1}% → {:.1}%",
             b[0], a[0], b[1], a[1], b[2], a[2], b[3], a[3], b[4], a[4]
@@ -315,9 +319,12 @@ pub fn plot_weight_distributions(
     let mut counts = vec![vec![0u64; 100]; 4];
     let blocks = base.num_blocks().min(model.num_blocks());
     for b in 0..blocks {
-        for kind in compress::model::llama::calibrate::LINEAR_NAMES {
+        for (i, kind) in compress::model::llama::BLOCK_LINEARS
+            .into_iter()
+            .enumerate()
+        {
             let host = |m: &LlamaModel| -> Vec<f32> {
-                m.linear(b, kind)
+                m.layers[b].linears()[i]
                     .dense_weight()
                     .into_data()
                     .try_to_vec::<f32>()
@@ -325,7 +332,7 @@ pub fn plot_weight_distributions(
             };
             let (w0, w1) = (host(base), host(model));
             let sigma = weight_stats(&w0, 1, 3.0, false).std;
-            let g = usize::from(!(kind.ends_with("q_proj") || kind.ends_with("k_proj")));
+            let g = usize::from(!kind.is_rotated());
             accumulate_histogram(&mut counts[g], &w0, sigma, RANGE, false);
             accumulate_histogram(&mut counts[2 + g], &w1, sigma, RANGE, true);
         }

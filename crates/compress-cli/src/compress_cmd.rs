@@ -429,7 +429,7 @@ fn compress_once(
             pb.set_position(block as u64);
             pb.set_message(format!(
                 "{} ({}, out err {:.1e})",
-                r.path,
+                r.id,
                 r.method,
                 r.output_rel_error.unwrap_or(f64::NAN)
             ));

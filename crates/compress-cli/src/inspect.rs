@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use compress::core::pipeline::BlockwiseModel;
-use compress::model::llama::calibrate::LINEAR_NAMES;
+use compress::core::layer_id::{LinearId, LinearKind};
+use compress::model::llama::BLOCK_LINEARS;
 use compress::model::load::GgufModel;
 use compress::model::weights::{Proj, WeightName, WeightSource};
 use compress::model::{LlamaConfig, LoadedModel};
@@ -15,8 +15,9 @@ use crate::{load_model, print_json, CliError, CliResult};
 /// One linear layer.
 #[derive(Debug, Clone, Serialize)]
 pub struct LayerInfo {
-    /// Layer path (`layers.3.mlp.down_proj`, `lm_head`).
-    pub path: String,
+    /// The layer, serialized as its path (`layers.3.mlp.down_proj`, `lm_head`).
+    #[serde(rename = "path")]
+    pub id: LinearId,
     /// `[out, in]`.
     pub shape: [usize; 2],
     /// Storage ([`compress::core::linear::CompressedLinear::describe`]).
@@ -70,11 +71,10 @@ pub struct InspectReport {
 pub fn report(m: &LoadedModel, source: String, format: String) -> InspectReport {
     let model = &m.model;
     let mut layers = Vec::new();
-    for l in 0..model.num_blocks() {
-        for name in LINEAR_NAMES {
-            let lin = model.linear(l, name);
+    for (l, block) in model.layers.iter().enumerate() {
+        for (kind, lin) in BLOCK_LINEARS.into_iter().zip(block.linears()) {
             layers.push(LayerInfo {
-                path: format!("layers.{l}.{name}"),
+                id: LinearId::block(l, kind),
                 shape: [lin.out_features(), lin.in_features()],
                 storage: lin.describe(),
                 bits_per_weight: lin.bits_per_weight(),
@@ -88,7 +88,7 @@ pub fn report(m: &LoadedModel, source: String, format: String) -> InspectReport 
     });
     let head = &model.lm_head;
     layers.push(LayerInfo {
-        path: "lm_head".into(),
+        id: LinearId::HEAD,
         shape: [head.out_features(), head.in_features()],
         storage: head.describe(),
         bits_per_weight: head.bits_per_weight(),
@@ -155,29 +155,36 @@ type SpectrumCurves = Vec<(String, Vec<f64>, usize)>;
 /// Fills every block linear's spectrum (an SVD per layer, in f64: seconds for SmolLM2) and
 /// returns the curves for [`plot_spectra`].
 fn add_spectra(r: &mut InspectReport, m: &LoadedModel) -> CliResult<SpectrumCurves> {
-    let mut curves: SpectrumCurves = LINEAR_NAMES
+    let kinds = BLOCK_LINEARS.len();
+    let mut curves: SpectrumCurves = BLOCK_LINEARS
         .iter()
-        .map(|n| (n.to_string(), vec![0.0; SPECTRUM_POINTS], 0))
+        .map(|&k| {
+            (
+                LinearId::block(0, k).name_in_block(),
+                vec![0.0; SPECTRUM_POINTS],
+                0,
+            )
+        })
         .collect();
     for (i, layer) in r.layers.iter_mut().enumerate() {
-        let (l, name) = (i / LINEAR_NAMES.len(), LINEAR_NAMES[i % LINEAR_NAMES.len()]);
-        if l >= m.model.num_blocks() {
+        let l = i / kinds;
+        if l >= m.model.layers.len() {
             break; // the head
         }
-        let lin = m.model.linear(l, name);
+        let lin = m.model.layers[l].linears()[i % kinds];
         let w: Vec<f32> = lin
             .dense_weight()
             .into_data()
             .try_to_vec::<f32>()
-            .map_err(|e| CliError::failed(format!("{}: {e:?}", layer.path)))?;
+            .map_err(|e| CliError::failed(format!("{}: {e:?}", layer.id)))?;
         let s = compress::lowrank::spectrum::spectrum(&w, layer.shape[0], layer.shape[1])
-            .map_err(|e| CliError::failed(format!("{}: {e}", layer.path)))?;
+            .map_err(|e| CliError::failed(format!("{}: {e}", layer.id)))?;
         layer.spectrum = Some(SpectrumInfo {
             effective_rank: s.effective_rank,
             stable_rank: s.stable_rank,
             energy_at_10_25_50: [s.energy_at[0].1, s.energy_at[1].1, s.energy_at[2].1],
         });
-        let curve = &mut curves[i % LINEAR_NAMES.len()];
+        let curve = &mut curves[i % kinds];
         let n = s.normalized.len();
         for (k, acc) in curve.1.iter_mut().enumerate() {
             let idx = (((k as f64 + 0.5) / SPECTRUM_POINTS as f64) * n as f64) as usize;
@@ -236,17 +243,21 @@ fn gguf_storage(r: &mut InspectReport, p: &std::path::Path) -> CliResult<()> {
     r.gguf_tensor_types = Some(types);
     let (mut bits, mut weights) = (0.0, 0usize);
     for layer in r.layers.iter_mut() {
-        let name = match layer.path.split('.').collect::<Vec<_>>().as_slice() {
-            ["lm_head"] => "output.weight".to_string(),
-            ["layers", l, ..] => {
-                let l: usize = l.parse().map_err(CliError::failed)?;
-                let i = LINEAR_NAMES
-                    .iter()
-                    .position(|n| layer.path.ends_with(n))
-                    .ok_or_else(|| CliError::failed(format!("layer path {}", layer.path)))?;
-                source.file_name(WeightName::Weight(l, Proj::ALL[i]))
-            }
-            _ => continue,
+        let id = layer.id;
+        let proj = match id.kind() {
+            LinearKind::Q => Some(Proj::Q),
+            LinearKind::K => Some(Proj::K),
+            LinearKind::V => Some(Proj::V),
+            LinearKind::O => Some(Proj::O),
+            LinearKind::Gate => Some(Proj::Gate),
+            LinearKind::Up => Some(Proj::Up),
+            LinearKind::Down => Some(Proj::Down),
+            _ => None,
+        };
+        let name = match (id.block_index(), proj) {
+            (None, _) => "output.weight".to_string(),
+            (Some(l), Some(p)) => source.file_name(WeightName::Weight(l, p)),
+            (Some(_), None) => continue,
         };
         // A tied head has no tensor of its own: it is the embedding.
         let name = if file.tensor(&name).is_none() && name == "output.weight" {
@@ -260,7 +271,7 @@ fn gguf_storage(r: &mut InspectReport, p: &std::path::Path) -> CliResult<()> {
         let ty = info.ggml_type();
         layer.storage = format!("ggml {ty} (dequantized on load)");
         layer.bits_per_weight = 8.0 * ty.type_size() as f64 / ty.block_size() as f64;
-        if layer.path != "lm_head" {
+        if !layer.id.is_head() {
             let n = layer.shape[0] * layer.shape[1];
             bits += layer.bits_per_weight * n as f64;
             weights += n;
@@ -312,7 +323,11 @@ fn print_text(r: &InspectReport, all_layers: bool) {
             });
             println!(
                 "  {:<24} {:>5}×{:<5} {:<32} {:.3} bits/weight{spectrum}",
-                l.path, l.shape[0], l.shape[1], l.storage, l.bits_per_weight
+                l.id.to_string(),
+                l.shape[0],
+                l.shape[1],
+                l.storage,
+                l.bits_per_weight
             );
         }
     } else {

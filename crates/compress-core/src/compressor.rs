@@ -298,8 +298,8 @@ fn low_rank_product(up: &[f32], down: &[f32], rank: usize) -> Vec<f32> {
 /// What one compressor did to one layer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerReport {
-    /// Layer path.
-    pub path: String,
+    /// The layer (its printed form is the layer's path).
+    pub id: crate::layer_id::LinearId,
     /// Compressor name.
     pub method: String,
     /// `‖W − Ŵ‖_F / ‖W‖_F`.

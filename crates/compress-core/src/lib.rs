@@ -20,8 +20,11 @@
 //! - [`compressor`]: the [`Compressor`](compressor::Compressor) trait — one algorithm, one linear
 //!   layer, the calibration statistics it declares — and the layer-level error measures.
 //! - [`calibration`]: seeded sampling of calibration windows from a token stream.
+//! - [`layer_id`]: [`LinearId`](layer_id::LinearId), the typed identity of a linear layer (block,
+//!   expert, kind) that filters, reports, containers and exporters share; printed as its path.
 //! - [`pipeline`]: the block-by-block, true-sequential calibration pipeline that runs compressors
-//!   over any model implementing [`BlockwiseModel`](pipeline::BlockwiseModel).
+//!   over any model implementing [`BlockwiseModel`](pipeline::BlockwiseModel) (walking blocks,
+//!   linears by id, scale folds: three small traits).
 //! - [`scaling`]: folding per-channel input scales into a stage (AWQ-style equivalent transforms).
 //! - [`sensitivity`]: per-layer sensitivity (KLD with one layer compressed) to any method, and
 //!   greedy allocation of per-layer settings under a model-wide budget.
@@ -49,6 +52,7 @@ pub mod compressor;
 mod factored;
 mod kernel_view;
 pub mod kquant;
+pub mod layer_id;
 pub mod linear;
 pub mod memory;
 pub mod packed;

@@ -20,122 +20,20 @@ use std::time::Instant;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rayon::prelude::*;
 
-use compress_kernels::dense::{DensePath, DensePrecision};
+use compress_kernels::dense::DensePrecision;
 
 use crate::compressor::{
     ensure_finite, output_rel_error, output_rel_error_host, weight_rel_error, CompressError,
     Compressor, LayerReport, LayerStats, LayerView, LayerWeights, StatsRequest,
 };
+use crate::layer_id::LinearId;
 use crate::linear::CompressedLinear;
 
+mod model;
 mod stats;
+pub use model::{ActivationPolicy, BlockWalk, BlockwiseModel, Linears, ScaleFolds, StageSpec};
 pub use stats::{collect_stats, collect_stats_in};
 use stats::{stats_of_inputs, to_host};
-
-/// The linears of one block that read the same input, compressed together.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StageSpec {
-    /// Name of the stage's input, e.g. `attn_in`.
-    pub name: &'static str,
-    /// Linear names within the block, e.g. `attn.q_proj`.
-    pub linears: Vec<&'static str>,
-}
-
-/// A model the pipeline can compress block by block.
-///
-/// A block is walked with a per-batch cache of its intermediate results, so each sub-layer runs
-/// once per batch however many stages there are: [`begin_block`](Self::begin_block), then
-/// [`stage_input`](Self::stage_input) for stages in increasing order (some may be skipped), then
-/// [`finish_block`](Self::finish_block). Between two calls the linears of the earlier stages may
-/// have been replaced; later results must be computed with the replaced weights, while results
-/// that no replaced layer influences may come from the cache.
-///
-/// The pipeline runs calibration batches two at a time on the CPU backends (see
-/// [`collect_stats_in`]), so a model is shared between threads (`Sync`) and a batch's cache
-/// moves to the thread that runs it (`Send`).
-pub trait BlockwiseModel: Sync {
-    /// Intermediate results of one block for one calibration batch.
-    type Cache: Send;
-    /// Number of blocks.
-    fn num_blocks(&self) -> usize;
-    /// The stages of every block, in true-sequential order.
-    fn stages(&self) -> Vec<StageSpec>;
-    /// The device the weights live on.
-    fn device(&self) -> Device;
-    /// Block 0's input for token ids `[batch, seq]`: `[batch, seq, hidden]`, f32 or in the
-    /// activation storage precision ([`set_activation_precision`](Self::set_activation_precision)).
-    fn embed_tokens(&self, tokens: Tensor<2, Int>) -> Tensor<3>;
-    /// Called once the calibration sequences are embedded: drops what only embedding needs,
-    /// where the model can read it again on demand (a lazily loaded model's token embedding).
-    /// The default keeps everything.
-    fn release_embedding(&mut self) {}
-    /// Starts block `block` on input `x` (`[batch, seq, hidden]`).
-    fn begin_block(&self, block: usize, x: Tensor<3>) -> Self::Cache;
-    /// The input of stage `stage` (`[batch, seq, in]`), computed with the block's current weights.
-    fn stage_input(&self, block: usize, stage: usize, cache: &mut Self::Cache) -> Tensor<3>;
-    /// The block's output (`[batch, seq, hidden]`) with its current weights.
-    fn finish_block(&self, block: usize, cache: Self::Cache) -> Tensor<3>;
-    /// A linear of a block by name.
-    fn linear(&self, block: usize, name: &str) -> &CompressedLinear;
-    /// A linear of a block by name, to replace it.
-    fn linear_mut(&mut self, block: usize, name: &str) -> &mut CompressedLinear;
-    /// Logits `[batch, seq, vocab]` from the last block's output (final norm and output head).
-    fn head_logits(&self, x: Tensor<3>) -> Tensor<3>;
-    /// The output head, if a recipe may compress it (its path is [`HEAD_PATH`]); `None` by
-    /// default.
-    fn head(&self) -> Option<&CompressedLinear> {
-        None
-    }
-    /// The output head, to replace it.
-    fn head_mut(&mut self) -> Option<&mut CompressedLinear> {
-        None
-    }
-    /// The head's input for the last block's output `x` (e.g. after the final norm).
-    fn head_input(&self, x: Tensor<3>) -> Tensor<3> {
-        x
-    }
-
-    /// Divides the input of stage `stage` by `scales` (one per input channel) by rescaling the
-    /// operation that produces it — a norm's gain, the rows of a previous projection — so that
-    /// scaling the stage's weight columns by `scales` keeps the model's function. Results already
-    /// cached for later stages must stay valid. Returns false, changing nothing, where there is
-    /// no such operation (the default).
-    fn fold_input_scales(&mut self, _block: usize, _stage: usize, _scales: &[f32]) -> bool {
-        false
-    }
-
-    /// Keeps the activations a calibration walk holds between calls — block inputs and outputs,
-    /// the intermediates a [`Cache`](Self::Cache) stores — in `precision`:
-    /// [`DensePrecision::Bf16`] halves their memory (values rounded to bf16 when stored, read
-    /// back as f32 for every computation), [`DensePrecision::F32`] keeps them exact. Tensors
-    /// passed in ([`begin_block`](Self::begin_block), [`head_input`](Self::head_input)) may be
-    /// of either dtype; [`stage_input`](Self::stage_input) returns f32. The pipeline sets its
-    /// calibration precision for a run (bf16 only where the CPU multiplies in bf16 too) and f32
-    /// after it. The default ignores the request.
-    fn set_activation_precision(&mut self, _precision: DensePrecision) {}
-
-    /// Lets a calibration walk keep intermediate results it would otherwise compute twice,
-    /// holding them for every batch until [`finish_block`](Self::finish_block) — for a llama
-    /// block, `down_proj`'s `[tokens, intermediate]` input, whose gate/up products
-    /// `finish_block` would otherwise run again. Results must be the same either way; only time
-    /// and memory change. The pipeline sets [`Pipeline::keep_intermediates()`] for a run and
-    /// false after it; the default ignores the request.
-    fn set_keep_intermediates(&mut self, _keep: bool) {}
-
-    /// The block's output for input `x` in one go.
-    fn block_forward(&self, block: usize, x: Tensor<3>) -> Tensor<3> {
-        let cache = self.begin_block(block, x);
-        self.finish_block(block, cache)
-    }
-}
-
-/// The path of a linear in reports and filters: `layers.{block}.{name}`.
-pub fn layer_path(block: usize, name: &str) -> String {
-    format!("layers.{block}.{name}")
-}
-
-/// The path of the output head in reports and filters.
-pub const HEAD_PATH: &str = "lm_head";
 
 /// Which layers a step applies to.
 #[derive(Debug, Clone)]
@@ -143,8 +41,9 @@ pub enum LayerFilter {
     /// Every linear of every block (not the output head: the head is compressed only when a
     /// filter names it).
     All,
-    /// Layers whose path matches the regular expression (unanchored: `q_proj` matches every
-    /// query projection, `^layers\.0\.` the first block, `^lm_head$` the output head).
+    /// Layers whose printed path ([`LinearId`]'s `Display`) matches the regular expression
+    /// (unanchored: `q_proj` matches every query projection, `^layers\.0\.` the first block,
+    /// `^lm_head$` the output head, `experts\.\d+\.` every routed expert).
     Regex(regex::Regex),
 }
 
@@ -156,20 +55,18 @@ impl LayerFilter {
             .map_err(|e| PipelineError::Config(format!("layer filter `{pattern}`: {e}")))
     }
 
-    /// Whether the filter selects the block linear at `path`.
-    pub fn matches(&self, path: &str) -> bool {
+    /// Whether the filter selects the linear `id` ([`LayerFilter::All`] selects every linear
+    /// but the head).
+    pub fn matches(&self, id: LinearId) -> bool {
         match self {
-            LayerFilter::All => true,
-            LayerFilter::Regex(r) => r.is_match(path),
+            LayerFilter::All => !id.is_head(),
+            LayerFilter::Regex(r) => r.is_match(&id.to_string()),
         }
     }
 
-    /// Whether the filter selects the output head ([`HEAD_PATH`]): only a regex that matches it.
+    /// Whether the filter selects the output head: only a regex that matches `lm_head`.
     pub fn matches_head(&self) -> bool {
-        match self {
-            LayerFilter::All => false,
-            LayerFilter::Regex(r) => r.is_match(HEAD_PATH),
-        }
+        self.matches(LinearId::HEAD)
     }
 }
 
@@ -220,7 +117,7 @@ pub struct Pipeline {
     /// backends (default f32; see [`Self::calibration_precision`]).
     pub precision: DensePrecision,
     /// Keep intermediate results between a block's stages instead of recomputing them
-    /// ([`BlockwiseModel::set_keep_intermediates`]; see [`Self::keep_intermediates()`]).
+    /// ([`ActivationPolicy::keep_intermediates`]; see [`Self::keep_intermediates()`]).
     pub keep_intermediates: bool,
 }
 
@@ -251,7 +148,7 @@ impl Pipeline {
     /// `precision`. [`DensePrecision::Bf16`] rounds both operands to bf16 and sums in f32 on AMX
     /// tiles or with AVX-512 BF16 — 2–4.5× faster products on CPUs that have them
     /// (`compress_kernels::dense`), as GPU calibration in bf16 is — and stores the activations
-    /// kept between calls in bf16 ([`BlockwiseModel::set_activation_precision`]); on a CPU with
+    /// kept between calls in bf16 ([`ActivationPolicy::storage`]); on a CPU with
     /// neither unit the whole run stays f32. Every linear of the model's blocks (dense, and
     /// compressed ones through their dequantized weight) is set to it for the run and back to
     /// f32 after it.
@@ -287,19 +184,19 @@ impl Pipeline {
         // What the caller freed before (a tokenizer's work buffers, a loader's) is not needed.
         crate::memory::release_free_memory();
         set_dense_precision(model, self.precision);
-        // bf16 storage only where the products run in bf16 too: rounding the kept activations
-        // without the speed of bf16 products is not worth its error.
-        let storage = match compress_kernels::dense::path_for(self.precision) {
-            DensePath::F32 => DensePrecision::F32,
-            _ => self.precision,
-        };
-        model.set_activation_precision(storage);
-        model.set_keep_intermediates(self.keep_intermediates);
         let result = self.run_steps(model, calibration, progress);
-        model.set_keep_intermediates(false);
-        model.set_activation_precision(DensePrecision::F32);
         set_dense_precision(model, DensePrecision::F32);
         result
+    }
+
+    /// How the run's block walks keep activations: bf16 storage only where the products run in
+    /// bf16 too (rounding the kept activations without the speed of bf16 products is not worth
+    /// its error), and [`Self::keep_intermediates`].
+    pub fn activation_policy(&self) -> ActivationPolicy {
+        ActivationPolicy {
+            storage: model::storage_for(self.precision),
+            keep_intermediates: self.keep_intermediates,
+        }
     }
 
     fn run_steps<M: BlockwiseModel>(
@@ -323,26 +220,23 @@ impl Pipeline {
         model.release_embedding();
         let tokens: usize = xs.iter().map(|x| x.dims()[0] * x.dims()[1]).sum();
         let blocks = model.num_blocks();
-        let stages = model.stages();
+        let policy = self.activation_policy();
         let mut reports = Vec::new();
         for block in 0..blocks {
+            let stages = model.stages(block);
             let mut caches: Vec<M::Cache> = std::mem::take(&mut xs)
                 .into_iter()
-                .map(|x| model.begin_block(block, x))
+                .map(|x| model.begin_block(block, x, &policy))
                 .collect();
             for (si, stage) in stages.iter().enumerate() {
-                let paths: Vec<(&str, String)> = stage
-                    .linears
+                let ids = &stage.linears;
+                let request = ids
                     .iter()
-                    .map(|&n| (n, layer_path(block, n)))
-                    .collect();
-                let request = paths
-                    .iter()
-                    .flat_map(|(_, p)| self.steps.iter().filter(move |s| s.filter.matches(p)))
+                    .flat_map(|&id| self.steps.iter().filter(move |s| s.filter.matches(id)))
                     .fold(StatsRequest::NONE, |r, s| r.union(s.compressor.stats()));
-                if !paths
+                if !ids
                     .iter()
-                    .any(|(_, p)| self.steps.iter().any(|s| s.filter.matches(p)))
+                    .any(|&id| self.steps.iter().any(|s| s.filter.matches(id)))
                 {
                     continue;
                 }
@@ -358,13 +252,12 @@ impl Pipeline {
                     LayerStats::default()
                 };
                 for step in &self.steps {
-                    if paths.iter().all(|(_, p)| step.filter.matches(p)) {
-                        let names: Vec<&str> = paths.iter().map(|(n, _)| *n).collect();
+                    if ids.iter().all(|&id| step.filter.matches(id)) {
                         stats = crate::scaling::apply_stage_scales(
                             model,
                             block,
                             si,
-                            &names,
+                            ids,
                             step.compressor.as_ref(),
                             stats,
                         )?;
@@ -379,18 +272,18 @@ impl Pipeline {
                 // stage's order.
                 let results: Vec<_> = {
                     let model = &*model;
-                    let one = |(name, path): &(&str, String)| {
-                        self.compress_layer(model.linear(block, name), path, &stats, &device)
+                    let one = |&id: &LinearId| {
+                        self.compress_layer(model.expect_linear(id), id, &stats, &device)
                     };
-                    if stats::side_by_side(paths.len(), &device) {
-                        paths.par_iter().map(one).collect()
+                    if stats::side_by_side(ids.len(), &device) {
+                        ids.par_iter().map(one).collect()
                     } else {
-                        paths.iter().map(one).collect()
+                        ids.iter().map(one).collect()
                     }
                 };
-                for ((name, _), result) in paths.iter().zip(results) {
+                for (&id, result) in ids.iter().zip(results) {
                     if let Some((new, layer_reports)) = result? {
-                        *model.linear_mut(block, name) = new;
+                        *model.expect_linear_mut(id) = new;
                         for r in layer_reports {
                             progress(&r, block, blocks);
                             reports.push(r);
@@ -405,8 +298,8 @@ impl Pipeline {
             // The block is not run again during calibration: its quantized layers drop the
             // dequantized weights its products used (made again if the model is run later), so
             // only the block being calibrated is ever held dense.
-            for name in stages.iter().flat_map(|s| s.linears.iter()) {
-                model.linear_mut(block, name).release_dense_copies();
+            for &id in stages.iter().flat_map(|s| s.linears.iter()) {
+                model.expect_linear_mut(id).release_dense_copies();
             }
             crate::memory::release_free_memory();
         }
@@ -415,7 +308,7 @@ impl Pipeline {
             .iter()
             .filter(|s| s.filter.matches_head())
             .collect();
-        if !head_steps.is_empty() && model.head().is_some() {
+        if !head_steps.is_empty() && model.linear(LinearId::HEAD).is_some() {
             let request = head_steps
                 .iter()
                 .fold(StatsRequest::NONE, |r, s| r.union(s.compressor.stats()));
@@ -428,7 +321,7 @@ impl Pipeline {
                 stats_of_inputs(
                     inputs,
                     request,
-                    &format!("the input of {HEAD_PATH}"),
+                    &format!("the input of {}", LinearId::HEAD),
                     self.precision,
                 )?
             } else {
@@ -436,17 +329,17 @@ impl Pipeline {
             };
             let mut original = None;
             for step in head_steps {
-                let head = model.head().expect("checked above");
+                let head = model.expect_linear(LinearId::HEAD);
                 let (new, r) = compress_linear(
                     head,
-                    HEAD_PATH,
+                    LinearId::HEAD,
                     step,
                     &stats,
                     &mut original,
                     &device,
                     self.precision,
                 )?;
-                *model.head_mut().expect("checked above") = new;
+                *model.expect_linear_mut(LinearId::HEAD) = new;
                 progress(&r, blocks, blocks);
                 reports.push(r);
             }
@@ -459,12 +352,12 @@ impl Pipeline {
         })
     }
 
-    /// Runs every step that matches `path` on `lin` in order; the compressed layer (set to the
+    /// Runs every step that matches `id` on `lin` in order; the compressed layer (set to the
     /// run's product precision) and one report per step, or `None` when no step matches.
     fn compress_layer(
         &self,
         lin: &CompressedLinear,
-        path: &str,
+        id: LinearId,
         stats: &LayerStats,
         device: &Device,
     ) -> Result<Option<(CompressedLinear, Vec<LayerReport>)>, PipelineError> {
@@ -472,10 +365,10 @@ impl Pipeline {
         let mut original = None;
         let mut current: Option<CompressedLinear> = None;
         let mut reports = Vec::new();
-        for step in self.steps.iter().filter(|s| s.filter.matches(path)) {
+        for step in self.steps.iter().filter(|s| s.filter.matches(id)) {
             let (mut new, r) = compress_linear(
                 current.as_ref().unwrap_or(lin),
-                path,
+                id,
                 step,
                 stats,
                 &mut original,
@@ -504,13 +397,14 @@ impl Pipeline {
             ));
         }
         let bs = self.batch_size.max(1);
+        let policy = self.activation_policy();
         Ok(calibration
             .chunks(bs)
             .map(|chunk| {
                 let ids: Vec<i64> = chunk.iter().flatten().map(|&t| t as i64).collect();
                 let t =
                     Tensor::<2, Int>::from_data(TensorData::new(ids, [chunk.len(), len]), device);
-                model.embed_tokens(t)
+                model.embed_tokens(t, &policy)
             })
             .collect())
     }
@@ -540,15 +434,8 @@ fn finish_blocks<M: BlockwiseModel>(
 
 /// Sets the product precision of every linear of `model`'s blocks.
 fn set_dense_precision<M: BlockwiseModel>(model: &mut M, precision: DensePrecision) {
-    let names: Vec<&str> = model
-        .stages()
-        .iter()
-        .flat_map(|s| s.linears.clone())
-        .collect();
-    for block in 0..model.num_blocks() {
-        for name in &names {
-            model.linear_mut(block, name).set_precision(precision);
-        }
+    for id in model.block_linears() {
+        model.expect_linear_mut(id).set_precision(precision);
     }
 }
 
@@ -566,7 +453,7 @@ fn check_finite_tensors(xs: &[Tensor<3>], what: &str) -> Result<(), PipelineErro
 /// before its first step (filled on that first step).
 fn compress_linear(
     lin: &CompressedLinear,
-    path: &str,
+    id: LinearId,
     step: &PipelineStep,
     stats: &LayerStats,
     original: &mut Option<Vec<f32>>,
@@ -574,6 +461,8 @@ fn compress_linear(
     precision: DensePrecision,
 ) -> Result<(CompressedLinear, LayerReport), PipelineError> {
     let t0 = Instant::now();
+    let path = id.to_string();
+    let path = path.as_str();
     let (out, inp) = (lin.out_features(), lin.in_features());
     let bias = lin.bias();
     let w_tensor = lin.dense_weight();
@@ -626,7 +515,7 @@ fn compress_linear(
         }
     });
     let report = LayerReport {
-        path: path.to_string(),
+        id,
         method: step.compressor.name(),
         weight_rel_error: weight_rel_error(&w, &dense),
         output_rel_error,
@@ -648,10 +537,14 @@ mod tests {
 
     #[test]
     fn filters_match_paths() {
+        use crate::layer_id::LinearKind;
         let f = LayerFilter::regex(r"\.(q|k)_proj$").unwrap();
-        assert!(f.matches(&layer_path(3, "attn.q_proj")));
-        assert!(!f.matches(&layer_path(3, "attn.o_proj")));
-        assert!(LayerFilter::All.matches("anything"));
+        assert!(f.matches(LinearId::block(3, LinearKind::Q)));
+        assert!(!f.matches(LinearId::block(3, LinearKind::O)));
+        assert!(!f.matches_head());
+        assert!(LayerFilter::All.matches(LinearId::block(9, LinearKind::Down)));
+        assert!(!LayerFilter::All.matches_head());
+        assert!(LayerFilter::regex("^lm_head$").unwrap().matches_head());
         let e = LayerFilter::regex("(").unwrap_err();
         assert!(e.to_string().contains("`(`"), "{e}");
     }

@@ -3,30 +3,33 @@
 //! For linears that share an input `x`, `y = (x / s) · (W · diag(s))ᵀ = x Wᵀ` for any positive
 //! per-input-channel `s`. The pipeline asks a compressor for `s`
 //! ([`Compressor::stage_scales`]), asks the model to divide the stage's input by `s` where it is
-//! produced ([`BlockwiseModel::fold_input_scales`]), scales the weight columns, and rewrites the
-//! already collected input statistics for the scaled input — so nothing has to be recomputed:
+//! produced ([`ScaleFolds::fold_input_scales`](crate::pipeline::ScaleFolds::fold_input_scales)),
+//! scales the weight columns, and rewrites the already collected input statistics for the
+//! scaled input — so nothing has to be recomputed:
 //! `XᵀX → diag(1/s) XᵀX diag(1/s)`, `Σx² → Σx² / s²`, `max|x| → max|x| / s`.
 
 use burn::tensor::{Tensor, TensorData};
 
 use crate::compressor::{CompressError, Compressor, LayerStats, LayerView, LayerWeights};
+use crate::layer_id::LinearId;
 use crate::linear::CompressedLinear;
-use crate::pipeline::{layer_path, BlockwiseModel, PipelineError};
+use crate::pipeline::{BlockwiseModel, PipelineError};
 
-/// Asks `compressor` for scales over the stage `names` of block `block` and, if it gives some and
-/// the model can fold them, applies them; returns the statistics of the (possibly) scaled input.
+/// Asks `compressor` for scales over the linears `ids` of stage `stage` of block `block` and, if
+/// it gives some and the model can fold them, applies them; returns the statistics of the
+/// (possibly) scaled input.
 pub fn apply_stage_scales<M: BlockwiseModel>(
     model: &mut M,
     block: usize,
     stage: usize,
-    names: &[&str],
+    ids: &[LinearId],
     compressor: &dyn Compressor,
     stats: LayerStats,
 ) -> Result<LayerStats, PipelineError> {
-    let paths: Vec<String> = names.iter().map(|n| layer_path(block, n)).collect();
-    let mut weights = Vec::with_capacity(names.len());
-    for (name, path) in names.iter().zip(&paths) {
-        let lin = model.linear(block, name);
+    let paths: Vec<String> = ids.iter().map(LinearId::to_string).collect();
+    let mut weights = Vec::with_capacity(ids.len());
+    for (&id, path) in ids.iter().zip(&paths) {
+        let lin = model.expect_linear(id);
         let w = lin
             .dense_weight()
             .into_data()
@@ -34,9 +37,9 @@ pub fn apply_stage_scales<M: BlockwiseModel>(
             .map_err(|e| PipelineError::Config(format!("reading {path}: {e:?}")))?;
         weights.push((w, lin.out_features(), lin.in_features()));
     }
-    let masks: Vec<_> = names
+    let masks: Vec<_> = ids
         .iter()
-        .map(|n| model.linear(block, n).mask().cloned())
+        .map(|&id| model.expect_linear(id).mask().cloned())
         .collect();
     let views: Vec<LayerView<'_>> = weights
         .iter()
@@ -71,16 +74,15 @@ pub fn apply_stage_scales<M: BlockwiseModel>(
         return Ok(stats);
     }
     let device = model.device();
-    for (name, (w, o, i)) in names.iter().zip(weights) {
+    for (&id, (w, o, i)) in ids.iter().zip(weights) {
         let scaled: Vec<f32> = w.iter().enumerate().map(|(k, &v)| v * s[k % i]).collect();
-        let lin = model.linear(block, name);
+        let lin = model.expect_linear(id);
         let bias = lin.bias();
         let mut weights = LayerWeights::Dense(scaled);
         if let Some(m) = lin.mask() {
             weights = weights.with_mask(m);
         }
-        *model.linear_mut(block, name) =
-            CompressedLinear::from_weights(weights, o, i, bias, &device);
+        *model.expect_linear_mut(id) = CompressedLinear::from_weights(weights, o, i, bias, &device);
     }
     Ok(scale_stats(stats, &s))
 }

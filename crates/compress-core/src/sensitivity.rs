@@ -20,10 +20,9 @@
 //! `compress_quant::mixed`).
 
 use crate::compressor::{Compressor, LayerView, StatsRequest};
+use crate::layer_id::LinearId;
 use crate::linear::CompressedLinear;
-use crate::pipeline::{
-    collect_stats, layer_path, BlockwiseModel, LayerFilter, Pipeline, PipelineError,
-};
+use crate::pipeline::{collect_stats, BlockwiseModel, LayerFilter, Pipeline, PipelineError};
 use crate::recipe::{CalibrationConfig, Recipe, RecipeStep, StepMethod, RECIPE_VERSION};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::Tensor;
@@ -31,8 +30,8 @@ use burn::tensor::Tensor;
 /// Error and storage of each candidate on one layer.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LayerSensitivity {
-    /// Layer path.
-    pub path: String,
+    /// The layer (serialized as its path).
+    pub id: LinearId,
     /// Number of weights.
     pub weights: usize,
     /// `(stored bits per weight, mean KL divergence per token)` per candidate, in candidate order.
@@ -68,7 +67,6 @@ pub fn measure_sensitivity_of<M: BlockwiseModel, S: StepMethod>(
     let request = compressors
         .iter()
         .fold(StatsRequest::NONE, |r, c| r.union(c.stats()));
-    let stages = model.stages();
     let blocks = model.num_blocks();
     // One base pass: every block's inputs, and the base log-probabilities.
     let mut inputs: Vec<Vec<Tensor<3>>> = Vec::with_capacity(blocks + 1);
@@ -84,36 +82,30 @@ pub fn measure_sensitivity_of<M: BlockwiseModel, S: StepMethod>(
         .iter()
         .map(|x| log_softmax(model.head_logits(x.clone()), 2))
         .collect();
-    let total = (0..blocks)
-        .flat_map(|b| {
-            stages
-                .iter()
-                .flat_map(move |s| s.linears.iter().map(move |n| (b, *n)))
-        })
-        .filter(|&(b, n)| filter.matches(&layer_path(b, n)))
+    let total = model
+        .block_linears()
+        .into_iter()
+        .filter(|&id| filter.matches(id))
         .count();
     let mut out = Vec::with_capacity(total);
+    let policy = Default::default();
     for (block, block_inputs) in inputs.iter().enumerate().take(blocks) {
-        for (si, stage) in stages.iter().enumerate() {
-            if !stage
-                .linears
-                .iter()
-                .any(|n| filter.matches(&layer_path(block, n)))
-            {
+        for (si, stage) in model.stages(block).iter().enumerate() {
+            if !stage.linears.iter().any(|&id| filter.matches(id)) {
                 continue;
             }
             let mut caches: Vec<M::Cache> = block_inputs
                 .iter()
-                .map(|x| model.begin_block(block, x.clone()))
+                .map(|x| model.begin_block(block, x.clone(), &policy))
                 .collect();
             let stats = collect_stats(model, block, si, &mut caches, request)?;
             drop(caches);
-            for name in &stage.linears {
-                let path = layer_path(block, name);
-                if !filter.matches(&path) {
+            for &id in &stage.linears {
+                if !filter.matches(id) {
                     continue;
                 }
-                let original = model.linear(block, name).clone();
+                let path = id.to_string();
+                let original = model.expect_linear(id).clone();
                 let (o, i) = (original.out_features(), original.in_features());
                 let bias = original.bias();
                 let w: Vec<f32> = original
@@ -145,7 +137,7 @@ pub fn measure_sensitivity_of<M: BlockwiseModel, S: StepMethod>(
                         q = q.with_mask(m);
                     }
                     let bits = q.bits_per_weight();
-                    *model.linear_mut(block, name) =
+                    *model.expect_linear_mut(id) =
                         CompressedLinear::from_weights(q, o, i, bias.clone(), &device);
                     let kld = kld_from_block(model, block, block_inputs, &base);
                     if !kld.is_finite() {
@@ -156,9 +148,9 @@ pub fn measure_sensitivity_of<M: BlockwiseModel, S: StepMethod>(
                     }
                     options.push((bits, kld));
                 }
-                *model.linear_mut(block, name) = original;
+                *model.expect_linear_mut(id) = original;
                 out.push(LayerSensitivity {
-                    path,
+                    id,
                     weights: o * i,
                     options,
                 });
@@ -203,7 +195,7 @@ pub fn allocate(layers: &[LayerSensitivity], budget: f64) -> Result<Vec<usize>, 
     for l in layers {
         let k = (0..l.options.len())
             .min_by(|&a, &b| l.options[a].0.total_cmp(&l.options[b].0))
-            .ok_or_else(|| format!("{}: no candidates", l.path))?;
+            .ok_or_else(|| format!("{}: no candidates", l.id))?;
         choice.push(k);
     }
     let mut used: f64 = layers.iter().zip(&choice).map(|(l, &k)| cost(l, k)).sum();
@@ -237,17 +229,17 @@ pub fn allocate(layers: &[LayerSensitivity], budget: f64) -> Result<Vec<usize>, 
     Ok(choice)
 }
 
-/// A recipe with one step per `(layer path, method)`, each filtered to exactly that layer
+/// A recipe with one step per `(layer, method)`, each filtered to exactly that layer
 /// (`^layers\\.3\\.mlp\\.down_proj$`), so an allocation is saved, inspected and re-run like any
 /// hand-written recipe.
-pub fn per_layer_recipe<'a, S>(
-    steps: impl IntoIterator<Item = (&'a str, S)>,
+pub fn per_layer_recipe<S>(
+    steps: impl IntoIterator<Item = (LinearId, S)>,
     calibration: CalibrationConfig,
 ) -> Recipe<S> {
     let steps = steps
         .into_iter()
-        .map(|(path, method)| RecipeStep {
-            layers: Some(format!("^{}$", path.replace('.', r"\."))),
+        .map(|(id, method)| RecipeStep {
+            layers: Some(format!("^{}$", regex::escape(&id.to_string()))),
             method,
         })
         .collect();
@@ -273,9 +265,9 @@ pub fn average_bits(layers: &[LayerSensitivity], choice: &[usize]) -> f64 {
 mod tests {
     use super::*;
 
-    fn layer(path: &str, weights: usize, options: &[(f64, f64)]) -> LayerSensitivity {
+    fn layer(block: usize, weights: usize, options: &[(f64, f64)]) -> LayerSensitivity {
         LayerSensitivity {
-            path: path.into(),
+            id: LinearId::block(block, crate::layer_id::LinearKind::Down),
             weights,
             options: options.to_vec(),
         }
@@ -284,8 +276,8 @@ mod tests {
     #[test]
     fn greedy_upgrades_the_most_sensitive_layer_first() {
         // Two equal-sized layers with 2/4/8-bit options; layer b loses much more at low bits.
-        let a = layer("a", 100, &[(2.0, 1.0), (4.0, 0.5), (8.0, 0.4)]);
-        let b = layer("b", 100, &[(2.0, 10.0), (4.0, 1.0), (8.0, 0.1)]);
+        let a = layer(0, 100, &[(2.0, 1.0), (4.0, 0.5), (8.0, 0.4)]);
+        let b = layer(1, 100, &[(2.0, 10.0), (4.0, 1.0), (8.0, 0.1)]);
         let layers = [a, b];
         // Budget 3: only one layer can go to 4 bits; b gains 9 per 200 bits, a 0.5.
         assert_eq!(allocate(&layers, 3.0).unwrap(), vec![0, 1]);

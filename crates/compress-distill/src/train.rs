@@ -21,9 +21,10 @@ use burn::module::{Lora, Module, ModuleVisitor, Param, ParamGroup, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Int, Tensor, TensorData};
 use compress_core::calibration::sample_windows;
+use compress_core::layer_id::LinearId;
 use compress_core::linear::CompressedLinear;
-use compress_model::llama::calibrate::LINEAR_NAMES;
 use compress_model::llama::PrefixWidth;
+use compress_model::llama::BLOCK_LINEARS;
 use compress_model::LlamaModel;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -85,15 +86,14 @@ pub struct LoraConfig {
     pub targets: LoraTargets,
 }
 
-/// A set of block projections, by their names in
-/// [`LINEAR_NAMES`](compress_model::llama::calibrate::LINEAR_NAMES) (`attn.q_proj` …
-/// `mlp.down_proj`): the linears LoRA adapts.
+/// A set of block projections ([`BLOCK_LINEARS`]; named `attn.q_proj` … `mlp.down_proj`): the
+/// linears LoRA adapts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoraTargets(u8);
 
 impl LoraTargets {
     /// Every projection of every block (the default).
-    pub const ALL: LoraTargets = LoraTargets((1 << LINEAR_NAMES.len()) - 1);
+    pub const ALL: LoraTargets = LoraTargets((1 << BLOCK_LINEARS.len()) - 1);
 
     /// The projections named in `names`, each either in full (`attn.q_proj`) or by its last
     /// part (`q_proj`); an unknown or empty list is an error naming the offender.
@@ -103,16 +103,21 @@ impl LoraTargets {
                 "LoRA targets: the list is empty (omit it to adapt every projection)".into(),
             ));
         }
+        let full: Vec<String> = BLOCK_LINEARS
+            .iter()
+            .map(|&k| LinearId::block(0, k).name_in_block())
+            .collect();
         let mut bits = 0u8;
         for n in names {
             let n = n.as_ref();
-            let i = LINEAR_NAMES
+            let i = BLOCK_LINEARS
                 .iter()
-                .position(|full| *full == n || full.rsplit('.').next() == Some(n))
+                .zip(&full)
+                .position(|(k, f)| f == n || k.short_name() == n)
                 .ok_or_else(|| {
                     DistillError::Config(format!(
                         "LoRA target {n:?}: not a block projection (expected one of {})",
-                        LINEAR_NAMES.join(", ")
+                        full.join(", ")
                     ))
                 })?;
             bits |= 1 << i;
@@ -120,9 +125,9 @@ impl LoraTargets {
         Ok(LoraTargets(bits))
     }
 
-    /// Whether the projection at `index` of [`LINEAR_NAMES`] is in the set.
+    /// Whether the projection at `index` of [`BLOCK_LINEARS`] is in the set.
     pub fn contains(self, index: usize) -> bool {
-        index < LINEAR_NAMES.len() && self.0 & (1 << index) != 0
+        index < BLOCK_LINEARS.len() && self.0 & (1 << index) != 0
     }
 }
 
@@ -329,20 +334,11 @@ fn clip_global_norm(
 }
 
 /// The burn ids of the weights of every block projection in `targets` (the LoRA targets), in
-/// [`LINEAR_NAMES`] order.
+/// [`BLOCK_LINEARS`] order.
 fn projection_weight_ids(model: &LlamaModel, targets: LoraTargets) -> Vec<ParamId> {
     let mut ids = Vec::new();
     for b in &model.layers {
-        let projections = [
-            &b.attn.q_proj,
-            &b.attn.k_proj,
-            &b.attn.v_proj,
-            &b.attn.o_proj,
-            &b.mlp.gate_proj,
-            &b.mlp.up_proj,
-            &b.mlp.down_proj,
-        ];
-        for (i, l) in projections.into_iter().enumerate() {
+        for (i, l) in b.linears().into_iter().enumerate() {
             if let (true, CompressedLinear::Dense(d)) = (targets.contains(i), l) {
                 ids.push(d.weight.id);
             }
@@ -387,19 +383,11 @@ fn scalar(t: &Tensor<1>) -> f64 {
 
 fn check_dense(model: &LlamaModel) -> Result<(), DistillError> {
     for (i, b) in model.layers.iter().enumerate() {
-        let lins = [
-            ("attn.q_proj", &b.attn.q_proj),
-            ("attn.k_proj", &b.attn.k_proj),
-            ("attn.v_proj", &b.attn.v_proj),
-            ("attn.o_proj", &b.attn.o_proj),
-            ("mlp.gate_proj", &b.mlp.gate_proj),
-            ("mlp.up_proj", &b.mlp.up_proj),
-            ("mlp.down_proj", &b.mlp.down_proj),
-        ];
-        for (name, l) in lins {
+        for (kind, l) in BLOCK_LINEARS.into_iter().zip(b.linears()) {
+            let name = LinearId::block(i, kind);
             if !matches!(l, CompressedLinear::Dense(_)) {
                 return Err(DistillError::Config(format!(
-                    "layers.{i}.{name} is {}: full distillation trains dense layers only",
+                    "{name} is {}: full distillation trains dense layers only",
                     l.describe()
                 )));
             }

@@ -330,9 +330,10 @@ fn resume_case(lora: Option<compress_distill::train::LoraConfig>) {
     }
     if lora.is_some() {
         // Only the targeted (attention) projections moved; the MLP is the student's, bit for bit.
+        use compress_core::layer_id::{LinearId, LinearKind};
         use compress_core::pipeline::BlockwiseModel;
-        let dense = |m: &LlamaModel, b: usize, name: &str| {
-            m.linear(b, name)
+        let dense = |m: &LlamaModel, b: usize, kind: LinearKind| {
+            m.expect_linear(LinearId::block(b, kind))
                 .dense_weight()
                 .into_data()
                 .try_to_vec::<f32>()
@@ -340,14 +341,14 @@ fn resume_case(lora: Option<compress_distill::train::LoraConfig>) {
         };
         for b in 0..student.layers.len() {
             assert_ne!(
-                dense(&student, b, "attn.q_proj"),
-                dense(&straight.student, b, "attn.q_proj")
+                dense(&student, b, LinearKind::Q),
+                dense(&straight.student, b, LinearKind::Q)
             );
-            for name in ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"] {
+            for kind in [LinearKind::Gate, LinearKind::Up, LinearKind::Down] {
                 assert_eq!(
-                    dense(&student, b, name),
-                    dense(&straight.student, b, name),
-                    "block {b} {name}"
+                    dense(&student, b, kind),
+                    dense(&straight.student, b, kind),
+                    "block {b} {kind:?}"
                 );
             }
         }

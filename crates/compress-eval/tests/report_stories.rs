@@ -6,7 +6,7 @@
 mod common;
 
 use compress_core::packed::{QuantScheme, Symmetry};
-use compress_core::pipeline::{BlockwiseModel, LayerFilter, Pipeline};
+use compress_core::pipeline::{BlockWalk, BlockwiseModel, LayerFilter, Pipeline};
 use compress_eval::efficiency::{measure_speed, SizeReport};
 use compress_eval::perplexity::{perplexity, PerplexityConfig, Scoring};
 use compress_eval::report::{markdown_table, pareto_chart, Quality, Report};
@@ -62,9 +62,9 @@ fn sizes_follow_the_storage_formula() {
     let size = SizeReport::of(&q);
     let mut bits = 0u64;
     for block in 0..q.layers.len() {
-        for stage in q.stages() {
-            for name in stage.linears {
-                let l = q.linear(block, name);
+        for stage in q.stages(block) {
+            for id in stage.linears {
+                let l = q.expect_linear(id);
                 let (o, i) = (l.out_features() as u64, l.in_features() as u64);
                 bits += o * (i * 4).div_ceil(8) * 8 + o * i.div_ceil(32) * 16;
             }

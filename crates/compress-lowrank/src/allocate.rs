@@ -104,7 +104,7 @@ impl RankAllocation {
     pub fn by_layer_name(&self) -> Vec<(String, f64)> {
         let mut out: Vec<(String, f64, f64)> = Vec::new();
         for (i, l) in self.layers.iter().enumerate() {
-            let name = l.path.splitn(3, '.').nth(2).unwrap_or(&l.path).to_string();
+            let name = l.id.name_in_block();
             let w = l.weights as f64;
             match out.iter_mut().find(|(n, _, _)| *n == name) {
                 Some(e) => {
@@ -119,11 +119,8 @@ impl RankAllocation {
 
     /// The recipe: one step per factorized layer, filtered to exactly that layer.
     pub fn recipe(&self, calibration: CalibrationConfig) -> Recipe<LowRankMethod> {
-        let steps: Vec<(&str, LowRankMethod)> = (0..self.layers.len())
-            .filter_map(|i| {
-                self.method_for(i)
-                    .map(|m| (self.layers[i].path.as_str(), m))
-            })
+        let steps: Vec<_> = (0..self.layers.len())
+            .filter_map(|i| self.method_for(i).map(|m| (self.layers[i].id, m)))
             .collect();
         per_layer_recipe(steps, calibration)
     }
@@ -199,7 +196,7 @@ impl RankSensitivity {
             if l.options.len() != self.ratios.len() {
                 return Err(format!(
                     "{}: {} measured options for {} ratios",
-                    l.path,
+                    l.id,
                     l.options.len(),
                     self.ratios.len()
                 ));
@@ -245,13 +242,14 @@ pub fn allocate_ranks<M: BlockwiseModel>(
 mod tests {
     use super::*;
     use crate::recipe::LowRankConfig;
+    use compress_core::layer_id::{LinearId, LinearKind};
 
     fn allocation(options: Vec<Vec<(f64, f64)>>, choice: Vec<usize>) -> RankAllocation {
         let layers = options
             .into_iter()
             .enumerate()
             .map(|(i, options)| LayerSensitivity {
-                path: format!("layers.{i}.attn.q_proj"),
+                id: LinearId::block(i, LinearKind::Q),
                 weights: 100,
                 options,
             })
@@ -267,7 +265,7 @@ mod tests {
     #[test]
     fn a_saved_measurement_allocates_any_budget() {
         let layer = |i: usize| LayerSensitivity {
-            path: format!("layers.{i}.mlp.up_proj"),
+            id: LinearId::block(i, LinearKind::Up),
             weights: 100,
             options: vec![(8.0, 1.0 + i as f64), (16.0, 0.5)],
         };

@@ -9,6 +9,7 @@
 mod common;
 
 use compress_core::calibration::sample_windows;
+use compress_core::layer_id::LinearId;
 use compress_core::linear::CompressedLinear;
 use compress_core::pipeline::{BlockwiseModel, LayerFilter};
 use compress_core::recipe::CalibrationConfig;
@@ -16,8 +17,8 @@ use compress_eval::kld::kl_divergence;
 use compress_eval::perplexity::{PerplexityConfig, Scoring};
 use compress_lowrank::allocate::{allocate_ranks, DEFAULT_RATIOS};
 use compress_lowrank::recipe::{LowRankConfig, LowRankMethod};
-use compress_model::llama::calibrate::LINEAR_NAMES;
 use compress_model::llama::LlamaModel;
+use compress_model::llama::BLOCK_LINEARS;
 
 use common::stories_split;
 
@@ -25,8 +26,8 @@ use common::stories_split;
 fn linear_params(model: &LlamaModel) -> (usize, usize) {
     let (mut stored, mut dense) = (0, 0);
     for b in 0..model.num_blocks() {
-        for name in LINEAR_NAMES {
-            let l = model.linear(b, name);
+        for name in BLOCK_LINEARS.map(|k| LinearId::block(b, k)) {
+            let l = model.expect_linear(name);
             let (o, i) = (l.out_features(), l.in_features());
             stored += match l {
                 CompressedLinear::LowRank(lr) => lr.rank() * (o + i),
@@ -74,7 +75,7 @@ fn allocated_ranks_meet_the_budget_and_beat_uniform_ranks() {
     );
     // Every option's divergence is finite and the dense option costs nothing.
     for l in &plan.layers {
-        assert_eq!(*l.options.last().unwrap(), (32.0, 0.0), "{}", l.path);
+        assert_eq!(*l.options.last().unwrap(), (32.0, 0.0), "{}", l.id);
         assert!(
             l.options.iter().all(|o| o.1.is_finite() && o.1 >= -1e-6),
             "{l:?}"

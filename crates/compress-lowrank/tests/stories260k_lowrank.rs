@@ -10,14 +10,15 @@ mod common;
 use burn::tensor::{Tensor, TensorData};
 use compress_core::calibration::sample_windows;
 use compress_core::compressor::{output_rel_error, Compressor, LayerView, StatsRequest};
+use compress_core::layer_id::{LinearId, LinearKind};
 use compress_core::linear::CompressedLinear;
-use compress_core::pipeline::{BlockwiseModel, LayerFilter, Pipeline};
+use compress_core::pipeline::{BlockWalk, BlockwiseModel, LayerFilter, Pipeline};
 use compress_eval::perplexity::{perplexity, PerplexityConfig, Scoring};
 use compress_lowrank::factor::{factorize, InputTransform};
 use compress_lowrank::rank::RankRule;
 use compress_lowrank::spectrum::spectrum;
 use compress_lowrank::svd::LowRank;
-use compress_model::llama::calibrate::LINEAR_NAMES;
+use compress_model::llama::BLOCK_LINEARS;
 
 use common::stories_split;
 
@@ -28,15 +29,21 @@ use common::stories_split;
 fn svd_llm_has_the_lowest_output_error_on_real_layers() {
     let Some(s) = stories_split() else { return };
     let model = &s.m.model;
-    let device = BlockwiseModel::device(model);
+    let device = BlockWalk::device(model);
     let request = StatsRequest {
         gram: true,
         col_sq_norms: true,
         ..StatsRequest::NONE
     };
-    for (stage, name) in [(0, "attn.q_proj"), (2, "mlp.up_proj"), (3, "mlp.down_proj")] {
+    for (stage, kind) in [
+        (0, LinearKind::Q),
+        (2, LinearKind::Up),
+        (3, LinearKind::Down),
+    ] {
         let stats = common::block1_stats(&s, stage, request);
-        let lin = model.linear(1, name);
+        let id = LinearId::block(1, kind);
+        let name = id.name_in_block();
+        let lin = model.expect_linear(id);
         let (out, inp) = (lin.out_features(), lin.in_features());
         let w: Vec<f32> = lin.dense_weight().into_data().try_to_vec::<f32>().unwrap();
 
@@ -58,7 +65,7 @@ fn svd_llm_has_the_lowest_output_error_on_real_layers() {
             f.tail_energy()
         );
 
-        let view = LayerView::new(name, &w, out, inp);
+        let view = LayerView::new(&name, &w, out, inp);
         let t =
             |v: Vec<f32>, sh: [usize; 2]| Tensor::<2>::from_data(TensorData::new(v, sh), &device);
         let gram = stats.gram.clone().unwrap();
@@ -113,8 +120,8 @@ fn pipeline_factorizes_every_layer_within_the_budget() {
     assert_eq!(report.layers.len(), 35);
     let (mut stored, mut dense) = (0usize, 0usize);
     for l in 0..model.num_blocks() {
-        for name in LINEAR_NAMES {
-            let lin = model.linear(l, name);
+        for name in BLOCK_LINEARS.map(|k| LinearId::block(l, k)) {
+            let lin = model.expect_linear(name);
             let (out, inp) = (lin.out_features(), lin.in_features());
             let CompressedLinear::LowRank(lr) = lin else {
                 panic!("layers.{l}.{name} is not low-rank")
@@ -179,17 +186,17 @@ fn correction_after_gptq_recovers_quality_and_round_trips() {
         .unwrap();
     assert_eq!(report.layers.len(), 70);
     for l in 0..corrected.num_blocks() {
-        for name in LINEAR_NAMES {
-            let (a, b) = (plain.linear(l, name), corrected.linear(l, name));
+        for name in BLOCK_LINEARS.map(|k| LinearId::block(l, k)) {
+            let (a, b) = (plain.expect_linear(name), corrected.expect_linear(name));
             let (CompressedLinear::Quantized(a), CompressedLinear::Quantized(b)) = (a, b) else {
-                panic!("layers.{l}.{name} is not quantized");
+                panic!("{name} is not quantized");
             };
             // Same calibration inputs (block 0's first stage, before any correction changed
             // downstream activations): the correction keeps GPTQ's codes exactly.
-            if l == 0 && name.starts_with("attn.") && name != "attn.o_proj" {
+            if l == 0 && matches!(name.kind(), LinearKind::Q | LinearKind::K | LinearKind::V) {
                 assert_eq!(
                     a.packed, b.packed,
-                    "layers.0.{name}: the correction keeps GPTQ's codes"
+                    "{name}: the correction keeps GPTQ's codes"
                 );
             }
             assert_eq!(b.correction.as_ref().map(|c| c.rank()), Some(8));

@@ -9,6 +9,7 @@ mod common;
 use compress_core::calibration::sample_windows;
 use compress_core::compressor::{Compressor, LayerReport};
 use compress_core::kernels::Activations;
+use compress_core::layer_id::{LinearId, LinearKind};
 use compress_core::linear::CompressedLinear;
 use compress_core::packed::{QuantScheme, Symmetry};
 use compress_core::pipeline::{BlockwiseModel, LayerFilter, Pipeline};
@@ -16,8 +17,8 @@ use compress_eval::kld::kl_divergence;
 use compress_eval::perplexity::{PerplexityConfig, Scoring};
 use compress_lowrank::rank::RankRule;
 use compress_lowrank::svd::LowRank;
-use compress_model::llama::calibrate::LINEAR_NAMES;
 use compress_model::llama::LlamaModel;
+use compress_model::llama::BLOCK_LINEARS;
 use compress_quant::gptq::Gptq;
 use compress_quant::rtn::Rtn;
 
@@ -59,18 +60,18 @@ fn quantizers_after_svd_llm_quantize_the_factors() {
         factorize_then(&s.m.model, &windows, Some(Box::new(Rtn::new(scheme()))));
 
     for b in 0..gptq.num_blocks() {
-        for name in LINEAR_NAMES {
-            let CompressedLinear::LowRank(f32_factors) = lowrank.linear(b, name) else {
+        for name in BLOCK_LINEARS.map(|k| LinearId::block(b, k)) {
+            let CompressedLinear::LowRank(f32_factors) = lowrank.expect_linear(name) else {
                 panic!("layers.{b}.{name} is not low-rank")
             };
-            let q = gptq.linear(b, name);
+            let q = gptq.expect_linear(name);
             let CompressedLinear::QuantizedLowRank(qf) = q else {
                 panic!("layers.{b}.{name}: {} after GPTQ", q.describe())
             };
             // The factorization is kept (same rank), both factors are 3-bit codes: 3 bits plus
             // a 16-bit scale per 32 codes (fewer codes share the last group of `Û`'s rows).
             assert_eq!(qf.rank(), f32_factors.rank(), "layers.{b}.{name}");
-            let ratio = q.bits_per_weight() / lowrank.linear(b, name).bits_per_weight();
+            let ratio = q.bits_per_weight() / lowrank.expect_linear(name).bits_per_weight();
             assert!(
                 ratio > 3.5 / 32.0 && ratio < 4.0 / 32.0,
                 "layers.{b}.{name}: {ratio}"
@@ -81,12 +82,12 @@ fn quantizers_after_svd_llm_quantize_the_factors() {
     // Block 0's first stage sees the same inputs in both runs: there GPTQ's output error (of
     // Û V̂ against the f32 U V) is below RTN's on every layer — GPTQ on Û uses the Gram matrix
     // V̂ XᵀX V̂ᵀ the pipeline derives, and compensates V̂'s rounding in Û.
-    for name in ["attn.q_proj", "attn.k_proj", "attn.v_proj"] {
-        let path = format!("layers.0.{name}");
+    for kind in [LinearKind::Q, LinearKind::K, LinearKind::V] {
+        let path = LinearId::block(0, kind);
         let err = |r: &[LayerReport]| {
             r.iter()
                 .rev()
-                .find(|l| l.path == path)
+                .find(|l| l.id == path)
                 .and_then(|l| l.output_rel_error)
                 .unwrap()
         };
@@ -161,9 +162,9 @@ fn quantizers_after_svd_llm_quantize_the_factors() {
     assert_eq!(header.version, 3);
     let back = compress_model::container::read_container(&path, &gptq.device()).unwrap();
     for b in 0..gptq.num_blocks() {
-        for name in LINEAR_NAMES {
+        for name in BLOCK_LINEARS.map(|k| LinearId::block(b, k)) {
             let (CompressedLinear::QuantizedLowRank(a), CompressedLinear::QuantizedLowRank(c)) =
-                (gptq.linear(b, name), back.model.linear(b, name))
+                (gptq.expect_linear(name), back.model.expect_linear(name))
             else {
                 panic!("layers.{b}.{name} did not round-trip as quantized factors")
             };

@@ -2,17 +2,153 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The model families this crate runs. They share one decoder; the differences are captured by
-/// the flags of [`LlamaConfig`] (q/k/v bias, RoPE layout, tied head).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The model families this crate runs. They share one decoder; each family's structure is
+/// described by its [`Family`](crate::family::Family) (norms, activation, attention variants,
+/// file layouts) and captured per model in [`LlamaConfig`] and its [`Variant`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Architecture {
-    /// Llama 1/2/3, SmolLM, TinyLlama, stories (karpathy/llama2.c) ...
+    /// Llama 1/2/3.x, SmolLM, TinyLlama, stories (karpathy/llama2.c) ...
     Llama,
-    /// Mistral: llama plus sliding-window attention. Within one window that is plain causal
-    /// attention, so the loader caps the context at the window length.
+    /// Mistral: llama plus sliding-window attention on every layer.
     Mistral,
-    /// Qwen2: llama with biases on the q, k and v projections.
+    /// Qwen2 / Qwen2.5: llama with biases on the q, k and v projections.
     Qwen2,
+    /// Qwen3: llama with an RMSNorm over each head's queries and keys.
+    Qwen3,
+    /// Gemma 2: `(1 + w)` norms before and after attention and the MLP, GELU-tanh, soft-capped
+    /// attention and logits, sliding window on alternate layers, embeddings scaled by √d.
+    Gemma2,
+    /// Gemma 3 (text): Gemma 2 without soft-capping, with q/k norms, five sliding-window layers
+    /// per global one and a local RoPE base for the sliding layers.
+    Gemma3,
+    /// Phi-3 / Phi-4-mini: fused `qkv_proj` and `gate_up_proj` (split on load), optionally
+    /// partial rotary embeddings.
+    Phi3,
+}
+
+/// The activation of a gated MLP: `down(act(gate(x)) ⊙ up(x))`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Activation {
+    /// `silu(x) = x·σ(x)` (SwiGLU: Llama, Qwen, Mistral, Phi).
+    #[default]
+    Silu,
+    /// The tanh approximation of GELU, `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))` (GeGLU:
+    /// Gemma's `gelu_pytorch_tanh`).
+    GeluTanh,
+}
+
+/// Which attention a layer runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LayerAttention {
+    /// Every earlier position.
+    #[default]
+    Global,
+    /// Only the last [`Variant::sliding_window`] positions (the query's own included), with the
+    /// local RoPE tables where the family has them.
+    Sliding,
+}
+
+/// RoPE frequency scaling for contexts beyond the pre-training length. Each rule rewrites the
+/// inverse frequencies `ω_i = base^(−2i/d)`; the formulas are those of transformers'
+/// `modeling_rope_utils` (which llama.cpp follows).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum RopeScaling {
+    /// Position interpolation (Chen et al. 2023, arXiv:2306.15595): `ω_i / factor`.
+    Linear {
+        /// Context extension factor.
+        factor: f32,
+    },
+    /// Llama 3.1's rule: wavelengths longer than `original / low_freq_factor` are divided by
+    /// `factor`, shorter than `original / high_freq_factor` kept, and the band between
+    /// interpolated smoothly.
+    Llama3 {
+        /// Context extension factor.
+        factor: f32,
+        /// Low-frequency boundary factor.
+        low_freq_factor: f32,
+        /// High-frequency boundary factor.
+        high_freq_factor: f32,
+        /// Pre-training context length.
+        original_max_position_embeddings: usize,
+    },
+    /// YaRN (Peng et al. 2023, arXiv:2309.00071): interpolation for low frequencies,
+    /// extrapolation for high ones with a linear ramp between the dimensions that rotate
+    /// `beta_fast` and `beta_slow` times over the original context, and cos/sin scaled by the
+    /// attention factor (`0.1·ln(factor) + 1` unless given).
+    Yarn {
+        /// Context extension factor.
+        factor: f32,
+        /// Pre-training context length.
+        original_max_position_embeddings: usize,
+        /// Rotations at which extrapolation starts (default 32).
+        beta_fast: f32,
+        /// Rotations below which interpolation is full (default 1).
+        beta_slow: f32,
+        /// cos/sin scale; `None` for `0.1·ln(factor) + 1`.
+        attention_factor: Option<f32>,
+    },
+    /// Per-pair divisors of `ω_i` as llama.cpp stores them in a GGUF (`rope_freqs.weight`, which
+    /// its converter computes from Llama 3.1's rule).
+    Divisors {
+        /// One divisor per rotated pair.
+        factors: Vec<f32>,
+    },
+    /// Phi-3's LongRoPE: per-dimension divisors of `ω_i` (the short factors, which apply up to
+    /// the original context; the model's context is capped there) and cos/sin scaled by
+    /// `√(1 + ln(max/original) / ln(original))`.
+    LongRope {
+        /// Per-pair divisors of the inverse frequencies.
+        short_factor: Vec<f32>,
+        /// Per-pair divisors beyond the original context (kept for export; not used).
+        long_factor: Vec<f32>,
+        /// Pre-training context length.
+        original_max_position_embeddings: usize,
+        /// The extended context the factors were fitted for (`max_position_embeddings`).
+        max_position_embeddings: usize,
+    },
+}
+
+/// The structure a family adds to the llama baseline (all off by default: plain llama).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Variant {
+    /// MLP activation.
+    pub activation: Activation,
+    /// RMSNorm over each head's queries and keys before RoPE (Qwen3, Gemma 3).
+    pub qk_norm: bool,
+    /// Norms on the attention and MLP outputs before the residual add (Gemma 2/3's
+    /// `post_attention_layernorm` / `post_feedforward_layernorm`).
+    pub sandwich_norms: bool,
+    /// Embeddings multiplied by this factor (Gemma: `√hidden`).
+    pub embedding_scale: Option<f32>,
+    /// The attention score scale; `None` for `1/√head_dim` (Gemma: `query_pre_attn_scalar^−½`).
+    pub attention_scale: Option<f32>,
+    /// Attention scores soft-capped as `c·tanh(s/c)` before the softmax (Gemma 2).
+    pub attn_softcap: Option<f32>,
+    /// Final logits soft-capped as `c·tanh(z/c)` (Gemma 2).
+    pub final_softcap: Option<f32>,
+    /// Length of the sliding window of [`LayerAttention::Sliding`] layers.
+    pub sliding_window: Option<usize>,
+    /// Attention kind per layer; empty means every layer is global.
+    pub layer_attention: Vec<LayerAttention>,
+    /// RoPE base of the sliding layers when it differs from the global one (Gemma 3's
+    /// `rope_local_base_freq`; no scaling applies to it).
+    pub local_rope_theta: Option<f32>,
+    /// RoPE scaling of the global layers.
+    pub rope_scaling: Option<RopeScaling>,
+    /// Dimensions of each head that RoPE rotates (the first ones); `None` for all (Phi-4-mini:
+    /// 3/4 of the head).
+    pub rotary_dims: Option<usize>,
+}
+
+impl Variant {
+    /// The attention kind of layer `layer`.
+    pub fn attention_of(&self, layer: usize) -> LayerAttention {
+        self.layer_attention
+            .get(layer)
+            .copied()
+            .unwrap_or(LayerAttention::Global)
+    }
 }
 
 /// How RoPE pairs the dimensions of a head it rotates.
@@ -61,6 +197,10 @@ pub struct LlamaConfig {
     pub tie_word_embeddings: bool,
     /// q, k and v projections carry a bias (Qwen2).
     pub attention_bias: bool,
+    /// The family's additions to the llama structure (absent in containers written before
+    /// they existed: plain llama).
+    #[serde(default)]
+    pub variant: Variant,
 }
 
 impl LlamaConfig {
@@ -105,7 +245,54 @@ impl LlamaConfig {
                 self.rope_theta
             ));
         }
+        self.validate_variant()
+    }
+
+    fn validate_variant(&self) -> Result<(), String> {
+        let v = &self.variant;
+        let positive = |name: &str, x: Option<f32>| match x {
+            Some(x) if !(x.is_finite() && x > 0.0) => Err(format!("{name} ({x}) must be positive")),
+            _ => Ok(()),
+        };
+        positive("embedding_scale", v.embedding_scale)?;
+        positive("attention_scale", v.attention_scale)?;
+        positive("attn_softcap", v.attn_softcap)?;
+        positive("final_softcap", v.final_softcap)?;
+        if let Some(theta) = v.local_rope_theta {
+            if !(theta.is_finite() && theta > 1.0) {
+                return Err(format!("local_rope_theta ({theta}) must be greater than 1"));
+            }
+        }
+        if !v.layer_attention.is_empty() && v.layer_attention.len() != self.num_layers {
+            return Err(format!(
+                "layer_attention names {} layers, the model has {}",
+                v.layer_attention.len(),
+                self.num_layers
+            ));
+        }
+        let sliding = v.layer_attention.contains(&LayerAttention::Sliding);
+        match v.sliding_window {
+            Some(0) => return Err("sliding_window must be positive".into()),
+            None if sliding => return Err("sliding layers need a sliding_window length".into()),
+            _ => {}
+        }
+        if let Some(r) = v.rotary_dims {
+            if r == 0 || r > self.head_dim || !r.is_multiple_of(2) {
+                return Err(format!(
+                    "rotary_dims ({r}) must be even and within the head dim ({})",
+                    self.head_dim
+                ));
+            }
+        }
+        if let Some(scaling) = &v.rope_scaling {
+            crate::llama::rope::check_scaling(scaling, self.rotary_dims())?;
+        }
         Ok(())
+    }
+
+    /// Dimensions of each head that RoPE rotates.
+    pub fn rotary_dims(&self) -> usize {
+        self.variant.rotary_dims.unwrap_or(self.head_dim)
     }
 
     /// Number of weights in the model (embedding, blocks, norms, and the head unless tied).
@@ -116,7 +303,17 @@ impl LlamaConfig {
         let bias = if self.attention_bias { q + 2 * kv } else { 0 };
         let attn = d * q + 2 * d * kv + q * d + bias;
         let mlp = 3 * d * self.intermediate_size;
-        let block = attn + mlp + 2 * d;
+        let qk_norm = if self.variant.qk_norm {
+            2 * self.head_dim
+        } else {
+            0
+        };
+        let norms = if self.variant.sandwich_norms {
+            4 * d
+        } else {
+            2 * d
+        };
+        let block = attn + mlp + norms + qk_norm;
         let head = if self.tie_word_embeddings {
             0
         } else {

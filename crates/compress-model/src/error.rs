@@ -37,7 +37,7 @@ pub enum ModelError {
         message: String,
     },
     /// The file describes a model family this crate does not run.
-    #[error("unsupported architecture `{0}` (supported: llama, mistral, qwen2)")]
+    #[error("unsupported architecture `{0}` (supported: {supported})", supported = crate::family::supported())]
     UnknownArchitecture(String),
     /// A hyper-parameter is missing or inconsistent.
     #[error("invalid model config: {0}")]

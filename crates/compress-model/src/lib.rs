@@ -36,6 +36,7 @@
 pub mod config;
 pub mod container;
 pub mod error;
+pub mod family;
 pub mod generate;
 pub mod gguf;
 pub mod llama;

@@ -80,10 +80,34 @@ pub enum WeightName {
     AttnNorm(usize),
     /// Pre-MLP RMSNorm gain of block `l`.
     FfnNorm(usize),
+    /// RMSNorm gain on the attention output of block `l` (Gemma's sandwich norms).
+    PostAttnNorm(usize),
+    /// RMSNorm gain on the MLP output of block `l` (Gemma's sandwich norms).
+    PostFfnNorm(usize),
+    /// Per-head query RMSNorm gain of block `l`, `[head_dim]` (Qwen3, Gemma 3).
+    QNorm(usize),
+    /// Per-head key RMSNorm gain of block `l`, `[head_dim]`.
+    KNorm(usize),
     /// Weight of a projection of block `l`, `[out, in]`.
     Weight(usize, Proj),
     /// Bias of a projection of block `l`, `[out]` (q/k/v of Qwen2).
     Bias(usize, Proj),
+}
+
+impl WeightName {
+    /// Whether the tensor is a norm's gain (Gemma's files store `w` for a gain of `1 + w`).
+    pub fn is_norm(&self) -> bool {
+        matches!(
+            self,
+            WeightName::OutputNorm
+                | WeightName::AttnNorm(_)
+                | WeightName::FfnNorm(_)
+                | WeightName::PostAttnNorm(_)
+                | WeightName::PostFfnNorm(_)
+                | WeightName::QNorm(_)
+                | WeightName::KNorm(_)
+        )
+    }
 }
 
 impl fmt::Display for WeightName {
@@ -94,6 +118,10 @@ impl fmt::Display for WeightName {
             WeightName::Output => write!(f, "output"),
             WeightName::AttnNorm(l) => write!(f, "layers.{l}.attn_norm"),
             WeightName::FfnNorm(l) => write!(f, "layers.{l}.ffn_norm"),
+            WeightName::PostAttnNorm(l) => write!(f, "layers.{l}.post_attn_norm"),
+            WeightName::PostFfnNorm(l) => write!(f, "layers.{l}.post_ffn_norm"),
+            WeightName::QNorm(l) => write!(f, "layers.{l}.q_norm"),
+            WeightName::KNorm(l) => write!(f, "layers.{l}.k_norm"),
             WeightName::Weight(l, p) => write!(f, "layers.{l}.{p:?}.weight"),
             WeightName::Bias(l, p) => write!(f, "layers.{l}.{p:?}.bias"),
         }

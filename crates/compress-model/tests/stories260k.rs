@@ -6,6 +6,7 @@ mod common;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use common::{logits, max_abs_diff, mean_nll, shared, top5, Reference};
 use compress_core::backend::BackendKind;
+use compress_core::layer_id::{LinearId, LinearKind};
 use compress_model::generate::{generate, GenerateOptions, Sampling};
 use compress_model::llama::AttentionPrecision;
 use compress_model::{load, LoadedModel};
@@ -345,8 +346,8 @@ fn tch_matches_flex() {
     let (mut flex, mut torch) = (flex.model, torch.model);
     let scheme = QuantScheme::new(8, Some(32), Symmetry::Symmetric).unwrap();
     for b in 0..flex.num_blocks() {
-        for name in compress_model::llama::calibrate::LINEAR_NAMES {
-            let lin = flex.linear(b, name);
+        for name in BLOCK_LINEARS.map(|k| LinearId::block(b, k)) {
+            let lin = flex.expect_linear(name);
             let (out, inp) = (lin.out_features(), lin.in_features());
             let w: Vec<f32> = lin.dense_weight().into_data().try_to_vec::<f32>().unwrap();
             // Symmetric round to nearest per group of 32: w ≈ s · (code − 128).
@@ -369,8 +370,8 @@ fn tch_matches_flex() {
             }
             let packed = PackedWeight::from_codes(scheme, out, inp, &codes, scales, None).unwrap();
             for m in [&mut flex, &mut torch] {
-                let device = BlockwiseModel::device(m);
-                *m.linear_mut(b, name) = CompressedLinear::Quantized(QuantizedLinear::new(
+                let device = BlockWalk::device(m);
+                *m.expect_linear_mut(name) = CompressedLinear::Quantized(QuantizedLinear::new(
                     packed.clone(),
                     None,
                     &device,
@@ -378,7 +379,9 @@ fn tch_matches_flex() {
             }
         }
     }
-    let tier = |m: &compress_model::LlamaModel| match m.linear(0, "mlp.down_proj") {
+    let tier = |m: &compress_model::LlamaModel| match m
+        .expect_linear(LinearId::block(0, LinearKind::Down))
+    {
         CompressedLinear::Quantized(q) => q.kernel_tier(),
         _ => unreachable!(),
     };
@@ -402,15 +405,16 @@ fn tch_matches_flex() {
 #[test]
 fn blockwise_walk_equals_the_forward_pass_and_sees_replaced_layers() {
     use compress_core::linear::{CompressedLinear, DenseLinear};
-    use compress_core::pipeline::BlockwiseModel;
+    use compress_core::pipeline::{BlockWalk, BlockwiseModel};
     let Some(m) = model(BackendKind::Flex) else {
         return;
     };
     let mut lm = m.model;
-    let device = BlockwiseModel::device(&lm);
+    let device = BlockWalk::device(&lm);
+    let f32_walk = Default::default();
     let ids: Vec<i64> = (0..32).map(|i| (i * 7 % 500 + 1) as i64).collect();
     let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [2, 16]), &device);
-    let x = lm.embed_tokens(tokens);
+    let x = lm.embed_tokens(tokens, &f32_walk);
     let (pos, mask) = {
         let causal: Vec<bool> = (0..16).flat_map(|i| (0..16).map(move |j| j > i)).collect();
         let mask = Tensor::<2, Bool>::from_data(TensorData::new(causal, [16, 16]), &device)
@@ -422,11 +426,11 @@ fn blockwise_walk_equals_the_forward_pass_and_sees_replaced_layers() {
         (pos, mask)
     };
     let direct = lm.layers[1].forward(x.clone(), &lm.rope, pos.clone(), Some(mask.clone()), None);
-    let mut cache = lm.begin_block(1, x.clone());
-    let stages = lm.stages().len();
-    for s in 0..stages {
+    let mut cache = lm.begin_block(1, x.clone(), &f32_walk);
+    let stages = lm.stages(1);
+    for (s, stage) in stages.iter().enumerate() {
         let inp = lm.stage_input(1, s, &mut cache);
-        let width = lm.linear(1, lm.stages()[s].linears[0]).in_features();
+        let width = lm.expect_linear(stage.linears[0]).in_features();
         assert_eq!(inp.dims()[2], width, "stage {s} input width");
     }
     let walked = lm.finish_block(1, cache);
@@ -435,12 +439,13 @@ fn blockwise_walk_equals_the_forward_pass_and_sees_replaced_layers() {
     assert!(max_abs_diff(&flat(walked), &flat(direct.clone())) < 1e-5);
 
     // Replace o_proj by zero after stage 1: the stage-2 input must reflect it (residual = x).
-    let mut cache = lm.begin_block(1, x.clone());
+    let mut cache = lm.begin_block(1, x.clone(), &f32_walk);
     lm.stage_input(1, 0, &mut cache);
     lm.stage_input(1, 1, &mut cache);
-    let o = lm.linear(1, "attn.o_proj");
+    let o = lm.expect_linear(LinearId::block(1, LinearKind::O));
     let zero = Tensor::<2>::zeros([o.out_features(), o.in_features()], &device);
-    *lm.linear_mut(1, "attn.o_proj") = CompressedLinear::Dense(DenseLinear::new(zero, None));
+    *lm.expect_linear_mut(LinearId::block(1, LinearKind::O)) =
+        CompressedLinear::Dense(DenseLinear::new(zero, None));
     let got = lm.stage_input(1, 2, &mut cache);
     let want = lm.layers[1].ffn_norm.forward(x);
     assert!(max_abs_diff(&flat(got), &flat(want)) < 1e-6);
@@ -453,20 +458,24 @@ fn blockwise_walk_equals_the_forward_pass_and_sees_replaced_layers() {
 fn bf16_activation_storage_stays_within_bf16_rounding() {
     use burn::tensor::DType;
     use compress_core::kernels::dense::DensePrecision;
-    use compress_core::pipeline::BlockwiseModel;
+    use compress_core::pipeline::{ActivationPolicy, BlockWalk};
     use compress_model::llama::LlamaModel;
     let Some(m) = model(BackendKind::Flex) else {
         return;
     };
-    let mut lm = m.model;
-    let device = BlockwiseModel::device(&lm);
+    let lm = m.model;
+    let device = BlockWalk::device(&lm);
     let ids: Vec<i64> = (0..64).map(|i| (i * 13 % 500 + 1) as i64).collect();
     let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [2, 32]), &device);
-    let x = lm.embed_tokens(tokens);
+    let x = lm.embed_tokens(tokens, &ActivationPolicy::default());
     let flat = |t: Tensor<3>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
-    let walk = |lm: &LlamaModel| -> (Vec<Vec<f32>>, Tensor<3>) {
-        let mut cache = lm.begin_block(1, x.clone());
-        let inputs = (0..lm.stages().len())
+    let walk = |lm: &LlamaModel, storage| -> (Vec<Vec<f32>>, Tensor<3>) {
+        let policy = ActivationPolicy {
+            storage,
+            keep_intermediates: false,
+        };
+        let mut cache = lm.begin_block(1, x.clone(), &policy);
+        let inputs = (0..lm.stages(1).len())
             .map(|s| {
                 let t = lm.stage_input(1, s, &mut cache);
                 assert_eq!(t.dtype(), DType::F32, "stage inputs are f32");
@@ -475,10 +484,8 @@ fn bf16_activation_storage_stays_within_bf16_rounding() {
             .collect();
         (inputs, lm.finish_block(1, cache))
     };
-    let (exact_inputs, exact_out) = walk(&lm);
-    lm.set_activation_precision(DensePrecision::Bf16);
-    let (inputs, out) = walk(&lm);
-    lm.set_activation_precision(DensePrecision::F32);
+    let (exact_inputs, exact_out) = walk(&lm, DensePrecision::F32);
+    let (inputs, out) = walk(&lm, DensePrecision::Bf16);
     assert_eq!(out.dtype(), DType::BF16, "block outputs are stored in bf16");
     assert_eq!(exact_out.dtype(), DType::F32);
     // bf16 keeps 8 significant bits: a stored value is within 2⁻⁹ of itself, relative. The
@@ -589,23 +596,23 @@ fn the_embedding_is_read_on_use_and_can_be_released() {
     assert_eq!(logits(&eager, &ids), before);
 }
 
-/// With `set_keep_intermediates`, a block walk computes `down_proj`'s input once (at the
+/// With `ActivationPolicy::keep_intermediates`, a block walk computes `down_proj`'s input once (at the
 /// `mlp_down` stage) and the block output uses it, unless input scales were folded into
 /// `up_proj` since — then it is recomputed, as without keeping.
 #[test]
 fn kept_mlp_input_serves_the_block_output_until_a_fold() {
     use compress_core::linear::{CompressedLinear, DenseLinear};
-    use compress_core::pipeline::BlockwiseModel;
+    use compress_core::pipeline::{ActivationPolicy, BlockWalk, ScaleFolds};
     use compress_model::llama::LlamaModel;
 
     let Some(m) = model(BackendKind::Flex) else {
         return;
     };
     let mut lm = m.model;
-    let device = BlockwiseModel::device(&lm);
+    let device = BlockWalk::device(&lm);
     let ids: Vec<i64> = (0..64).map(|i| (i * 7 % 400 + 2) as i64).collect();
     let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [2, 32]), &device);
-    let x = lm.embed_tokens(tokens);
+    let x = lm.embed_tokens(tokens, &ActivationPolicy::default());
     let flat = |t: Tensor<3>| t.into_data().try_to_vec::<f32>().unwrap();
     let zero_gate = |lm: &mut LlamaModel| {
         let [o, i] = lm.layers[0].mlp.gate_proj.dense_weight().dims();
@@ -614,8 +621,11 @@ fn kept_mlp_input_serves_the_block_output_until_a_fold() {
     };
     // Walks block 0 to its `mlp_down` input, then changes the model with `edit` and finishes.
     let walk = |lm: &mut LlamaModel, keep: bool, edit: &dyn Fn(&mut LlamaModel)| {
-        lm.set_keep_intermediates(keep);
-        let mut cache = lm.begin_block(0, x.clone());
+        let policy = ActivationPolicy {
+            keep_intermediates: keep,
+            ..ActivationPolicy::default()
+        };
+        let mut cache = lm.begin_block(0, x.clone(), &policy);
         for s in 0..4 {
             lm.stage_input(0, s, &mut cache);
         }

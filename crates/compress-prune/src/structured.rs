@@ -33,7 +33,7 @@
 
 use burn::tensor::Tensor;
 use compress_core::compressor::StatsRequest;
-use compress_core::pipeline::{collect_stats, BlockwiseModel, Pipeline, PipelineError};
+use compress_core::pipeline::{collect_stats, BlockWalk, BlockwiseModel, Pipeline, PipelineError};
 use compress_model::llama::TaylorScores;
 use compress_model::LlamaModel;
 
@@ -85,7 +85,7 @@ pub struct StructuredReport {
 /// The index of the calibration stage `name` of `model` (`attn_out`, `mlp_down`, ...).
 fn stage(model: &LlamaModel, name: &str) -> Result<usize, PipelineError> {
     model
-        .stages()
+        .stages(0)
         .iter()
         .position(|s| s.name == name)
         .ok_or_else(|| PipelineError::Config(format!("the model has no `{name}` stage")))
@@ -310,7 +310,7 @@ impl Scorer {
             None
         };
         let xs = if activation {
-            let device = BlockwiseModel::device(model);
+            let device = BlockWalk::device(model);
             Pipeline::new().embed_calibration(model, calibration, &device)?
         } else {
             Vec::new()
@@ -395,7 +395,7 @@ fn head_scores(
         Importance::Activation | Importance::Taylor => {
             let mut caches: Vec<_> = xs
                 .iter()
-                .map(|x| model.begin_block(block, x.clone()))
+                .map(|x| model.begin_block(block, x.clone(), &Default::default()))
                 .collect();
             let req = StatsRequest {
                 gram: true,
@@ -439,7 +439,7 @@ fn ffn_scores(
     if !xs.is_empty() {
         let mut caches: Vec<_> = xs
             .iter()
-            .map(|x| model.begin_block(block, x.clone()))
+            .map(|x| model.begin_block(block, x.clone(), &Default::default()))
             .collect();
         let req = StatsRequest {
             col_sq_norms: true,

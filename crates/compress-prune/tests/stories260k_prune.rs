@@ -10,9 +10,10 @@ mod common;
 use burn::tensor::{Tensor, TensorData};
 use compress_core::calibration::sample_windows;
 use compress_core::compressor::{output_rel_error, Compressor, LayerView, StatsRequest};
+use compress_core::layer_id::{LinearId, LinearKind};
 use compress_core::linear::CompressedLinear;
 use compress_core::packed::{QuantScheme, Symmetry};
-use compress_core::pipeline::{BlockwiseModel, LayerFilter, Pipeline};
+use compress_core::pipeline::{BlockWalk, BlockwiseModel, LayerFilter, Pipeline};
 use compress_core::sparsity::SparsityPattern;
 use compress_eval::perplexity::{perplexity, PerplexityConfig, Scoring};
 use compress_model::LlamaModel;
@@ -46,15 +47,22 @@ fn ppl(s: &Setup, model: &LlamaModel) -> f64 {
 fn sparsegpt_below_wanda_below_magnitude_on_real_layers() {
     let Some(s) = setup() else { return };
     let model = &s.m.model;
-    let device = BlockwiseModel::device(model);
+    let device = BlockWalk::device(model);
     let request = StatsRequest {
         gram: true,
         col_sq_norms: true,
         ..StatsRequest::NONE
     };
-    for (stage, name) in [(0, "attn.q_proj"), (2, "mlp.up_proj"), (3, "mlp.down_proj")] {
+    for (stage, kind) in [
+        (0, LinearKind::Q),
+        (2, LinearKind::Up),
+        (3, LinearKind::Down),
+    ] {
         let stats = common::block1_stats(&s, stage, request);
-        let lin = model.linear(1, name);
+        let id = LinearId::block(1, kind);
+        let name = id.name_in_block();
+        let name = name.as_str();
+        let lin = model.expect_linear(id);
         let (out, inp) = (lin.out_features(), lin.in_features());
         let w: Vec<f32> = lin.dense_weight().into_data().try_to_vec::<f32>().unwrap();
         let view = LayerView::new(name, &w, out, inp);

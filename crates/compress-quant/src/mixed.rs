@@ -37,7 +37,7 @@ pub fn allocation_recipe(
         layers
             .iter()
             .zip(choice)
-            .map(|(l, &k)| (l.path.as_str(), candidates[k].clone())),
+            .map(|(l, &k)| (l.id, candidates[k].clone())),
         calibration,
     )
 }

@@ -288,8 +288,13 @@ group = 16
         let p = r.pipeline().unwrap();
         let names: Vec<String> = p.steps.iter().map(|s| s.compressor.name()).collect();
         assert_eq!(names, ["gptq-w8c", "gptq-w4g32-act", "hqq-w3g16a"]);
-        assert!(p.steps[0].filter.matches("layers.2.mlp.down_proj"));
-        assert!(!p.steps[0].filter.matches("layers.2.mlp.up_proj"));
+        use compress_core::layer_id::{LinearId, LinearKind};
+        assert!(p.steps[0]
+            .filter
+            .matches(LinearId::block(2, LinearKind::Down)));
+        assert!(!p.steps[0]
+            .filter
+            .matches(LinearId::block(2, LinearKind::Up)));
         let again = R::from_toml(&r.to_toml().unwrap()).unwrap();
         assert_eq!(again, r);
     }

@@ -12,6 +12,7 @@ use std::path::Path;
 
 use compress_core::backend::BackendKind;
 use compress_core::kquant::KQuant;
+use compress_core::layer_id::{LinearId, LinearKind};
 use compress_core::linear::CompressedLinear;
 use compress_core::pipeline::BlockwiseModel;
 use compress_model::generate::{generate, GenerateOptions, Sampling};
@@ -43,14 +44,23 @@ fn k_quant_layers_export_as_k_quants_read_back_exactly() {
         let format = if b % 2 == 0 { KQuant::Q4K } else { KQuant::Q6K };
         let name = format!("blocks.{b}.mlp.down_proj");
         let q = k_rtn(format)
-            .quantize_linear(&name, m.model.linear(b, "mlp.down_proj"), &device)
+            .quantize_linear(
+                &name,
+                m.model.expect_linear(LinearId::block(b, LinearKind::Down)),
+                &device,
+            )
             .unwrap();
-        *m.model.linear_mut(b, "mlp.down_proj") = q;
+        *m.model
+            .expect_linear_mut(LinearId::block(b, LinearKind::Down)) = q;
     }
     let q = k_rtn(KQuant::Q4K)
-        .quantize_linear("q", m.model.linear(0, "attn.q_proj"), &device)
+        .quantize_linear(
+            "q",
+            m.model.expect_linear(LinearId::block(0, LinearKind::Q)),
+            &device,
+        )
         .unwrap();
-    *m.model.linear_mut(0, "attn.q_proj") = q;
+    *m.model.expect_linear_mut(LinearId::block(0, LinearKind::Q)) = q;
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("k.gguf");
@@ -68,7 +78,9 @@ fn k_quant_layers_export_as_k_quants_read_back_exactly() {
     // Values: the GGUF tensors against the packed layers they came from.
     let mut worst_q4k = 0f32;
     for b in 0..blocks {
-        let CompressedLinear::Quantized(q) = m.model.linear(b, "mlp.down_proj") else {
+        let CompressedLinear::Quantized(q) =
+            m.model.expect_linear(LinearId::block(b, LinearKind::Down))
+        else {
             panic!("block {b}: down_proj is not quantized");
         };
         let want = q.packed.dequantize();

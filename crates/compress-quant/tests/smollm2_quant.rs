@@ -9,7 +9,7 @@ mod common;
 use compress_core::backend::BackendKind;
 use compress_core::compressor::{weight_rel_error, Compressor, LayerStats, LayerView};
 use compress_core::packed::{QuantScheme, Symmetry};
-use compress_core::pipeline::BlockwiseModel;
+use compress_core::pipeline::{BlockWalk, BlockwiseModel};
 use compress_quant::rtn::Rtn;
 
 #[test]
@@ -23,9 +23,11 @@ fn asymmetric_rtn_g32_recovers_the_q4_1_grids() {
     let sym = Rtn::new(QuantScheme::new(4, Some(32), Symmetry::Symmetric).unwrap());
     let (mut worst, mut sym_best) = (0f64, f64::INFINITY);
     for block in [0, 14, 29] {
-        for stage in model.stages() {
-            for name in stage.linears {
-                let lin = model.linear(block, name);
+        for stage in model.stages(block) {
+            for id in stage.linears {
+                let name = id.to_string();
+                let name = name.as_str();
+                let lin = model.expect_linear(id);
                 let w: Vec<f32> = lin.dense_weight().into_data().try_to_vec::<f32>().unwrap();
                 let view = LayerView {
                     path: name,

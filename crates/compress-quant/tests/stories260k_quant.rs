@@ -8,9 +8,10 @@ mod common;
 
 use compress_core::calibration::sample_windows;
 use compress_core::compressor::{output_rel_error, Compressor, LayerView, StatsRequest};
+use compress_core::layer_id::{LinearId, LinearKind};
 use compress_core::linear::CompressedLinear;
 use compress_core::packed::{QuantScheme, Symmetry};
-use compress_core::pipeline::{BlockwiseModel, LayerFilter, Pipeline};
+use compress_core::pipeline::{BlockWalk, BlockwiseModel, LayerFilter, Pipeline};
 use compress_eval::perplexity::{perplexity, PerplexityConfig, Scoring};
 use compress_kernels::dense::DensePrecision;
 use compress_quant::gptq::Gptq;
@@ -30,7 +31,7 @@ fn dense(l: &CompressedLinear) -> Vec<f32> {
 fn gptq_output_error_is_below_rtn_on_real_layers() {
     let Some(s) = setup() else { return };
     let model = &s.m.model;
-    let device = BlockwiseModel::device(model);
+    let device = BlockWalk::device(model);
     let request = StatsRequest {
         gram: true,
         ..StatsRequest::NONE
@@ -38,13 +39,16 @@ fn gptq_output_error_is_below_rtn_on_real_layers() {
     // (stage, linear, group): q_proj reads the normed input (64 features, groups of 32);
     // down_proj reads the gated MLP activations (172 features: per channel, and groups of 32
     // with a ragged last group of 12).
-    for (stage, name, group) in [
-        (0, "attn.q_proj", Some(32)),
-        (3, "mlp.down_proj", None),
-        (3, "mlp.down_proj", Some(32)),
+    for (stage, kind, group) in [
+        (0, LinearKind::Q, Some(32)),
+        (3, LinearKind::Down, None),
+        (3, LinearKind::Down, Some(32)),
     ] {
         let stats = common::block1_stats(&s, stage, request);
-        let lin = model.linear(1, name);
+        let id = LinearId::block(1, kind);
+        let name = id.name_in_block();
+        let name = name.as_str();
+        let lin = model.expect_linear(id);
         let (out, inp) = (lin.out_features(), lin.in_features());
         let w = dense(lin);
         let view = LayerView {
@@ -256,8 +260,8 @@ fn mixed_precision_meets_the_budget_and_runs_as_a_recipe() {
         .unwrap();
     assert_eq!(report.layers.len(), sens.len());
     for (r, (l, &k)) in report.layers.iter().zip(sens.iter().zip(&choice)) {
-        assert_eq!(r.path, l.path);
-        assert_eq!(r.bits_per_weight, l.options[k].0, "{}", r.path);
+        assert_eq!(r.id, l.id);
+        assert_eq!(r.bits_per_weight, l.options[k].0, "{}", r.id);
     }
     let counts: Vec<usize> = (0..4)
         .map(|k| choice.iter().filter(|&&c| c == k).count())
@@ -359,7 +363,6 @@ fn awq_scaling_is_equivalent_and_awq_beats_rtn() {
 /// output error, RTN int8 on it barely moves perplexity, and `LayerFilter::All` leaves it alone.
 #[test]
 fn a_head_step_compresses_the_output_head() {
-    use compress_core::pipeline::HEAD_PATH;
     let Some(s) = setup() else { return };
     let windows = sample_windows(&s.calib, 16, 128, 3).unwrap();
     let w4 = QuantScheme::new(4, Some(32), Symmetry::Symmetric).unwrap();
@@ -378,12 +381,12 @@ fn a_head_step_compresses_the_output_head() {
     };
     let (blocks_only, r0) = run(None);
     assert!(matches!(blocks_only.lm_head, CompressedLinear::Dense(_)));
-    assert!(r0.layers.iter().all(|l| l.path != HEAD_PATH));
+    assert!(r0.layers.iter().all(|l| !l.id.is_head()));
     let (rtn_head, r1) = run(Some(Box::new(Rtn::new(w8))));
     let (gptq_head, r2) = run(Some(Box::new(Gptq::new(w4))));
     for (model, report) in [(&rtn_head, &r1), (&gptq_head, &r2)] {
         assert!(matches!(model.lm_head, CompressedLinear::Quantized(_)));
-        let head = report.layers.iter().find(|l| l.path == HEAD_PATH).unwrap();
+        let head = report.layers.iter().find(|l| l.id.is_head()).unwrap();
         assert_eq!(report.layers.len(), r0.layers.len() + 1);
         let e = head
             .output_rel_error

@@ -34,7 +34,10 @@ pub fn collect_stats_in<M: BlockwiseModel>(
     request: StatsRequest,
     precision: DensePrecision,
 ) -> Result<LayerStats, PipelineError> {
-    let stage_name = model.stages().get(stage).map_or("?", |s| s.name);
+    let stage_name = model
+        .stages(block)
+        .get(stage)
+        .map_or_else(|| "?".to_string(), |s| s.name.clone());
     let what = format!("the {stage_name} input of block {block}");
     let lane = |caches: &mut [M::Cache]| {
         let mut acc = Accumulator::default();

@@ -1,8 +1,9 @@
 //! Slicing a nested model: a real, smaller model with fewer neurons, heads and bits.
 
+use compress_core::layer_id::LinearId;
 use compress_core::linear::{CompressedLinear, QuantizedLinear};
 use compress_core::packed::{QuantScheme, Symmetry};
-use compress_model::llama::PrefixWidth;
+use compress_model::llama::{PrefixWidth, BLOCK_LINEARS};
 use compress_model::LlamaModel;
 use compress_quant::grid::GridConfig;
 use compress_quant::nested::slice_bits;
@@ -35,18 +36,8 @@ pub struct SliceReport {
 pub(crate) fn projections(model: &mut LlamaModel) -> Vec<(String, &mut CompressedLinear)> {
     let mut out = Vec::new();
     for (i, b) in model.layers.iter_mut().enumerate() {
-        let a = &mut b.attn;
-        let m = &mut b.mlp;
-        for (name, l) in [
-            ("attn.q_proj", &mut a.q_proj),
-            ("attn.k_proj", &mut a.k_proj),
-            ("attn.v_proj", &mut a.v_proj),
-            ("attn.o_proj", &mut a.o_proj),
-            ("mlp.gate_proj", &mut m.gate_proj),
-            ("mlp.up_proj", &mut m.up_proj),
-            ("mlp.down_proj", &mut m.down_proj),
-        ] {
-            out.push((format!("layers.{i}.{name}"), l));
+        for (kind, l) in BLOCK_LINEARS.into_iter().zip(b.linears_mut()) {
+            out.push((LinearId::block(i, kind).to_string(), l));
         }
     }
     out

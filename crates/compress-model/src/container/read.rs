@@ -18,11 +18,13 @@ use super::write::precision_name;
 use super::{
     GranularityEntry, Header, LayerEntry, PackedEntry, TokenizerKind, FORMAT, METADATA_KEY, VERSION,
 };
+use crate::config::LayerAttention;
 use crate::error::ModelError;
-use crate::llama::calibrate::LINEAR_NAMES;
-use crate::llama::{Attention, AttentionPrecision, Block, LlamaModel, Mlp, RmsNorm, Rope};
+use crate::llama::build::{attention_scale, ropes};
+use crate::llama::{Attention, AttentionPrecision, Block, LlamaModel, Mlp, RmsNorm};
 use crate::load::LoadedModel;
 use crate::tokenizer::{GgufVocab, LlmTokenizer};
+use compress_core::layer_id::{LinearId, LinearKind};
 
 /// Whether `path` is a container: a safetensors file whose metadata has the `compress` key.
 /// Reads only the header; `false` for anything unreadable.
@@ -384,29 +386,44 @@ pub fn read_container(path: &Path, device: &Device) -> Result<LoadedModel, Model
             )));
         }
         let (q, kv) = (b.num_heads * c.head_dim, b.num_kv_heads * c.head_dim);
-        let ffn = r.out_features(&format!("layers.{l}.{}", LINEAR_NAMES[4]))?;
-        let lin = |name: &str, out, inp| r.linear(&format!("layers.{l}.{name}"), out, inp);
-        layers.push(Block {
-            attn_norm: RmsNorm::new(
-                r.f32(&format!("layers.{l}.attn_norm"), [d])?,
+        let path = |k: LinearKind| LinearId::block(l, k).to_string();
+        let ffn = r.out_features(&path(LinearKind::Gate))?;
+        let lin = |k: LinearKind, out, inp| r.linear(&path(k), out, inp);
+        let v = &c.variant;
+        let norm = |name: &str, width: usize| -> Result<RmsNorm, ModelError> {
+            Ok(RmsNorm::new(
+                r.f32(&format!("layers.{l}.{name}"), [width])?,
                 c.rms_norm_eps,
-            ),
+            ))
+        };
+        let optional_norm =
+            |on: bool, name: &str, width: usize| on.then(|| norm(name, width)).transpose();
+        layers.push(Block {
+            attn_norm: norm("attn_norm", d)?,
             attn: Attention {
-                q_proj: lin(LINEAR_NAMES[0], q, d)?,
-                k_proj: lin(LINEAR_NAMES[1], kv, d)?,
-                v_proj: lin(LINEAR_NAMES[2], kv, d)?,
-                o_proj: lin(LINEAR_NAMES[3], d, q)?,
+                q_proj: lin(LinearKind::Q, q, d)?,
+                k_proj: lin(LinearKind::K, kv, d)?,
+                v_proj: lin(LinearKind::V, kv, d)?,
+                o_proj: lin(LinearKind::O, d, q)?,
+                q_norm: optional_norm(v.qk_norm, "q_norm", c.head_dim)?,
+                k_norm: optional_norm(v.qk_norm, "k_norm", c.head_dim)?,
+                scale: attention_scale(&c),
+                softcap: v.attn_softcap,
                 num_heads: b.num_heads,
                 num_kv_heads: b.num_kv_heads,
                 head_dim: c.head_dim,
                 precision,
             },
-            ffn_norm: RmsNorm::new(r.f32(&format!("layers.{l}.ffn_norm"), [d])?, c.rms_norm_eps),
+            post_attn_norm: optional_norm(v.sandwich_norms, "post_attn_norm", d)?,
+            ffn_norm: norm("ffn_norm", d)?,
             mlp: Mlp {
-                gate_proj: lin(LINEAR_NAMES[4], ffn, d)?,
-                up_proj: lin(LINEAR_NAMES[5], ffn, d)?,
-                down_proj: lin(LINEAR_NAMES[6], d, ffn)?,
+                gate_proj: lin(LinearKind::Gate, ffn, d)?,
+                up_proj: lin(LinearKind::Up, ffn, d)?,
+                down_proj: lin(LinearKind::Down, d, ffn)?,
+                activation: v.activation,
             },
+            post_ffn_norm: optional_norm(v.sandwich_norms, "post_ffn_norm", d)?,
+            sliding: v.attention_of(l) == LayerAttention::Sliding,
         });
     }
     let norm = RmsNorm::new(r.f32("norm", [d])?, c.rms_norm_eps);
@@ -416,22 +433,15 @@ pub fn read_container(path: &Path, device: &Device) -> Result<LoadedModel, Model
         r.linear("lm_head", c.vocab_size, d)?
     };
     let tokenizer = r.tokenizer()?;
-    let rope = Rope::new(
-        c.head_dim,
-        c.max_seq_len,
-        c.rope_theta,
-        c.rope_layout,
-        device,
-    );
+    let (rope, rope_local) = ropes(&c, device);
     let model = LlamaModel {
         embedding: Param::from_tensor(embedding),
         layers,
         norm,
         lm_head,
         rope,
+        rope_local,
         config: c,
-        activations: Default::default(),
-        keep_intermediates: false,
         mlp_folds: 0,
         embedding_source: None,
     };

@@ -14,10 +14,10 @@ use super::{
     TokenizerEntry, TokenizerKind, FORMAT, METADATA_KEY, TOKENIZER_TENSOR,
 };
 use crate::error::ModelError;
-use crate::llama::calibrate::LINEAR_NAMES;
 use crate::llama::{AttentionPrecision, LlamaModel};
 use crate::save::{head_is_tied_copy, host, write_atomic};
 use crate::tokenizer::LlmTokenizer;
+use compress_core::pipeline::BlockWalk;
 
 /// One tensor's bytes before serialisation.
 struct Owned {
@@ -165,9 +165,12 @@ pub fn write_container(
             block.attn_norm.weight.val(),
         )?;
         t.f32(format!("layers.{l}.ffn_norm"), block.ffn_norm.weight.val())?;
-        for name in LINEAR_NAMES {
-            let path = format!("layers.{l}.{name}");
-            let entry = t.linear(&path, model.linear(l, name))?;
+        for (name, norm) in block.variant_norms() {
+            t.f32(format!("layers.{l}.{name}"), norm.weight.val())?;
+        }
+        for id in model.stages(l).into_iter().flat_map(|s| s.linears) {
+            let path = id.to_string();
+            let entry = t.linear(&path, model.expect_linear(id))?;
             layers.insert(path, entry);
         }
         blocks.push(BlockEntry {

@@ -11,6 +11,7 @@ use compress_core::kernels;
 use compress_core::linear::CompressedLinear;
 
 use super::cache::LayerCache;
+use super::norm::RmsNorm;
 use super::rope::Rope;
 
 /// Value written into blocked attention scores before the softmax. Finite (not −∞) so that a row
@@ -62,6 +63,16 @@ pub struct Attention {
     pub v_proj: CompressedLinear,
     /// Output projection, `[hidden, num_heads · head_dim]`.
     pub o_proj: CompressedLinear,
+    /// RMSNorm over each query head before RoPE (Qwen3, Gemma 3), gain `[head_dim]`.
+    pub q_norm: Option<RmsNorm>,
+    /// RMSNorm over each key head before RoPE, gain `[head_dim]`.
+    pub k_norm: Option<RmsNorm>,
+    /// Score scale (`1/√head_dim` unless the family says otherwise).
+    #[module(skip)]
+    pub(crate) scale: f32,
+    /// Scores soft-capped as `c·tanh(s/c)` before masking and softmax (Gemma 2).
+    #[module(skip)]
+    pub(crate) softcap: Option<f32>,
     #[module(skip)]
     pub(crate) num_heads: usize,
     #[module(skip)]
@@ -130,7 +141,7 @@ impl Attention {
         mask: Option<&Tensor<4, Bool>>,
     ) -> Option<Tensor<3>> {
         let device = x.device();
-        if self.precision != AttentionPrecision::F32 || !runs_cpu_kernels(&device) {
+        if !self.fuses(&device) {
             return None;
         }
         let [b, t, _] = x.dims();
@@ -146,13 +157,19 @@ impl Attention {
             .map(|p| usize::try_from(p).ok())
             .collect::<Option<_>>()?;
         let blocked = host_mask(mask, b * t * t)?;
-        let rotated = |proj: &CompressedLinear, heads: usize| -> Option<Vec<f32>> {
-            let y = proj.forward(x.clone());
+        let rotated = |proj: &CompressedLinear, norm: Option<&RmsNorm>, heads: usize| {
+            let mut y = proj.forward(x.clone());
+            if let Some(norm) = norm {
+                y = norm
+                    .forward(y.reshape([b, t, heads, hd]))
+                    .reshape([b, t, heads * hd]);
+            }
             let mut out = vec![0f32; b * t * heads * hd];
             with_host_f32(&y, |ys| rope.apply_host(ys, &mut out, heads, &pos).ok())??;
             Some(out)
         };
-        let (q, k) = (rotated(&self.q_proj, h)?, rotated(&self.k_proj, kvh)?);
+        let q = rotated(&self.q_proj, self.q_norm.as_ref(), h)?;
+        let k = rotated(&self.k_proj, self.k_norm.as_ref(), kvh)?;
         let v = self.v_proj.forward(x.clone());
         let shape = kernels::attention::AttentionShape {
             batch: b,
@@ -163,7 +180,7 @@ impl Attention {
             head_dim: hd,
         };
         let mut out = vec![0f32; b * t * h * hd];
-        let scale = (1.0 / (hd as f64).sqrt()) as f32;
+        let scale = self.scale;
         with_host_f32(&v, |vs| {
             kernels::attention::attention_in(
                 &shape,
@@ -195,7 +212,7 @@ impl Attention {
         mask: Option<&Tensor<4, Bool>>,
     ) -> Option<Tensor<3>> {
         let device = q.device();
-        if self.precision != AttentionPrecision::F32 || !runs_cpu_kernels(&device) {
+        if !self.fuses(&device) {
             return None;
         }
         let [b, h, t, hd] = q.dims();
@@ -210,7 +227,7 @@ impl Attention {
             head_dim: hd,
         };
         let mut out = vec![0f32; b * t * h * hd];
-        let scale = (1.0 / (hd as f64).sqrt()) as f32;
+        let scale = self.scale;
         with_host_f32(q, |qs| {
             with_host_f32(k, |ks| {
                 with_host_f32(v, |vs| {
@@ -231,6 +248,14 @@ impl Attention {
             TensorData::new(out, [b, t, h * hd]),
             &device,
         ))
+    }
+
+    /// Whether the fused CPU kernels serve this layer on `device`: f32 numerics, a CPU backend,
+    /// no soft-capping (the kernel has none).
+    fn fuses(&self, device: &burn::tensor::Device) -> bool {
+        self.precision == AttentionPrecision::F32
+            && self.softcap.is_none()
+            && runs_cpu_kernels(device)
     }
 
     /// Mean entropy (nats) of each query head's attention distribution over the queries of
@@ -267,8 +292,14 @@ impl Attention {
         let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let split = |y: Tensor<3>, heads: usize| y.reshape([b, t, heads, hd]).swap_dims(1, 2);
 
-        let q = rope.apply(split(self.q_proj.forward(x.clone()), h), positions.clone());
-        let k = rope.apply(split(self.k_proj.forward(x.clone()), kvh), positions);
+        let normed = |y: Tensor<4>, norm: &Option<RmsNorm>| match norm {
+            Some(n) => n.forward(y),
+            None => y,
+        };
+        let q = split(self.q_proj.forward(x.clone()), h);
+        let k = split(self.k_proj.forward(x.clone()), kvh);
+        let q = rope.apply(normed(q, &self.q_norm), positions.clone());
+        let k = rope.apply(normed(k, &self.k_norm), positions);
         let v = split(self.v_proj.forward(x), kvh);
         let (q, k, v) = match self.precision {
             AttentionPrecision::F32 => (q, k, v),
@@ -290,11 +321,12 @@ impl Attention {
         v: Tensor<4>,
         mask: Option<Tensor<4, Bool>>,
     ) -> (Tensor<4>, Tensor<4>) {
-        let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let (h, kvh) = (self.num_heads, self.num_kv_heads);
         let group = h / kvh;
         let k = repeat_kv(k, group);
         let v = repeat_kv(v, group);
-        let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
+        let scores = q.matmul(k.swap_dims(2, 3)) * self.scale as f64;
+        let scores = super::soft_cap(scores, self.softcap);
         let scores = match mask {
             Some(mask) => scores.mask_fill(mask, MASKED),
             None => scores,

@@ -7,7 +7,7 @@ use burn::tensor::{Device, Shape, Tensor, TensorData};
 use compress_core::linear::{CompressedLinear, DenseLinear};
 
 use super::{Attention, AttentionPrecision, Block, LlamaModel, Mlp, RmsNorm, Rope};
-use crate::config::LlamaConfig;
+use crate::config::{LayerAttention, LlamaConfig};
 use crate::error::ModelError;
 use crate::weights::{HostTensor, Proj, WeightName, WeightSource};
 
@@ -92,30 +92,42 @@ impl LlamaModel {
                     weight, bias,
                 )))
             };
-            layers.push(Block {
-                attn_norm: RmsNorm::new(
-                    loader.required(WeightName::AttnNorm(l), &[d])?,
+            let norm = |name: WeightName, width: usize| -> Result<RmsNorm, ModelError> {
+                Ok(RmsNorm::new(
+                    loader.required(name, &[width])?,
                     c.rms_norm_eps,
-                ),
+                ))
+            };
+            let v = &c.variant;
+            let optional_norm = |on: bool, name: WeightName, width: usize| {
+                on.then(|| norm(name, width)).transpose()
+            };
+            layers.push(Block {
+                attn_norm: norm(WeightName::AttnNorm(l), d)?,
                 attn: Attention {
                     q_proj: linear(Proj::Q)?,
                     k_proj: linear(Proj::K)?,
                     v_proj: linear(Proj::V)?,
                     o_proj: linear(Proj::O)?,
+                    q_norm: optional_norm(v.qk_norm, WeightName::QNorm(l), c.head_dim)?,
+                    k_norm: optional_norm(v.qk_norm, WeightName::KNorm(l), c.head_dim)?,
+                    scale: attention_scale(c),
+                    softcap: v.attn_softcap,
                     num_heads: c.num_heads,
                     num_kv_heads: c.num_kv_heads,
                     head_dim: c.head_dim,
                     precision: AttentionPrecision::default(),
                 },
-                ffn_norm: RmsNorm::new(
-                    loader.required(WeightName::FfnNorm(l), &[d])?,
-                    c.rms_norm_eps,
-                ),
+                post_attn_norm: optional_norm(v.sandwich_norms, WeightName::PostAttnNorm(l), d)?,
+                ffn_norm: norm(WeightName::FfnNorm(l), d)?,
                 mlp: Mlp {
                     gate_proj: linear(Proj::Gate)?,
                     up_proj: linear(Proj::Up)?,
                     down_proj: linear(Proj::Down)?,
+                    activation: v.activation,
                 },
+                post_ffn_norm: optional_norm(v.sandwich_norms, WeightName::PostFfnNorm(l), d)?,
+                sliding: v.attention_of(l) == LayerAttention::Sliding,
             });
         }
         let norm = RmsNorm::new(
@@ -133,26 +145,52 @@ impl LlamaModel {
                 None => Param::from_tensor(loader.required(WeightName::Output, &emb_shape)?),
             }
         };
-        let rope = Rope::new(
-            c.head_dim,
-            c.max_seq_len,
-            c.rope_theta,
-            c.rope_layout,
-            device,
-        );
+        let (rope, rope_local) = ropes(c, device);
         Ok(LlamaModel {
             embedding,
             layers,
             norm,
             lm_head: CompressedLinear::Dense(DenseLinear::from_param(head, None)),
             rope,
+            rope_local,
             config,
-            activations: Default::default(),
-            keep_intermediates: false,
             mlp_folds: 0,
             embedding_source,
         })
     }
+}
+
+/// The score scale of `c`'s attention: the family's, or `1/√head_dim`.
+pub(crate) fn attention_scale(c: &LlamaConfig) -> f32 {
+    c.variant
+        .attention_scale
+        .unwrap_or_else(|| (1.0 / (c.head_dim as f64).sqrt()) as f32)
+}
+
+/// The global RoPE tables of `c` and, where sliding layers have a base of their own, theirs.
+pub(crate) fn ropes(c: &LlamaConfig, device: &Device) -> (Rope, Option<Rope>) {
+    let rotary = c.rotary_dims();
+    let global = Rope::with_scaling(
+        c.head_dim,
+        rotary,
+        c.max_seq_len,
+        c.rope_theta,
+        c.variant.rope_scaling.as_ref(),
+        c.rope_layout,
+        device,
+    );
+    let local = c.variant.local_rope_theta.map(|theta| {
+        Rope::with_scaling(
+            c.head_dim,
+            rotary,
+            c.max_seq_len,
+            theta,
+            None,
+            c.rope_layout,
+            device,
+        )
+    });
+    (global, local)
 }
 
 struct Loader<'a> {
@@ -309,7 +347,17 @@ pub fn random_model(
             );
             let shape = match name {
                 WeightName::TokenEmbedding | WeightName::Output => vec![c.vocab_size, d],
-                WeightName::OutputNorm | WeightName::AttnNorm(_) | WeightName::FfnNorm(_) => {
+                WeightName::QNorm(_) | WeightName::KNorm(_) => {
+                    return Ok(Some(HostTensor {
+                        shape: vec![c.head_dim],
+                        data: vec![1.0; c.head_dim],
+                    }))
+                }
+                WeightName::OutputNorm
+                | WeightName::AttnNorm(_)
+                | WeightName::FfnNorm(_)
+                | WeightName::PostAttnNorm(_)
+                | WeightName::PostFfnNorm(_) => {
                     return Ok(Some(HostTensor {
                         shape: vec![d],
                         data: vec![1.0; d],

@@ -1,5 +1,5 @@
-//! [`BlockwiseModel`] for [`LlamaModel`]: what the calibration pipeline needs to compress a
-//! llama-family model block by block.
+//! The calibration pipeline's traits ([`BlockWalk`], [`Linears`], [`ScaleFolds`]) for
+//! [`LlamaModel`]: what it needs to compress a decoder of any supported family block by block.
 //!
 //! A block's linears form four stages, in the order the forward pass reaches them (the
 //! "true-sequential" order of the GPTQ reference): `attn_in` (q/k/v, reading the normed block
@@ -9,36 +9,29 @@
 //!
 //! The per-batch [`BlockCache`] keeps the block input, the attention context and the residual
 //! after attention, each computed once and only after the layers it depends on were replaced.
-//! With [`BlockwiseModel::set_keep_intermediates`] it also keeps `down_proj`'s input
+//! With [`ActivationPolicy::keep_intermediates`] it also keeps `down_proj`'s input
 //! (`silu(gate) ⊙ up`, `[tokens, intermediate]`) from the `mlp_down` stage for the block's output,
 //! so a whole block walk costs one forward pass; without it the gate/up products run a second
-//! time in [`BlockwiseModel::finish_block`] and that memory is not held. With bf16 activation
-//! storage ([`BlockwiseModel::set_activation_precision`], CPU flex backend only) the cached
+//! time in [`BlockWalk::finish_block`] and that memory is not held. With bf16 activation
+//! storage ([`ActivationPolicy::storage`], CPU flex backend only) the cached
 //! tensors and the block outputs are kept in bf16 and widened to f32 for each computation.
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use compress_core::backend::{to_bf16_storage, to_f32};
 use compress_core::kernels::dense::DensePrecision;
+use compress_core::layer_id::{LinearId, LinearKind};
 use compress_core::linear::CompressedLinear;
-use compress_core::pipeline::{BlockwiseModel, StageSpec};
+use compress_core::pipeline::{ActivationPolicy, BlockWalk, Linears, ScaleFolds, StageSpec};
 use compress_core::scaling::scale_output_rows;
 
 use super::{full_sequence, Block, LlamaModel};
 
-/// Names of a block's linears, as used in layer paths `layers.{i}.{name}`.
-pub const LINEAR_NAMES: [&str; 7] = [
-    "attn.q_proj",
-    "attn.k_proj",
-    "attn.v_proj",
-    "attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-];
-
-/// Intermediate results of one llama block for one calibration batch (see [`BlockwiseModel`]).
+/// Intermediate results of one block for one calibration batch (see [`BlockWalk`]).
 #[derive(Debug)]
 pub struct BlockCache {
+    policy: ActivationPolicy,
+    /// Whether bf16 storage applies (the policy asks for it and the device can convert).
+    bf16: bool,
     x: Option<Tensor<3>>,
     context: Option<Tensor<3>>,
     residual: Option<Tensor<3>>,
@@ -47,13 +40,22 @@ pub struct BlockCache {
     gated: Option<(Tensor<3>, usize)>,
 }
 
-impl LlamaModel {
-    /// `x` as the calibration walk stores it (bf16 or f32, see `activations`).
+impl BlockCache {
+    /// `x` as the walk stores it (bf16 or f32, see [`ActivationPolicy::storage`]).
     fn keep(&self, x: Tensor<3>) -> Tensor<3> {
-        match self.activations {
-            DensePrecision::Bf16 => to_bf16_storage(x),
-            DensePrecision::F32 => x,
+        if self.bf16 {
+            to_bf16_storage(x)
+        } else {
+            x
         }
+    }
+}
+
+impl LlamaModel {
+    /// Whether activations can be stored as `policy` asks: bf16 storage uses the flex backend's
+    /// host conversion; other devices keep f32.
+    fn stores_bf16(&self, policy: &ActivationPolicy) -> bool {
+        policy.storage == DensePrecision::Bf16 && LlamaModel::device(self) == Device::flex()
     }
 
     fn full_sequence(&self, x: &Tensor<3>) -> (Tensor<2, Int>, Tensor<4, Bool>) {
@@ -70,56 +72,52 @@ impl LlamaModel {
         ))
     }
 
-    fn cached_context(&self, layer: &Block, c: &mut BlockCache) -> Tensor<3> {
+    fn cached_context(&self, block: usize, c: &mut BlockCache) -> Tensor<3> {
+        let layer = &self.layers[block];
         if c.context.is_none() {
             let normed = self.normed(layer, c);
             let (pos, mask) = self.full_sequence(&normed);
+            let mask = self.layer_mask(block, mask);
             let ctx = layer
                 .attn
-                .context(normed, &self.rope, pos, Some(mask), None);
-            c.context = Some(self.keep(ctx));
+                .context(normed, self.rope_of(block), pos, Some(mask), None);
+            c.context = Some(c.keep(ctx));
         }
         to_f32(c.context.clone().unwrap())
     }
 
-    fn cached_residual(&self, layer: &Block, c: &mut BlockCache) -> Tensor<3> {
+    fn cached_residual(&self, block: usize, c: &mut BlockCache) -> Tensor<3> {
         if c.residual.is_none() {
-            let context = self.cached_context(layer, c);
+            let context = self.cached_context(block, c);
+            let layer = &self.layers[block];
             let x =
                 c.x.take()
                     .expect("block input is kept until the residual exists");
             c.context = None;
-            c.residual = Some(self.keep(to_f32(x) + layer.attn.o_proj.forward(context)));
+            let attn = layer.attn.o_proj.forward(context);
+            c.residual = Some(c.keep(layer.attn_residual(to_f32(x), attn)));
         }
         to_f32(c.residual.clone().unwrap())
     }
 }
 
-impl BlockwiseModel for LlamaModel {
+impl BlockWalk for LlamaModel {
     type Cache = BlockCache;
 
     fn num_blocks(&self) -> usize {
-        self.layers.len()
+        LlamaModel::num_blocks(self)
     }
 
-    fn stages(&self) -> Vec<StageSpec> {
+    fn stages(&self, block: usize) -> Vec<StageSpec> {
+        let id = |k| LinearId::block(block, k);
         vec![
-            StageSpec {
-                name: "attn_in",
-                linears: LINEAR_NAMES[..3].to_vec(),
-            },
-            StageSpec {
-                name: "attn_out",
-                linears: vec![LINEAR_NAMES[3]],
-            },
-            StageSpec {
-                name: "mlp_in",
-                linears: LINEAR_NAMES[4..6].to_vec(),
-            },
-            StageSpec {
-                name: "mlp_down",
-                linears: vec![LINEAR_NAMES[6]],
-            },
+            StageSpec::new(
+                "attn_in",
+                vec![id(LinearKind::Q), id(LinearKind::K), id(LinearKind::V)],
+            ),
+            StageSpec::new("attn_out", vec![id(LinearKind::O)]),
+            StageSpec::new("mlp_in", vec![id(LinearKind::Gate), id(LinearKind::Up)]),
+            StageSpec::new("mlp_down", vec![id(LinearKind::Down)]),
         ]
     }
 
@@ -129,41 +127,49 @@ impl BlockwiseModel for LlamaModel {
 
     /// Stored like the block outputs (bf16 under bf16 activation storage), so the embedded
     /// calibration set is never held in f32.
-    fn embed_tokens(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
-        self.keep(self.embed(tokens))
+    fn embed_tokens(&self, tokens: Tensor<2, Int>, policy: &ActivationPolicy) -> Tensor<3> {
+        let x = self.embed(tokens);
+        if self.stores_bf16(policy) {
+            to_bf16_storage(x)
+        } else {
+            x
+        }
     }
 
-    fn begin_block(&self, _block: usize, x: Tensor<3>) -> BlockCache {
-        BlockCache {
-            x: Some(self.keep(x)),
+    fn begin_block(&self, _block: usize, x: Tensor<3>, policy: &ActivationPolicy) -> BlockCache {
+        let mut c = BlockCache {
+            policy: *policy,
+            bf16: self.stores_bf16(policy),
+            x: None,
             context: None,
             residual: None,
             gated: None,
-        }
+        };
+        c.x = Some(c.keep(x));
+        c
     }
 
     fn stage_input(&self, block: usize, stage: usize, c: &mut BlockCache) -> Tensor<3> {
         let layer = &self.layers[block];
         match stage {
             0 => self.normed(layer, c),
-            1 => self.cached_context(layer, c),
-            2 => layer.ffn_norm.forward(self.cached_residual(layer, c)),
+            1 => self.cached_context(block, c),
+            2 => layer.ffn_norm.forward(self.cached_residual(block, c)),
             3 => {
-                let gated = layer
-                    .mlp
-                    .gated(layer.ffn_norm.forward(self.cached_residual(layer, c)));
-                if self.keep_intermediates {
-                    c.gated = Some((self.keep(gated.clone()), self.mlp_folds));
+                let h = self.cached_residual(block, c);
+                let gated = layer.mlp.gated(layer.ffn_norm.forward(h));
+                if c.policy.keep_intermediates {
+                    c.gated = Some((c.keep(gated.clone()), self.mlp_folds));
                 }
                 gated
             }
-            _ => panic!("a llama block has 4 stages, asked for stage {stage}"),
+            _ => panic!("a decoder block has 4 stages, asked for stage {stage}"),
         }
     }
 
     fn finish_block(&self, block: usize, mut c: BlockCache) -> Tensor<3> {
+        let h = self.cached_residual(block, &mut c);
         let layer = &self.layers[block];
-        let h = self.cached_residual(layer, &mut c);
         let mlp = match c.gated.take() {
             // Computed with the same gate/up weights (no fold since), so equal to recomputing it.
             Some((gated, folds)) if folds == self.mlp_folds => {
@@ -171,23 +177,33 @@ impl BlockwiseModel for LlamaModel {
             }
             _ => layer.mlp.forward(layer.ffn_norm.forward(h.clone())),
         };
-        self.keep(h + mlp)
+        c.keep(layer.mlp_residual(h, mlp))
     }
 
     fn release_embedding(&mut self) {
         LlamaModel::release_embedding(self);
     }
 
-    fn set_keep_intermediates(&mut self, keep: bool) {
-        self.keep_intermediates = keep;
+    fn head_logits(&self, x: Tensor<3>) -> Tensor<3> {
+        self.logits_of(to_f32(x))
     }
 
-    fn set_activation_precision(&mut self, precision: DensePrecision) {
-        // bf16 storage uses the flex backend's host conversion; other devices keep f32.
-        let flex = LlamaModel::device(self) == Device::flex();
-        self.activations = if flex { precision } else { DensePrecision::F32 };
+    fn head_input(&self, x: Tensor<3>) -> Tensor<3> {
+        self.norm.forward(to_f32(x))
+    }
+}
+
+impl Linears for LlamaModel {
+    fn linear(&self, id: LinearId) -> Option<&CompressedLinear> {
+        LlamaModel::linear(self, id)
     }
 
+    fn linear_mut(&mut self, id: LinearId) -> Option<&mut CompressedLinear> {
+        LlamaModel::linear_mut(self, id)
+    }
+}
+
+impl ScaleFolds for LlamaModel {
     /// Folds into the norm gains (stages 0 and 2) and the rows of `up_proj` (stage 3). Stage 1
     /// (`o_proj`, fed by the attention context) is not folded: with grouped-query attention a
     /// value head serves several query heads, so its rows cannot carry per-context-channel
@@ -213,49 +229,5 @@ impl BlockwiseModel for LlamaModel {
         };
         norm.weight = norm.weight.clone().map(|g| g * inv);
         true
-    }
-
-    fn head_logits(&self, x: Tensor<3>) -> Tensor<3> {
-        self.lm_head.forward(self.norm.forward(to_f32(x)))
-    }
-
-    fn head(&self) -> Option<&CompressedLinear> {
-        Some(&self.lm_head)
-    }
-
-    fn head_mut(&mut self) -> Option<&mut CompressedLinear> {
-        Some(&mut self.lm_head)
-    }
-
-    fn head_input(&self, x: Tensor<3>) -> Tensor<3> {
-        self.norm.forward(to_f32(x))
-    }
-
-    fn linear(&self, block: usize, name: &str) -> &CompressedLinear {
-        let l = &self.layers[block];
-        match name {
-            "attn.q_proj" => &l.attn.q_proj,
-            "attn.k_proj" => &l.attn.k_proj,
-            "attn.v_proj" => &l.attn.v_proj,
-            "attn.o_proj" => &l.attn.o_proj,
-            "mlp.gate_proj" => &l.mlp.gate_proj,
-            "mlp.up_proj" => &l.mlp.up_proj,
-            "mlp.down_proj" => &l.mlp.down_proj,
-            _ => panic!("no linear `{name}` in a llama block (see LINEAR_NAMES)"),
-        }
-    }
-
-    fn linear_mut(&mut self, block: usize, name: &str) -> &mut CompressedLinear {
-        let l = &mut self.layers[block];
-        match name {
-            "attn.q_proj" => &mut l.attn.q_proj,
-            "attn.k_proj" => &mut l.attn.k_proj,
-            "attn.v_proj" => &mut l.attn.v_proj,
-            "attn.o_proj" => &mut l.attn.o_proj,
-            "mlp.gate_proj" => &mut l.mlp.gate_proj,
-            "mlp.up_proj" => &mut l.mlp.up_proj,
-            "mlp.down_proj" => &mut l.mlp.down_proj,
-            _ => panic!("no linear `{name}` in a llama block (see LINEAR_NAMES)"),
-        }
     }
 }

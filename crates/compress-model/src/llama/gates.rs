@@ -54,17 +54,22 @@ impl LlamaModel {
                 Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [1, t]), &self.device());
             let (positions, mask) = full_sequence(1, t, &self.device());
             let mut x = self.embed(tokens);
-            for (l, (fg, hg)) in self.layers.iter().zip(ffn_gates.iter().zip(&head_gates)) {
+            for (i, (l, (fg, hg))) in self
+                .layers
+                .iter()
+                .zip(ffn_gates.iter().zip(&head_gates))
+                .enumerate()
+            {
                 x = l.forward_gated(
                     x,
-                    &self.rope,
+                    self.rope_of(i),
                     positions.clone(),
-                    Some(mask.clone()),
+                    Some(self.layer_mask(i, mask.clone())),
                     None,
                     Some((hg, fg)),
                 );
             }
-            let logits = self.lm_head.forward(self.norm.forward(x));
+            let logits = self.logits_of(x);
             let vocab = logits.dims()[2];
             let lp = log_softmax(logits.narrow(1, 0, t - 1).reshape([t - 1, vocab]), 1);
             let targets = Tensor::<2, Int>::from_data(

@@ -1,5 +1,6 @@
-//! The SwiGLU feed-forward sub-layer (Shazeer 2020, arXiv:2002.05202):
-//! `down(silu(gate(x)) ⊙ up(x))`.
+//! The gated feed-forward sub-layer (Shazeer 2020, arXiv:2002.05202):
+//! `down(act(gate(x)) ⊙ up(x))` with `act` = SiLU (SwiGLU) or tanh-approximated GELU (GeGLU,
+//! Gemma).
 
 use burn::module::Module;
 use burn::tensor::activation::silu;
@@ -7,6 +8,8 @@ use burn::tensor::{Tensor, TensorData};
 use compress_core::backend::{runs_cpu_kernels, with_host_f32};
 use compress_core::kernels;
 use compress_core::linear::CompressedLinear;
+
+use crate::config::Activation;
 
 /// Gated feed-forward network of a decoder block.
 #[derive(Module, Debug)]
@@ -17,6 +20,9 @@ pub struct Mlp {
     pub up_proj: CompressedLinear,
     /// Down projection, `[hidden, intermediate]`.
     pub down_proj: CompressedLinear,
+    /// The gate's activation.
+    #[module(skip)]
+    pub activation: Activation,
 }
 
 impl Mlp {
@@ -25,13 +31,24 @@ impl Mlp {
         self.down_proj.forward(self.gated(x))
     }
 
-    /// `silu(gate(x)) ⊙ up(x)`, `[..., intermediate]`: the input of `down_proj`. On the CPU
-    /// backends without autodiff, in one fused parallel pass (compress-kernels' `swiglu`).
+    /// `act(gate(x)) ⊙ up(x)`, `[..., intermediate]`: the input of `down_proj`. SwiGLU on the
+    /// CPU backends without autodiff runs in one fused parallel pass (compress-kernels'
+    /// `swiglu`).
     pub fn gated<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let g = self.gate_proj.forward(x.clone());
         let u = self.up_proj.forward(x);
-        fused_swiglu(&g, &u).unwrap_or_else(|| silu(g) * u)
+        match self.activation {
+            Activation::Silu => fused_swiglu(&g, &u).unwrap_or_else(|| silu(g) * u),
+            Activation::GeluTanh => gelu_tanh(g) * u,
+        }
     }
+}
+
+/// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, PyTorch's `gelu(approximate="tanh")`.
+pub(crate) fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let c = (2.0f64 / std::f64::consts::PI).sqrt();
+    let inner = (x.clone() + x.clone().powi_scalar(3) * 0.044715) * c;
+    x * (inner.tanh() + 1.0) * 0.5
 }
 
 /// `silu(g) ⊙ u` through the fused kernel, when the tensors are on a device it serves.

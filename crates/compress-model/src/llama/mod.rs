@@ -1,19 +1,22 @@
-//! The llama-family decoder on burn tensors.
+//! The decoder of every supported family on burn tensors.
 //!
 //! `tokens → embedding → N × [x + attn(norm(x)); x + mlp(norm(x))] → norm → head → logits`,
 //! the pre-norm transformer of Llama (Touvron et al. 2023, arXiv:2302.13971) with RMSNorm, RoPE,
-//! grouped-query attention and a SwiGLU MLP. Every projection is a
-//! [`CompressedLinear`], so compressed layers drop in.
+//! grouped-query attention and a gated MLP, plus what the other families add to it
+//! ([`Variant`](crate::config::Variant)): norms on the sub-layer outputs (Gemma's sandwich),
+//! q/k norms, GELU-tanh, sliding-window layers with their own RoPE, soft-capping, embedding
+//! scaling, scaled or partial RoPE. Every projection is a [`CompressedLinear`], so compressed
+//! layers drop in.
 
 mod attention;
-mod build;
+pub(crate) mod build;
 mod cache;
 pub mod calibrate;
 mod gates;
 mod mlp;
 mod nested;
 mod norm;
-mod rope;
+pub(crate) mod rope;
 mod surgery;
 
 pub use attention::{Attention, AttentionPrecision};
@@ -28,11 +31,23 @@ pub use surgery::HeadShape;
 
 use burn::module::{Module, Param};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
-use compress_core::kernels::dense::DensePrecision;
+use compress_core::layer_id::{LinearId, LinearKind};
 use compress_core::linear::CompressedLinear;
 
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
+
+/// The linears of a block, in the order the block computes them (the order of
+/// [`Block::linears`]).
+pub const BLOCK_LINEARS: [LinearKind; 7] = [
+    LinearKind::Q,
+    LinearKind::K,
+    LinearKind::V,
+    LinearKind::O,
+    LinearKind::Gate,
+    LinearKind::Up,
+    LinearKind::Down,
+];
 
 /// One pre-norm decoder block.
 #[derive(Module, Debug)]
@@ -41,13 +56,111 @@ pub struct Block {
     pub attn_norm: RmsNorm,
     /// Self-attention.
     pub attn: Attention,
+    /// Norm of the attention output before the residual add (Gemma's sandwich norms).
+    pub post_attn_norm: Option<RmsNorm>,
     /// Norm before the MLP.
     pub ffn_norm: RmsNorm,
     /// Feed-forward network.
     pub mlp: Mlp,
+    /// Norm of the MLP output before the residual add (Gemma's sandwich norms).
+    pub post_ffn_norm: Option<RmsNorm>,
+    /// The block attends within a sliding window (and with the local RoPE where there is one).
+    #[module(skip)]
+    pub sliding: bool,
 }
 
 impl Block {
+    /// `x + post_norm(attn_out)`: the residual after attention.
+    pub fn attn_residual(&self, x: Tensor<3>, attn_out: Tensor<3>) -> Tensor<3> {
+        match &self.post_attn_norm {
+            Some(n) => x + n.forward(attn_out),
+            None => x + attn_out,
+        }
+    }
+
+    /// `h + post_norm(mlp_out)`: the block's output.
+    pub fn mlp_residual(&self, h: Tensor<3>, mlp_out: Tensor<3>) -> Tensor<3> {
+        match &self.post_ffn_norm {
+            Some(n) => h + n.forward(mlp_out),
+            None => h + mlp_out,
+        }
+    }
+
+    /// The block's linear of kind `id.kind()` (the block index of `id` is not checked).
+    pub fn linear(&self, id: LinearId) -> Option<&CompressedLinear> {
+        if id.expert_ref().is_some() {
+            return None;
+        }
+        Some(match id.kind() {
+            LinearKind::Q => &self.attn.q_proj,
+            LinearKind::K => &self.attn.k_proj,
+            LinearKind::V => &self.attn.v_proj,
+            LinearKind::O => &self.attn.o_proj,
+            LinearKind::Gate => &self.mlp.gate_proj,
+            LinearKind::Up => &self.mlp.up_proj,
+            LinearKind::Down => &self.mlp.down_proj,
+            _ => return None,
+        })
+    }
+
+    /// [`Self::linear`], to replace it.
+    pub fn linear_mut(&mut self, id: LinearId) -> Option<&mut CompressedLinear> {
+        if id.expert_ref().is_some() {
+            return None;
+        }
+        Some(match id.kind() {
+            LinearKind::Q => &mut self.attn.q_proj,
+            LinearKind::K => &mut self.attn.k_proj,
+            LinearKind::V => &mut self.attn.v_proj,
+            LinearKind::O => &mut self.attn.o_proj,
+            LinearKind::Gate => &mut self.mlp.gate_proj,
+            LinearKind::Up => &mut self.mlp.up_proj,
+            LinearKind::Down => &mut self.mlp.down_proj,
+            _ => return None,
+        })
+    }
+
+    /// The norms a family adds to the llama block, with the names containers store them under.
+    pub fn variant_norms(&self) -> Vec<(&'static str, &RmsNorm)> {
+        [
+            ("q_norm", self.attn.q_norm.as_ref()),
+            ("k_norm", self.attn.k_norm.as_ref()),
+            ("post_attn_norm", self.post_attn_norm.as_ref()),
+            ("post_ffn_norm", self.post_ffn_norm.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(n, norm)| norm.map(|norm| (n, norm)))
+        .collect()
+    }
+
+    /// Every linear of the block, in [`BLOCK_LINEARS`] order.
+    pub fn linears(&self) -> [&CompressedLinear; 7] {
+        let (a, m) = (&self.attn, &self.mlp);
+        [
+            &a.q_proj,
+            &a.k_proj,
+            &a.v_proj,
+            &a.o_proj,
+            &m.gate_proj,
+            &m.up_proj,
+            &m.down_proj,
+        ]
+    }
+
+    /// Every linear of the block, in [`BLOCK_LINEARS`] order.
+    pub fn linears_mut(&mut self) -> [&mut CompressedLinear; 7] {
+        let (a, m) = (&mut self.attn, &mut self.mlp);
+        [
+            &mut a.q_proj,
+            &mut a.k_proj,
+            &mut a.v_proj,
+            &mut a.o_proj,
+            &mut m.gate_proj,
+            &mut m.up_proj,
+            &mut m.down_proj,
+        ]
+    }
+
     /// `x + attn(norm(x))`, then `h + mlp(norm(h))`, for `x: [batch, seq, hidden]`.
     pub fn forward(
         &self,
@@ -73,27 +186,27 @@ impl Block {
         gates: Option<(&Tensor<1>, &Tensor<1>)>,
     ) -> Tensor<3> {
         let normed = self.attn_norm.forward(x.clone());
-        let h = match gates {
-            None => x + self.attn.forward(normed, rope, positions, mask, cache),
+        let attn = match gates {
+            None => self.attn.forward(normed, rope, positions, mask, cache),
             Some((heads, _)) => {
                 let ctx = self.attn.context(normed, rope, positions, mask, cache);
                 let [b, t, _] = ctx.dims();
                 let (nh, hd) = (self.attn.num_heads, self.attn.head_dim);
                 let ctx = (ctx.reshape([b, t, nh, hd]) * heads.clone().reshape([1, 1, nh, 1]))
                     .reshape([b, t, nh * hd]);
-                x + self.attn.o_proj.forward(ctx)
+                self.attn.o_proj.forward(ctx)
             }
         };
+        let h = self.attn_residual(x, attn);
         let normed = self.ffn_norm.forward(h.clone());
-        match gates {
-            None => h + self.mlp.forward(normed),
-            Some((_, ffn)) => {
-                h + self
-                    .mlp
-                    .down_proj
-                    .forward(self.mlp.gated(normed) * ffn.clone().unsqueeze::<3>())
-            }
-        }
+        let mlp = match gates {
+            None => self.mlp.forward(normed),
+            Some((_, ffn)) => self
+                .mlp
+                .down_proj
+                .forward(self.mlp.gated(normed) * ffn.clone().unsqueeze::<3>()),
+        };
+        self.mlp_residual(h, mlp)
     }
 }
 
@@ -108,18 +221,12 @@ pub struct LlamaModel {
     pub norm: RmsNorm,
     /// Output head, `[vocab, hidden]` (a copy of the embedding when tied).
     pub lm_head: CompressedLinear,
-    /// RoPE tables shared by every block.
+    /// RoPE tables shared by every global block (every block without local tables).
     pub rope: Rope,
+    /// RoPE tables of the sliding-window blocks when they differ (Gemma 3's local base).
+    pub rope_local: Option<Rope>,
     #[module(skip)]
     pub(crate) config: LlamaConfig,
-    /// Storage of the activations a calibration walk keeps (see
-    /// `BlockwiseModel::set_activation_precision`); f32 outside the pipeline.
-    #[module(skip)]
-    pub(crate) activations: DensePrecision,
-    /// Whether a calibration walk keeps `down_proj`'s input for the block's output instead of
-    /// recomputing it (`BlockwiseModel::set_keep_intermediates`).
-    #[module(skip)]
-    pub(crate) keep_intermediates: bool,
     /// Folds of input scales into an `up_proj` so far: a kept `down_proj` input computed under
     /// an older count is stale.
     #[module(skip)]
@@ -133,6 +240,27 @@ impl LlamaModel {
     /// The hyper-parameters the model was built with.
     pub fn config(&self) -> &LlamaConfig {
         &self.config
+    }
+
+    /// Number of decoder blocks.
+    pub fn num_blocks(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The linear `id` (a block projection or the output head), if the model has it.
+    pub fn linear(&self, id: LinearId) -> Option<&CompressedLinear> {
+        match id.block_index() {
+            None => Some(&self.lm_head),
+            Some(b) => self.layers.get(b)?.linear(id),
+        }
+    }
+
+    /// The linear `id`, to replace it.
+    pub fn linear_mut(&mut self, id: LinearId) -> Option<&mut CompressedLinear> {
+        match id.block_index() {
+            None => Some(&mut self.lm_head),
+            Some(b) => self.layers.get_mut(b)?.linear_mut(id),
+        }
     }
 
     /// Sets the numeric precision of every attention layer (see [`AttentionPrecision`]).
@@ -175,11 +303,7 @@ impl LlamaModel {
             _ => {}
         };
         for layer in &mut self.layers {
-            let (a, m) = (&mut layer.attn, &mut layer.mlp);
-            for l in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj] {
-                set(l);
-            }
-            for l in [&mut m.gate_proj, &mut m.up_proj, &mut m.down_proj] {
+            for l in layer.linears_mut() {
                 set(l);
             }
         }
@@ -238,11 +362,22 @@ impl LlamaModel {
                 (positions, causal.bool_or(blocked_keys))
             }
         };
+        let windowed = self.window().map(|w| {
+            mask.clone().bool_or(
+                window_mask(t, 0, w, &device)
+                    .unsqueeze_dims::<4>(&[0, 1])
+                    .expand([b, 1, t, t]),
+            )
+        });
         let mut x = self.embed(tokens);
-        for layer in &self.layers {
-            x = layer.forward(x, &self.rope, positions.clone(), Some(mask.clone()), None);
+        for (l, layer) in self.layers.iter().enumerate() {
+            let m = match (&windowed, layer.sliding) {
+                (Some(w), true) => w.clone(),
+                _ => mask.clone(),
+            };
+            x = layer.forward(x, self.rope_of(l), positions.clone(), Some(m), None);
         }
-        Ok(self.lm_head.forward(self.norm.forward(x)))
+        Ok(self.logits_of(x))
     }
 
     /// Logits `[batch, seq, vocab]` for `tokens` that continue the sequences in `cache` (no
@@ -253,7 +388,7 @@ impl LlamaModel {
         cache: &mut KvCache,
     ) -> Result<Tensor<3>, ModelError> {
         let x = self.hidden_cached(tokens, cache)?;
-        Ok(self.lm_head.forward(self.norm.forward(x)))
+        Ok(self.logits_of(x))
     }
 
     /// Like [`Self::forward_cached`], but returns only the last position's logits
@@ -266,9 +401,7 @@ impl LlamaModel {
     ) -> Result<Tensor<3>, ModelError> {
         let x = self.hidden_cached(tokens, cache)?;
         let t = x.dims()[1];
-        Ok(self
-            .lm_head
-            .forward(self.norm.forward(x.narrow(1, t - 1, 1))))
+        Ok(self.logits_of(x.narrow(1, t - 1, 1)))
     }
 
     /// Runs `tokens` `[batch, seq]` through the blocks, appending their keys and values to
@@ -301,10 +434,25 @@ impl LlamaModel {
                 .unsqueeze_dims::<4>(&[0, 1])
                 .expand([b, 1, t, offset + t])
         });
+        // A sliding layer cannot see keys `window` or more positions back.
+        let windowed = self.window().filter(|&w| offset + t > w).map(|w| {
+            let keys = offset + t;
+            let win = window_mask(t, offset, w, &device)
+                .unsqueeze_dims::<4>(&[0, 1])
+                .expand([b, 1, t, keys]);
+            match &mask {
+                Some(m) => m.clone().bool_or(win),
+                None => win,
+            }
+        });
         let positions = positions_from(offset, b, t, &device);
         let mut x = self.embed(tokens);
-        for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward(x, &self.rope, positions.clone(), mask.clone(), Some(lc));
+        for (l, (layer, lc)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
+            let m = match (&windowed, layer.sliding) {
+                (Some(w), true) => Some(w.clone()),
+                _ => mask.clone(),
+            };
+            x = layer.forward(x, self.rope_of(l), positions.clone(), m, Some(lc));
         }
         Ok(x)
     }
@@ -314,14 +462,63 @@ impl LlamaModel {
         KvCache::new(self.layers.len())
     }
 
-    /// Embeds token ids `[batch, seq]` into `[batch, seq, hidden]`.
+    /// Embeds token ids `[batch, seq]` into `[batch, seq, hidden]` (scaled where the family
+    /// scales embeddings).
     pub fn embed(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
         let [b, t] = tokens.dims();
         let d = self.config.hidden_size;
-        self.embedding
+        let x = self
+            .embedding
             .val()
             .select(0, tokens.reshape([b * t]))
-            .reshape([b, t, d])
+            .reshape([b, t, d]);
+        match self.config.variant.embedding_scale {
+            Some(s) => x * s as f64,
+            None => x,
+        }
+    }
+
+    /// Logits from the last block's output: final norm, head, and the family's soft-cap.
+    pub fn logits_of(&self, x: Tensor<3>) -> Tensor<3> {
+        soft_cap(
+            self.lm_head.forward(self.norm.forward(x)),
+            self.config.variant.final_softcap,
+        )
+    }
+
+    /// The RoPE tables block `layer` uses.
+    pub fn rope_of(&self, layer: usize) -> &Rope {
+        match (
+            &self.rope_local,
+            self.layers.get(layer).is_some_and(|l| l.sliding),
+        ) {
+            (Some(local), true) => local,
+            _ => &self.rope,
+        }
+    }
+
+    /// The sliding window, if any block has one.
+    fn window(&self) -> Option<usize> {
+        self.layers
+            .iter()
+            .any(|l| l.sliding)
+            .then_some(self.config.variant.sliding_window)
+            .flatten()
+    }
+
+    /// The attention mask of block `block` for full sequences: `causal` itself, or with keys
+    /// beyond the sliding window blocked too.
+    pub(crate) fn layer_mask(&self, block: usize, causal: Tensor<4, Bool>) -> Tensor<4, Bool> {
+        match (self.window(), self.layers[block].sliding) {
+            (Some(w), true) => {
+                let [b, _, t, s] = causal.dims();
+                let win = window_mask(t, s - t, w, &causal.device())
+                    .unsqueeze_dims::<4>(&[0, 1])
+                    .expand([b, 1, t, s]);
+                causal.bool_or(win)
+            }
+            _ => causal,
+        }
     }
 
     fn check_len(&self, len: usize) -> Result<(), ModelError> {
@@ -345,11 +542,30 @@ pub(crate) fn full_sequence(
     (positions_from(0, b, t, device), mask)
 }
 
+/// `c·tanh(x/c)` (Gemma 2's soft-capping of attention scores and logits), or `x` without a cap.
+pub(crate) fn soft_cap<const D: usize>(x: Tensor<D>, cap: Option<f32>) -> Tensor<D> {
+    match cap {
+        Some(c) => (x / c as f64).tanh() * c as f64,
+        None => x,
+    }
+}
+
 /// `[seq, offset + seq]`, true where query `i` (at position `offset + i`) must not see key `j`.
 fn causal_mask(seq: usize, offset: usize, device: &Device) -> Tensor<2, Bool> {
     let keys = offset + seq;
     let data: Vec<bool> = (0..seq)
         .flat_map(|i| (0..keys).map(move |j| j > offset + i))
+        .collect();
+    Tensor::from_data(TensorData::new(data, [seq, keys]), device)
+}
+
+/// `[seq, offset + seq]`, true where query `i` (at position `offset + i`) is `window` or more
+/// positions past key `j`: what a sliding-window layer may not see (transformers' and
+/// llama.cpp's rule: a query sees itself and the `window − 1` keys before it).
+fn window_mask(seq: usize, offset: usize, window: usize, device: &Device) -> Tensor<2, Bool> {
+    let keys = offset + seq;
+    let data: Vec<bool> = (0..seq)
+        .flat_map(|i| (0..keys).map(move |j| offset + i >= j + window))
         .collect();
     Tensor::from_data(TensorData::new(data, [seq, keys]), device)
 }

@@ -175,9 +175,9 @@ impl LlamaModel {
             let g = gates.map(|g| (&g[i].heads, &g[i].ffn));
             x = layer.forward_gated(
                 x,
-                &self.rope,
+                self.rope_of(i),
                 positions.clone(),
-                Some(mask.clone()),
+                Some(self.layer_mask(i, mask.clone())),
                 None,
                 g,
             );
@@ -193,6 +193,7 @@ impl LlamaModel {
         } else {
             self.lm_head.forward(x)
         };
+        let logits = super::soft_cap(logits, self.config.variant.final_softcap);
         Ok((logits, hidden.into_iter().flatten().collect()))
     }
 

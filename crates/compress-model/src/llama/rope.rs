@@ -2,30 +2,239 @@
 //!
 //! Pair `i` of a head's dimensions is rotated by the angle `θ_i(p) = p · base^(-2i/d)` at position
 //! `p`: `(a, b) ↦ (a cos θ − b sin θ, a sin θ + b cos θ)`. Which dimensions form a pair is the
-//! [`RopeLayout`]. The cos/sin tables are computed once, in f64, for every position up to the
-//! model's context, then stored as f32.
+//! [`RopeLayout`]. With partial rotary embeddings (Phi-4-mini) only the first `rotary_dims`
+//! dimensions of a head are rotated (paired within them) and the rest pass through. Frequency
+//! scaling ([`RopeScaling`]) rewrites the inverse frequencies and may scale cos/sin. The tables
+//! are computed once, in f64, for every position up to the model's context, then stored as f32.
+
+use std::f64::consts::PI;
 
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use crate::config::RopeLayout;
+use crate::config::{RopeLayout, RopeScaling};
 
 /// Precomputed RoPE tables for one head width.
 #[derive(Module, Debug)]
 pub struct Rope {
-    /// `cos θ_i(p)`, `[max_positions, head_dim / 2]`.
+    /// `cos θ_i(p)`, `[max_positions, rotary_dims / 2]`.
     cos: Tensor<2>,
-    /// `sin θ_i(p)`, `[max_positions, head_dim / 2]`.
+    /// `sin θ_i(p)`, `[max_positions, rotary_dims / 2]`.
     sin: Tensor<2>,
     #[module(skip)]
     layout: RopeLayout,
+    /// Width of a head (`rotary_dims` of them rotated).
+    #[module(skip)]
+    head_dim: usize,
     /// The same tables on the host (`cos`, `sin`), for compress-kernels' fused CPU rotation.
     #[module(skip)]
     host: std::sync::Arc<(Vec<f32>, Vec<f32>)>,
 }
 
+/// The inverse frequencies `ω_i` of pairs `0..rotary_dims/2` and the cos/sin scale, for `base`
+/// and an optional scaling rule (formulas of transformers' `modeling_rope_utils`).
+pub(crate) fn inverse_frequencies(
+    rotary_dims: usize,
+    base: f32,
+    scaling: Option<&RopeScaling>,
+) -> (Vec<f64>, f64) {
+    let d = rotary_dims as f64;
+    let base = base as f64;
+    let plain: Vec<f64> = (0..rotary_dims / 2)
+        .map(|i| base.powf(-2.0 * i as f64 / d))
+        .collect();
+    match scaling {
+        None => (plain, 1.0),
+        Some(RopeScaling::Linear { factor }) => {
+            (plain.iter().map(|w| w / *factor as f64).collect(), 1.0)
+        }
+        Some(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        }) => {
+            let (factor, low, high) = (
+                *factor as f64,
+                *low_freq_factor as f64,
+                *high_freq_factor as f64,
+            );
+            let original = *original_max_position_embeddings as f64;
+            let (low_wavelen, high_wavelen) = (original / low, original / high);
+            let w = plain
+                .iter()
+                .map(|&w| {
+                    let wavelen = 2.0 * PI / w;
+                    if wavelen > low_wavelen {
+                        w / factor
+                    } else if wavelen < high_wavelen {
+                        w
+                    } else {
+                        let smooth = (original / wavelen - low) / (high - low);
+                        (1.0 - smooth) * w / factor + smooth * w
+                    }
+                })
+                .collect();
+            (w, 1.0)
+        }
+        Some(RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings,
+            beta_fast,
+            beta_slow,
+            attention_factor,
+        }) => {
+            let factor = *factor as f64;
+            let original = *original_max_position_embeddings as f64;
+            // The dimension index at which a frequency completes `rotations` turns over the
+            // original context.
+            let dim_of =
+                |rotations: f64| (d * (original / (rotations * 2.0 * PI)).ln()) / (2.0 * base.ln());
+            let low = dim_of(*beta_fast as f64).floor().max(0.0);
+            let high = dim_of(*beta_slow as f64).ceil().min(d - 1.0);
+            let high = if low == high { high + 0.001 } else { high };
+            let w = plain
+                .iter()
+                .enumerate()
+                .map(|(i, &w)| {
+                    let ramp = ((i as f64 - low) / (high - low)).clamp(0.0, 1.0);
+                    let extrapolation = 1.0 - ramp;
+                    (w / factor) * (1.0 - extrapolation) + w * extrapolation
+                })
+                .collect();
+            let scale = attention_factor.map_or_else(
+                || {
+                    if factor <= 1.0 {
+                        1.0
+                    } else {
+                        0.1 * factor.ln() + 1.0
+                    }
+                },
+                |a| a as f64,
+            );
+            (w, scale)
+        }
+        Some(RopeScaling::Divisors { factors }) => (
+            plain
+                .iter()
+                .zip(factors)
+                .map(|(&w, &f)| w / f as f64)
+                .collect(),
+            1.0,
+        ),
+        Some(RopeScaling::LongRope {
+            short_factor,
+            original_max_position_embeddings,
+            max_position_embeddings,
+            ..
+        }) => {
+            let w = plain
+                .iter()
+                .zip(short_factor)
+                .map(|(&w, &f)| w / f as f64)
+                .collect();
+            let original = *original_max_position_embeddings as f64;
+            let factor = *max_position_embeddings as f64 / original;
+            let scale = if factor <= 1.0 {
+                1.0
+            } else {
+                (1.0 + factor.ln() / original.ln()).sqrt()
+            };
+            (w, scale)
+        }
+    }
+}
+
+/// Checks a scaling rule against the rotated width; the message names the field at fault.
+pub(crate) fn check_scaling(scaling: &RopeScaling, rotary_dims: usize) -> Result<(), String> {
+    let factor_ok = |f: f32| f.is_finite() && f > 0.0;
+    match scaling {
+        RopeScaling::Linear { factor } if !factor_ok(*factor) => {
+            Err(format!("rope_scaling factor ({factor}) must be positive"))
+        }
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } => {
+            if !factor_ok(*factor) || !factor_ok(*low_freq_factor) || !factor_ok(*high_freq_factor)
+            {
+                return Err("llama3 rope_scaling factors must be positive".into());
+            }
+            if high_freq_factor <= low_freq_factor {
+                return Err(format!(
+                    "llama3 rope_scaling needs high_freq_factor ({high_freq_factor}) > low_freq_factor ({low_freq_factor})"
+                ));
+            }
+            if *original_max_position_embeddings == 0 {
+                return Err(
+                    "rope_scaling original_max_position_embeddings must be positive".into(),
+                );
+            }
+            Ok(())
+        }
+        RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings,
+            beta_fast,
+            beta_slow,
+            attention_factor,
+        } => {
+            if !factor_ok(*factor) || !factor_ok(*beta_fast) || !factor_ok(*beta_slow) {
+                return Err("yarn rope_scaling factor and betas must be positive".into());
+            }
+            if attention_factor.is_some_and(|a| !factor_ok(a)) {
+                return Err("yarn attention_factor must be positive".into());
+            }
+            if *original_max_position_embeddings == 0 {
+                return Err(
+                    "rope_scaling original_max_position_embeddings must be positive".into(),
+                );
+            }
+            Ok(())
+        }
+        RopeScaling::Divisors { factors } => {
+            if factors.len() != rotary_dims / 2 || factors.iter().any(|&f| !factor_ok(f)) {
+                return Err(format!(
+                    "rope frequency divisors: {} values for {} rotated pairs, all must be positive",
+                    factors.len(),
+                    rotary_dims / 2
+                ));
+            }
+            Ok(())
+        }
+        RopeScaling::LongRope {
+            short_factor,
+            long_factor,
+            original_max_position_embeddings,
+            ..
+        } => {
+            for (name, f) in [("short_factor", short_factor), ("long_factor", long_factor)] {
+                if f.len() != rotary_dims / 2 {
+                    return Err(format!(
+                        "longrope {name} has {} values, the rotated width {rotary_dims} needs {}",
+                        f.len(),
+                        rotary_dims / 2
+                    ));
+                }
+                if f.iter().any(|&v| !factor_ok(v)) {
+                    return Err(format!("longrope {name} values must be positive"));
+                }
+            }
+            if *original_max_position_embeddings == 0 {
+                return Err(
+                    "rope_scaling original_max_position_embeddings must be positive".into(),
+                );
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 impl Rope {
-    /// Tables for `max_positions` positions of heads of width `head_dim`.
+    /// Tables for `max_positions` positions of heads of width `head_dim`, all of it rotated.
     pub fn new(
         head_dim: usize,
         max_positions: usize,
@@ -33,21 +242,44 @@ impl Rope {
         layout: RopeLayout,
         device: &Device,
     ) -> Self {
-        let half = head_dim / 2;
+        Self::with_scaling(
+            head_dim,
+            head_dim,
+            max_positions,
+            base,
+            None,
+            layout,
+            device,
+        )
+    }
+
+    /// Tables for `max_positions` positions of heads of width `head_dim` whose first
+    /// `rotary_dims` dimensions are rotated, with frequencies scaled by `scaling`.
+    pub fn with_scaling(
+        head_dim: usize,
+        rotary_dims: usize,
+        max_positions: usize,
+        base: f32,
+        scaling: Option<&RopeScaling>,
+        layout: RopeLayout,
+        device: &Device,
+    ) -> Self {
+        let half = rotary_dims / 2;
+        let (inv_freq, scale) = inverse_frequencies(rotary_dims, base, scaling);
         let mut cos = Vec::with_capacity(max_positions * half);
         let mut sin = Vec::with_capacity(max_positions * half);
         for p in 0..max_positions {
-            for i in 0..half {
-                let inv_freq = (base as f64).powf(-2.0 * i as f64 / head_dim as f64);
-                let angle = p as f64 * inv_freq;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
+            for &w in &inv_freq {
+                let angle = p as f64 * w;
+                cos.push((angle.cos() * scale) as f32);
+                sin.push((angle.sin() * scale) as f32);
             }
         }
         Self {
             cos: Tensor::from_data(TensorData::new(cos.clone(), [max_positions, half]), device),
             sin: Tensor::from_data(TensorData::new(sin.clone(), [max_positions, half]), device),
             layout,
+            head_dim,
             host: std::sync::Arc::new((cos, sin)),
         }
     }
@@ -61,13 +293,48 @@ impl Rope {
         heads: usize,
         positions: &[usize],
     ) -> Result<(), compress_core::kernels::KernelError> {
-        let head_dim = 2 * self.cos.dims()[1];
+        let rotary = 2 * self.cos.dims()[1];
         let pairs = match self.layout {
             RopeLayout::NeoX => compress_core::kernels::rope::RopePairs::Halves,
             RopeLayout::Interleaved => compress_core::kernels::rope::RopePairs::Adjacent,
         };
         let (cos, sin) = &*self.host;
-        compress_core::kernels::rope::rope(x, out, heads, head_dim, positions, cos, sin, pairs)
+        if rotary == self.head_dim {
+            return compress_core::kernels::rope::rope(
+                x, out, heads, rotary, positions, cos, sin, pairs,
+            );
+        }
+        // Partial rotation: each head's first `rotary` values as their own "heads" of that
+        // width through the kernel, the rest copied.
+        let hd = self.head_dim;
+        let rows = positions.len() * heads;
+        if x.len() != rows * hd || out.len() != x.len() {
+            return Err(compress_core::kernels::KernelError::Shape(format!(
+                "partial rope over {} values for {} tokens of {heads} heads of {hd}",
+                x.len(),
+                positions.len()
+            )));
+        }
+        let mut rot_in = vec![0f32; rows * rotary];
+        for (r, chunk) in x.chunks_exact(hd).enumerate() {
+            rot_in[r * rotary..(r + 1) * rotary].copy_from_slice(&chunk[..rotary]);
+        }
+        let mut rot_out = vec![0f32; rot_in.len()];
+        compress_core::kernels::rope::rope(
+            &rot_in,
+            &mut rot_out,
+            heads,
+            rotary,
+            positions,
+            cos,
+            sin,
+            pairs,
+        )?;
+        for (r, (o, xi)) in out.chunks_exact_mut(hd).zip(x.chunks_exact(hd)).enumerate() {
+            o[..rotary].copy_from_slice(&rot_out[r * rotary..(r + 1) * rotary]);
+            o[rotary..].copy_from_slice(&xi[rotary..]);
+        }
+        Ok(())
     }
 
     /// Number of positions the tables cover.
@@ -79,6 +346,12 @@ impl Rope {
     /// `positions[b, t]` (`positions: [batch, seq]`, each below [`Self::max_positions`]).
     pub fn apply(&self, x: Tensor<4>, positions: Tensor<2, Int>) -> Tensor<4> {
         let [b, h, t, d] = x.dims();
+        let rotary = 2 * self.cos.dims()[1];
+        if rotary < d {
+            let kept = x.clone().narrow(3, rotary, d - rotary);
+            let rotated = self.apply(x.narrow(3, 0, rotary), positions);
+            return Tensor::cat(vec![rotated, kept], 3);
+        }
         let half = d / 2;
         let flat = positions.reshape([b * t]);
         let cos = self

@@ -84,9 +84,9 @@ impl LlamaModel {
         let layer = &self.layers[block];
         let e = layer.attn.head_entropy(
             layer.attn_norm.forward(x),
-            &self.rope,
+            self.rope_of(block),
             positions,
-            Some(mask),
+            Some(self.layer_mask(block, mask)),
         );
         e.into_data()
             .try_to_vec::<f32>()

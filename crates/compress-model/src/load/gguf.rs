@@ -6,15 +6,17 @@
 
 use std::path::Path;
 
-use crate::config::{Architecture, LlamaConfig, RopeLayout};
+use crate::config::{LlamaConfig, RopeScaling, Variant};
 use crate::error::ModelError;
-use crate::gguf::{GgufError, GgufFile};
+use crate::family::{gguf_optional as optional, Family};
+use crate::gguf::GgufFile;
 use crate::tokenizer::{GgufVocab, LlmTokenizer};
 use crate::weights::{HostTensor, Proj, WeightName, WeightSource};
 
 /// A GGUF file opened as a model: the memory map, the parsed config, and the tensor names.
 pub struct GgufModel {
     file: GgufFile,
+    family: &'static Family,
     config: LlamaConfig,
 }
 
@@ -27,8 +29,62 @@ impl GgufModel {
 
     /// Reads the config of an already parsed file.
     pub fn from_file(file: GgufFile) -> Result<Self, ModelError> {
-        let config = read_config(&file)?;
-        Ok(Self { file, config })
+        let (family, config) = read_config(&file)?;
+        Ok(Self {
+            file,
+            family,
+            config,
+        })
+    }
+
+    /// The family the file's `general.architecture` names.
+    pub fn family(&self) -> &'static Family {
+        self.family
+    }
+
+    /// The name of the tensor `name` in the file, and for a projection stored fused (Phi-3's
+    /// `attn_qkv`, `ffn_up` holding gate and up) the rows of it that are `name`.
+    fn location(&self, name: WeightName) -> (String, Option<std::ops::Range<usize>>) {
+        let c = &self.config;
+        let (q, kv, f) = (
+            c.num_heads * c.head_dim,
+            c.num_kv_heads * c.head_dim,
+            c.intermediate_size,
+        );
+        let proj = |p: Proj| match p {
+            Proj::Q => "attn_q",
+            Proj::K => "attn_k",
+            Proj::V => "attn_v",
+            Proj::O => "attn_output",
+            Proj::Gate => "ffn_gate",
+            Proj::Up => "ffn_up",
+            Proj::Down => "ffn_down",
+        };
+        let fused_rows = |p: Proj| match p {
+            Proj::Q => Some(("attn_qkv", 0..q)),
+            Proj::K => Some(("attn_qkv", q..q + kv)),
+            Proj::V => Some(("attn_qkv", q + kv..q + 2 * kv)),
+            Proj::Gate => Some(("ffn_up", 0..f)),
+            Proj::Up => Some(("ffn_up", f..2 * f)),
+            Proj::O | Proj::Down => None,
+        };
+        let blk = |l: usize, rest: &str| format!("blk.{l}.{rest}.weight");
+        match name {
+            WeightName::TokenEmbedding => ("token_embd.weight".into(), None),
+            WeightName::OutputNorm => ("output_norm.weight".into(), None),
+            WeightName::Output => ("output.weight".into(), None),
+            WeightName::AttnNorm(l) => (blk(l, "attn_norm"), None),
+            WeightName::FfnNorm(l) => (blk(l, "ffn_norm"), None),
+            WeightName::PostAttnNorm(l) => (blk(l, "post_attention_norm"), None),
+            WeightName::PostFfnNorm(l) => (blk(l, "post_ffw_norm"), None),
+            WeightName::QNorm(l) => (blk(l, "attn_q_norm"), None),
+            WeightName::KNorm(l) => (blk(l, "attn_k_norm"), None),
+            WeightName::Weight(l, p) => match fused_rows(p).filter(|_| self.family.gguf.fused) {
+                Some((stored, rows)) => (blk(l, stored), Some(rows)),
+                None => (blk(l, proj(p)), None),
+            },
+            WeightName::Bias(l, p) => (format!("blk.{l}.{}.bias", proj(p)), None),
+        }
     }
 
     /// The underlying file (metadata and raw tensors).
@@ -49,57 +105,48 @@ impl WeightSource for GgufModel {
     }
 
     fn file_name(&self, name: WeightName) -> String {
-        let proj = |p: Proj| match p {
-            Proj::Q => "attn_q",
-            Proj::K => "attn_k",
-            Proj::V => "attn_v",
-            Proj::O => "attn_output",
-            Proj::Gate => "ffn_gate",
-            Proj::Up => "ffn_up",
-            Proj::Down => "ffn_down",
-        };
-        match name {
-            WeightName::TokenEmbedding => "token_embd.weight".into(),
-            WeightName::OutputNorm => "output_norm.weight".into(),
-            WeightName::Output => "output.weight".into(),
-            WeightName::AttnNorm(l) => format!("blk.{l}.attn_norm.weight"),
-            WeightName::FfnNorm(l) => format!("blk.{l}.ffn_norm.weight"),
-            WeightName::Weight(l, p) => format!("blk.{l}.{}.weight", proj(p)),
-            WeightName::Bias(l, p) => format!("blk.{l}.{}.bias", proj(p)),
+        match self.location(name) {
+            (file, None) => file,
+            (file, Some(rows)) => format!("{file} (rows {}..{})", rows.start, rows.end),
         }
     }
 
     fn tensor(&self, name: WeightName) -> Result<Option<HostTensor>, ModelError> {
-        let file_name = self.file_name(name);
+        let (file_name, rows) = self.location(name);
         let Some(info) = self.file.tensor(&file_name) else {
             return Ok(None);
         };
-        let shape = info
+        let mut shape: Vec<usize> = info
             .shape_row_major()
             .into_iter()
             .map(|d| d as usize)
             .collect();
-        let data = self.file.dequantize(&file_name)?;
+        let mut data = self.file.dequantize(&file_name)?;
         // The values are copied out: the file's pages need not stay resident (a model built
         // lazily reads a block's tensors again when the block first runs).
         self.file.release_tensor_pages(info);
+        if let Some(r) = rows {
+            let (stored_rows, cols) = match shape.as_slice() {
+                [rows, cols] => (*rows, *cols),
+                _ => (0, 0),
+            };
+            if r.end > stored_rows {
+                return Err(ModelError::ShapeMismatch {
+                    tensor: file_name,
+                    expected: vec![r.end, cols],
+                    found: shape,
+                });
+            }
+            data = data[r.start * cols..r.end * cols].to_vec();
+            shape = vec![r.len(), cols];
+        }
         Ok(Some(HostTensor { shape, data }))
     }
 }
 
-fn arch_of(file: &GgufFile) -> Result<(String, Architecture), ModelError> {
-    let name = file.get_str("general.architecture")?.to_string();
-    let arch = match name.as_str() {
-        "llama" => Architecture::Llama,
-        "mistral" => Architecture::Mistral,
-        "qwen2" => Architecture::Qwen2,
-        _ => return Err(ModelError::UnknownArchitecture(name)),
-    };
-    Ok((name, arch))
-}
-
-fn read_config(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
-    let (prefix, architecture) = arch_of(file)?;
+fn read_config(file: &GgufFile) -> Result<(&'static Family, LlamaConfig), ModelError> {
+    let prefix = file.get_str("general.architecture")?.to_string();
+    let family = crate::family::by_gguf_name(&prefix)?;
     let key = |k: &str| format!("{prefix}.{k}");
     let required = |k: &str| -> Result<usize, ModelError> { Ok(file.get_usize(&key(k))?) };
     let opt_usize = |k: &str| -> Result<Option<usize>, ModelError> {
@@ -117,14 +164,17 @@ fn read_config(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
             )))
         }
     };
-    if let Some(rope_dims) = opt_usize("rope.dimension_count")? {
-        if rope_dims != head_dim {
+    let rotary_dims = match opt_usize("rope.dimension_count")? {
+        Some(r) if r == head_dim => None,
+        Some(r) if r < head_dim => Some(r),
+        Some(r) => {
             return Err(ModelError::InvalidConfig(format!(
-                "partial RoPE (`{}` = {rope_dims}, head dim {head_dim}) is not supported",
+                "`{}` = {r} exceeds the head dim {head_dim}",
                 key("rope.dimension_count")
-            )));
+            )))
         }
-    }
+        None => None,
+    };
     let embd = file
         .tensor("token_embd.weight")
         .ok_or_else(|| ModelError::MissingTensor("token_embd.weight".into()))?;
@@ -135,8 +185,8 @@ fn read_config(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
     let f32_key = |k: &str, default: f32| -> Result<f32, ModelError> {
         Ok(optional(file, &key(k), GgufFile::get_f32)?.unwrap_or(default))
     };
-    Ok(LlamaConfig {
-        architecture,
+    let mut config = LlamaConfig {
+        architecture: family.architecture,
         vocab_size,
         hidden_size,
         intermediate_size: required("feed_forward_length")?,
@@ -146,26 +196,48 @@ fn read_config(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
         head_dim,
         rms_norm_eps: f32_key("attention.layer_norm_rms_epsilon", 1e-5)?,
         rope_theta: f32_key("rope.freq_base", 10_000.0)?,
-        rope_layout: match architecture {
-            Architecture::Llama | Architecture::Mistral => RopeLayout::Interleaved,
-            Architecture::Qwen2 => RopeLayout::NeoX,
-        },
+        rope_layout: family.gguf.rope_layout,
         max_seq_len: required("context_length")?,
         tie_word_embeddings: file.tensor("output.weight").is_none(),
         attention_bias: file.tensor("blk.0.attn_q.bias").is_some(),
-    })
+        variant: Variant {
+            rotary_dims,
+            ..Variant::default()
+        },
+    };
+    (family.read_gguf)(file, &prefix, &mut config)?;
+    read_rope_factors(file, &prefix, &mut config)?;
+    Ok((family, config))
 }
 
-/// `Ok(None)` when `key` is absent; the typed value, or a wrong-type error, when present.
-fn optional<'a, T>(
-    file: &'a GgufFile,
-    key: &str,
-    get: impl Fn(&'a GgufFile, &str) -> Result<T, GgufError>,
-) -> Result<Option<T>, ModelError> {
-    match file.get(key) {
-        None => Ok(None),
-        Some(_) => Ok(Some(get(file, key)?)),
+/// Per-dimension RoPE factors stored as tensors: `rope_freqs.weight` (Llama 3.1's rule, as
+/// divisors) or Phi-3's `rope_factors_short.weight` / `rope_factors_long.weight` (LongRoPE).
+fn read_rope_factors(file: &GgufFile, prefix: &str, c: &mut LlamaConfig) -> Result<(), ModelError> {
+    let read = |name: &str| -> Result<Option<Vec<f32>>, ModelError> {
+        match file.tensor(name) {
+            None => Ok(None),
+            Some(_) => Ok(Some(file.dequantize(name)?)),
+        }
+    };
+    if let Some(factors) = read("rope_freqs.weight")? {
+        c.variant.rope_scaling = Some(RopeScaling::Divisors { factors });
+    } else if let Some(short_factor) = read("rope_factors_short.weight")? {
+        let long_factor = read("rope_factors_long.weight")?.unwrap_or_else(|| short_factor.clone());
+        let original = optional(
+            file,
+            &format!("{prefix}.rope.scaling.original_context_length"),
+            GgufFile::get_usize,
+        )?
+        .unwrap_or(c.max_seq_len);
+        c.variant.rope_scaling = Some(RopeScaling::LongRope {
+            short_factor,
+            long_factor,
+            original_max_position_embeddings: original,
+            max_position_embeddings: c.max_seq_len,
+        });
+        c.max_seq_len = c.max_seq_len.min(original);
     }
+    Ok(())
 }
 
 fn read_vocab(file: &GgufFile) -> Result<GgufVocab, ModelError> {

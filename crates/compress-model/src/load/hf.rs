@@ -2,69 +2,23 @@
 //! shards listed in `model.safetensors.index.json`) and, for text, `tokenizer.json`.
 //!
 //! Files are memory-mapped; each tensor is converted to f32 when the model asks for it.
-//! HF checkpoints use the "rotate half" RoPE pairing for every supported family.
+//! HF checkpoints use the "rotate half" RoPE pairing for every supported family. The family
+//! (`architectures[0]`) decides the config keys read and the tensor names
+//! ([`crate::family`]); fused projections are split and `1 + w` norm gains resolved here, so
+//! the decoder sees one layout.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use crate::config::LlamaConfig;
+use crate::error::ModelError;
+use crate::family::{Family, HfConfigJson};
+use crate::tokenizer::LlmTokenizer;
+use crate::weights::{HostTensor, Proj, WeightName, WeightSource};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, Metadata};
 use safetensors::SafeTensors;
-use serde::Deserialize;
-
-use crate::config::{Architecture, LlamaConfig, RopeLayout};
-use crate::error::ModelError;
-use crate::tokenizer::LlmTokenizer;
-use crate::weights::{HostTensor, Proj, WeightName, WeightSource};
-
-/// The fields of `config.json` this loader reads.
-#[derive(Debug, Deserialize)]
-struct HfConfig {
-    #[serde(default)]
-    architectures: Vec<String>,
-    vocab_size: usize,
-    hidden_size: usize,
-    intermediate_size: usize,
-    num_hidden_layers: usize,
-    num_attention_heads: usize,
-    num_key_value_heads: Option<usize>,
-    head_dim: Option<usize>,
-    #[serde(default = "default_eps")]
-    rms_norm_eps: f32,
-    #[serde(default = "default_theta")]
-    rope_theta: f32,
-    #[serde(default = "default_ctx")]
-    max_position_embeddings: usize,
-    #[serde(default)]
-    tie_word_embeddings: bool,
-    attention_bias: Option<bool>,
-    rope_scaling: Option<serde_json::Value>,
-    sliding_window: Option<usize>,
-    use_sliding_window: Option<bool>,
-    bos_token_id: Option<u32>,
-    /// An id, or a list of ids (Llama 3.1); the first is used as the stop token.
-    eos_token_id: Option<serde_json::Value>,
-}
-
-impl HfConfig {
-    fn eos(&self) -> Option<u32> {
-        match self.eos_token_id.as_ref()? {
-            serde_json::Value::Array(v) => v.first()?.as_u64().map(|x| x as u32),
-            v => v.as_u64().map(|x| x as u32),
-        }
-    }
-}
-
-fn default_eps() -> f32 {
-    1e-6
-}
-fn default_theta() -> f32 {
-    10_000.0
-}
-fn default_ctx() -> usize {
-    2048
-}
 
 /// One memory-mapped safetensors file with its parsed header.
 struct Shard {
@@ -77,6 +31,7 @@ struct Shard {
 /// A Hugging Face checkpoint directory opened as a model.
 pub struct HfModel {
     dir: PathBuf,
+    family: &'static Family,
     config: LlamaConfig,
     bos: Option<u32>,
     eos: Option<u32>,
@@ -94,11 +49,22 @@ impl HfModel {
             path: config_path.clone(),
             source,
         })?;
-        let hf: HfConfig = serde_json::from_str(&text).map_err(|e| ModelError::Json {
+        let hf = HfConfigJson::parse(&text).map_err(|message| ModelError::Json {
             path: config_path.clone(),
-            message: e.to_string(),
+            message,
         })?;
-        let config = convert_config(&hf)?;
+        let family = crate::family::by_hf_class(hf.class())?;
+        let config = hf.to_config(family)?;
+        let id = |k: &str| -> Result<Option<u32>, ModelError> {
+            // An id, or a list of ids (Llama 3.1); the first is used.
+            Ok(match hf.get(k) {
+                Some(serde_json::Value::Array(v)) => v.first().and_then(|x| x.as_u64()),
+                Some(v) => v.as_u64(),
+                None => None,
+            }
+            .and_then(|x| u32::try_from(x).ok()))
+        };
+        let (bos, eos) = (id("bos_token_id")?, id("eos_token_id")?);
 
         let index_path = dir.join("model.safetensors.index.json");
         let files: Vec<String> = if index_path.exists() {
@@ -146,9 +112,10 @@ impl HfModel {
         }
         Ok(Self {
             dir,
+            family,
             config,
-            bos: hf.bos_token_id,
-            eos: hf.eos(),
+            bos,
+            eos,
             shards,
             index,
         })
@@ -168,12 +135,22 @@ impl HfModel {
     }
 }
 
-impl WeightSource for HfModel {
-    fn config(&self) -> &LlamaConfig {
-        &self.config
+impl HfModel {
+    /// The family the checkpoint's `config.json` names.
+    pub fn family(&self) -> &'static Family {
+        self.family
     }
 
-    fn file_name(&self, name: WeightName) -> String {
+    /// The name of the tensor `name` in the files, and for a projection stored fused
+    /// (Phi-3's `qkv_proj`, `gate_up_proj`) the rows of it that are `name`.
+    fn location(&self, name: WeightName) -> (String, Option<std::ops::Range<usize>>) {
+        let c = &self.config;
+        let fused = self.family.hf.fused;
+        let (q, kv, f) = (
+            c.num_heads * c.head_dim,
+            c.num_kv_heads * c.head_dim,
+            c.intermediate_size,
+        );
         let proj = |p: Proj| match p {
             Proj::Q => "self_attn.q_proj",
             Proj::K => "self_attn.k_proj",
@@ -183,19 +160,48 @@ impl WeightSource for HfModel {
             Proj::Up => "mlp.up_proj",
             Proj::Down => "mlp.down_proj",
         };
+        let fused_rows = |p: Proj| match p {
+            Proj::Q => Some(("self_attn.qkv_proj", 0..q)),
+            Proj::K => Some(("self_attn.qkv_proj", q..q + kv)),
+            Proj::V => Some(("self_attn.qkv_proj", q + kv..q + 2 * kv)),
+            Proj::Gate => Some(("mlp.gate_up_proj", 0..f)),
+            Proj::Up => Some(("mlp.gate_up_proj", f..2 * f)),
+            Proj::O | Proj::Down => None,
+        };
+        let layer = |l: usize, rest: &str| format!("model.layers.{l}.{rest}.weight");
         match name {
-            WeightName::TokenEmbedding => "model.embed_tokens.weight".into(),
-            WeightName::OutputNorm => "model.norm.weight".into(),
-            WeightName::Output => "lm_head.weight".into(),
-            WeightName::AttnNorm(l) => format!("model.layers.{l}.input_layernorm.weight"),
-            WeightName::FfnNorm(l) => format!("model.layers.{l}.post_attention_layernorm.weight"),
-            WeightName::Weight(l, p) => format!("model.layers.{l}.{}.weight", proj(p)),
-            WeightName::Bias(l, p) => format!("model.layers.{l}.{}.bias", proj(p)),
+            WeightName::TokenEmbedding => ("model.embed_tokens.weight".into(), None),
+            WeightName::OutputNorm => ("model.norm.weight".into(), None),
+            WeightName::Output => ("lm_head.weight".into(), None),
+            WeightName::AttnNorm(l) => (layer(l, "input_layernorm"), None),
+            WeightName::FfnNorm(l) => (layer(l, self.family.hf.ffn_norm), None),
+            WeightName::PostAttnNorm(l) => (layer(l, "post_attention_layernorm"), None),
+            WeightName::PostFfnNorm(l) => (layer(l, "post_feedforward_layernorm"), None),
+            WeightName::QNorm(l) => (layer(l, "self_attn.q_norm"), None),
+            WeightName::KNorm(l) => (layer(l, "self_attn.k_norm"), None),
+            WeightName::Weight(l, p) => match fused_rows(p).filter(|_| fused) {
+                Some((stored, rows)) => (layer(l, stored), Some(rows)),
+                None => (layer(l, proj(p)), None),
+            },
+            WeightName::Bias(l, p) => (format!("model.layers.{l}.{}.bias", proj(p)), None),
+        }
+    }
+}
+
+impl WeightSource for HfModel {
+    fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    fn file_name(&self, name: WeightName) -> String {
+        match self.location(name) {
+            (file, None) => file,
+            (file, Some(rows)) => format!("{file} (rows {}..{})", rows.start, rows.end),
         }
     }
 
     fn tensor(&self, name: WeightName) -> Result<Option<HostTensor>, ModelError> {
-        let file_name = self.file_name(name);
+        let (file_name, rows) = self.location(name);
         let Some(&i) = self.index.get(&file_name) else {
             return Ok(None);
         };
@@ -206,7 +212,28 @@ impl WeightSource for HfModel {
             .expect("index built from this metadata");
         let (start, end) = info.data_offsets;
         let bytes = &shard.mmap[8 + shard.header_len + start..8 + shard.header_len + end];
-        let data = match info.dtype {
+        let mut shape = info.shape.clone();
+        // A slice of a fused tensor: whole rows, checked against the stored shape.
+        let bytes = match &rows {
+            None => bytes,
+            Some(r) => {
+                let (stored_rows, cols) = match shape.as_slice() {
+                    [rows, cols] => (*rows, *cols),
+                    _ => (0, 0),
+                };
+                if r.end > stored_rows {
+                    return Err(ModelError::ShapeMismatch {
+                        tensor: file_name,
+                        expected: vec![r.end, cols],
+                        found: shape,
+                    });
+                }
+                let width = bytes.len() / stored_rows.max(1);
+                shape = vec![r.len(), cols];
+                &bytes[r.start * width..r.end * width]
+            }
+        };
+        let mut data: Vec<f32> = match info.dtype {
             Dtype::F32 => bytes
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -226,13 +253,17 @@ impl WeightSource for HfModel {
                 })
             }
         };
+        let offset = self.family.hf.norm_offset;
+        if offset != 0.0 && name.is_norm() {
+            // Gemma's `(1 + w)` gains, added in f32 as transformers does.
+            for v in &mut data {
+                *v += offset;
+            }
+        }
         // The values are copied out: the file's pages need not stay resident (a model built
         // lazily reads a block's tensors again when the block first runs), as for GGUF.
         crate::pages::release(&shard.mmap, bytes);
-        Ok(Some(HostTensor {
-            shape: info.shape.clone(),
-            data,
-        }))
+        Ok(Some(HostTensor { shape, data }))
     }
 }
 
@@ -259,55 +290,5 @@ fn open_shard(path: PathBuf) -> Result<Shard, ModelError> {
         mmap,
         header_len,
         metadata,
-    })
-}
-
-fn convert_config(hf: &HfConfig) -> Result<LlamaConfig, ModelError> {
-    let arch_name = hf.architectures.first().map(String::as_str).unwrap_or("");
-    let architecture = match arch_name {
-        "LlamaForCausalLM" => Architecture::Llama,
-        "MistralForCausalLM" => Architecture::Mistral,
-        "Qwen2ForCausalLM" => Architecture::Qwen2,
-        _ => return Err(ModelError::UnknownArchitecture(arch_name.to_string())),
-    };
-    if let Some(scaling) = &hf.rope_scaling {
-        if !scaling.is_null() {
-            return Err(ModelError::InvalidConfig(format!(
-                "`rope_scaling` ({scaling}) is not supported yet"
-            )));
-        }
-    }
-    // Within its window, sliding-window attention is plain causal attention: cap the context at
-    // the window so longer inputs fail with `ContextTooLong` instead of being computed wrongly.
-    let window_applies =
-        architecture == Architecture::Mistral || hf.use_sliding_window == Some(true);
-    let max_seq_len = match (window_applies, hf.sliding_window) {
-        (true, Some(window)) => hf.max_position_embeddings.min(window),
-        _ => hf.max_position_embeddings,
-    };
-    if hf.num_attention_heads == 0 {
-        return Err(ModelError::InvalidConfig(
-            "num_attention_heads must be positive".into(),
-        ));
-    }
-    Ok(LlamaConfig {
-        architecture,
-        vocab_size: hf.vocab_size,
-        hidden_size: hf.hidden_size,
-        intermediate_size: hf.intermediate_size,
-        num_layers: hf.num_hidden_layers,
-        num_heads: hf.num_attention_heads,
-        num_kv_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
-        head_dim: hf
-            .head_dim
-            .unwrap_or(hf.hidden_size / hf.num_attention_heads),
-        rms_norm_eps: hf.rms_norm_eps,
-        rope_theta: hf.rope_theta,
-        rope_layout: RopeLayout::NeoX,
-        max_seq_len,
-        tie_word_embeddings: hf.tie_word_embeddings,
-        attention_bias: hf
-            .attention_bias
-            .unwrap_or(architecture == Architecture::Qwen2),
     })
 }

@@ -39,9 +39,10 @@ use serde_json::{json, Value};
 use super::{head_is_tied_copy, host, rope_row_order};
 use crate::config::{Architecture, RopeLayout};
 use crate::error::ModelError;
-use crate::llama::calibrate::LINEAR_NAMES;
 use crate::llama::LlamaModel;
 use crate::tokenizer::LlmTokenizer;
+use compress_core::layer_id::LinearId;
+use compress_core::pipeline::BlockWalk;
 
 /// Floating-point dtype of the checkpoint's unquantized tensors and scales.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,8 +222,9 @@ fn packed_tensors(t: &mut Tensors, m: &str, p: &PackedWeight, order: Option<&[us
     }
 }
 
-fn hf_name(name: &str) -> String {
-    name.replace("attn.", "self_attn.")
+/// The Hugging Face module path of a block linear within its layer (`self_attn.q_proj`).
+fn hf_name(id: LinearId) -> String {
+    id.name_in_block().replace("attn.", "self_attn.")
 }
 
 /// Writes `model` to the directory `dir` (which must not exist) as a compressed-tensors
@@ -234,6 +236,18 @@ pub fn write_compressed_tensors(
     options: &CompressedTensorsExport,
 ) -> Result<CompressedTensorsReport, ModelError> {
     let c = model.config();
+    let (arch, model_type) = match c.architecture {
+        Architecture::Llama => ("LlamaForCausalLM", "llama"),
+        Architecture::Mistral => ("MistralForCausalLM", "mistral"),
+        Architecture::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
+        other => {
+            return Err(ModelError::InvalidInput(format!(
+                "compressed-tensors export of the {} family is not implemented yet (llama, \
+                 mistral and qwen2 are); save to the container format instead",
+                crate::family::family_of(other).name
+            )))
+        }
+    };
     for (l, b) in model.layers.iter().enumerate() {
         if (b.mlp.gate_proj.out_features(), b.attn.num_heads) != (c.intermediate_size, c.num_heads)
         {
@@ -321,21 +335,22 @@ pub fn write_compressed_tensors(
             vec![v.len()],
             &v,
         );
-        for name in LINEAR_NAMES {
-            let lin = model.linear(l, name);
-            let order = match name {
-                "attn.q_proj" | "attn.k_proj" => rope_row_order(
+        for id in model.stages(l).into_iter().flat_map(|s| s.linears) {
+            let lin = model.expect_linear(id);
+            let order = if id.kind().is_rotated() {
+                rope_row_order(
                     lin.out_features(),
                     c.head_dim,
                     c.rope_layout,
                     RopeLayout::NeoX,
-                ),
-                _ => None,
+                )
+            } else {
+                None
             };
             linear(
                 &mut t,
                 &mut report,
-                format!("{p}.{}", hf_name(name)),
+                format!("{p}.{}", hf_name(id)),
                 lin,
                 order,
             )?;
@@ -370,11 +385,6 @@ pub fn write_compressed_tensors(
         })
         .collect();
     let ignore: Vec<&String> = report.dense.iter().map(|(m, _)| m).collect();
-    let (arch, model_type) = match c.architecture {
-        Architecture::Llama => ("LlamaForCausalLM", "llama"),
-        Architecture::Mistral => ("MistralForCausalLM", "mistral"),
-        Architecture::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
-    };
     let mut config = json!({
         "architectures": [arch],
         "model_type": model_type,

@@ -27,9 +27,10 @@ use crate::config::{Architecture, RopeLayout};
 use crate::error::ModelError;
 use crate::gguf::encode::{encode_float, encode_packed, encode_q8_0, Encoded};
 use crate::gguf::{GgmlType, GgufArray, GgufValue, GgufWriter};
-use crate::llama::calibrate::LINEAR_NAMES;
 use crate::llama::LlamaModel;
 use crate::tokenizer::{GgufVocab, LlmTokenizer};
+use compress_core::layer_id::LinearKind;
+use compress_core::pipeline::BlockWalk;
 
 /// Options of [`write_gguf`].
 #[derive(Debug, Clone)]
@@ -81,17 +82,19 @@ pub struct GgufReport {
     pub bytes: u64,
 }
 
-fn gguf_proj(name: &str) -> &'static str {
-    match name {
-        "attn.q_proj" => "attn_q",
-        "attn.k_proj" => "attn_k",
-        "attn.v_proj" => "attn_v",
-        "attn.o_proj" => "attn_output",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        other => panic!("unknown linear {other}"),
-    }
+/// llama.cpp's name of a block projection (`attn_q`, …, `ffn_down`); `None` for kinds a
+/// llama-layout block does not have.
+fn gguf_proj(kind: LinearKind) -> Option<&'static str> {
+    Some(match kind {
+        LinearKind::Q => "attn_q",
+        LinearKind::K => "attn_k",
+        LinearKind::V => "attn_v",
+        LinearKind::O => "attn_output",
+        LinearKind::Gate => "ffn_gate",
+        LinearKind::Up => "ffn_up",
+        LinearKind::Down => "ffn_down",
+        _ => return None,
+    })
 }
 
 /// Reorders the rows of encoded tensor data (every ggml format encodes rows independently).
@@ -261,6 +264,13 @@ pub fn write_gguf(
     let (arch, target_layout) = match c.architecture {
         Architecture::Llama | Architecture::Mistral => ("llama", RopeLayout::Interleaved),
         Architecture::Qwen2 => ("qwen2", RopeLayout::NeoX),
+        other => {
+            return Err(ModelError::InvalidInput(format!(
+                "GGUF export of the {} family is not implemented yet (llama, mistral and qwen2 \
+                 are); save to the container format instead",
+                crate::family::family_of(other).name
+            )))
+        }
     };
     let mut ex = Export {
         writer: GgufWriter::new(),
@@ -313,14 +323,16 @@ pub fn write_gguf(
             GgmlType::F32,
             None,
         )?;
-        for name in LINEAR_NAMES {
-            let lin = model.linear(l, name);
-            let gguf = format!("blk.{l}.{}", gguf_proj(name));
-            let order = match name {
-                "attn.q_proj" | "attn.k_proj" => {
-                    rope_row_order(lin.out_features(), hd, c.rope_layout, target_layout)
-                }
-                _ => None,
+        for id in model.stages(l).into_iter().flat_map(|s| s.linears) {
+            let lin = model.expect_linear(id);
+            let proj = gguf_proj(id.kind()).ok_or_else(|| {
+                ModelError::InvalidInput(format!("GGUF export has no tensor name for `{id}`"))
+            })?;
+            let gguf = format!("blk.{l}.{proj}");
+            let order = if id.kind().is_rotated() {
+                rope_row_order(lin.out_features(), hd, c.rope_layout, target_layout)
+            } else {
+                None
             };
             ex.linear(&gguf, lin, order.as_deref())?;
             if let Some(bias) = lin.bias() {

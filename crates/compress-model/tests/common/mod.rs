@@ -273,16 +273,16 @@ pub fn block1_stats(
     stage: usize,
     request: compress_core::compressor::StatsRequest,
 ) -> compress_core::compressor::LayerStats {
-    use compress_core::pipeline::{collect_stats, BlockwiseModel, Pipeline};
+    use compress_core::pipeline::{collect_stats, BlockWalk, Pipeline};
     let model = &s.m.model;
-    let device = BlockwiseModel::device(model);
+    let device = BlockWalk::device(model);
     let windows = compress_core::calibration::sample_windows(&s.calib, 16, 128, 0).unwrap();
     let xs = Pipeline::new()
         .embed_calibration(model, &windows, &device)
         .unwrap();
     let mut caches: Vec<_> = xs
         .into_iter()
-        .map(|x| model.begin_block(1, model.block_forward(0, x)))
+        .map(|x| model.begin_block(1, model.block_forward(0, x), &Default::default()))
         .collect();
     collect_stats(model, 1, stage, &mut caches, request).unwrap()
 }

@@ -1,0 +1,136 @@
+//! Gemma 2 (Gemma Team 2024, arXiv:2408.00118): `(1 + w)` RMSNorms before *and after* attention
+//! and the MLP, a GELU-tanh gated MLP, embeddings scaled by `√hidden`, queries scaled by
+//! `query_pre_attn_scalar^−½`, attention scores and final logits soft-capped (`c·tanh(x/c)`),
+//! and a sliding window on every other layer (the even ones). GGUF files store the norms with the
+//! 1 already added.
+
+use super::{Family, GgufLayout, HfConfigJson, HfLayout};
+use crate::config::{Activation, Architecture, LayerAttention, LlamaConfig, RopeLayout};
+use crate::error::ModelError;
+use crate::gguf::GgufFile;
+
+/// The activation a Gemma config names (`hidden_activation`, or the older `hidden_act`).
+pub(super) fn gemma_activation(hf: &HfConfigJson) -> Result<Activation, ModelError> {
+    let name = match hf.str("hidden_activation")? {
+        Some(a) => Some(a),
+        None => hf.str("hidden_act")?,
+    };
+    match name.unwrap_or("gelu_pytorch_tanh") {
+        "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Ok(Activation::GeluTanh),
+        "silu" | "swish" => Ok(Activation::Silu),
+        other => Err(ModelError::InvalidConfig(format!(
+            "hidden activation `{other}` is not supported (gelu_pytorch_tanh, silu)"
+        ))),
+    }
+}
+
+/// The parts Gemma 2 and 3 share: sandwich norms, GELU-tanh, √d embeddings, the query scale.
+pub(super) fn gemma_common(hf: &HfConfigJson, c: &mut LlamaConfig) -> Result<(), ModelError> {
+    let v = &mut c.variant;
+    v.sandwich_norms = true;
+    v.activation = gemma_activation(hf)?;
+    v.embedding_scale = Some((c.hidden_size as f32).sqrt());
+    let scalar = hf.f32("query_pre_attn_scalar")?.unwrap_or(256.0);
+    if !(scalar.is_finite() && scalar > 0.0) {
+        return Err(ModelError::InvalidConfig(format!(
+            "query_pre_attn_scalar ({scalar}) must be positive"
+        )));
+    }
+    v.attention_scale = Some((1.0 / (scalar as f64).sqrt()) as f32);
+    Ok(())
+}
+
+/// Layer `l` is sliding unless `(l + 1)` is a multiple of `pattern` (transformers' and
+/// llama.cpp's rule; Gemma 2 uses 2, Gemma 3 uses 6).
+pub(super) fn sliding_pattern(layers: usize, pattern: usize) -> Vec<LayerAttention> {
+    (0..layers)
+        .map(|l| {
+            if pattern == 0 || !(l + 1).is_multiple_of(pattern) {
+                LayerAttention::Sliding
+            } else {
+                LayerAttention::Global
+            }
+        })
+        .collect()
+}
+
+fn read_hf(hf: &HfConfigJson, c: &mut LlamaConfig) -> Result<(), ModelError> {
+    gemma_common(hf, c)?;
+    let v = &mut c.variant;
+    v.attn_softcap = match hf.get("attn_logit_softcapping") {
+        None if hf.contains("attn_logit_softcapping") => None,
+        _ => Some(hf.f32("attn_logit_softcapping")?.unwrap_or(50.0)),
+    };
+    v.final_softcap = match hf.get("final_logit_softcapping") {
+        None if hf.contains("final_logit_softcapping") => None,
+        _ => Some(hf.f32("final_logit_softcapping")?.unwrap_or(30.0)),
+    };
+    v.sliding_window = Some(hf.usize("sliding_window")?.unwrap_or(4096));
+    v.layer_attention = match hf.layer_types()? {
+        Some(t) => t,
+        None => sliding_pattern(c.num_layers, 2),
+    };
+    Ok(())
+}
+
+/// llama.cpp's query scale for Gemma 2/3: `1/√head_dim`, except for the 27B models
+/// (`layers_27b` blocks), which use `1/√(hidden/heads)` — it is not stored in the file.
+pub(super) fn gguf_query_scale(c: &LlamaConfig, layers_27b: usize) -> f32 {
+    let d = if c.num_layers == layers_27b {
+        (c.hidden_size / c.num_heads) as f64
+    } else {
+        c.head_dim as f64
+    };
+    (1.0 / d.sqrt()) as f32
+}
+
+/// The GGUF keys of both Gemma generations: sandwich norms, GELU, √d embeddings, the window.
+pub(super) fn gguf_common(
+    file: &GgufFile,
+    prefix: &str,
+    c: &mut LlamaConfig,
+    pattern: usize,
+) -> Result<(), ModelError> {
+    let v = &mut c.variant;
+    v.sandwich_norms = true;
+    v.activation = Activation::GeluTanh;
+    v.embedding_scale = Some((c.hidden_size as f32).sqrt());
+    v.sliding_window = super::gguf_optional(
+        file,
+        &format!("{prefix}.attention.sliding_window"),
+        GgufFile::get_usize,
+    )?;
+    if v.sliding_window.is_some() {
+        v.layer_attention = sliding_pattern(c.num_layers, pattern);
+    }
+    Ok(())
+}
+
+fn read_gguf(file: &GgufFile, prefix: &str, c: &mut LlamaConfig) -> Result<(), ModelError> {
+    gguf_common(file, prefix, c, 2)?;
+    c.variant.attention_scale = Some(gguf_query_scale(c, 46));
+    let cap = |k: &str| super::gguf_optional(file, &format!("{prefix}.{k}"), GgufFile::get_f32);
+    c.variant.attn_softcap = cap("attn_logit_softcapping")?;
+    c.variant.final_softcap = cap("final_logit_softcapping")?;
+    Ok(())
+}
+
+/// Gemma 2.
+pub(crate) static FAMILY: Family = Family {
+    architecture: Architecture::Gemma2,
+    name: "gemma2",
+    hf_classes: &["Gemma2ForCausalLM"],
+    gguf_names: &["gemma2"],
+    hf: HfLayout {
+        ffn_norm: "pre_feedforward_layernorm",
+        fused: false,
+        norm_offset: 1.0,
+        tie_default: true,
+    },
+    gguf: GgufLayout {
+        rope_layout: RopeLayout::NeoX,
+        fused: false,
+    },
+    read_hf,
+    read_gguf,
+};

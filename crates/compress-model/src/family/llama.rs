@@ -1,0 +1,36 @@
+//! Llama 1/2/3.x (and SmolLM, TinyLlama, llama2.c models): the baseline decoder. Llama 3.1+
+//! checkpoints scale RoPE (`rope_scaling` of type `llama3`, read with the common keys).
+
+use super::{Family, GgufLayout, HfConfigJson, HfLayout};
+use crate::config::{Architecture, LlamaConfig, RopeLayout};
+use crate::error::ModelError;
+
+/// Refuses llama variants the decoder does not run.
+fn read_hf(hf: &HfConfigJson, _c: &mut LlamaConfig) -> Result<(), ModelError> {
+    if hf.bool("mlp_bias")? == Some(true) {
+        return Err(ModelError::InvalidConfig(
+            "`mlp_bias: true` (biases on the MLP projections) is not supported".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Llama.
+pub(crate) static FAMILY: Family = Family {
+    architecture: Architecture::Llama,
+    name: "llama",
+    hf_classes: &["LlamaForCausalLM"],
+    gguf_names: &["llama"],
+    hf: HfLayout {
+        ffn_norm: "post_attention_layernorm",
+        fused: false,
+        norm_offset: 0.0,
+        tie_default: false,
+    },
+    gguf: GgufLayout {
+        rope_layout: RopeLayout::Interleaved,
+        fused: false,
+    },
+    read_hf,
+    read_gguf: super::gguf_rope_scaling,
+};

@@ -1,0 +1,30 @@
+//! Mistral: llama with sliding-window attention on every layer (`sliding_window`, or none when
+//! it is `null` as in Mistral v0.2+).
+
+use super::{Family, GgufLayout, HfConfigJson, HfLayout};
+use crate::config::{Architecture, LlamaConfig, RopeLayout};
+use crate::error::ModelError;
+
+fn read_hf(hf: &HfConfigJson, c: &mut LlamaConfig) -> Result<(), ModelError> {
+    hf.sliding_everywhere(c, true)
+}
+
+/// Mistral.
+pub(crate) static FAMILY: Family = Family {
+    architecture: Architecture::Mistral,
+    name: "mistral",
+    hf_classes: &["MistralForCausalLM"],
+    gguf_names: &["mistral"],
+    hf: HfLayout {
+        ffn_norm: "post_attention_layernorm",
+        fused: false,
+        norm_offset: 0.0,
+        tie_default: false,
+    },
+    gguf: GgufLayout {
+        rope_layout: RopeLayout::Interleaved,
+        fused: false,
+    },
+    read_hf,
+    read_gguf: super::gguf_sliding_all,
+};

@@ -1,0 +1,224 @@
+//! Model families as descriptions.
+//!
+//! One decoder ([`LlamaModel`](crate::llama::LlamaModel)) runs every family; what differs — the
+//! names a family's files use, which norms it has and where, its activation, its attention
+//! variants, how its config files spell all that — is one [`Family`] value per family, in a file
+//! of its own (`llama.rs`, `gemma2.rs`, …), registered in [`FAMILIES`]. Loaders and writers look
+//! a family up by the name a file gives it ([`by_hf_class`], [`by_gguf_name`]) or by the
+//! model's [`Architecture`] ([`family_of`]).
+//!
+//! Adding a family: write `family/<name>.rs` with a `pub(crate) static FAMILY: Family` (its
+//! names, norm layout, and the two functions that read its config keys), add an
+//! [`Architecture`] variant, and list it in [`FAMILIES`]. docs/ARCHITECTURE.md walks through it.
+
+mod gemma2;
+mod gemma3;
+pub(crate) mod hf_config;
+mod llama;
+mod mistral;
+mod phi3;
+mod qwen2;
+mod qwen3;
+
+pub use hf_config::HfConfigJson;
+
+use crate::config::{Architecture, LlamaConfig, RopeLayout, RopeScaling};
+use crate::error::ModelError;
+use crate::gguf::GgufFile;
+
+/// How a family's Hugging Face checkpoints lay out a block's tensors.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HfLayout {
+    /// Name of the norm before the MLP (`post_attention_layernorm` in llama, whose norm after
+    /// attention *is* the MLP's input norm; `pre_feedforward_layernorm` in Gemma, where
+    /// `post_attention_layernorm` is the sandwich norm of the attention output).
+    pub ffn_norm: &'static str,
+    /// q/k/v stored as one `self_attn.qkv_proj` and gate/up as one `mlp.gate_up_proj` (Phi-3),
+    /// split into separate projections on load.
+    pub fused: bool,
+    /// Stored norm gains `w` mean `offset + w` (Gemma's `1 + w`; 0 elsewhere).
+    pub norm_offset: f32,
+    /// `tie_word_embeddings` when `config.json` does not say (transformers' per-family default).
+    pub tie_default: bool,
+}
+
+/// How a family's GGUF files (llama.cpp's converter) lay out a block's tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GgufLayout {
+    /// RoPE pairing the file's q/k rows assume (llama.cpp's `LLAMA_ROPE_TYPE_NORM` = interleaved,
+    /// `NEOX` = halves).
+    pub rope_layout: RopeLayout,
+    /// q/k/v stored as one `attn_qkv` and gate/up as one `ffn_up` of twice the width (Phi-3).
+    pub fused: bool,
+}
+
+/// A model family: everything the loaders and writers need to know about it.
+#[derive(Debug)]
+pub struct Family {
+    /// The decoder structure it maps to.
+    pub architecture: Architecture,
+    /// Short name (`qwen3`), as in messages and docs.
+    pub name: &'static str,
+    /// `architectures[0]` values of `config.json` that are this family.
+    pub hf_classes: &'static [&'static str],
+    /// `general.architecture` values of GGUF files that are this family (the first is written).
+    pub gguf_names: &'static [&'static str],
+    /// Hugging Face tensor layout.
+    pub hf: HfLayout,
+    /// GGUF tensor layout.
+    pub gguf: GgufLayout,
+    /// Reads the family's own `config.json` keys into `config` (its [`Variant`](crate::config::Variant),
+    /// q/k/v bias, sliding windows); the common keys are already read.
+    pub read_hf: fn(&HfConfigJson, &mut LlamaConfig) -> Result<(), ModelError>,
+    /// Reads the family's own GGUF metadata (`{arch}.…` keys, `prefix` is the arch name) into
+    /// `config`; the common keys are already read.
+    pub read_gguf: fn(&GgufFile, &str, &mut LlamaConfig) -> Result<(), ModelError>,
+}
+
+/// Every supported family, in the order messages list them.
+pub static FAMILIES: &[&Family] = &[
+    &llama::FAMILY,
+    &mistral::FAMILY,
+    &qwen2::FAMILY,
+    &qwen3::FAMILY,
+    &gemma2::FAMILY,
+    &gemma3::FAMILY,
+    &phi3::FAMILY,
+];
+
+/// The family a `config.json`'s `architectures[0]` names.
+pub fn by_hf_class(class: &str) -> Result<&'static Family, ModelError> {
+    FAMILIES
+        .iter()
+        .copied()
+        .find(|f| f.hf_classes.contains(&class))
+        .ok_or_else(|| ModelError::UnknownArchitecture(class.to_string()))
+}
+
+/// The family a GGUF's `general.architecture` names.
+pub fn by_gguf_name(name: &str) -> Result<&'static Family, ModelError> {
+    FAMILIES
+        .iter()
+        .copied()
+        .find(|f| f.gguf_names.contains(&name))
+        .ok_or_else(|| ModelError::UnknownArchitecture(name.to_string()))
+}
+
+/// The family of a decoder built for `architecture`.
+pub fn family_of(architecture: Architecture) -> &'static Family {
+    FAMILIES
+        .iter()
+        .copied()
+        .find(|f| f.architecture == architecture)
+        .expect("every architecture has a registered family")
+}
+
+/// The supported families as a message lists them: `llama (LlamaForCausalLM, GGUF llama), …`.
+pub fn supported() -> String {
+    FAMILIES
+        .iter()
+        .map(|f| {
+            format!(
+                "{} ({}; GGUF {})",
+                f.name,
+                f.hf_classes.join(", "),
+                f.gguf_names.join(", ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// `Ok(None)` when `key` is absent; the typed value, or a wrong-type error, when present.
+pub(crate) fn gguf_optional<'a, T>(
+    file: &'a GgufFile,
+    key: &str,
+    get: impl Fn(&'a GgufFile, &str) -> Result<T, crate::gguf::GgufError>,
+) -> Result<Option<T>, ModelError> {
+    match file.get(key) {
+        None => Ok(None),
+        Some(_) => Ok(Some(get(file, key)?)),
+    }
+}
+
+/// Reads llama.cpp's RoPE scaling keys (`{arch}.rope.scaling.type` = `linear` / `yarn`, its
+/// `factor` and `original_context_length`). Per-dimension factors stored as tensors
+/// (`rope_freqs.weight`) are read by the loader.
+pub(crate) fn gguf_rope_scaling(
+    file: &GgufFile,
+    prefix: &str,
+    c: &mut LlamaConfig,
+) -> Result<(), ModelError> {
+    let key = |k: &str| format!("{prefix}.rope.scaling.{k}");
+    let kind = gguf_optional(file, &key("type"), GgufFile::get_str)?;
+    let factor = gguf_optional(file, &key("factor"), GgufFile::get_f32)?;
+    let original = gguf_optional(file, &key("original_context_length"), GgufFile::get_usize)?;
+    let need_factor = || {
+        factor.ok_or_else(|| ModelError::InvalidConfig(format!("`{}` is missing", key("factor"))))
+    };
+    c.variant.rope_scaling = match kind {
+        None | Some("none") => None,
+        Some("linear") => Some(RopeScaling::Linear {
+            factor: need_factor()?,
+        }),
+        Some("yarn") => Some(RopeScaling::Yarn {
+            factor: need_factor()?,
+            original_max_position_embeddings: original.unwrap_or(c.max_seq_len),
+            beta_fast: gguf_optional(file, &key("yarn_beta_fast"), GgufFile::get_f32)?
+                .unwrap_or(32.0),
+            beta_slow: gguf_optional(file, &key("yarn_beta_slow"), GgufFile::get_f32)?
+                .unwrap_or(1.0),
+            attention_factor: gguf_optional(file, &key("attn_factor"), GgufFile::get_f32)?,
+        }),
+        Some(other) => {
+            return Err(ModelError::InvalidConfig(format!(
+                "`{}` = {other} is not supported (linear, yarn)",
+                key("type")
+            )))
+        }
+    };
+    Ok(())
+}
+
+/// Every layer sliding when `{arch}.attention.sliding_window` is present (Mistral, Phi-3).
+pub(crate) fn gguf_sliding_all(
+    file: &GgufFile,
+    prefix: &str,
+    c: &mut LlamaConfig,
+) -> Result<(), ModelError> {
+    let window = gguf_optional(
+        file,
+        &format!("{prefix}.attention.sliding_window"),
+        GgufFile::get_usize,
+    )?;
+    if let Some(w) = window.filter(|&w| w > 0) {
+        c.variant.sliding_window = Some(w);
+        c.variant.layer_attention = vec![crate::config::LayerAttention::Sliding; c.num_layers];
+    }
+    gguf_rope_scaling(file, prefix, c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_architecture_has_one_family_and_names_are_unique() {
+        let mut hf = std::collections::HashSet::new();
+        let mut gguf = std::collections::HashSet::new();
+        for f in FAMILIES {
+            assert_eq!(family_of(f.architecture).name, f.name);
+            for c in f.hf_classes {
+                assert!(hf.insert(*c), "{c} registered twice");
+            }
+            for g in f.gguf_names {
+                assert!(gguf.insert(*g), "{g} registered twice");
+            }
+        }
+        let e = by_hf_class("GPT2LMHeadModel").unwrap_err().to_string();
+        assert!(
+            e.contains("GPT2LMHeadModel") && e.contains("Qwen3ForCausalLM"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,51 @@
+//! Phi-3 / Phi-3.5 / Phi-4-mini: llama with q/k/v fused into `qkv_proj` and gate/up into
+//! `gate_up_proj` (rows `[q; k; v]` and `[gate; up]`, split into separate projections on load),
+//! a sliding window on every layer when `sliding_window` is set, partial rotary embeddings
+//! (`partial_rotary_factor`, Phi-4-mini: 0.75) and LongRoPE scaling.
+
+use super::{Family, GgufLayout, HfConfigJson, HfLayout};
+use crate::config::{Architecture, LlamaConfig, RopeLayout};
+use crate::error::ModelError;
+use crate::gguf::GgufFile;
+
+fn read_hf(hf: &HfConfigJson, c: &mut LlamaConfig) -> Result<(), ModelError> {
+    if let Some(f) = hf.f32("partial_rotary_factor")? {
+        if !(f > 0.0 && f <= 1.0) {
+            return Err(ModelError::InvalidConfig(format!(
+                "partial_rotary_factor ({f}) must lie in (0, 1]"
+            )));
+        }
+        let dims = (c.head_dim as f64 * f as f64) as usize;
+        if dims < c.head_dim {
+            c.variant.rotary_dims = Some(dims);
+        }
+    }
+    hf.sliding_everywhere(c, true)
+}
+
+/// llama.cpp runs Phi-3 GGUFs without the sliding window (it reads
+/// `{arch}.attention.sliding_window` but turns SWA off for this architecture), so the window is
+/// not applied here either: logits then match llama.cpp on the same file.
+fn read_gguf(file: &GgufFile, prefix: &str, c: &mut LlamaConfig) -> Result<(), ModelError> {
+    super::gguf_rope_scaling(file, prefix, c)
+}
+
+/// Phi-3.
+pub(crate) static FAMILY: Family = Family {
+    architecture: Architecture::Phi3,
+    name: "phi3",
+    hf_classes: &["Phi3ForCausalLM"],
+    gguf_names: &["phi3"],
+    hf: HfLayout {
+        ffn_norm: "post_attention_layernorm",
+        fused: true,
+        norm_offset: 0.0,
+        tie_default: false,
+    },
+    gguf: GgufLayout {
+        rope_layout: RopeLayout::NeoX,
+        fused: true,
+    },
+    read_hf,
+    read_gguf,
+};

@@ -1,0 +1,40 @@
+//! Qwen3: llama with an RMSNorm over each head's queries and keys before RoPE (`q_norm`,
+//! `k_norm`), no q/k/v bias, an explicit `head_dim`.
+
+use super::{Family, GgufLayout, HfConfigJson, HfLayout};
+use crate::config::{Architecture, LlamaConfig, RopeLayout};
+use crate::error::ModelError;
+
+fn read_hf(hf: &HfConfigJson, c: &mut LlamaConfig) -> Result<(), ModelError> {
+    c.variant.qk_norm = true;
+    super::qwen2::qwen_sliding(hf, c)
+}
+
+fn read_gguf(
+    file: &crate::gguf::GgufFile,
+    prefix: &str,
+    c: &mut LlamaConfig,
+) -> Result<(), ModelError> {
+    c.variant.qk_norm = true;
+    super::gguf_rope_scaling(file, prefix, c)
+}
+
+/// Qwen3.
+pub(crate) static FAMILY: Family = Family {
+    architecture: Architecture::Qwen3,
+    name: "qwen3",
+    hf_classes: &["Qwen3ForCausalLM"],
+    gguf_names: &["qwen3"],
+    hf: HfLayout {
+        ffn_norm: "post_attention_layernorm",
+        fused: false,
+        norm_offset: 0.0,
+        tie_default: false,
+    },
+    gguf: GgufLayout {
+        rope_layout: RopeLayout::NeoX,
+        fused: false,
+    },
+    read_hf,
+    read_gguf,
+};
