@@ -268,6 +268,10 @@ impl LlamaModel {
                 .map(lin)
                 .sum::<usize>()
                     + 2 * d
+                    + b.variant_norms()
+                        .iter()
+                        .map(|(_, n)| n.weight.val().dims()[0])
+                        .sum::<usize>()
             })
             .sum();
         let head = if self.config.tie_word_embeddings {
@@ -283,6 +287,19 @@ impl LlamaModel {
     /// [`Self::num_parameters`] counts the real tensors).
     fn refresh_config(&mut self) {
         self.config.num_layers = self.layers.len();
+        if !self.config.variant.layer_attention.is_empty() {
+            self.config.variant.layer_attention = self
+                .layers
+                .iter()
+                .map(|b| {
+                    if b.sliding {
+                        crate::config::LayerAttention::Sliding
+                    } else {
+                        crate::config::LayerAttention::Global
+                    }
+                })
+                .collect();
+        }
         let max = |f: &dyn Fn(&super::Block) -> usize| self.layers.iter().map(f).max().unwrap_or(0);
         self.config.intermediate_size = max(&|b| b.mlp.gate_proj.out_features());
         self.config.num_heads = max(&|b| b.attn.num_heads);

@@ -1,0 +1,319 @@
+//! Every compression method on every dense model family: the tiny transformers-made checkpoints
+//! of `crates/compress-model/tests/fixtures/families/` (llama3 … phi4mini; see
+//! `scripts/family-fixtures/`), calibrated on TinyStories text through each family's own
+//! tokenizer.
+//!
+//! What is checked, per family:
+//! - quantizers (RTN, GPTQ, AWQ, HQQ, GPTQ + low-rank correction), pruners (magnitude, Wanda,
+//!   SparseGPT, 2:4 joint SparseGPT + 4-bit) and low-rank factorizations (SVD-LLM) run through
+//!   the calibration pipeline on every block linear and leave a model with finite logits;
+//! - the methods' defining claims hold on these layers: 8-bit RTN's KLD is far below 4-bit's, GPTQ's
+//!   summed output error is below RTN's at 4 bits (Frantar et al. 2022), SparseGPT's below
+//!   magnitude pruning's at 50% (Frantar & Alistarh 2023), a low-rank correction lowers RTN's,
+//!   pruners hit their sparsity exactly;
+//! - the function-preserving scale folds (AWQ's transform) keep the logits, whatever norms the
+//!   family has (Gemma's `1 + w` gains, sandwich norms, q/k norms);
+//! - structured pruning (FFN neurons and heads, by magnitude), block removal, Matryoshka sorting
+//!   (function unchanged) and slicing (fewer parameters) respect the family's structure, and
+//!   the results still save to and load from the container.
+
+#[path = "../crates/compress-model/tests/common/mod.rs"]
+mod common;
+
+use std::path::PathBuf;
+
+use burn::tensor::{Int, Tensor, TensorData};
+use compress::core::backend::BackendKind;
+use compress::core::calibration::sample_windows;
+use compress::core::linear::{CompressedLinear, DenseLinear};
+use compress::core::pipeline::{BlockWalk, BlockwiseModel, PipelineReport, ScaleFolds};
+use compress::model::{LlamaModel, LoadedModel};
+use compress::recipe::Recipe;
+
+/// The dense families with fixtures.
+const FAMILIES: &[&str] = &[
+    "llama3", "qwen2", "mistral", "qwen3", "gemma2", "gemma3", "phi3", "phi4mini",
+];
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("crates/compress-model/tests/fixtures/families")
+        .join(name)
+}
+
+struct Setup {
+    m: LoadedModel,
+    windows: Vec<Vec<u32>>,
+    eval: Vec<u32>,
+}
+
+/// The family's model on flex, 8 calibration windows of 16 tokens (twice the fixtures' sliding
+/// window) and 32 evaluation tokens, all from TinyStories through the family's tokenizer.
+fn setup(name: &str) -> Option<Setup> {
+    let text = std::fs::read_to_string(common::shared("data/tinystories/val.txt")?).unwrap();
+    let device = BackendKind::Flex.device().unwrap();
+    let m = compress::model::load(fixture(name), &device).unwrap();
+    let (calib, eval) = compress::core::calibration::split_halves(&text[..20_000]);
+    let calib = m.tokenizer.encode(calib, false).unwrap();
+    let eval = m.tokenizer.encode(eval, false).unwrap()[..32].to_vec();
+    let windows = sample_windows(&calib, 8, 16, 0).unwrap();
+    Some(Setup { m, windows, eval })
+}
+
+fn logits(model: &LlamaModel, tokens: &[u32]) -> Vec<f32> {
+    let device = model.device();
+    let t = Tensor::<2, Int>::from_data(
+        TensorData::new(
+            tokens.iter().map(|&x| x as i64).collect::<Vec<_>>(),
+            [1, tokens.len()],
+        ),
+        &device,
+    );
+    model
+        .forward(t, None)
+        .unwrap()
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap()
+}
+
+/// Mean KL(base ‖ other) per position of logits `[positions, vocab]`, in f64.
+fn kld(base: &[f32], other: &[f32], vocab: usize) -> f64 {
+    let log_softmax = |row: &[f32]| -> Vec<f64> {
+        let max = row.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v)) as f64;
+        let lse = row
+            .iter()
+            .map(|&v| (v as f64 - max).exp())
+            .sum::<f64>()
+            .ln()
+            + max;
+        row.iter().map(|&v| v as f64 - lse).collect()
+    };
+    let rows = base.len() / vocab;
+    let mut sum = 0.0;
+    for (a, b) in base.chunks_exact(vocab).zip(other.chunks_exact(vocab)) {
+        let (p, q) = (log_softmax(a), log_softmax(b));
+        sum += p
+            .iter()
+            .zip(&q)
+            .map(|(lp, lq)| lp.exp() * (lp - lq))
+            .sum::<f64>();
+    }
+    sum / rows as f64
+}
+
+/// Runs `recipe` (TOML steps) on a copy of the family's model; the compressed model, the
+/// report and the KLD of its logits on the evaluation tokens to the base model's.
+fn run(s: &Setup, name: &str, steps: &str) -> (LlamaModel, PipelineReport, f64) {
+    let recipe = Recipe::from_toml(&format!("version = 1\n{steps}")).unwrap();
+    let mut model = s.m.model.clone();
+    let report = recipe
+        .pipeline()
+        .unwrap()
+        .run(&mut model, &s.windows, |_, _, _| {})
+        .unwrap_or_else(|e| panic!("{name}: {steps}: {e}"));
+    let (base, got) = (logits(&s.m.model, &s.eval), logits(&model, &s.eval));
+    assert!(got.iter().all(|v| v.is_finite()), "{name}: {steps}");
+    let vocab = s.m.model.config().vocab_size;
+    (model, report, kld(&base, &got, vocab))
+}
+
+/// Σ of the layers' output errors `‖XWᵀ − XŴᵀ‖² / ‖XWᵀ‖²` of a one-step run.
+fn output_error(r: &PipelineReport) -> f64 {
+    r.layers.iter().map(|l| l.output_rel_error.unwrap()).sum()
+}
+
+#[test]
+fn every_method_runs_on_every_family() {
+    for &name in FAMILIES {
+        let Some(s) = setup(name) else { return };
+        let linears = 7 * s.m.model.num_blocks();
+
+        let (_, rtn8, kld8) = run(&s, name, "[[step]]\nmethod = \"rtn\"\nbits = 8\n");
+        assert_eq!(rtn8.layers.len(), linears, "{name}");
+
+        let w4 = "bits = 4\ngroup = 16\n";
+        // RTN needs no calibration, so the pipeline reports no output errors for it alone; a
+        // GPTQ step that matches no layer turns calibration on without changing anything.
+        let calibrate = "[[step]]\nlayers = \"^none$\"\nmethod = \"gptq\"\nbits = 4\n";
+        let (_, rtn, kld4) = run(
+            &s,
+            name,
+            &format!("[[step]]\nmethod = \"rtn\"\n{w4}{calibrate}"),
+        );
+        // A 16× finer grid: the squared weight error, and so the KLD to first order, drops
+        // about 256×; 50× leaves room for the 4-bit groups of 16 against 8-bit rows.
+        assert!(
+            kld8 * 50.0 < kld4,
+            "{name}: RTN KLD 8-bit {kld8}, 4-bit {kld4}"
+        );
+        let (_, gptq, kld_gptq) = run(&s, name, &format!("[[step]]\nmethod = \"gptq\"\n{w4}"));
+        assert!(kld_gptq.is_finite() && kld_gptq > 0.0, "{name}");
+        let (e_rtn, e_gptq) = (output_error(&rtn), output_error(&gptq));
+        assert!(e_gptq < e_rtn, "{name}: GPTQ {e_gptq} vs RTN {e_rtn}");
+
+        let (_, corrected, _) = run(
+            &s,
+            name,
+            &format!("[[step]]\nmethod = \"rtn\"\n{w4}\n[[step]]\nmethod = \"lowrank-correction\"\nrank = 4\n"),
+        );
+        let e_corr: f64 = corrected
+            .layers
+            .iter()
+            .skip(1)
+            .step_by(2)
+            .map(|l| l.output_rel_error.unwrap())
+            .sum();
+        assert!(e_corr < e_rtn, "{name}: corrected {e_corr} vs RTN {e_rtn}");
+
+        for steps in [
+            format!("[[step]]\nmethod = \"awq\"\n{w4}"),
+            format!("[[step]]\nmethod = \"hqq\"\n{w4}"),
+            "[[step]]\nmethod = \"svd-llm\"\nratio = 0.5\n".to_string(),
+        ] {
+            let (_, r, k) = run(&s, name, &steps);
+            assert_eq!(r.layers.len(), linears, "{name}: {steps}");
+            assert!(k.is_finite() && k > 0.0, "{name}: {steps}: KLD {k}");
+        }
+
+        let (_, magnitude, _) = run(
+            &s,
+            name,
+            &format!("[[step]]\nmethod = \"magnitude\"\nsparsity = 0.5\n{calibrate}"),
+        );
+        let (_, wanda, _) = run(&s, name, "[[step]]\nmethod = \"wanda\"\nsparsity = 0.5\n");
+        let (_, sparsegpt, _) = run(
+            &s,
+            name,
+            "[[step]]\nmethod = \"sparsegpt\"\nsparsity = 0.5\n",
+        );
+        for r in [&magnitude, &wanda, &sparsegpt] {
+            assert!(
+                r.layers.iter().all(|l| l.sparsity == 0.5),
+                "{name}: exact 50%"
+            );
+        }
+        let (e_mag, e_sgpt) = (output_error(&magnitude), output_error(&sparsegpt));
+        assert!(
+            e_sgpt < e_mag,
+            "{name}: SparseGPT {e_sgpt} vs magnitude {e_mag}"
+        );
+
+        println!(
+            "{name}: KLD rtn-w8 {kld8:.2e}, rtn-w4g16 {kld4:.3}, gptq-w4g16 {kld_gptq:.3}; \
+             output error Σ rtn {e_rtn:.3}, gptq {e_gptq:.3}, +lowrank {e_corr:.3}, \
+             magnitude-50 {e_mag:.3}, sparsegpt-50 {e_sgpt:.3}"
+        );
+        let (joint, r, _) = run(
+            &s,
+            name,
+            "[[step]]\nmethod = \"sparsegpt\"\nnm = \"2:4\"\nquantize = { bits = 4, group = 16 }\n",
+        );
+        assert!(r.layers.iter().all(|l| l.sparsity == 0.5), "{name}: 2:4");
+        assert!(
+            joint.layers[0]
+                .linears()
+                .iter()
+                .all(|l| matches!(l, CompressedLinear::Quantized(_))),
+            "{name}: joint 2:4 + 4-bit leaves packed layers"
+        );
+    }
+}
+
+/// AWQ's transform: dividing a stage's input by `s` where it is produced (a norm's gain, the rows
+/// of `up_proj`) and multiplying the stage's weight columns by `s` keeps the model's function, on
+/// every family (Gemma's gains include their `+1`; sandwich and q/k norms are not touched).
+#[test]
+fn scale_folds_keep_every_familys_function() {
+    for &name in FAMILIES {
+        let Some(s) = setup(name) else { return };
+        let mut model = s.m.model.clone();
+        let device = model.device();
+        let base = logits(&model, &s.eval);
+        let mut folded = 0;
+        for block in 0..model.num_blocks() {
+            for (si, stage) in model.stages(block).into_iter().enumerate() {
+                let n = model.expect_linear(stage.linears[0]).in_features();
+                let scales: Vec<f32> = (0..n).map(|i| 0.5 + (i * 37 % 31) as f32 / 20.0).collect();
+                if !model.fold_input_scales(block, si, &scales) {
+                    continue;
+                }
+                folded += 1;
+                for id in stage.linears {
+                    let lin = model.expect_linear(id);
+                    let [o, i] = [lin.out_features(), lin.in_features()];
+                    let w: Vec<f32> = lin.dense_weight().into_data().try_to_vec::<f32>().unwrap();
+                    let scaled: Vec<f32> = w
+                        .iter()
+                        .enumerate()
+                        .map(|(k, &v)| v * scales[k % i])
+                        .collect();
+                    let t = Tensor::<2>::from_data(TensorData::new(scaled, [o, i]), &device);
+                    *model.expect_linear_mut(id) =
+                        CompressedLinear::Dense(DenseLinear::new(t, lin.bias()));
+                }
+            }
+        }
+        assert_eq!(
+            folded,
+            3 * model.num_blocks(),
+            "{name}: stages 0, 2 and 3 fold"
+        );
+        let got = logits(&model, &s.eval);
+        let scale = base.iter().fold(1f32, |a, v| a.max(v.abs()));
+        let d = common::max_abs_diff(&got, &base);
+        assert!(d < 1e-4 * scale, "{name}: folds moved the logits by {d}");
+    }
+}
+
+#[test]
+fn structure_changes_respect_every_family() {
+    use compress::distill::matryoshka::{slice, sort_by_activation, SliceSpec, Width};
+    use compress::model::container::{read_container, write_container, ContainerOptions};
+    use compress::prune::structured::{prune_structured, Importance, StructuredConfig};
+    let dir = tempfile::tempdir().unwrap();
+    for &name in FAMILIES {
+        let Some(s) = setup(name) else { return };
+        let base = logits(&s.m.model, &s.eval);
+        let scale = base.iter().fold(1f32, |a, v| a.max(v.abs()));
+
+        // Sorting neurons and key/value groups by importance keeps the function.
+        let mut sorted = s.m.model.clone();
+        sort_by_activation(&mut sorted, &s.windows).unwrap();
+        let d = common::max_abs_diff(&logits(&sorted, &s.eval), &base);
+        assert!(d < 1e-4 * scale, "{name}: sorting moved the logits by {d}");
+        let spec = SliceSpec {
+            width: Width::uniform(0.5),
+            bits: None,
+        };
+        let (half, report) = slice(&sorted, &spec).unwrap();
+        assert!(report.parameters.1 < report.parameters.0, "{name}");
+        assert!(logits(&half, &s.eval).iter().all(|v| v.is_finite()));
+
+        // Half the FFN neurons and heads, then the first block.
+        let mut pruned = s.m.model.clone();
+        let cfg = StructuredConfig {
+            ffn_fraction: 0.5,
+            head_fraction: 0.5,
+            ffn_importance: Importance::Magnitude,
+            head_importance: Importance::Magnitude,
+        };
+        let r = prune_structured(&mut pruned, &s.windows, &cfg, |_, _| {}).unwrap();
+        assert!(r.parameters.1 < r.parameters.0, "{name}");
+        pruned.remove_blocks(&[0]).unwrap();
+        let c = pruned.config();
+        assert!(c.validate().is_ok(), "{name}: {:?}", c.validate());
+        assert_eq!(c.num_layers, s.m.model.num_blocks() - 1);
+        let got = logits(&pruned, &s.eval);
+        assert!(got.iter().all(|v| v.is_finite()), "{name}");
+
+        let path = dir.path().join(format!("{name}.safetensors"));
+        write_container(&pruned, &s.m.tokenizer, &path, &ContainerOptions::default()).unwrap();
+        let back = read_container(&path, &pruned.device()).unwrap();
+        assert_eq!(
+            logits(&back.model, &s.eval),
+            got,
+            "{name}: pruned model round trip"
+        );
+    }
+}
