@@ -197,3 +197,69 @@ fn every_family_round_trips_through_the_container() {
         );
     }
 }
+
+/// The same fixtures converted to GGUF by llama.cpp's `convert_hf_to_gguf.py` (f16 weights,
+/// `scripts/family-fixtures/make_gguf.py`) and run by llama.cpp (f32 KV cache): our GGUF loader
+/// must give llama.cpp's logits, greedy tokens and token ids. Where llama.cpp's reading of a
+/// family differs from transformers' (it ignores Mistral's sliding window and Gemma's
+/// `query_pre_attn_scalar`), the GGUF loader follows llama.cpp, so these compare like with like.
+///
+/// Tolerance: `0.05 + 2e-3 · max |logit|`. ggml multiplies f16 weights by activations rounded to
+/// f16 (its `vec_dot_type`), and evaluates GELU through an f16 table; both round at 2⁻¹¹
+/// relative, once per product, over 2–6 blocks of ~7 products. Our f32 activations differ by
+/// that rounding; the measured worst case is printed.
+#[test]
+fn every_family_gguf_matches_llama_cpp() {
+    let device = BackendKind::Flex.device().unwrap();
+    let mut failures = Vec::new();
+    for &name in FAMILIES {
+        let text = std::fs::read_to_string(fixture(name).join("llamacpp.json")).unwrap();
+        let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let m = compress_model::load(fixture(name).join("model.gguf"), &device)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let tokens = ids(&r["tokens"]);
+        let want: Vec<f32> = r["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| {
+                row.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap() as f32)
+            })
+            .collect();
+        let got = logits_of(&m.model, &tokens);
+        let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let diff = common::max_abs_diff(&got, &want);
+        let bound = 0.05 + 2e-3 * scale;
+        println!("{name} (GGUF): max |Δlogit| {diff:.2e} vs llama.cpp (max |logit| {scale:.2})");
+        if diff > bound {
+            failures.push(format!("{name}: logits differ by {diff} (bound {bound})"));
+        }
+        let prompt = ids(&r["greedy"]["prompt"]);
+        let want_greedy = ids(&r["greedy"]["tokens"]);
+        let options = GenerateOptions {
+            max_new_tokens: want_greedy.len(),
+            sampling: Sampling::Greedy,
+            stop_token: None,
+        };
+        let out = generate(&m.model, &prompt, &options, |_| {}).unwrap();
+        if out.tokens != want_greedy {
+            failures.push(format!(
+                "{name}: greedy {:?}, llama.cpp {want_greedy:?}",
+                out.tokens
+            ));
+        }
+        let want_ids = ids(&r["text_ids"]);
+        let text = r["text"].as_str().unwrap();
+        let bos = m.tokenizer.bos_id().is_some_and(|b| want_ids.first() == Some(&b));
+        let got_ids = m.tokenizer.encode(text, bos).unwrap();
+        if got_ids != want_ids {
+            failures.push(format!(
+                "{name}: tokenizer ids {got_ids:?}, llama.cpp {want_ids:?}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
