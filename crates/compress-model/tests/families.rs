@@ -253,7 +253,10 @@ fn every_family_gguf_matches_llama_cpp() {
         }
         let want_ids = ids(&r["text_ids"]);
         let text = r["text"].as_str().unwrap();
-        let bos = m.tokenizer.bos_id().is_some_and(|b| want_ids.first() == Some(&b));
+        let bos = m
+            .tokenizer
+            .bos_id()
+            .is_some_and(|b| want_ids.first() == Some(&b));
         let got_ids = m.tokenizer.encode(text, bos).unwrap();
         if got_ids != want_ids {
             failures.push(format!(
@@ -262,4 +265,62 @@ fn every_family_gguf_matches_llama_cpp() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// GGUF export writes each family's own metadata and tensor layout (sandwich and q/k norms,
+/// soft-caps, sliding windows and local RoPE base, fused Phi-3 `attn_qkv` / `ffn_up`, partial
+/// rotary): a model loaded from the family's GGUF fixture, written back out, reloads with the
+/// same configuration and bit-identical logits, and gguf-py reads the written file with the same
+/// tensors and values (required under `CI=true`).
+#[test]
+fn every_family_exports_to_gguf() {
+    use compress_model::save::{write_gguf, GgufExport};
+    let device = BackendKind::Flex.device().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf_py_dump.py");
+    let gguf_py = common::python_has(
+        "gguf, numpy",
+        common::under_ci(),
+        "pip install gguf==0.19.0",
+    );
+    for &name in FAMILIES {
+        let m = compress_model::load(fixture(name).join("model.gguf"), &device).unwrap();
+        let out = dir.path().join(format!("{name}.gguf"));
+        write_gguf(&m.model, &m.tokenizer, &out, &GgufExport::default())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let back = compress_model::load(&out, &device).unwrap();
+        assert_eq!(back.model.config(), m.model.config(), "{name}: config");
+        let tokens = ids(&reference(name)["tokens"]);
+        assert_eq!(
+            logits_of(&back.model, &tokens),
+            logits_of(&m.model, &tokens),
+            "{name}: logits after GGUF export"
+        );
+        if gguf_py {
+            common::compare_with_gguf_py(&script, &out);
+        }
+    }
+}
+
+/// What llama.cpp fixes in code cannot be exported silently: a Gemma 2 whose query scale is not
+/// llama.cpp's `1/√head_dim` (the transformers fixture uses `query_pre_attn_scalar = 24` with
+/// heads of 16) is refused with the reason.
+#[test]
+fn gguf_export_refuses_what_llama_cpp_would_run_differently() {
+    use compress_model::save::{write_gguf, GgufExport};
+    let device = BackendKind::Flex.device().unwrap();
+    let m = compress_model::load(fixture("gemma2"), &device).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let e = write_gguf(
+        &m.model,
+        &m.tokenizer,
+        &dir.path().join("g.gguf"),
+        &GgufExport::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("query_pre_attn_scalar") && e.contains("gemma2"),
+        "{e}"
+    );
 }

@@ -7,7 +7,7 @@
 use super::{Family, GgufLayout, HfConfigJson, HfLayout};
 use crate::config::{Activation, Architecture, LayerAttention, LlamaConfig, RopeLayout};
 use crate::error::ModelError;
-use crate::gguf::GgufFile;
+use crate::gguf::{GgufFile, GgufValue};
 
 /// The activation a Gemma config names (`hidden_activation`, or the older `hidden_act`).
 pub(super) fn gemma_activation(hf: &HfConfigJson) -> Result<Activation, ModelError> {
@@ -115,6 +115,39 @@ fn read_gguf(file: &GgufFile, prefix: &str, c: &mut LlamaConfig) -> Result<(), M
     Ok(())
 }
 
+/// The query scale llama.cpp will use must be this model's.
+pub(super) fn check_gguf_scale(c: &LlamaConfig, layers_27b: usize) -> Result<(), String> {
+    let want = gguf_query_scale(c, layers_27b);
+    let have = crate::llama::build::attention_scale(c);
+    if (have - want).abs() > 1e-6 * want {
+        return Err(format!(
+            "llama.cpp scales this family's queries by {want} (1/√head_dim, or 1/√(hidden/heads) \
+             for the 27B model) and stores no scale; this model uses {have} \
+             (query_pre_attn_scalar)"
+        ));
+    }
+    Ok(())
+}
+
+fn gguf_keys(c: &LlamaConfig) -> Result<super::GgufKeys, String> {
+    check_gguf_scale(c, 46)?;
+    super::check_gguf_pattern(c, 2)?;
+    let v = &c.variant;
+    let (Some(attn), Some(last)) = (v.attn_softcap, v.final_softcap) else {
+        return Err(
+            "llama.cpp soft-caps Gemma 2's attention and logits; this model does not".into(),
+        );
+    };
+    let mut keys = vec![
+        ("attn_logit_softcapping", GgufValue::F32(attn)),
+        ("final_logit_softcapping", GgufValue::F32(last)),
+    ];
+    if let Some(w) = v.sliding_window {
+        keys.push(("attention.sliding_window", GgufValue::U32(w as u32)));
+    }
+    Ok(keys)
+}
+
 /// Gemma 2.
 pub(crate) static FAMILY: Family = Family {
     architecture: Architecture::Gemma2,
@@ -128,9 +161,11 @@ pub(crate) static FAMILY: Family = Family {
         tie_default: true,
     },
     gguf: GgufLayout {
+        write_as: "gemma2",
         rope_layout: RopeLayout::NeoX,
         fused: false,
     },
     read_hf,
     read_gguf,
+    gguf_keys,
 };

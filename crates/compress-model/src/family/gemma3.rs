@@ -7,7 +7,7 @@ use super::gemma2::{gemma_common, gguf_common, gguf_query_scale, sliding_pattern
 use super::{Family, GgufLayout, HfConfigJson, HfLayout};
 use crate::config::{Architecture, LlamaConfig, RopeLayout};
 use crate::error::ModelError;
-use crate::gguf::GgufFile;
+use crate::gguf::{GgufFile, GgufValue};
 
 fn read_hf(hf: &HfConfigJson, c: &mut LlamaConfig) -> Result<(), ModelError> {
     gemma_common(hf, c)?;
@@ -45,6 +45,26 @@ fn read_gguf(file: &GgufFile, prefix: &str, c: &mut LlamaConfig) -> Result<(), M
     super::gguf_rope_scaling(file, prefix, c)
 }
 
+fn gguf_keys(c: &LlamaConfig) -> Result<super::GgufKeys, String> {
+    super::gemma2::check_gguf_scale(c, 62)?;
+    super::check_gguf_pattern(c, 6)?;
+    let v = &c.variant;
+    if v.attn_softcap.is_some() {
+        return Err("llama.cpp does not soft-cap Gemma 3's attention; this model does".into());
+    }
+    let mut keys = vec![(
+        "rope.freq_base_swa",
+        GgufValue::F32(v.local_rope_theta.unwrap_or(c.rope_theta)),
+    )];
+    if let Some(w) = v.sliding_window {
+        keys.push(("attention.sliding_window", GgufValue::U32(w as u32)));
+    }
+    if let Some(cap) = v.final_softcap {
+        keys.push(("final_logit_softcapping", GgufValue::F32(cap)));
+    }
+    Ok(keys)
+}
+
 /// Gemma 3.
 pub(crate) static FAMILY: Family = Family {
     architecture: Architecture::Gemma3,
@@ -58,9 +78,11 @@ pub(crate) static FAMILY: Family = Family {
         tie_default: true,
     },
     gguf: GgufLayout {
+        write_as: "gemma3",
         rope_layout: RopeLayout::NeoX,
         fused: false,
     },
     read_hf,
     read_gguf,
+    gguf_keys,
 };

@@ -28,9 +28,11 @@ pub(crate) static FAMILY: Family = Family {
         tie_default: false,
     },
     gguf: GgufLayout {
+        write_as: "llama",
         rope_layout: RopeLayout::Interleaved,
         fused: false,
     },
     read_hf,
     read_gguf: super::gguf_rope_scaling,
+    gguf_keys: super::no_gguf_keys,
 };

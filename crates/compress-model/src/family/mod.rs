@@ -24,7 +24,7 @@ pub use hf_config::HfConfigJson;
 
 use crate::config::{Architecture, LlamaConfig, RopeLayout, RopeScaling};
 use crate::error::ModelError;
-use crate::gguf::GgufFile;
+use crate::gguf::{GgufFile, GgufValue};
 
 /// How a family's Hugging Face checkpoints lay out a block's tensors.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -45,12 +45,17 @@ pub struct HfLayout {
 /// How a family's GGUF files (llama.cpp's converter) lay out a block's tensors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GgufLayout {
+    /// `general.architecture` written on export (llama.cpp converts Mistral as `llama`).
+    pub write_as: &'static str,
     /// RoPE pairing the file's q/k rows assume (llama.cpp's `LLAMA_ROPE_TYPE_NORM` = interleaved,
     /// `NEOX` = halves).
     pub rope_layout: RopeLayout,
     /// q/k/v stored as one `attn_qkv` and gate/up as one `ffn_up` of twice the width (Phi-3).
     pub fused: bool,
 }
+
+/// GGUF metadata a family writes: `(key after "{arch}.", value)` pairs.
+pub type GgufKeys = Vec<(&'static str, GgufValue)>;
 
 /// A model family: everything the loaders and writers need to know about it.
 #[derive(Debug)]
@@ -73,6 +78,9 @@ pub struct Family {
     /// Reads the family's own GGUF metadata (`{arch}.…` keys, `prefix` is the arch name) into
     /// `config`; the common keys are already read.
     pub read_gguf: fn(&GgufFile, &str, &mut LlamaConfig) -> Result<(), ModelError>,
+    /// The family's own GGUF metadata for `config` (keys after `{arch}.`), or why llama.cpp
+    /// could not run it as this model (a structure its loader fixes differently).
+    pub gguf_keys: fn(&LlamaConfig) -> Result<GgufKeys, String>,
 }
 
 /// Every supported family, in the order messages list them.
@@ -177,6 +185,27 @@ pub(crate) fn gguf_rope_scaling(
             )))
         }
     };
+    Ok(())
+}
+
+/// No keys beyond the common ones.
+pub(crate) fn no_gguf_keys(_: &LlamaConfig) -> Result<GgufKeys, String> {
+    Ok(Vec::new())
+}
+
+/// Checks that `c`'s sliding layers are the ones llama.cpp's fixed pattern makes sliding for
+/// this family (`pattern`, see [`gemma2::sliding_pattern`]).
+pub(crate) fn check_gguf_pattern(c: &LlamaConfig, pattern: usize) -> Result<(), String> {
+    let want = gemma2::sliding_pattern(c.num_layers, pattern);
+    let have: Vec<_> = (0..c.num_layers)
+        .map(|l| c.variant.attention_of(l))
+        .collect();
+    if have != want {
+        return Err(format!(
+            "llama.cpp makes every layer but each {pattern}th sliding for this family; this \
+             model's layer kinds are {have:?}"
+        ));
+    }
     Ok(())
 }
 

@@ -6,7 +6,7 @@
 use super::{Family, GgufLayout, HfConfigJson, HfLayout};
 use crate::config::{Architecture, LlamaConfig, RopeLayout};
 use crate::error::ModelError;
-use crate::gguf::GgufFile;
+use crate::gguf::{GgufFile, GgufValue};
 
 fn read_hf(hf: &HfConfigJson, c: &mut LlamaConfig) -> Result<(), ModelError> {
     if let Some(f) = hf.f32("partial_rotary_factor")? {
@@ -30,6 +30,12 @@ fn read_gguf(file: &GgufFile, prefix: &str, c: &mut LlamaConfig) -> Result<(), M
     super::gguf_rope_scaling(file, prefix, c)
 }
 
+/// The window as llama.cpp's converter writes it (0 for none); llama.cpp then runs without it.
+fn gguf_keys(c: &LlamaConfig) -> Result<super::GgufKeys, String> {
+    let w = c.variant.sliding_window.unwrap_or(0);
+    Ok(vec![("attention.sliding_window", GgufValue::U32(w as u32))])
+}
+
 /// Phi-3.
 pub(crate) static FAMILY: Family = Family {
     architecture: Architecture::Phi3,
@@ -43,9 +49,11 @@ pub(crate) static FAMILY: Family = Family {
         tie_default: false,
     },
     gguf: GgufLayout {
+        write_as: "phi3",
         rope_layout: RopeLayout::NeoX,
         fused: true,
     },
     read_hf,
     read_gguf,
+    gguf_keys,
 };

@@ -32,9 +32,11 @@ pub(crate) static FAMILY: Family = Family {
         tie_default: false,
     },
     gguf: GgufLayout {
+        write_as: "qwen3",
         rope_layout: RopeLayout::NeoX,
         fused: false,
     },
     read_hf,
     read_gguf,
+    gguf_keys: super::no_gguf_keys,
 };

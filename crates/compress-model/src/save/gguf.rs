@@ -12,24 +12,31 @@
 //! always f32. The [`GgufReport`] lists every tensor with its type and its largest deviation
 //! from the model's weights, so nothing is converted silently.
 //!
-//! GGUF `llama` files pair RoPE dimensions interleaved, `qwen2` files NeoX-style; a model whose
-//! layout differs from its target architecture's (a Llama loaded from Hugging Face safetensors)
-//! has its q/k rows permuted on the way out, exactly as llama.cpp's converter does.
+//! Each family is written as llama.cpp's converter writes it ([`crate::family`]): its
+//! architecture name (Mistral as `llama`), its own keys (Gemma's soft-caps, sliding window and
+//! local RoPE base; Phi-3's window), its extra norms (`post_attention_norm`, `post_ffw_norm`,
+//! `attn_q_norm`, `attn_k_norm`), Phi-3's fused `attn_qkv` and `ffn_up` (rows stacked straight
+//! from each projection's codes when they share a block format), and RoPE scaling as keys or
+//! factor tensors. A model llama.cpp would run differently — a query scale or sliding pattern
+//! its loader fixes otherwise — is refused with the reason. GGUF `llama` files pair RoPE
+//! dimensions interleaved, the other families NeoX-style; a model whose layout differs from its
+//! target's (a Llama loaded from Hugging Face safetensors) has its q/k rows permuted on the way
+//! out, exactly as llama.cpp's converter does.
 
 use std::path::Path;
 
 use burn::tensor::Tensor;
 use compress_core::linear::CompressedLinear;
-use compress_core::pipeline::BlockwiseModel;
 
+use super::gguf_meta::{file_type, rope_scaling, set_vocab};
 use super::{host, rope_row_order};
-use crate::config::{Architecture, RopeLayout};
+use crate::config::RopeScaling;
 use crate::error::ModelError;
 use crate::gguf::encode::{encode_float, encode_packed, encode_q8_0, Encoded};
-use crate::gguf::{GgmlType, GgufArray, GgufValue, GgufWriter};
-use crate::llama::LlamaModel;
+use crate::gguf::{GgmlType, GgufValue, GgufWriter};
+use crate::llama::{LlamaModel, RmsNorm};
 use crate::tokenizer::{GgufVocab, LlmTokenizer};
-use compress_core::layer_id::LinearKind;
+use compress_core::layer_id::{LinearId, LinearKind};
 use compress_core::pipeline::BlockWalk;
 
 /// Options of [`write_gguf`].
@@ -154,35 +161,109 @@ impl Export<'_> {
         lin: &CompressedLinear,
         order: Option<&[usize]>,
     ) -> Result<(), ModelError> {
+        self.linears(name, &[(lin, order.map(<[usize]>::to_vec))])
+    }
+
+    /// Writes `parts` (each with an optional row order) as one tensor `{name}.weight`, their
+    /// rows stacked in order (a fused projection), all in one ggml type: their common block
+    /// format when every part has it, else — when [`GgufExport::fallback_dense`] allows it —
+    /// all dense.
+    fn linears(
+        &mut self,
+        name: &str,
+        parts: &[(&CompressedLinear, Option<Vec<usize>>)],
+    ) -> Result<(), ModelError> {
         let weight = format!("{name}.weight");
-        let shape = [lin.out_features(), lin.in_features()];
-        let why = match lin {
-            CompressedLinear::Dense(_) => None,
-            CompressedLinear::LowRank(l) => Some(format!("a rank-{} factorization", l.rank())),
-            CompressedLinear::QuantizedLowRank(l) => Some(format!(
-                "a rank-{} factorization with quantized factors",
-                l.rank()
-            )),
-            CompressedLinear::Quantized(q) if q.correction.is_some() => {
-                Some("a low-rank correction term (ggml has no such layer)".to_string())
-            }
-            CompressedLinear::Quantized(q) => match encode_packed(&q.packed) {
-                Ok(e) => return self.add(weight, &shape, e, order, None),
-                Err(why) => Some(why),
-            },
-        };
-        if let Some(why) = &why {
-            if !self.options.fallback_dense {
-                return Err(ModelError::InvalidInput(format!(
-                    "{weight}: {why}; allow writing it as dense {} (fallback_dense / --dense-fallback) \
-                     or choose a ggml-compatible scheme",
-                    self.options.dense
-                )));
-            }
+        let cols = parts.first().map_or(0, |(l, _)| l.in_features());
+        let rows: usize = parts.iter().map(|(l, _)| l.out_features()).sum();
+        if parts.iter().any(|(l, _)| l.in_features() != cols) {
+            return Err(ModelError::InvalidInput(format!(
+                "{weight}: fused projections read inputs of different widths"
+            )));
         }
-        let values = host(lin.dense_weight(), &weight)?;
-        let e = encode_float(&values, self.options.dense);
-        self.add(weight, &shape, e, order, why)
+        // `Ok(None)`: dense; `Ok(Some(_))`: a ggml block format; `Err(why)`: neither.
+        let encoded: Vec<Result<Option<Encoded>, String>> =
+            parts.iter().map(|(lin, _)| packed_encoding(lin)).collect();
+        let all_dense = encoded.iter().all(|e| matches!(e, Ok(None)));
+        let types: Option<Vec<GgmlType>> = encoded
+            .iter()
+            .map(|e| e.as_ref().ok().and_then(|e| e.as_ref().map(|e| e.ty)))
+            .collect();
+        let packed = types.is_some_and(|t| t.windows(2).all(|w| w[0] == w[1]));
+        let why = if packed || all_dense {
+            None
+        } else {
+            Some(
+                encoded
+                    .iter()
+                    .find_map(|e| e.as_ref().err().cloned())
+                    .unwrap_or_else(|| "fused parts stored in different formats".into()),
+            )
+        };
+        let blocks: Option<Vec<Encoded>> = packed.then(|| {
+            encoded
+                .into_iter()
+                .filter_map(|e| e.ok().flatten())
+                .collect()
+        });
+        let e = match blocks {
+            Some(blocks) => {
+                let mut data = Vec::new();
+                let (mut ty, mut max_abs_error) = (GgmlType::F32, 0f32);
+                for (e, (_, order)) in blocks.into_iter().zip(parts) {
+                    data.extend(match order {
+                        Some(o) => permute_rows(&e.data, o),
+                        None => e.data,
+                    });
+                    (ty, max_abs_error) = (e.ty, max_abs_error.max(e.max_abs_error));
+                }
+                Encoded {
+                    ty,
+                    data,
+                    max_abs_error,
+                }
+            }
+            None => {
+                if let (Some(why), false) = (&why, self.options.fallback_dense) {
+                    return Err(ModelError::InvalidInput(format!(
+                        "{weight}: {why}; allow writing it as dense {} (fallback_dense / --dense-fallback) \
+                         or choose a ggml-compatible scheme",
+                        self.options.dense
+                    )));
+                }
+                let mut values = Vec::with_capacity(rows * cols);
+                for (lin, order) in parts {
+                    let v = host(lin.dense_weight(), &weight)?;
+                    match order {
+                        Some(o) => {
+                            for &r in o {
+                                values.extend_from_slice(&v[r * cols..(r + 1) * cols]);
+                            }
+                        }
+                        None => values.extend(v),
+                    }
+                }
+                encode_float(&values, self.options.dense)
+            }
+        };
+        self.add(weight, &[rows, cols], e, None, why)
+    }
+}
+
+/// A layer's ggml block encoding straight from its packed codes, `None` for a dense layer, or
+/// why it has neither.
+fn packed_encoding(lin: &CompressedLinear) -> Result<Option<Encoded>, String> {
+    match lin {
+        CompressedLinear::Dense(_) => Ok(None),
+        CompressedLinear::LowRank(l) => Err(format!("a rank-{} factorization", l.rank())),
+        CompressedLinear::QuantizedLowRank(l) => Err(format!(
+            "a rank-{} factorization with quantized factors",
+            l.rank()
+        )),
+        CompressedLinear::Quantized(q) if q.correction.is_some() => {
+            Err("a low-rank correction term (ggml has no such layer)".to_string())
+        }
+        CompressedLinear::Quantized(q) => encode_packed(&q.packed).map(Some),
     }
 }
 
@@ -234,6 +315,14 @@ pub fn write_gguf(
         }
     }
     let c = model.config();
+    let family = crate::family::family_of(c.architecture);
+    let (arch, target_layout) = (family.gguf.write_as, family.gguf.rope_layout);
+    let family_keys = (family.gguf_keys)(c).map_err(|why| {
+        ModelError::InvalidInput(format!(
+            "this {} model cannot be written as a GGUF llama.cpp runs as the same model: {why}",
+            family.name
+        ))
+    })?;
     let converted;
     let vocab = match tokenizer.gguf_vocab() {
         Some(v) => v,
@@ -261,17 +350,13 @@ pub fn write_gguf(
             )));
         }
     }
-    let (arch, target_layout) = match c.architecture {
-        Architecture::Llama | Architecture::Mistral => ("llama", RopeLayout::Interleaved),
-        Architecture::Qwen2 => ("qwen2", RopeLayout::NeoX),
-        other => {
-            return Err(ModelError::InvalidInput(format!(
-                "GGUF export of the {} family is not implemented yet (llama, mistral and qwen2 \
-                 are); save to the container format instead",
-                crate::family::family_of(other).name
-            )))
-        }
-    };
+    let rotary = c.rotary_dims();
+    if rotary < c.head_dim && c.rope_layout != target_layout {
+        return Err(ModelError::InvalidInput(format!(
+            "partial rotary embeddings ({rotary} of {} dims) with a RoPE pairing to convert",
+            c.head_dim
+        )));
+    }
     let mut ex = Export {
         writer: GgufWriter::new(),
         report: Vec::new(),
@@ -280,9 +365,16 @@ pub fn write_gguf(
     let w = &mut ex.writer;
     let u32v = |v: usize| GgufValue::U32(v as u32);
     let key = |k: &str| format!("{arch}.{k}");
+    let context = match &c.variant.rope_scaling {
+        Some(RopeScaling::LongRope {
+            max_position_embeddings,
+            ..
+        }) => *max_position_embeddings,
+        _ => c.max_seq_len,
+    };
     w.set("general.architecture", GgufValue::String(arch.into()));
     w.set("general.name", GgufValue::String(options.name.clone()));
-    w.set(&key("context_length"), u32v(c.max_seq_len));
+    w.set(&key("context_length"), u32v(context));
     w.set(&key("embedding_length"), u32v(c.hidden_size));
     w.set(&key("block_count"), u32v(c.num_layers));
     w.set(&key("feed_forward_length"), u32v(c.intermediate_size));
@@ -290,14 +382,28 @@ pub fn write_gguf(
     w.set(&key("attention.head_count_kv"), u32v(c.num_kv_heads));
     w.set(&key("attention.key_length"), u32v(c.head_dim));
     w.set(&key("attention.value_length"), u32v(c.head_dim));
-    w.set(&key("rope.dimension_count"), u32v(c.head_dim));
+    w.set(&key("rope.dimension_count"), u32v(rotary));
     w.set(&key("rope.freq_base"), GgufValue::F32(c.rope_theta));
     w.set(
         &key("attention.layer_norm_rms_epsilon"),
         GgufValue::F32(c.rms_norm_eps),
     );
     w.set(&key("vocab_size"), u32v(c.vocab_size));
+    for (k, v) in family_keys {
+        w.set(&key(k), v);
+    }
+    let rope_tensors = rope_scaling(w, &key, c)?;
     set_vocab(w, vocab);
+    for (name, values) in rope_tensors {
+        let n = values.len();
+        ex.add(
+            name.into(),
+            &[n],
+            encode_float(&values, GgmlType::F32),
+            None,
+            None,
+        )?;
+    }
 
     match options.embedding.unwrap_or(options.dense) {
         GgmlType::Q8_0 => {
@@ -316,40 +422,96 @@ pub fn write_gguf(
         ty => ex.float("token_embd.weight".into(), model.embedding.val(), ty, None)?,
     }
     let hd = c.head_dim;
+    let norm = |ex: &mut Export<'_>, name: String, n: &RmsNorm, order: Option<&[usize]>| {
+        ex.float(name, n.weight.val(), GgmlType::F32, order)
+    };
+    // q/k norm gains act within a head: permuted with the head's rows.
+    let head_order = rope_row_order(hd, hd, c.rope_layout, target_layout);
     for (l, block) in model.layers.iter().enumerate() {
-        ex.float(
-            format!("blk.{l}.attn_norm.weight"),
-            block.attn_norm.weight.val(),
-            GgmlType::F32,
-            None,
-        )?;
-        for id in model.stages(l).into_iter().flat_map(|s| s.linears) {
-            let lin = model.expect_linear(id);
-            let proj = gguf_proj(id.kind()).ok_or_else(|| {
-                ModelError::InvalidInput(format!("GGUF export has no tensor name for `{id}`"))
-            })?;
-            let gguf = format!("blk.{l}.{proj}");
-            let order = if id.kind().is_rotated() {
+        let blk = |t: &str| format!("blk.{l}.{t}");
+        norm(&mut ex, blk("attn_norm.weight"), &block.attn_norm, None)?;
+        let order = |kind: LinearKind, lin: &CompressedLinear| {
+            if kind.is_rotated() {
                 rope_row_order(lin.out_features(), hd, c.rope_layout, target_layout)
             } else {
                 None
-            };
-            ex.linear(&gguf, lin, order.as_deref())?;
-            if let Some(bias) = lin.bias() {
-                ex.float(
+            }
+        };
+        let ids: Vec<_> = model
+            .stages(l)
+            .into_iter()
+            .flat_map(|s| s.linears)
+            .collect();
+        // Fused files (Phi-3): q/k/v as one `attn_qkv`, gate/up as one `ffn_up`.
+        let groups: Vec<(&str, Vec<LinearKind>)> = if family.gguf.fused {
+            vec![
+                (
+                    "attn_qkv",
+                    vec![LinearKind::Q, LinearKind::K, LinearKind::V],
+                ),
+                ("attn_output", vec![LinearKind::O]),
+                ("ffn_up", vec![LinearKind::Gate, LinearKind::Up]),
+                ("ffn_down", vec![LinearKind::Down]),
+            ]
+        } else {
+            ids.iter()
+                .map(|id| {
+                    gguf_proj(id.kind())
+                        .map(|p| (p, vec![id.kind()]))
+                        .ok_or_else(|| {
+                            ModelError::InvalidInput(format!(
+                                "GGUF export has no tensor name for `{id}`"
+                            ))
+                        })
+                })
+                .collect::<Result<_, _>>()?
+        };
+        for (proj, kinds) in groups {
+            let parts: Vec<(&CompressedLinear, Option<Vec<usize>>)> = kinds
+                .iter()
+                .map(|&k| {
+                    let lin = block.linear(LinearId::block(l, k)).ok_or_else(|| {
+                        ModelError::InvalidInput(format!("block {l} has no {k:?} projection"))
+                    })?;
+                    Ok((lin, order(k, lin)))
+                })
+                .collect::<Result<_, ModelError>>()?;
+            let gguf = blk(proj);
+            ex.linears(&gguf, &parts)?;
+            let biases: Vec<_> = parts
+                .iter()
+                .filter_map(|(lin, o)| lin.bias().map(|b| (b, o)))
+                .collect();
+            match biases.as_slice() {
+                [] => {}
+                [(bias, o)] if parts.len() == 1 => ex.float(
                     format!("{gguf}.bias"),
-                    bias,
+                    bias.clone(),
                     GgmlType::F32,
-                    order.as_deref(),
-                )?;
+                    o.as_deref(),
+                )?,
+                _ => {
+                    return Err(ModelError::InvalidInput(format!(
+                        "{gguf}: biases on fused projections are not written"
+                    )))
+                }
             }
         }
-        ex.float(
-            format!("blk.{l}.ffn_norm.weight"),
-            block.ffn_norm.weight.val(),
-            GgmlType::F32,
-            None,
-        )?;
+        norm(&mut ex, blk("ffn_norm.weight"), &block.ffn_norm, None)?;
+        for (name, n) in block.variant_norms() {
+            let (gguf, o) = match name {
+                "q_norm" => ("attn_q_norm", head_order.as_deref()),
+                "k_norm" => ("attn_k_norm", head_order.as_deref()),
+                "post_attn_norm" => ("post_attention_norm", None),
+                "post_ffn_norm" => ("post_ffw_norm", None),
+                other => {
+                    return Err(ModelError::InvalidInput(format!(
+                        "GGUF export has no tensor name for the {other} of block {l}"
+                    )))
+                }
+            };
+            norm(&mut ex, blk(&format!("{gguf}.weight")), n, o)?;
+        }
     }
     ex.float(
         "output_norm.weight".into(),
@@ -378,96 +540,10 @@ pub fn write_gguf(
     })
 }
 
-fn set_vocab(w: &mut GgufWriter, v: &GgufVocab) {
-    let s = |x: &str| GgufValue::String(x.to_string());
-    w.set("tokenizer.ggml.model", s(&v.model));
-    if let Some(pre) = &v.pre {
-        w.set("tokenizer.ggml.pre", s(pre));
-    }
-    w.set(
-        "tokenizer.ggml.tokens",
-        GgufValue::Array(GgufArray::String(v.tokens.clone())),
-    );
-    if let Some(scores) = &v.scores {
-        w.set(
-            "tokenizer.ggml.scores",
-            GgufValue::Array(GgufArray::F32(scores.clone())),
-        );
-    }
-    if let Some(types) = &v.token_types {
-        w.set(
-            "tokenizer.ggml.token_type",
-            GgufValue::Array(GgufArray::I32(types.clone())),
-        );
-    }
-    if let Some(merges) = &v.merges {
-        w.set(
-            "tokenizer.ggml.merges",
-            GgufValue::Array(GgufArray::String(merges.clone())),
-        );
-    }
-    for (k, id) in [
-        ("bos_token_id", v.bos_id),
-        ("eos_token_id", v.eos_id),
-        ("unknown_token_id", v.unk_id),
-        ("padding_token_id", v.pad_id),
-    ] {
-        if let Some(id) = id {
-            w.set(&format!("tokenizer.ggml.{k}"), GgufValue::U32(id));
-        }
-    }
-    for (k, flag) in [
-        ("add_bos_token", v.add_bos),
-        ("add_eos_token", v.add_eos),
-        ("add_space_prefix", v.add_space_prefix),
-    ] {
-        if let Some(flag) = flag {
-            w.set(&format!("tokenizer.ggml.{k}"), GgufValue::Bool(flag));
-        }
-    }
-}
-
-/// `general.file_type` (llama.cpp's `llama_ftype`) of the most common type among the 2-D
-/// weights: 0 all F32, 1 F16, 2 Q4_0, 3 Q4_1, 7 Q8_0, 8 Q5_0, 9 Q5_1, 10 Q2_K, 11 Q3_K_S,
-/// 14 Q4_K_S, 16 Q5_K_S, 18 Q6_K, 32 BF16 (the `_S` mixes are "mostly this k-quant").
-fn file_type(tensors: &[TensorWritten]) -> u32 {
-    let mut counts: Vec<(GgmlType, usize)> = Vec::new();
-    for t in tensors
-        .iter()
-        .filter(|t| t.name.ends_with(".weight") && !t.name.contains("norm"))
-    {
-        match counts.iter_mut().find(|(ty, _)| *ty == t.ty) {
-            Some(c) => c.1 += 1,
-            None => counts.push((t.ty, 1)),
-        }
-    }
-    let quantized = counts
-        .iter()
-        .filter(|(ty, _)| ty.is_quantized())
-        .max_by_key(|(_, n)| *n);
-    let ty = quantized
-        .or_else(|| counts.iter().max_by_key(|(_, n)| *n))
-        .map_or(GgmlType::F32, |(ty, _)| *ty);
-    match ty {
-        GgmlType::F16 => 1,
-        GgmlType::Q4_0 => 2,
-        GgmlType::Q4_1 => 3,
-        GgmlType::Q8_0 => 7,
-        GgmlType::Q5_0 => 8,
-        GgmlType::Q5_1 => 9,
-        GgmlType::Q2_K => 10,
-        GgmlType::Q3_K => 11,
-        GgmlType::Q4_K => 14,
-        GgmlType::Q5_K => 16,
-        GgmlType::Q6_K => 18,
-        GgmlType::BF16 => 32,
-        _ => 0,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::RopeLayout;
 
     #[test]
     fn rows_are_permuted_whole() {

@@ -10,6 +10,7 @@
 mod atomic;
 mod compressed_tensors;
 mod gguf;
+mod gguf_meta;
 
 pub use atomic::{temp_path_for, write_atomic, write_atomic_dir};
 pub use compressed_tensors::{
