@@ -317,3 +317,63 @@ fn structure_changes_respect_every_family() {
         );
     }
 }
+
+/// compressed-tensors export for every family: a 4-bit RTN model (groups of 16, symmetric:
+/// `pack-quantized`) written with the family's own config keys, norm layout (Gemma's gains
+/// stored as `w` for `1 + w`, sandwich and q/k norms) and fused modules (Phi-3's `qkv_proj`,
+/// `gate_up_proj`, stacked from the projections' codes) loads in transformers, which
+/// decompresses it and computes our logits up to the f16 storage of the dense tensors (the
+/// embedding and norms rounded to f16: a few hundredths on logits of magnitude ~20; bound
+/// `0.05 + 5e-3 · max |logit|`) with the same top token at every position.
+#[test]
+fn every_family_exports_compressed_tensors_that_transformers_runs() {
+    use compress::model::save::write_compressed_tensors;
+    let required = std::env::var("COMPRESS_REQUIRE_COMPRESSED_TENSORS").is_ok_and(|v| v == "1");
+    if !common::python_has(
+        "compressed_tensors, torch, transformers",
+        required,
+        "COMPRESS_REQUIRE_COMPRESSED_TENSORS=1 is set by .ci/run, which installs them",
+    ) {
+        return;
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("crates/compress-model/tests/fixtures/hf_logits.py");
+    let dir = tempfile::tempdir().unwrap();
+    for &name in FAMILIES {
+        let Some(s) = setup(name) else { return };
+        let (model, _, _) = run(
+            &s,
+            name,
+            "[[step]]\nmethod = \"rtn\"\nbits = 4\ngroup = 16\n",
+        );
+        let out = dir.path().join(name);
+        let report = write_compressed_tensors(&model, &s.m.tokenizer, &out, &Default::default())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let fused = if name.starts_with("phi") { 4 } else { 7 };
+        assert_eq!(report.quantized.len(), fused * model.num_blocks(), "{name}");
+        let o = std::process::Command::new("python3")
+            .arg(&script)
+            .arg(&out)
+            .arg(serde_json::to_string(&s.eval).unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let theirs: Vec<f32> = serde_json::from_slice::<Vec<Vec<f32>>>(&o.stdout)
+            .unwrap()
+            .concat();
+        let ours = logits(&model, &s.eval);
+        let scale = ours.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let d = common::max_abs_diff(&theirs, &ours);
+        println!("{name}: transformers on our compressed-tensors export, max |Δlogit| {d:.3e}");
+        assert!(d < 0.05 + 5e-3 * scale, "{name}: {d} (max |logit| {scale})");
+        let vocab = model.config().vocab_size;
+        let argmax = |r: &[f32]| (0..r.len()).max_by(|&a, &b| r[a].total_cmp(&r[b])).unwrap();
+        for (t, (a, b)) in theirs.chunks(vocab).zip(ours.chunks(vocab)).enumerate() {
+            assert_eq!(argmax(a), argmax(b), "{name}: top token at {t}");
+        }
+    }
+}

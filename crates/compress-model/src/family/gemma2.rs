@@ -148,6 +148,44 @@ fn gguf_keys(c: &LlamaConfig) -> Result<super::GgufKeys, String> {
     Ok(keys)
 }
 
+/// The keys Gemma 2 and 3 share: activation, query scale, window and layer kinds.
+pub(super) fn write_gemma_common(c: &LlamaConfig, keys: &mut super::HfKeys) -> Result<(), String> {
+    let v = &c.variant;
+    if !v.sandwich_norms || v.embedding_scale != Some((c.hidden_size as f32).sqrt()) {
+        return Err("a Gemma config has sandwich norms and √hidden embedding scaling".into());
+    }
+    let scale = crate::llama::build::attention_scale(c) as f64;
+    keys.insert(
+        "hidden_activation".into(),
+        match v.activation {
+            Activation::GeluTanh => "gelu_pytorch_tanh",
+            Activation::Silu => "silu",
+        }
+        .into(),
+    );
+    // scale = query_pre_attn_scalar^(-1/2); integers in every released config.
+    let scalar = 1.0 / (scale * scale);
+    let value = if (scalar - scalar.round()).abs() < 1e-3 {
+        // transformers types it as an integer.
+        serde_json::Value::from(scalar.round() as u64)
+    } else {
+        scalar.into()
+    };
+    keys.insert("query_pre_attn_scalar".into(), value);
+    keys.insert("sliding_window".into(), v.sliding_window.into());
+    keys.insert("layer_types".into(), super::hf_config::layer_types_json(c));
+    keys.insert("attn_logit_softcapping".into(), v.attn_softcap.into());
+    keys.insert("final_logit_softcapping".into(), v.final_softcap.into());
+    Ok(())
+}
+
+fn write_hf(c: &LlamaConfig, keys: &mut super::HfKeys) -> Result<(), String> {
+    if c.variant.qk_norm {
+        return Err("a Gemma 2 config has no q/k norms".into());
+    }
+    write_gemma_common(c, keys)
+}
+
 /// Gemma 2.
 pub(crate) static FAMILY: Family = Family {
     architecture: Architecture::Gemma2,
@@ -168,4 +206,6 @@ pub(crate) static FAMILY: Family = Family {
     read_hf,
     read_gguf,
     gguf_keys,
+    hf_model_type: "gemma2",
+    write_hf,
 };

@@ -45,6 +45,18 @@ fn read_gguf(file: &GgufFile, prefix: &str, c: &mut LlamaConfig) -> Result<(), M
     super::gguf_rope_scaling(file, prefix, c)
 }
 
+fn write_hf(c: &LlamaConfig, keys: &mut super::HfKeys) -> Result<(), String> {
+    if !c.variant.qk_norm {
+        return Err("a Gemma 3 config has q/k norms".into());
+    }
+    super::gemma2::write_gemma_common(c, keys)?;
+    keys.insert(
+        "rope_local_base_freq".into(),
+        c.variant.local_rope_theta.unwrap_or(c.rope_theta).into(),
+    );
+    Ok(())
+}
+
 fn gguf_keys(c: &LlamaConfig) -> Result<super::GgufKeys, String> {
     super::gemma2::check_gguf_scale(c, 62)?;
     super::check_gguf_pattern(c, 6)?;
@@ -85,4 +97,6 @@ pub(crate) static FAMILY: Family = Family {
     read_hf,
     read_gguf,
     gguf_keys,
+    hf_model_type: "gemma3_text",
+    write_hf,
 };

@@ -314,3 +314,67 @@ fn scaling_of(
         }
     })
 }
+
+/// A scaling rule as transformers' `rope_scaling` object, or why it has none (per-dimension
+/// divisors read from a GGUF follow no transformers rule).
+pub(crate) fn rope_scaling_json(s: &RopeScaling) -> Result<Value, String> {
+    Ok(match s {
+        RopeScaling::Linear { factor } => {
+            serde_json::json!({"rope_type": "linear", "factor": factor})
+        }
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } => serde_json::json!({
+            "rope_type": "llama3",
+            "factor": factor,
+            "low_freq_factor": low_freq_factor,
+            "high_freq_factor": high_freq_factor,
+            "original_max_position_embeddings": original_max_position_embeddings,
+        }),
+        RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings,
+            beta_fast,
+            beta_slow,
+            attention_factor,
+        } => serde_json::json!({
+            "rope_type": "yarn",
+            "factor": factor,
+            "original_max_position_embeddings": original_max_position_embeddings,
+            "beta_fast": beta_fast,
+            "beta_slow": beta_slow,
+            "attention_factor": attention_factor,
+        }),
+        RopeScaling::LongRope {
+            short_factor,
+            long_factor,
+            original_max_position_embeddings,
+            ..
+        } => serde_json::json!({
+            "rope_type": "longrope",
+            "short_factor": short_factor,
+            "long_factor": long_factor,
+            "original_max_position_embeddings": original_max_position_embeddings,
+        }),
+        RopeScaling::Divisors { .. } => {
+            return Err(
+                "per-dimension RoPE divisors (as read from a GGUF) follow no rule \
+                        transformers knows"
+                    .into(),
+            )
+        }
+    })
+}
+
+/// `layer_types` as transformers writes it.
+pub(crate) fn layer_types_json(c: &LlamaConfig) -> Value {
+    (0..c.num_layers)
+        .map(|l| match c.variant.attention_of(l) {
+            LayerAttention::Sliding => Value::from("sliding_attention"),
+            LayerAttention::Global => Value::from("full_attention"),
+        })
+        .collect()
+}

@@ -15,6 +15,11 @@ fn read_hf(hf: &HfConfigJson, _c: &mut LlamaConfig) -> Result<(), ModelError> {
     Ok(())
 }
 
+fn write_hf(_: &LlamaConfig, keys: &mut super::HfKeys) -> Result<(), String> {
+    keys.insert("mlp_bias".into(), false.into());
+    Ok(())
+}
+
 /// Llama.
 pub(crate) static FAMILY: Family = Family {
     architecture: Architecture::Llama,
@@ -35,4 +40,6 @@ pub(crate) static FAMILY: Family = Family {
     read_hf,
     read_gguf: super::gguf_rope_scaling,
     gguf_keys: super::no_gguf_keys,
+    hf_model_type: "llama",
+    write_hf,
 };

@@ -9,6 +9,20 @@ fn read_hf(hf: &HfConfigJson, c: &mut LlamaConfig) -> Result<(), ModelError> {
     hf.sliding_everywhere(c, true)
 }
 
+/// `sliding_window`: the window when every layer slides, `null` when none does.
+fn write_hf(c: &LlamaConfig, keys: &mut super::HfKeys) -> Result<(), String> {
+    let sliding = (0..c.num_layers)
+        .filter(|&l| c.variant.attention_of(l) == crate::config::LayerAttention::Sliding)
+        .count();
+    let window = match sliding {
+        0 => serde_json::Value::Null,
+        n if n == c.num_layers => c.variant.sliding_window.into(),
+        _ => return Err("Mistral configs slide on every layer or on none".into()),
+    };
+    keys.insert("sliding_window".into(), window);
+    Ok(())
+}
+
 /// Mistral.
 pub(crate) static FAMILY: Family = Family {
     architecture: Architecture::Mistral,
@@ -29,4 +43,6 @@ pub(crate) static FAMILY: Family = Family {
     read_hf,
     read_gguf: super::gguf_sliding_all,
     gguf_keys: super::no_gguf_keys,
+    hf_model_type: "mistral",
+    write_hf,
 };

@@ -81,7 +81,16 @@ pub struct Family {
     /// The family's own GGUF metadata for `config` (keys after `{arch}.`), or why llama.cpp
     /// could not run it as this model (a structure its loader fixes differently).
     pub gguf_keys: fn(&LlamaConfig) -> Result<GgufKeys, String>,
+    /// `model_type` of the family's `config.json`.
+    pub hf_model_type: &'static str,
+    /// Writes the family's own `config.json` keys for `config` (the inverse of
+    /// [`Self::read_hf`]; the common keys are written by the caller), or says why transformers
+    /// could not express it.
+    pub write_hf: fn(&LlamaConfig, &mut HfKeys) -> Result<(), String>,
 }
+
+/// `config.json` keys a family writes.
+pub type HfKeys = serde_json::Map<String, serde_json::Value>;
 
 /// Every supported family, in the order messages list them.
 pub static FAMILIES: &[&Family] = &[

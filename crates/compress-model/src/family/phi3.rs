@@ -30,6 +30,31 @@ fn read_gguf(file: &GgufFile, prefix: &str, c: &mut LlamaConfig) -> Result<(), M
     super::gguf_rope_scaling(file, prefix, c)
 }
 
+fn write_hf(c: &LlamaConfig, keys: &mut super::HfKeys) -> Result<(), String> {
+    let rot = c.rotary_dims();
+    keys.insert(
+        "partial_rotary_factor".into(),
+        (rot as f64 / c.head_dim as f64).into(),
+    );
+    let all = (0..c.num_layers)
+        .all(|l| c.variant.attention_of(l) == crate::config::LayerAttention::Sliding);
+    keys.insert(
+        "sliding_window".into(),
+        c.variant.sliding_window.filter(|_| all).into(),
+    );
+    if let Some(crate::config::RopeScaling::LongRope {
+        original_max_position_embeddings,
+        ..
+    }) = &c.variant.rope_scaling
+    {
+        keys.insert(
+            "original_max_position_embeddings".into(),
+            (*original_max_position_embeddings).into(),
+        );
+    }
+    Ok(())
+}
+
 /// The window as llama.cpp's converter writes it (0 for none); llama.cpp then runs without it.
 fn gguf_keys(c: &LlamaConfig) -> Result<super::GgufKeys, String> {
     let w = c.variant.sliding_window.unwrap_or(0);
@@ -56,4 +81,6 @@ pub(crate) static FAMILY: Family = Family {
     read_hf,
     read_gguf,
     gguf_keys,
+    hf_model_type: "phi3",
+    write_hf,
 };

@@ -10,6 +10,13 @@ fn read_hf(hf: &HfConfigJson, c: &mut LlamaConfig) -> Result<(), ModelError> {
     super::qwen2::qwen_sliding(hf, c)
 }
 
+fn write_hf(c: &LlamaConfig, keys: &mut super::HfKeys) -> Result<(), String> {
+    if !c.variant.qk_norm {
+        return Err("a Qwen3 config always has q/k norms".into());
+    }
+    super::qwen2::write_qwen_sliding(c, keys)
+}
+
 fn read_gguf(
     file: &crate::gguf::GgufFile,
     prefix: &str,
@@ -39,4 +46,6 @@ pub(crate) static FAMILY: Family = Family {
     read_hf,
     read_gguf,
     gguf_keys: super::no_gguf_keys,
+    hf_model_type: "qwen3",
+    write_hf,
 };

@@ -22,8 +22,13 @@
 //! symmetric schemes always are. Pruned weights are written as the code of zero (exact). Everything else — dense layers, norms, the embedding — is stored in the
 //! checkpoint dtype; low-rank layers are refused unless `fallback_dense`.
 //!
-//! Hugging Face checkpoints pair RoPE dimensions NeoX-style, so q/k rows of a model loaded from
-//! GGUF (interleaved) are permuted on the way out.
+//! Each family is written in its own layout ([`crate::family`]): its `config.json` keys
+//! (Gemma's query scale, soft-caps, window and layer kinds; Qwen's sliding keys; Phi-3's
+//! partial rotary and LongRoPE), its norm names with Gemma's gains stored as `w` for `1 + w`,
+//! and Phi-3's fused `qkv_proj` / `gate_up_proj` (one packed module from the projections'
+//! codes when they share a scheme). Hugging Face checkpoints pair RoPE dimensions NeoX-style,
+//! so q/k rows (and q/k norm gains) of a model loaded from GGUF (interleaved) are permuted on
+//! the way out.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -37,11 +42,11 @@ use safetensors::Dtype;
 use serde_json::{json, Value};
 
 use super::{head_is_tied_copy, host, rope_row_order};
-use crate::config::{Architecture, RopeLayout};
+use crate::config::{Activation, RopeLayout, RopeScaling};
 use crate::error::ModelError;
-use crate::llama::LlamaModel;
+use crate::llama::{LlamaModel, RmsNorm};
 use crate::tokenizer::LlmTokenizer;
-use compress_core::layer_id::LinearId;
+use compress_core::layer_id::{LinearId, LinearKind};
 use compress_core::pipeline::BlockWalk;
 
 /// Floating-point dtype of the checkpoint's unquantized tensors and scales.
@@ -152,15 +157,28 @@ fn pack_words(values: &[u8], bits: compress_core::packed::Bits) -> Vec<u8> {
 }
 
 /// Writes one packed layer's tensors under `m`, rows reordered by `order`.
-fn packed_tensors(t: &mut Tensors, m: &str, p: &PackedWeight, order: Option<&[usize]>) {
-    let [out, inp] = p.shape();
+/// Writes the packed tensors of `parts` (one scheme, one input width; each with an optional row
+/// order) as one module `m`, their rows stacked in order (a fused projection).
+fn packed_tensors(t: &mut Tensors, m: &str, parts: &[(&PackedWeight, Option<&[usize]>)]) {
+    let p = parts[0].0;
+    let [_, inp] = p.shape();
     let bits = p.scheme().bits;
-    let rows: Vec<usize> = order.map_or_else(|| (0..out).collect(), <[usize]>::to_vec);
-    let gpr = p.scheme().num_scales(out, inp) / out.max(1);
+    let rows: Vec<(&PackedWeight, usize)> = parts
+        .iter()
+        .flat_map(|&(p, order)| {
+            let out = p.shape()[0];
+            order
+                .map_or_else(|| (0..out).collect(), <[usize]>::to_vec)
+                .into_iter()
+                .map(move |r| (p, r))
+        })
+        .collect();
+    let out = rows.len();
+    let gpr = p.scheme().num_scales(p.shape()[0], inp) / p.shape()[0].max(1);
     let per_tensor = p.scheme().granularity == Granularity::PerTensor;
     let mut codes = vec![0u8; inp];
     let (mut packed, mut scales, mut zero_codes) = (Vec::new(), Vec::new(), Vec::new());
-    for &r in &rows {
+    for &(p, r) in &rows {
         p.unpack_row(r, &mut codes);
         if let Some(mask) = p.mask() {
             for (c, code) in codes.iter_mut().enumerate() {
@@ -227,6 +245,59 @@ fn hf_name(id: LinearId) -> String {
     id.name_in_block().replace("attn.", "self_attn.")
 }
 
+/// The config group arguments of `parts` written as one packed module: every part packed
+/// (without a correction term) in the same scheme (and, per tensor, the same scale). `Err(None)`
+/// for dense parts (written dense as they are), `Err(Some(why))` otherwise.
+fn fused_scheme(
+    parts: &[(&CompressedLinear, Option<Vec<usize>>)],
+) -> Result<Value, Option<String>> {
+    if parts
+        .iter()
+        .all(|(l, _)| matches!(l, CompressedLinear::Dense(_)))
+    {
+        return Err(None);
+    }
+    let mut args: Option<Value> = None;
+    let mut tensor_scale = None;
+    for (lin, _) in parts {
+        let q = match lin {
+            CompressedLinear::Quantized(q) if q.correction.is_some() => {
+                return Err(Some(
+                    "a low-rank correction term (the format has no such layer)".into(),
+                ))
+            }
+            CompressedLinear::Quantized(q) => q,
+            CompressedLinear::LowRank(l) => {
+                return Err(Some(format!("a rank-{} factorization", l.rank())))
+            }
+            CompressedLinear::QuantizedLowRank(l) => {
+                return Err(Some(format!(
+                    "a rank-{} factorization with quantized factors",
+                    l.rank()
+                )))
+            }
+            CompressedLinear::Dense(_) => {
+                return Err(Some("fused projections stored differently".into()))
+            }
+        };
+        let a = scheme_args(&q.packed).map_err(Some)?;
+        if args.as_ref().is_some_and(|prev| *prev != a) {
+            return Err(Some("fused projections in different schemes".into()));
+        }
+        if q.packed.scheme().granularity == Granularity::PerTensor {
+            let s = q.packed.scale_zero(0, 0);
+            if tensor_scale.is_some_and(|prev| prev != s) {
+                return Err(Some(
+                    "fused per-tensor projections with different scales".into(),
+                ));
+            }
+            tensor_scale = Some(s);
+        }
+        args = Some(a);
+    }
+    args.ok_or(None)
+}
+
 /// Writes `model` to the directory `dir` (which must not exist) as a compressed-tensors
 /// checkpoint, atomically (a temporary directory renamed into place).
 pub fn write_compressed_tensors(
@@ -236,18 +307,22 @@ pub fn write_compressed_tensors(
     options: &CompressedTensorsExport,
 ) -> Result<CompressedTensorsReport, ModelError> {
     let c = model.config();
-    let (arch, model_type) = match c.architecture {
-        Architecture::Llama => ("LlamaForCausalLM", "llama"),
-        Architecture::Mistral => ("MistralForCausalLM", "mistral"),
-        Architecture::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
-        other => {
-            return Err(ModelError::InvalidInput(format!(
-                "compressed-tensors export of the {} family is not implemented yet (llama, \
-                 mistral and qwen2 are); save to the container format instead",
-                crate::family::family_of(other).name
-            )))
-        }
+    let family = crate::family::family_of(c.architecture);
+    let unexpressible = |why: String| {
+        ModelError::InvalidInput(format!(
+            "this {} model has no Hugging Face config transformers reads as the same model: {why}",
+            family.name
+        ))
     };
+    let mut family_keys = crate::family::HfKeys::new();
+    (family.write_hf)(c, &mut family_keys).map_err(unexpressible)?;
+    let rope_scaling = c
+        .variant
+        .rope_scaling
+        .as_ref()
+        .map(crate::family::hf_config::rope_scaling_json)
+        .transpose()
+        .map_err(unexpressible)?;
     for (l, b) in model.layers.iter().enumerate() {
         if (b.mlp.gate_proj.out_features(), b.attn.num_heads) != (c.intermediate_size, c.num_heads)
         {
@@ -270,97 +345,151 @@ pub fn write_compressed_tensors(
         shape,
         &host(emb, "embedding")?,
     );
+    // One module from `parts` (a projection, or Phi-3's fused ones), rows stacked in order.
     let mut linear = |t: &mut Tensors,
                       report: &mut CompressedTensorsReport,
                       m: String,
-                      lin: &CompressedLinear,
-                      order: Option<Vec<usize>>|
+                      parts: &[(&CompressedLinear, Option<Vec<usize>>)]|
      -> Result<(), ModelError> {
-        let order = order.as_deref();
-        if let Some(b) = lin.bias() {
-            let mut v = host(b, &m)?;
-            if let Some(o) = order {
-                v = o.iter().map(|&i| v[i]).collect();
+        let biases: Vec<_> = parts
+            .iter()
+            .filter_map(|(l, o)| l.bias().map(|b| (b, o)))
+            .collect();
+        if !biases.is_empty() {
+            if biases.len() != parts.len() {
+                return Err(ModelError::InvalidInput(format!(
+                    "{m}: fused projections with and without biases"
+                )));
+            }
+            let mut v = Vec::new();
+            for (b, order) in biases {
+                let b = host(b, &m)?;
+                match order {
+                    Some(o) => v.extend(o.iter().map(|&i| b[i])),
+                    None => v.extend(b),
+                }
             }
             t.float(format!("{m}.bias"), vec![v.len()], &v);
         }
-        let why = match lin {
-            CompressedLinear::Quantized(q) if q.correction.is_some() => {
-                Some("a low-rank correction term (the format has no such layer)".to_string())
-            }
-            CompressedLinear::Quantized(q) => match scheme_args(&q.packed) {
-                Ok(args) => {
-                    packed_tensors(t, &m, &q.packed, order);
-                    match groups.iter_mut().find(|(a, _)| *a == args) {
-                        Some((_, targets)) => targets.push(m.clone()),
-                        None => groups.push((args, vec![m.clone()])),
-                    }
-                    report.quantized.push(m);
-                    return Ok(());
+        let why = match fused_scheme(parts) {
+            Ok(args) => {
+                let packed: Vec<(&PackedWeight, Option<&[usize]>)> = parts
+                    .iter()
+                    .filter_map(|(l, o)| match l {
+                        CompressedLinear::Quantized(q) => Some((&*q.packed, o.as_deref())),
+                        _ => None,
+                    })
+                    .collect();
+                packed_tensors(t, &m, &packed);
+                match groups.iter_mut().find(|(a, _)| *a == args) {
+                    Some((_, targets)) => targets.push(m.clone()),
+                    None => groups.push((args, vec![m.clone()])),
                 }
-                Err(why) => Some(why),
-            },
-            CompressedLinear::LowRank(l) => Some(format!("a rank-{} factorization", l.rank())),
-            CompressedLinear::QuantizedLowRank(l) => Some(format!(
-                "a rank-{} factorization with quantized factors",
-                l.rank()
-            )),
-            CompressedLinear::Dense(_) => None,
+                report.quantized.push(m);
+                return Ok(());
+            }
+            Err(why) => why,
         };
         if let (Some(why), false) = (&why, options.fallback_dense) {
             return Err(ModelError::InvalidInput(format!(
                 "{m}: {why}; allow writing it dense (fallback_dense / --dense-fallback)"
             )));
         }
-        let [out, inp] = [lin.out_features(), lin.in_features()];
-        let w = host(lin.dense_weight(), &m)?;
-        let w: Vec<f32> = match order {
-            Some(o) => o
-                .iter()
-                .flat_map(|&r| w[r * inp..(r + 1) * inp].to_vec())
-                .collect(),
-            None => w,
-        };
-        t.float(format!("{m}.weight"), vec![out, inp], &w);
+        let inp = parts[0].0.in_features();
+        let mut w = Vec::new();
+        for (lin, order) in parts {
+            let v = host(lin.dense_weight(), &m)?;
+            match order {
+                Some(o) => w.extend(o.iter().flat_map(|&r| v[r * inp..(r + 1) * inp].to_vec())),
+                None => w.extend(v),
+            }
+        }
+        t.float(format!("{m}.weight"), vec![w.len() / inp, inp], &w);
         report.dense.push((m, why));
         Ok(())
     };
+    let offset = family.hf.norm_offset;
+    let norm = |t: &mut Tensors, name: String, n: &RmsNorm, order: Option<&[usize]>| {
+        let v = host(n.weight.val(), &name)?;
+        let v: Vec<f32> = match order {
+            Some(o) => o.iter().map(|&i| v[i] - offset).collect(),
+            None => v.iter().map(|x| x - offset).collect(),
+        };
+        t.float(name, vec![v.len()], &v);
+        Ok::<_, ModelError>(())
+    };
+    let hd = c.head_dim;
+    let head_order = rope_row_order(hd, hd, c.rope_layout, RopeLayout::NeoX);
     for (l, block) in model.layers.iter().enumerate() {
         let p = format!("model.layers.{l}");
-        let v = host(block.attn_norm.weight.val(), "attn_norm")?;
-        t.float(format!("{p}.input_layernorm.weight"), vec![v.len()], &v);
-        let v = host(block.ffn_norm.weight.val(), "ffn_norm")?;
-        t.float(
-            format!("{p}.post_attention_layernorm.weight"),
-            vec![v.len()],
-            &v,
-        );
-        for id in model.stages(l).into_iter().flat_map(|s| s.linears) {
-            let lin = model.expect_linear(id);
-            let order = if id.kind().is_rotated() {
-                rope_row_order(
-                    lin.out_features(),
-                    c.head_dim,
-                    c.rope_layout,
-                    RopeLayout::NeoX,
-                )
-            } else {
-                None
+        norm(
+            &mut t,
+            format!("{p}.input_layernorm.weight"),
+            &block.attn_norm,
+            None,
+        )?;
+        norm(
+            &mut t,
+            format!("{p}.{}.weight", family.hf.ffn_norm),
+            &block.ffn_norm,
+            None,
+        )?;
+        for (name, n) in block.variant_norms() {
+            let (hf, order) = match name {
+                "q_norm" => ("self_attn.q_norm", head_order.as_deref()),
+                "k_norm" => ("self_attn.k_norm", head_order.as_deref()),
+                "post_attn_norm" => ("post_attention_layernorm", None),
+                _ => ("post_feedforward_layernorm", None),
             };
-            linear(
-                &mut t,
-                &mut report,
-                format!("{p}.{}", hf_name(id)),
-                lin,
-                order,
-            )?;
+            norm(&mut t, format!("{p}.{hf}.weight"), n, order)?;
+        }
+        let modules: Vec<(String, Vec<LinearKind>)> = if family.hf.fused {
+            vec![
+                (
+                    "self_attn.qkv_proj".into(),
+                    vec![LinearKind::Q, LinearKind::K, LinearKind::V],
+                ),
+                ("self_attn.o_proj".into(), vec![LinearKind::O]),
+                (
+                    "mlp.gate_up_proj".into(),
+                    vec![LinearKind::Gate, LinearKind::Up],
+                ),
+                ("mlp.down_proj".into(), vec![LinearKind::Down]),
+            ]
+        } else {
+            model
+                .stages(l)
+                .into_iter()
+                .flat_map(|s| s.linears)
+                .map(|id| (hf_name(id), vec![id.kind()]))
+                .collect()
+        };
+        for (module, kinds) in modules {
+            let parts = kinds
+                .iter()
+                .map(|&k| {
+                    let lin = model.expect_linear(LinearId::block(l, k));
+                    let order = k
+                        .is_rotated()
+                        .then(|| {
+                            rope_row_order(lin.out_features(), hd, c.rope_layout, RopeLayout::NeoX)
+                        })
+                        .flatten();
+                    (lin, order)
+                })
+                .collect::<Vec<_>>();
+            linear(&mut t, &mut report, format!("{p}.{module}"), &parts)?;
         }
     }
-    let v = host(model.norm.weight.val(), "norm")?;
-    t.float("model.norm.weight".into(), vec![v.len()], &v);
+    norm(&mut t, "model.norm.weight".into(), &model.norm, None)?;
     let tied = head_is_tied_copy(model)?;
     if !tied {
-        linear(&mut t, &mut report, "lm_head".into(), &model.lm_head, None)?;
+        linear(
+            &mut t,
+            &mut report,
+            "lm_head".into(),
+            &[(&model.lm_head, None)],
+        )?;
     }
     report.config_groups = groups.len();
 
@@ -385,9 +514,16 @@ pub fn write_compressed_tensors(
         })
         .collect();
     let ignore: Vec<&String> = report.dense.iter().map(|(m, _)| m).collect();
+    let max_pos = match &c.variant.rope_scaling {
+        Some(RopeScaling::LongRope {
+            max_position_embeddings,
+            ..
+        }) => *max_position_embeddings,
+        _ => c.max_seq_len,
+    };
     let mut config = json!({
-        "architectures": [arch],
-        "model_type": model_type,
+        "architectures": [family.hf_classes[0]],
+        "model_type": family.hf_model_type,
         "vocab_size": c.vocab_size,
         "hidden_size": c.hidden_size,
         "intermediate_size": c.intermediate_size,
@@ -397,14 +533,24 @@ pub fn write_compressed_tensors(
         "head_dim": c.head_dim,
         "rms_norm_eps": c.rms_norm_eps,
         "rope_theta": c.rope_theta,
-        "max_position_embeddings": c.max_seq_len,
+        "rope_scaling": rope_scaling,
+        "max_position_embeddings": max_pos,
         "tie_word_embeddings": tied,
         "attention_bias": c.attention_bias,
-        "hidden_act": "silu",
+        "hidden_act": match c.variant.activation {
+            Activation::Silu => "silu",
+            Activation::GeluTanh => "gelu_pytorch_tanh",
+        },
         "torch_dtype": dtype_name,
         "bos_token_id": tokenizer.bos_id(),
         "eos_token_id": tokenizer.eos_id(),
+        // Explicit: some families' config classes default it to an id outside this vocabulary
+        // (Phi-3's 32000).
+        "pad_token_id": tokenizer.pad_id(),
     });
+    for (k, v) in family_keys {
+        config[k] = v;
+    }
     if !groups.is_empty() {
         config["quantization_config"] = json!({
             "quant_method": "compressed-tensors",
