@@ -25,15 +25,36 @@ use std::path::PathBuf;
 use burn::tensor::{Int, Tensor, TensorData};
 use compress::core::backend::BackendKind;
 use compress::core::calibration::sample_windows;
+use compress::core::layer_id::LinearKind;
 use compress::core::linear::{CompressedLinear, DenseLinear};
 use compress::core::pipeline::{BlockWalk, BlockwiseModel, PipelineReport, ScaleFolds};
+use compress::model::llama::FeedForward;
 use compress::model::{LlamaModel, LoadedModel};
 use compress::recipe::Recipe;
 
-/// The dense families with fixtures.
+/// Every family with a fixture: the dense ones, then the mixtures of experts.
 const FAMILIES: &[&str] = &[
-    "llama3", "qwen2", "mistral", "qwen3", "gemma2", "gemma3", "phi3", "phi4mini",
+    "llama3",
+    "qwen2",
+    "mistral",
+    "qwen3",
+    "gemma2",
+    "gemma3",
+    "phi3",
+    "phi4mini",
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
 ];
+
+/// The linears a recipe step without a filter compresses: every block linear but the routers.
+fn compressible(model: &LlamaModel) -> usize {
+    model
+        .block_linears()
+        .into_iter()
+        .filter(|id| id.kind() != LinearKind::Router)
+        .count()
+}
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -127,7 +148,7 @@ fn output_error(r: &PipelineReport) -> f64 {
 fn every_method_runs_on_every_family() {
     for &name in FAMILIES {
         let Some(s) = setup(name) else { return };
-        let linears = 7 * s.m.model.num_blocks();
+        let linears = compressible(&s.m.model);
 
         let (_, rtn8, kld8) = run(&s, name, "[[step]]\nmethod = \"rtn\"\nbits = 8\n");
         assert_eq!(rtn8.layers.len(), linears, "{name}");
@@ -212,9 +233,10 @@ fn every_method_runs_on_every_family() {
         assert!(r.layers.iter().all(|l| l.sparsity == 0.5), "{name}: 2:4");
         assert!(
             joint.layers[0]
-                .linears()
+                .linears(0)
                 .iter()
-                .all(|l| matches!(l, CompressedLinear::Quantized(_))),
+                .filter(|(id, _)| id.kind() != LinearKind::Router)
+                .all(|(_, l)| matches!(l, CompressedLinear::Quantized(_))),
             "{name}: joint 2:4 + 4-bit leaves packed layers"
         );
     }
@@ -254,11 +276,18 @@ fn scale_folds_keep_every_familys_function() {
                 }
             }
         }
-        assert_eq!(
-            folded,
-            3 * model.num_blocks(),
-            "{name}: stages 0, 2 and 3 fold"
-        );
+        // Dense blocks fold into both norms and up_proj; a mixture of experts into the
+        // attention norm and each expert's (and the shared expert's) up rows — its MLP norm
+        // feeds the router and every expert, so no single stage can take that fold.
+        let expected: usize = model
+            .layers
+            .iter()
+            .map(|b| match &b.mlp {
+                FeedForward::Dense(_) => 3,
+                FeedForward::Moe(m) => 1 + m.experts.len() + usize::from(m.shared.is_some()),
+            })
+            .sum();
+        assert_eq!(folded, expected, "{name}: the folds each family allows");
         let got = logits(&model, &s.eval);
         let scale = base.iter().fold(1f32, |a, v| a.max(v.abs()));
         let d = common::max_abs_diff(&got, &base);
@@ -277,23 +306,32 @@ fn structure_changes_respect_every_family() {
         let base = logits(&s.m.model, &s.eval);
         let scale = base.iter().fold(1f32, |a, v| a.max(v.abs()));
 
-        // Sorting neurons and key/value groups by importance keeps the function.
+        let moe = s.m.model.config().variant.moe.is_some();
+        // Sorting neurons and key/value groups by importance keeps the function. A mixture of
+        // experts has no single FFN to nest: refused, naming the block.
         let mut sorted = s.m.model.clone();
-        sort_by_activation(&mut sorted, &s.windows).unwrap();
-        let d = common::max_abs_diff(&logits(&sorted, &s.eval), &base);
-        assert!(d < 1e-4 * scale, "{name}: sorting moved the logits by {d}");
-        let spec = SliceSpec {
-            width: Width::uniform(0.5),
-            bits: None,
-        };
-        let (half, report) = slice(&sorted, &spec).unwrap();
-        assert!(report.parameters.1 < report.parameters.0, "{name}");
-        assert!(logits(&half, &s.eval).iter().all(|v| v.is_finite()));
+        if moe {
+            let e = sort_by_activation(&mut sorted, &s.windows).unwrap_err();
+            assert!(e.to_string().contains("mixture of experts"), "{name}: {e}");
+        }
+        if !moe {
+            sort_by_activation(&mut sorted, &s.windows).unwrap();
+            let d = common::max_abs_diff(&logits(&sorted, &s.eval), &base);
+            assert!(d < 1e-4 * scale, "{name}: sorting moved the logits by {d}");
+            let spec = SliceSpec {
+                width: Width::uniform(0.5),
+                bits: None,
+            };
+            let (half, report) = slice(&sorted, &spec).unwrap();
+            assert!(report.parameters.1 < report.parameters.0, "{name}");
+            assert!(logits(&half, &s.eval).iter().all(|v| v.is_finite()));
+        }
 
-        // Half the FFN neurons and heads, then the first block.
+        // Half the FFN neurons (dense MLPs; experts keep theirs) and heads, then the first
+        // block.
         let mut pruned = s.m.model.clone();
         let cfg = StructuredConfig {
-            ffn_fraction: 0.5,
+            ffn_fraction: if moe { 0.0 } else { 0.5 },
             head_fraction: 0.5,
             ffn_importance: Importance::Magnitude,
             head_importance: Importance::Magnitude,
@@ -349,8 +387,12 @@ fn every_family_exports_compressed_tensors_that_transformers_runs() {
         let out = dir.path().join(name);
         let report = write_compressed_tensors(&model, &s.m.tokenizer, &out, &Default::default())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let fused = if name.starts_with("phi") { 4 } else { 7 };
-        assert_eq!(report.quantized.len(), fused * model.num_blocks(), "{name}");
+        let modules = if name.starts_with("phi") {
+            4 * model.num_blocks()
+        } else {
+            compressible(&model)
+        };
+        assert_eq!(report.quantized.len(), modules, "{name}");
         let o = std::process::Command::new("python3")
             .arg(&script)
             .arg(&out)
@@ -375,5 +417,89 @@ fn every_family_exports_compressed_tensors_that_transformers_runs() {
         for (t, (a, b)) in theirs.chunks(vocab).zip(ours.chunks(vocab)).enumerate() {
             assert_eq!(argmax(a), argmax(b), "{name}: top token at {t}");
         }
+    }
+}
+
+/// Calibration of experts: each expert's statistics come from the tokens its (already
+/// compressed) router sends it — over a block the experts' `gate_proj` counts add up to
+/// `k × tokens` — and an expert sent fewer tokens than `min_routed_tokens` is calibrated on
+/// every token of the block instead, which its report says.
+#[test]
+fn experts_are_calibrated_on_their_routed_tokens() {
+    use compress::core::layer_id::Expert;
+    for name in ["mixtral", "qwen2_moe", "qwen3_moe"] {
+        let Some(s) = setup(name) else { return };
+        let moe = s.m.model.config().variant.moe.clone().unwrap();
+        let tokens: usize = s.windows.iter().map(Vec::len).sum();
+        let pipeline = || {
+            Recipe::from_toml("version = 1\n[[step]]\nmethod = \"gptq\"\nbits = 4\ngroup = 16\n")
+                .unwrap()
+                .pipeline()
+                .unwrap()
+        };
+        let mut model = s.m.model.clone();
+        let routed = pipeline()
+            .run(&mut model, &s.windows, |_, _, _| {})
+            .unwrap();
+        for block in 0..model.num_blocks() {
+            let gate_tokens: usize = routed
+                .layers
+                .iter()
+                .filter(|r| {
+                    r.id.block_index() == Some(block)
+                        && matches!(r.id.expert_ref(), Some(Expert::Routed(_)))
+                        && r.id.kind() == LinearKind::Gate
+                        && !r.all_tokens
+                })
+                .map(|r| r.calibration_tokens)
+                .sum();
+            let fallback = routed
+                .layers
+                .iter()
+                .filter(|r| {
+                    r.id.block_index() == Some(block)
+                        && r.all_tokens
+                        && r.id.kind() == LinearKind::Gate
+                })
+                .count();
+            // Experts that fell back are counted at every token; the others' routed counts add
+            // up to the k choices of the tokens they received.
+            assert!(
+                gate_tokens + fallback * moe.experts_per_token <= moe.experts_per_token * tokens,
+                "{name}: block {block}: {gate_tokens} routed tokens"
+            );
+            if fallback == 0 {
+                assert_eq!(
+                    gate_tokens,
+                    moe.experts_per_token * tokens,
+                    "{name}: block {block}"
+                );
+            }
+        }
+        for r in routed.layers.iter().filter(|r| r.all_tokens) {
+            assert_eq!(r.calibration_tokens, tokens, "{name}: {} fell back", r.id);
+        }
+        // Every expert below the floor: all calibrated on every token.
+        let mut p = pipeline();
+        p.min_routed_tokens = Some(tokens + 1);
+        let mut model = s.m.model.clone();
+        let all = p.run(&mut model, &s.windows, |_, _, _| {}).unwrap();
+        let experts: Vec<_> = all
+            .layers
+            .iter()
+            .filter(|r| matches!(r.id.expert_ref(), Some(Expert::Routed(_))))
+            .collect();
+        assert!(!experts.is_empty());
+        assert!(
+            experts
+                .iter()
+                .all(|r| r.all_tokens && r.calibration_tokens == tokens),
+            "{name}"
+        );
+        println!(
+            "{name}: routed calibration — {} of {} expert layers fell back to all tokens",
+            routed.layers.iter().filter(|r| r.all_tokens).count(),
+            experts.len()
+        );
     }
 }

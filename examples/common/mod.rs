@@ -269,18 +269,20 @@ pub fn print_weight_stats(base: &LlamaModel, model: &LlamaModel) {
     use compress::core::layer_id::LinearId;
     use compress::eval::weights::weight_stats;
     println!("weight distribution (mean over blocks; after = non-zero weights): kind, std, excess kurtosis, 3σ outliers %, max|w|, zeros %");
-    for (i, kind) in compress::model::llama::BLOCK_LINEARS
-        .into_iter()
-        .enumerate()
-    {
+    for kind in compress::model::llama::BLOCK_LINEARS {
         let mut acc = [[0f64; 5]; 2];
         let blocks = base.num_blocks().min(model.num_blocks());
         for b in 0..blocks {
             for (k, m) in [base, model].into_iter().enumerate() {
-                let w: Vec<f32> = m.layers[b].linears()[i]
-                    .dense_weight()
-                    .into_data()
-                    .try_to_vec::<f32>()
+                // Dense blocks only (a mixture-of-experts block has no such single layer).
+                let w: Vec<f32> = m
+                    .linear(LinearId::block(b, kind))
+                    .map(|l| {
+                        l.dense_weight()
+                            .into_data()
+                            .try_to_vec::<f32>()
+                            .unwrap_or_default()
+                    })
                     .unwrap_or_default();
                 let s = weight_stats(&w, 1, 3.0, k == 1);
                 for (a, v) in acc[k].iter_mut().zip([
@@ -319,15 +321,15 @@ pub fn plot_weight_distributions(
     let mut counts = vec![vec![0u64; 100]; 4];
     let blocks = base.num_blocks().min(model.num_blocks());
     for b in 0..blocks {
-        for (i, kind) in compress::model::llama::BLOCK_LINEARS
-            .into_iter()
-            .enumerate()
-        {
+        for kind in compress::model::llama::BLOCK_LINEARS {
             let host = |m: &LlamaModel| -> Vec<f32> {
-                m.layers[b].linears()[i]
-                    .dense_weight()
-                    .into_data()
-                    .try_to_vec::<f32>()
+                m.linear(compress::core::layer_id::LinearId::block(b, kind))
+                    .map(|l| {
+                        l.dense_weight()
+                            .into_data()
+                            .try_to_vec::<f32>()
+                            .unwrap_or_default()
+                    })
                     .unwrap_or_default()
             };
             let (w0, w1) = (host(base), host(model));

@@ -72,9 +72,9 @@ pub fn report(m: &LoadedModel, source: String, format: String) -> InspectReport 
     let model = &m.model;
     let mut layers = Vec::new();
     for (l, block) in model.layers.iter().enumerate() {
-        for (kind, lin) in BLOCK_LINEARS.into_iter().zip(block.linears()) {
+        for (id, lin) in block.linears(l) {
             layers.push(LayerInfo {
-                id: LinearId::block(l, kind),
+                id,
                 shape: [lin.out_features(), lin.in_features()],
                 storage: lin.describe(),
                 bits_per_weight: lin.bits_per_weight(),
@@ -155,7 +155,6 @@ type SpectrumCurves = Vec<(String, Vec<f64>, usize)>;
 /// Fills every block linear's spectrum (an SVD per layer, in f64: seconds for SmolLM2) and
 /// returns the curves for [`plot_spectra`].
 fn add_spectra(r: &mut InspectReport, m: &LoadedModel) -> CliResult<SpectrumCurves> {
-    let kinds = BLOCK_LINEARS.len();
     let mut curves: SpectrumCurves = BLOCK_LINEARS
         .iter()
         .map(|&k| {
@@ -166,12 +165,18 @@ fn add_spectra(r: &mut InspectReport, m: &LoadedModel) -> CliResult<SpectrumCurv
             )
         })
         .collect();
-    for (i, layer) in r.layers.iter_mut().enumerate() {
-        let l = i / kinds;
-        if l >= m.model.layers.len() {
-            break; // the head
+    for layer in r.layers.iter_mut() {
+        // Per kind of projection; experts count as their kind, routers and the head not at all.
+        let Some(curve) = BLOCK_LINEARS.iter().position(|&k| k == layer.id.kind()) else {
+            continue;
+        };
+        if layer.id.is_head() {
+            continue;
         }
-        let lin = m.model.layers[l].linears()[i % kinds];
+        let lin = m
+            .model
+            .linear(layer.id)
+            .ok_or_else(|| CliError::failed(format!("{}: not in the model", layer.id)))?;
         let w: Vec<f32> = lin
             .dense_weight()
             .into_data()
@@ -184,7 +189,7 @@ fn add_spectra(r: &mut InspectReport, m: &LoadedModel) -> CliResult<SpectrumCurv
             stable_rank: s.stable_rank,
             energy_at_10_25_50: [s.energy_at[0].1, s.energy_at[1].1, s.energy_at[2].1],
         });
-        let curve = &mut curves[i % kinds];
+        let curve = &mut curves[curve];
         let n = s.normalized.len();
         for (k, acc) in curve.1.iter_mut().enumerate() {
             let idx = (((k as f64 + 0.5) / SPECTRUM_POINTS as f64) * n as f64) as usize;

@@ -313,6 +313,14 @@ pub struct LayerReport {
     pub sparsity: f64,
     /// Wall time of the step, seconds.
     pub seconds: f64,
+    /// Calibration tokens (rows of `X`) the layer's statistics came from (0 without
+    /// calibration). For an expert of a mixture-of-experts block, the tokens routed to it — or
+    /// every token of the block, see [`Self::all_tokens`].
+    pub calibration_tokens: usize,
+    /// The layer is an expert that the router sent too few calibration tokens
+    /// ([`Pipeline::min_routed_tokens`](crate::pipeline::Pipeline::min_routed_tokens)), so its
+    /// statistics come from every token of the block instead.
+    pub all_tokens: bool,
 }
 
 /// Errors of a compression step, naming the layer at fault.

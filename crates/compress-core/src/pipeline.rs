@@ -38,8 +38,8 @@ use stats::{stats_of_inputs, to_host};
 /// Which layers a step applies to.
 #[derive(Debug, Clone)]
 pub enum LayerFilter {
-    /// Every linear of every block (not the output head: the head is compressed only when a
-    /// filter names it).
+    /// Every linear of every block but the mixture-of-experts routers (not the output head
+    /// either: the head and routers are compressed only when a filter names them).
     All,
     /// Layers whose printed path ([`LinearId`]'s `Display`) matches the regular expression
     /// (unanchored: `q_proj` matches every query projection, `^layers\.0\.` the first block,
@@ -59,7 +59,9 @@ impl LayerFilter {
     /// but the head).
     pub fn matches(&self, id: LinearId) -> bool {
         match self {
-            LayerFilter::All => !id.is_head(),
+            // Routers (and shared-expert gates) steer the mixture: like llm-compressor's
+            // recipes, keep them in full precision unless a filter names them.
+            LayerFilter::All => !id.is_head() && id.kind() != crate::layer_id::LinearKind::Router,
             LayerFilter::Regex(r) => r.is_match(&id.to_string()),
         }
     }
@@ -119,6 +121,13 @@ pub struct Pipeline {
     /// Keep intermediate results between a block's stages instead of recomputing them
     /// ([`ActivationPolicy::keep_intermediates`]; see [`Self::keep_intermediates()`]).
     pub keep_intermediates: bool,
+    /// The fewest calibration tokens an expert of a mixture-of-experts block is calibrated on
+    /// ([`StageSpec::routed`] stages): an expert the router sends fewer tokens is calibrated on
+    /// every token of the block instead (what llm-compressor's "calibrate all experts" does for
+    /// every expert), and its [`LayerReport::all_tokens`] says so. `None` (the default): the
+    /// stage's input width — below it the routed tokens' `XᵀX` is singular, so GPTQ/SparseGPT
+    /// would rest on damping alone.
+    pub min_routed_tokens: Option<usize>,
 }
 
 impl Pipeline {
@@ -132,6 +141,7 @@ impl Pipeline {
             batch_size: 2,
             precision: DensePrecision::F32,
             keep_intermediates: false,
+            min_routed_tokens: None,
         }
     }
 
@@ -251,6 +261,20 @@ impl Pipeline {
                 } else {
                     LayerStats::default()
                 };
+                let width = model.expect_linear(ids[0]).in_features();
+                let floor = self.min_routed_tokens.unwrap_or(width);
+                let all_tokens = needs_stats && stage.routed && stats.tokens < floor;
+                if all_tokens {
+                    stats = stats::collect_stats_of(
+                        model,
+                        block,
+                        si,
+                        &mut caches,
+                        request,
+                        self.precision,
+                        true,
+                    )?;
+                }
                 for step in &self.steps {
                     if ids.iter().all(|&id| step.filter.matches(id)) {
                         stats = crate::scaling::apply_stage_scales(
@@ -284,7 +308,9 @@ impl Pipeline {
                 for (&id, result) in ids.iter().zip(results) {
                     if let Some((new, layer_reports)) = result? {
                         *model.expect_linear_mut(id) = new;
-                        for r in layer_reports {
+                        for mut r in layer_reports {
+                            r.calibration_tokens = stats.tokens;
+                            r.all_tokens = all_tokens;
                             progress(&r, block, blocks);
                             reports.push(r);
                         }
@@ -340,6 +366,10 @@ impl Pipeline {
                     self.precision,
                 )?;
                 *model.expect_linear_mut(LinearId::HEAD) = new;
+                let r = LayerReport {
+                    calibration_tokens: stats.tokens,
+                    ..r
+                };
                 progress(&r, blocks, blocks);
                 reports.push(r);
             }
@@ -522,6 +552,8 @@ fn compress_linear(
         bits_per_weight: new.bits_per_weight(),
         sparsity: new.mask().map_or(0.0, |m| m.sparsity()),
         seconds: t0.elapsed().as_secs_f64(),
+        calibration_tokens: 0,
+        all_tokens: false,
     };
     Ok((
         CompressedLinear::from_weights(new, out, inp, bias, device),

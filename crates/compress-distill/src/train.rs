@@ -333,13 +333,17 @@ fn clip_global_norm(
     norm
 }
 
-/// The burn ids of the weights of every block projection in `targets` (the LoRA targets), in
-/// [`BLOCK_LINEARS`] order.
+/// The burn ids of the weights of every block projection in `targets` (the LoRA targets; an
+/// expert's gate/up/down count as gate/up/down, routers are never targets), in block order.
 fn projection_weight_ids(model: &LlamaModel, targets: LoraTargets) -> Vec<ParamId> {
     let mut ids = Vec::new();
-    for b in &model.layers {
-        for (i, l) in b.linears().into_iter().enumerate() {
-            if let (true, CompressedLinear::Dense(d)) = (targets.contains(i), l) {
+    for (i, b) in model.layers.iter().enumerate() {
+        for (id, l) in b.linears(i) {
+            let target = BLOCK_LINEARS
+                .iter()
+                .position(|&k| k == id.kind())
+                .is_some_and(|k| targets.contains(k));
+            if let (true, CompressedLinear::Dense(d)) = (target, l) {
                 ids.push(d.weight.id);
             }
         }
@@ -350,15 +354,7 @@ fn projection_weight_ids(model: &LlamaModel, targets: LoraTargets) -> Vec<ParamI
 /// Zeroes the pruned weights of every masked dense projection again (after a LoRA merge).
 fn reapply_masks(model: &mut LlamaModel) {
     for b in &mut model.layers {
-        for l in [
-            &mut b.attn.q_proj,
-            &mut b.attn.k_proj,
-            &mut b.attn.v_proj,
-            &mut b.attn.o_proj,
-            &mut b.mlp.gate_proj,
-            &mut b.mlp.up_proj,
-            &mut b.mlp.down_proj,
-        ] {
+        for l in b.linears_mut() {
             if let CompressedLinear::Dense(d) = l {
                 if let Some(mask) = d.mask.clone() {
                     let w = d.weight.val();
@@ -383,8 +379,7 @@ fn scalar(t: &Tensor<1>) -> f64 {
 
 fn check_dense(model: &LlamaModel) -> Result<(), DistillError> {
     for (i, b) in model.layers.iter().enumerate() {
-        for (kind, l) in BLOCK_LINEARS.into_iter().zip(b.linears()) {
-            let name = LinearId::block(i, kind);
+        for (name, l) in b.linears(i) {
             if !matches!(l, CompressedLinear::Dense(_)) {
                 return Err(DistillError::Config(format!(
                     "{name} is {}: full distillation trains dense layers only",

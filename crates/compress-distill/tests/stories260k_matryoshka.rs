@@ -428,7 +428,7 @@ fn lora_healing_after_wanda_keeps_the_mask_and_lowers_perplexity() {
     );
     assert!(after < before, "PPL {before:.3} → {after:.3}");
     for b in &healed.layers {
-        let lin = &b.mlp.down_proj;
+        let lin = &b.mlp.dense().unwrap().down_proj;
         let mask = lin.mask().expect("the mask survives healing");
         let w = lin.dense_weight().into_data().try_to_vec::<f32>().unwrap();
         let [_, inp] = mask.shape();

@@ -43,14 +43,16 @@ impl SizeReport {
             linear_bits += l.storage_bits();
             other += l.bias().map_or(0, |b| b.dims()[0]) as u64;
         };
-        for layer in &model.layers {
-            let (a, m) = (&layer.attn, &layer.mlp);
-            for l in [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj] {
+        let mut norm_weights = 0u64;
+        for (b, layer) in model.layers.iter().enumerate() {
+            for (_, l) in layer.linears(b) {
                 add(l);
             }
-            for l in [&m.gate_proj, &m.up_proj, &m.down_proj] {
-                add(l);
-            }
+            norm_weights += layer
+                .variant_norms()
+                .iter()
+                .map(|(_, n)| n.weight.val().dims()[0] as u64)
+                .sum::<u64>();
         }
         let c = model.config();
         let head_is_embedding =
@@ -60,7 +62,7 @@ impl SizeReport {
         }
         let d = c.hidden_size as u64;
         let embedding = c.vocab_size as u64 * d;
-        let norms = (2 * c.num_layers as u64 + 1) * d;
+        let norms = (2 * c.num_layers as u64 + 1) * d + norm_weights;
         other += embedding + norms;
         let parameters = linear_weights + other;
         let model_bytes = linear_bits.div_ceil(8) + 4 * other;

@@ -24,6 +24,44 @@ pub enum Architecture {
     /// Phi-3 / Phi-4-mini: fused `qkv_proj` and `gate_up_proj` (split on load), optionally
     /// partial rotary embeddings.
     Phi3,
+    /// Mixtral: Mistral's attention with a mixture-of-experts MLP (softmax router, top-k
+    /// renormalized).
+    Mixtral,
+    /// Qwen2-MoE / Qwen1.5-MoE: Qwen2 with routed experts plus a sigmoid-gated shared expert.
+    Qwen2Moe,
+    /// Qwen3-MoE: Qwen3 with routed experts.
+    Qwen3Moe,
+}
+
+/// A mixture-of-experts MLP (Shazeer et al. 2017; Mixtral, Jiang et al. 2024): a router
+/// `[experts, hidden]` scores every expert, each token runs through its `experts_per_token`
+/// best (softmax weights, renormalized over the chosen ones where the family says so), and
+/// the weighted outputs are summed, plus an always-on shared expert scaled by
+/// `σ(shared_gate · x)` where the family has one (Qwen2-MoE).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MoeConfig {
+    /// Routed experts per MoE layer.
+    pub num_experts: usize,
+    /// Experts each token runs through (top-k).
+    pub experts_per_token: usize,
+    /// Hidden width of each routed expert's gated MLP.
+    pub expert_intermediate_size: usize,
+    /// The chosen experts' softmax weights are renormalized to sum to 1 (Mixtral, Qwen3-MoE's
+    /// `norm_topk_prob`); otherwise they are the full softmax's.
+    pub normalize_weights: bool,
+    /// Hidden width of the shared expert, which every token runs through (Qwen2-MoE).
+    pub shared_expert_intermediate_size: Option<usize>,
+    /// Layers with a dense MLP of `intermediate_size` instead (Qwen2-MoE's `mlp_only_layers`
+    /// and `decoder_sparse_step`).
+    #[serde(default)]
+    pub dense_layers: Vec<usize>,
+}
+
+impl MoeConfig {
+    /// Whether layer `layer` has experts.
+    pub fn is_moe_layer(&self, layer: usize) -> bool {
+        !self.dense_layers.contains(&layer)
+    }
 }
 
 /// The activation of a gated MLP: `down(act(gate(x)) ⊙ up(x))`.
@@ -139,6 +177,8 @@ pub struct Variant {
     /// Dimensions of each head that RoPE rotates (the first ones); `None` for all (Phi-4-mini:
     /// 3/4 of the head).
     pub rotary_dims: Option<usize>,
+    /// Mixture-of-experts MLPs.
+    pub moe: Option<MoeConfig>,
 }
 
 impl Variant {
@@ -287,6 +327,24 @@ impl LlamaConfig {
         if let Some(scaling) = &v.rope_scaling {
             crate::llama::rope::check_scaling(scaling, self.rotary_dims())?;
         }
+        if let Some(m) = &v.moe {
+            if m.num_experts == 0 || m.experts_per_token == 0 || m.experts_per_token > m.num_experts
+            {
+                return Err(format!(
+                    "a mixture of {} experts cannot route each token to {}",
+                    m.num_experts, m.experts_per_token
+                ));
+            }
+            if m.expert_intermediate_size == 0 || m.shared_expert_intermediate_size == Some(0) {
+                return Err("expert widths must be positive".into());
+            }
+            if let Some(&l) = m.dense_layers.iter().find(|&&l| l >= self.num_layers) {
+                return Err(format!(
+                    "dense layer {l} is beyond the {} layers",
+                    self.num_layers
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -302,7 +360,20 @@ impl LlamaConfig {
         let kv = self.num_kv_heads * self.head_dim;
         let bias = if self.attention_bias { q + 2 * kv } else { 0 };
         let attn = d * q + 2 * d * kv + q * d + bias;
-        let mlp = 3 * d * self.intermediate_size;
+        let dense_mlp = 3 * d * self.intermediate_size;
+        let moe_mlp = self.variant.moe.as_ref().map(|m| {
+            let shared = m
+                .shared_expert_intermediate_size
+                .map_or(0, |f| 3 * d * f + d);
+            m.num_experts * (3 * d * m.expert_intermediate_size + d) + shared
+        });
+        let moe_layers = self.variant.moe.as_ref().map_or(0, |m| {
+            (0..self.num_layers).filter(|&l| m.is_moe_layer(l)).count()
+        });
+        let mlp_total = match moe_mlp {
+            Some(moe) => moe_layers * moe + (self.num_layers - moe_layers) * dense_mlp,
+            None => self.num_layers * dense_mlp,
+        };
         let qk_norm = if self.variant.qk_norm {
             2 * self.head_dim
         } else {
@@ -313,12 +384,12 @@ impl LlamaConfig {
         } else {
             2 * d
         };
-        let block = attn + mlp + norms + qk_norm;
+        let block = attn + norms + qk_norm;
         let head = if self.tie_word_embeddings {
             0
         } else {
             self.vocab_size * d
         };
-        self.vocab_size * d + self.num_layers * block + d + head
+        self.vocab_size * d + self.num_layers * block + mlp_total + d + head
     }
 }

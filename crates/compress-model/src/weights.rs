@@ -92,6 +92,14 @@ pub enum WeightName {
     Weight(usize, Proj),
     /// Bias of a projection of block `l`, `[out]` (q/k/v of Qwen2).
     Bias(usize, Proj),
+    /// Router of the mixture-of-experts MLP of block `l`, `[experts, hidden]`.
+    Router(usize),
+    /// Projection (gate, up or down) of routed expert `e` of block `l`.
+    Expert(usize, u32, Proj),
+    /// Projection (gate, up or down) of the shared expert of block `l`.
+    SharedExpert(usize, Proj),
+    /// Gate of the shared expert's output, `[1, hidden]`.
+    SharedGate(usize),
 }
 
 impl WeightName {
@@ -124,6 +132,10 @@ impl fmt::Display for WeightName {
             WeightName::KNorm(l) => write!(f, "layers.{l}.k_norm"),
             WeightName::Weight(l, p) => write!(f, "layers.{l}.{p:?}.weight"),
             WeightName::Bias(l, p) => write!(f, "layers.{l}.{p:?}.bias"),
+            WeightName::Router(l) => write!(f, "layers.{l}.router"),
+            WeightName::Expert(l, e, p) => write!(f, "layers.{l}.experts.{e}.{p:?}"),
+            WeightName::SharedExpert(l, p) => write!(f, "layers.{l}.shared_expert.{p:?}"),
+            WeightName::SharedGate(l) => write!(f, "layers.{l}.shared_expert_gate"),
         }
     }
 }

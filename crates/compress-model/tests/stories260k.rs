@@ -522,7 +522,7 @@ fn block_weights_are_read_on_first_use_with_the_same_values() {
     let resident = |m: &LlamaModel| -> Vec<bool> {
         m.layers
             .iter()
-            .map(|b| match &b.mlp.down_proj {
+            .map(|b| match &b.mlp.dense().unwrap().down_proj {
                 CompressedLinear::Dense(d) => d.weight.is_initialized(),
                 other => panic!("a loaded model has dense layers, found {other:?}"),
             })
@@ -533,7 +533,7 @@ fn block_weights_are_read_on_first_use_with_the_same_values() {
         "no block weight should be read at load time"
     );
     // Shapes and storage accounting do not read the weights either.
-    let down = &lazy.model.layers[0].mlp.down_proj;
+    let down = &lazy.model.layers[0].mlp.dense().unwrap().down_proj;
     assert_eq!(down.out_features(), lazy.model.config().hidden_size);
     assert!(down.storage_bits() > 0);
     assert!(!resident(&lazy.model)[0]);
@@ -615,8 +615,14 @@ fn kept_mlp_input_serves_the_block_output_until_a_fold() {
     let x = lm.embed_tokens(tokens, &ActivationPolicy::default());
     let flat = |t: Tensor<3>| t.into_data().try_to_vec::<f32>().unwrap();
     let zero_gate = |lm: &mut LlamaModel| {
-        let [o, i] = lm.layers[0].mlp.gate_proj.dense_weight().dims();
-        lm.layers[0].mlp.gate_proj =
+        let [o, i] = lm.layers[0]
+            .mlp
+            .dense()
+            .unwrap()
+            .gate_proj
+            .dense_weight()
+            .dims();
+        lm.layers[0].mlp.dense_mut().unwrap().gate_proj =
             CompressedLinear::Dense(DenseLinear::new(Tensor::zeros([o, i], &device), None));
     };
     // Walks block 0 to its `mlp_down` input, then changes the model with `edit` and finishes.
@@ -639,7 +645,7 @@ fn kept_mlp_input_serves_the_block_output_until_a_fold() {
     assert_ne!(walk(&mut lm.clone(), false, &zero_gate), reference);
     // A fold into up_proj (alone, so the function changes) makes the kept input stale.
     let fold = |lm: &mut LlamaModel| {
-        let n = lm.layers[0].mlp.up_proj.out_features();
+        let n = lm.layers[0].mlp.dense().unwrap().up_proj.out_features();
         assert!(lm.fold_input_scales(0, 3, &vec![2.0; n]));
     };
     let folded = walk(&mut lm.clone(), false, &fold);

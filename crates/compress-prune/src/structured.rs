@@ -82,13 +82,15 @@ pub struct StructuredReport {
     pub kept_heads: Vec<Vec<usize>>,
 }
 
-/// The index of the calibration stage `name` of `model` (`attn_out`, `mlp_down`, ...).
-fn stage(model: &LlamaModel, name: &str) -> Result<usize, PipelineError> {
+/// The index of the calibration stage `name` of block `block` (`attn_out`, `mlp_down`, ...).
+fn stage(model: &LlamaModel, block: usize, name: &str) -> Result<usize, PipelineError> {
     model
-        .stages(0)
+        .stages(block)
         .iter()
         .position(|s| s.name == name)
-        .ok_or_else(|| PipelineError::Config(format!("the model has no `{name}` stage")))
+        .ok_or_else(|| {
+            PipelineError::Config(format!("block {block} of the model has no `{name}` stage"))
+        })
 }
 
 /// Which query heads to keep for a block of `heads` in `kv` groups, removing about `fraction`
@@ -290,7 +292,6 @@ struct Scorer {
     taylor: Option<TaylorScores>,
     xs: Vec<Tensor<3>>,
     attn_out: usize,
-    mlp_down: usize,
 }
 
 impl Scorer {
@@ -318,8 +319,7 @@ impl Scorer {
         Ok(Self {
             taylor,
             xs,
-            attn_out: stage(model, "attn_out")?,
-            mlp_down: stage(model, "mlp_down")?,
+            attn_out: stage(model, 0, "attn_out")?,
         })
     }
 
@@ -346,8 +346,8 @@ impl Scorer {
     ) -> Result<Vec<f64>, PipelineError> {
         match (&self.taylor, importance) {
             (Some(t), Importance::Taylor) => Ok(t.ffn[block].clone()),
-            (_, Importance::Activation) => ffn_scores(model, block, &self.xs, self.mlp_down),
-            _ => ffn_scores(model, block, &[], self.mlp_down),
+            (_, Importance::Activation) => ffn_scores(model, block, &self.xs),
+            _ => ffn_scores(model, block, &[]),
         }
     }
 
@@ -431,9 +431,11 @@ fn ffn_scores(
     model: &LlamaModel,
     block: usize,
     xs: &[Tensor<3>],
-    mlp_down: usize,
 ) -> Result<Vec<f64>, PipelineError> {
-    let mlp = &model.layers[block].mlp;
+    let mlp = model.layers[block]
+        .dense_mlp(block)
+        .map_err(|e| PipelineError::Config(e.to_string()))?;
+    let mlp_down = stage(model, block, "mlp_down")?;
     let width = mlp.gate_proj.out_features();
     let down = sq_cols(&host(mlp.down_proj.dense_weight()), width);
     if !xs.is_empty() {

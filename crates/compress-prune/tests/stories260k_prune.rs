@@ -125,9 +125,9 @@ fn masks(model: &LlamaModel) -> Vec<(String, compress_core::sparsity::SparsityMa
             ("k", &l.attn.k_proj),
             ("v", &l.attn.v_proj),
             ("o", &l.attn.o_proj),
-            ("gate", &l.mlp.gate_proj),
-            ("up", &l.mlp.up_proj),
-            ("down", &l.mlp.down_proj),
+            ("gate", &l.mlp.dense().unwrap().gate_proj),
+            ("up", &l.mlp.dense().unwrap().up_proj),
+            ("down", &l.mlp.dense().unwrap().down_proj),
         ] {
             let m = lin
                 .mask()
@@ -284,9 +284,9 @@ fn pruned_symmetric_layers_run_on_the_kernels() {
                 ("k", &layer.attn.k_proj),
                 ("v", &layer.attn.v_proj),
                 ("o", &layer.attn.o_proj),
-                ("gate", &layer.mlp.gate_proj),
-                ("up", &layer.mlp.up_proj),
-                ("down", &layer.mlp.down_proj),
+                ("gate", &layer.mlp.dense().unwrap().gate_proj),
+                ("up", &layer.mlp.dense().unwrap().up_proj),
+                ("down", &layer.mlp.dense().unwrap().down_proj),
             ] {
                 let compress_core::linear::CompressedLinear::Quantized(q) = l else {
                     panic!("block {b} {name} is not quantized")

@@ -75,7 +75,8 @@ fn removed_structures_equal_masked_ones_and_shrink_the_model() {
         // columns of removed heads.
         let mut masked = base.clone();
         for (b, l) in masked.layers.iter_mut().enumerate() {
-            l.mlp.down_proj = zero_cols(&l.mlp.down_proj, &report.kept_ffn[b]);
+            l.mlp.dense_mut().unwrap().down_proj =
+                zero_cols(&l.mlp.dense_mut().unwrap().down_proj, &report.kept_ffn[b]);
             let cols: Vec<usize> = report.kept_heads[b]
                 .iter()
                 .flat_map(|&h| h * hd..(h + 1) * hd)
@@ -171,7 +172,7 @@ fn taylor_scores_match_a_finite_difference() {
         |model: &LlamaModel| common::mean_nll(&common::logits(model, &window), &window, vocab);
     let eps = 0.05f32;
     let mut scaled = m.model.clone();
-    let lin = &scaled.layers[1].mlp.down_proj;
+    let lin = &scaled.layers[1].mlp.dense().unwrap().down_proj;
     let w = lin.dense_weight();
     let [o, n] = w.dims();
     let mut v: Vec<f32> = w.clone().into_data().try_to_vec::<f32>().unwrap();
@@ -179,7 +180,8 @@ fn taylor_scores_match_a_finite_difference() {
         v[r * n + i] *= 1.0 - eps;
     }
     let t = Tensor::<2>::from_data(TensorData::new(v, [o, n]), &w.device());
-    scaled.layers[1].mlp.down_proj = CompressedLinear::Dense(DenseLinear::new(t, lin.bias()));
+    scaled.layers[1].mlp.dense_mut().unwrap().down_proj =
+        CompressedLinear::Dense(DenseLinear::new(t, lin.bias()));
     let fd = ((loss(&scaled) - loss(&m.model)) / eps as f64).abs();
     eprintln!("block 1 neuron {i}: Taylor {score:.5}, finite difference {fd:.5}");
     // First order in ε: the second-order term and f32 rounding of the loss (≈1e-7 relative on

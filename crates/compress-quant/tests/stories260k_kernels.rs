@@ -186,7 +186,7 @@ fn device_kernels_give_the_dequantized_models_logits() {
             .flat_map(|l| {
                 [
                     &l.attn.q_proj, &l.attn.k_proj, &l.attn.v_proj, &l.attn.o_proj,
-                    &l.mlp.gate_proj, &l.mlp.up_proj, &l.mlp.down_proj,
+                    &l.mlp.dense().unwrap().gate_proj, &l.mlp.dense().unwrap().up_proj, &l.mlp.dense().unwrap().down_proj,
                 ]
             })
             .filter(|l| matches!(l, compress_core::linear::CompressedLinear::Quantized(q) if q.runs_device_kernel()))

@@ -147,7 +147,11 @@ fn pipeline_gptq_quantizes_every_layer_reproducibly_and_beats_rtn() {
         assert!(r.method.starts_with("gptq-w3"), "{r:?}");
     }
     for l in &gptq.layers {
-        for lin in [&l.attn.q_proj, &l.attn.o_proj, &l.mlp.down_proj] {
+        for lin in [
+            &l.attn.q_proj,
+            &l.attn.o_proj,
+            &l.mlp.dense().unwrap().down_proj,
+        ] {
             assert!(matches!(lin, CompressedLinear::Quantized(_)));
         }
     }
@@ -156,7 +160,10 @@ fn pipeline_gptq_quantizes_every_layer_reproducibly_and_beats_rtn() {
     // Same calibration seed, same packed codes.
     let (again, _) = quantized_model(&s, Gptq::new(g32), Gptq::new(pc));
     for (a, b) in gptq.layers.iter().zip(&again.layers) {
-        match (&a.mlp.down_proj, &b.mlp.down_proj) {
+        match (
+            &a.mlp.dense().unwrap().down_proj,
+            &b.mlp.dense().unwrap().down_proj,
+        ) {
             (CompressedLinear::Quantized(x), CompressedLinear::Quantized(y)) => {
                 assert_eq!(*x.packed, *y.packed)
             }
@@ -195,7 +202,11 @@ fn bf16_calibration_matches_f32_calibration() {
         quantized_model_in(&s, Gptq::new(g32), Gptq::new(pc), DensePrecision::Bf16);
     assert_eq!(report.layers.len(), 7 * bf16_model.layers.len());
     for l in &bf16_model.layers {
-        for lin in [&l.attn.q_proj, &l.attn.o_proj, &l.mlp.down_proj] {
+        for lin in [
+            &l.attn.q_proj,
+            &l.attn.o_proj,
+            &l.mlp.dense().unwrap().down_proj,
+        ] {
             let CompressedLinear::Quantized(q) = lin else {
                 panic!("not quantized")
             };

@@ -22,14 +22,28 @@ pub struct StageSpec {
     pub name: String,
     /// The linears reading it, e.g. the block's q/k/v projections.
     pub linears: Vec<LinearId>,
+    /// The input is only the tokens a router sends to an expert (a mixture-of-experts
+    /// block): the pipeline then counts them and, below the rule of
+    /// [`Pipeline::min_routed_tokens`](super::Pipeline), calibrates on every token instead
+    /// ([`BlockWalk::stage_input_all_tokens`]).
+    pub routed: bool,
 }
 
 impl StageSpec {
-    /// A stage named `name` over `linears`.
+    /// A stage named `name` over `linears` that every token reaches.
     pub fn new(name: impl Into<String>, linears: Vec<LinearId>) -> Self {
         Self {
             name: name.into(),
             linears,
+            routed: false,
+        }
+    }
+
+    /// A stage whose input is the tokens routed to one expert.
+    pub fn routed(name: impl Into<String>, linears: Vec<LinearId>) -> Self {
+        Self {
+            routed: true,
+            ..Self::new(name, linears)
         }
     }
 }
@@ -84,6 +98,17 @@ pub trait BlockWalk: Sync {
     /// The input of stage `stage` (`[batch, seq, in]`, f32), computed with the block's current
     /// weights.
     fn stage_input(&self, block: usize, stage: usize, cache: &mut Self::Cache) -> Tensor<3>;
+    /// For a [routed](StageSpec::routed) stage, its input as if every token of the batch were
+    /// routed to the expert (`[batch, seq, in]`): what the pipeline calibrates an expert on when
+    /// it receives too few tokens. `None` (the default) for a stage every token reaches.
+    fn stage_input_all_tokens(
+        &self,
+        _block: usize,
+        _stage: usize,
+        _cache: &mut Self::Cache,
+    ) -> Option<Tensor<3>> {
+        None
+    }
     /// The block's output (`[batch, seq, hidden]`) with its current weights, stored as the
     /// cache's policy says.
     fn finish_block(&self, block: usize, cache: Self::Cache) -> Tensor<3>;

@@ -34,6 +34,20 @@ pub fn collect_stats_in<M: BlockwiseModel>(
     request: StatsRequest,
     precision: DensePrecision,
 ) -> Result<LayerStats, PipelineError> {
+    collect_stats_of(model, block, stage, caches, request, precision, false)
+}
+
+/// [`collect_stats_in`], over every token of the block for a routed stage when `all_tokens`
+/// ([`BlockWalk::stage_input_all_tokens`](super::BlockWalk::stage_input_all_tokens)).
+pub(super) fn collect_stats_of<M: BlockwiseModel>(
+    model: &M,
+    block: usize,
+    stage: usize,
+    caches: &mut [M::Cache],
+    request: StatsRequest,
+    precision: DensePrecision,
+    all_tokens: bool,
+) -> Result<LayerStats, PipelineError> {
     let stage_name = model
         .stages(block)
         .get(stage)
@@ -42,12 +56,15 @@ pub fn collect_stats_in<M: BlockwiseModel>(
     let lane = |caches: &mut [M::Cache]| {
         let mut acc = Accumulator::default();
         for cache in caches {
-            acc.add(
-                model.stage_input(block, stage, cache),
-                request,
-                &what,
-                precision,
-            )?;
+            let input = match all_tokens {
+                true => model
+                    .stage_input_all_tokens(block, stage, cache)
+                    .ok_or_else(|| {
+                        PipelineError::Config(format!("{what}: the stage has no all-token input"))
+                    })?,
+                false => model.stage_input(block, stage, cache),
+            };
+            acc.add(input, request, &what, precision)?;
         }
         Ok::<_, PipelineError>(acc)
     };
@@ -105,6 +122,10 @@ impl Accumulator {
         precision: DensePrecision,
     ) -> Result<(), PipelineError> {
         let [b, t, d] = inp.dims();
+        if b * t == 0 {
+            // An expert no token of this batch was routed to.
+            return Ok(());
+        }
         self.tokens += b * t;
         let flat = inp.reshape([b * t, d]);
         if request.gram && crate::backend::runs_cpu_kernels(&flat.device()) {

@@ -21,10 +21,12 @@ use super::{
 use crate::config::LayerAttention;
 use crate::error::ModelError;
 use crate::llama::build::{attention_scale, ropes};
-use crate::llama::{Attention, AttentionPrecision, Block, LlamaModel, Mlp, RmsNorm};
+use crate::llama::{
+    Attention, AttentionPrecision, Block, FeedForward, LlamaModel, Mlp, Moe, RmsNorm,
+};
 use crate::load::LoadedModel;
 use crate::tokenizer::{GgufVocab, LlmTokenizer};
-use compress_core::layer_id::{LinearId, LinearKind};
+use compress_core::layer_id::{Expert, LinearId, LinearKind};
 
 /// Whether `path` is a container: a safetensors file whose metadata has the `compress` key.
 /// Reads only the header; `false` for anything unreadable.
@@ -387,8 +389,37 @@ pub fn read_container(path: &Path, device: &Device) -> Result<LoadedModel, Model
         }
         let (q, kv) = (b.num_heads * c.head_dim, b.num_kv_heads * c.head_dim);
         let path = |k: LinearKind| LinearId::block(l, k).to_string();
-        let ffn = r.out_features(&path(LinearKind::Gate))?;
         let lin = |k: LinearKind, out, inp| r.linear(&path(k), out, inp);
+        // A gated MLP stored under the ids `id(kind)`: its width from the gate's rows.
+        let mlp_at = |id: &dyn Fn(LinearKind) -> LinearId| -> Result<Mlp, ModelError> {
+            let width = r.out_features(&id(LinearKind::Gate).to_string())?;
+            let m = |k: LinearKind, out, inp| r.linear(&id(k).to_string(), out, inp);
+            Ok(Mlp {
+                gate_proj: m(LinearKind::Gate, width, d)?,
+                up_proj: m(LinearKind::Up, width, d)?,
+                down_proj: m(LinearKind::Down, d, width)?,
+                activation: c.variant.activation,
+            })
+        };
+        let mlp = match &c.variant.moe {
+            Some(m) if m.is_moe_layer(l) => {
+                let shared = |k| LinearId::expert(l, Expert::Shared, k);
+                let has_shared = m.shared_expert_intermediate_size.is_some();
+                FeedForward::Moe(Moe {
+                    router: lin(LinearKind::Router, m.num_experts, d)?,
+                    experts: (0..m.num_experts as u32)
+                        .map(|e| mlp_at(&|k| LinearId::expert(l, Expert::Routed(e), k)))
+                        .collect::<Result<_, _>>()?,
+                    shared: has_shared.then(|| mlp_at(&shared)).transpose()?,
+                    shared_gate: has_shared
+                        .then(|| r.linear(&shared(LinearKind::Router).to_string(), 1, d))
+                        .transpose()?,
+                    top_k: m.experts_per_token,
+                    normalize: m.normalize_weights,
+                })
+            }
+            _ => FeedForward::Dense(mlp_at(&|k| LinearId::block(l, k))?),
+        };
         let v = &c.variant;
         let norm = |name: &str, width: usize| -> Result<RmsNorm, ModelError> {
             Ok(RmsNorm::new(
@@ -416,12 +447,7 @@ pub fn read_container(path: &Path, device: &Device) -> Result<LoadedModel, Model
             },
             post_attn_norm: optional_norm(v.sandwich_norms, "post_attn_norm", d)?,
             ffn_norm: norm("ffn_norm", d)?,
-            mlp: Mlp {
-                gate_proj: lin(LinearKind::Gate, ffn, d)?,
-                up_proj: lin(LinearKind::Up, ffn, d)?,
-                down_proj: lin(LinearKind::Down, d, ffn)?,
-                activation: v.activation,
-            },
+            mlp,
             post_ffn_norm: optional_norm(v.sandwich_norms, "post_ffn_norm", d)?,
             sliding: v.attention_of(l) == LayerAttention::Sliding,
         });

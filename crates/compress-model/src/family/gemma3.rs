@@ -88,6 +88,7 @@ pub(crate) static FAMILY: Family = Family {
         fused: false,
         norm_offset: 1.0,
         tie_default: true,
+        moe_names: super::MLP_NAMES,
     },
     gguf: GgufLayout {
         write_as: "gemma3",

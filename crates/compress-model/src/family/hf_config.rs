@@ -197,7 +197,8 @@ impl HfConfigJson {
     /// The layer types from `layer_types`, or every layer sliding when `sliding_window` is set
     /// and `applies` (Mistral, Phi-3), or none.
     pub fn sliding_everywhere(&self, c: &mut LlamaConfig, applies: bool) -> Result<(), ModelError> {
-        let window = self.usize("sliding_window")?;
+        // transformers writes 0 for "no window".
+        let window = self.usize("sliding_window")?.filter(|&w| w > 0);
         if let Some(types) = self.layer_types()? {
             c.variant.layer_attention = types;
             c.variant.sliding_window = window;

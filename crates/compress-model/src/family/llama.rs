@@ -20,6 +20,20 @@ fn write_hf(_: &LlamaConfig, keys: &mut super::HfKeys) -> Result<(), String> {
     Ok(())
 }
 
+/// RoPE scaling keys; a file with `llama.expert_count` is a Mixtral (llama.cpp converts Mixtral
+/// as `llama`, renormalizing the chosen experts).
+fn read_gguf(
+    file: &crate::gguf::GgufFile,
+    prefix: &str,
+    c: &mut LlamaConfig,
+) -> Result<(), ModelError> {
+    if let Some(moe) = super::moe::gguf_moe(file, prefix, c, true)? {
+        c.architecture = Architecture::Mixtral;
+        c.variant.moe = Some(moe);
+    }
+    super::gguf_rope_scaling(file, prefix, c)
+}
+
 /// Llama.
 pub(crate) static FAMILY: Family = Family {
     architecture: Architecture::Llama,
@@ -31,6 +45,7 @@ pub(crate) static FAMILY: Family = Family {
         fused: false,
         norm_offset: 0.0,
         tie_default: false,
+        moe_names: super::MLP_NAMES,
     },
     gguf: GgufLayout {
         write_as: "llama",
@@ -38,7 +53,7 @@ pub(crate) static FAMILY: Family = Family {
         fused: false,
     },
     read_hf,
-    read_gguf: super::gguf_rope_scaling,
+    read_gguf,
     gguf_keys: super::no_gguf_keys,
     hf_model_type: "llama",
     write_hf,

@@ -16,9 +16,13 @@ mod gemma3;
 pub(crate) mod hf_config;
 mod llama;
 mod mistral;
+mod mixtral;
+mod moe;
 mod phi3;
 mod qwen2;
+mod qwen2_moe;
 mod qwen3;
+mod qwen3_moe;
 
 pub use hf_config::HfConfigJson;
 
@@ -40,7 +44,34 @@ pub struct HfLayout {
     pub norm_offset: f32,
     /// `tie_word_embeddings` when `config.json` does not say (transformers' per-family default).
     pub tie_default: bool,
+    /// Where a mixture-of-experts block's tensors live: the module (`block_sparse_moe` in
+    /// Mixtral, `mlp` in Qwen-MoE, which holds `gate` = the router and `experts.{e}.…`) and the
+    /// names of an expert's gate, up and down projections (`w1`, `w3`, `w2` in Mixtral).
+    pub moe_names: (&'static str, [&'static str; 3]),
 }
+
+/// The Hugging Face module path of the linear `id` within its layer (`self_attn.q_proj`,
+/// `block_sparse_moe.experts.3.w2`, `mlp.shared_expert_gate`), in `family`'s naming.
+pub(crate) fn hf_module(family: &Family, id: compress_core::layer_id::LinearId) -> String {
+    use compress_core::layer_id::{Expert, LinearKind};
+    let (moe, names) = family.hf.moe_names;
+    let expert_name = |k: LinearKind| match k {
+        LinearKind::Gate => names[0],
+        LinearKind::Up => names[1],
+        _ => names[2],
+    };
+    match (id.expert_ref(), id.kind()) {
+        (None, LinearKind::Router) => format!("{moe}.gate"),
+        (None, k) if k.is_attention() => format!("self_attn.{}", k.short_name()),
+        (None, k) => format!("mlp.{}", k.short_name()),
+        (Some(Expert::Shared), LinearKind::Router) => "mlp.shared_expert_gate".into(),
+        (Some(Expert::Shared), k) => format!("mlp.shared_expert.{}", k.short_name()),
+        (Some(Expert::Routed(e)), k) => format!("{moe}.experts.{e}.{}", expert_name(k)),
+    }
+}
+
+/// The MoE names of families that follow the Qwen/llama naming.
+pub(crate) const MLP_NAMES: (&str, [&str; 3]) = ("mlp", ["gate_proj", "up_proj", "down_proj"]);
 
 /// How a family's GGUF files (llama.cpp's converter) lay out a block's tensors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +132,9 @@ pub static FAMILIES: &[&Family] = &[
     &gemma2::FAMILY,
     &gemma3::FAMILY,
     &phi3::FAMILY,
+    &mixtral::FAMILY,
+    &qwen2_moe::FAMILY,
+    &qwen3_moe::FAMILY,
 ];
 
 /// The family a `config.json`'s `architectures[0]` names.

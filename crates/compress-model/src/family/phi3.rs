@@ -72,6 +72,7 @@ pub(crate) static FAMILY: Family = Family {
         fused: true,
         norm_offset: 0.0,
         tie_default: false,
+        moe_names: super::MLP_NAMES,
     },
     gguf: GgufLayout {
         write_as: "phi3",

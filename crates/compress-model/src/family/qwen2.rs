@@ -9,12 +9,13 @@ use crate::error::ModelError;
 pub(super) fn qwen_sliding(hf: &HfConfigJson, c: &mut LlamaConfig) -> Result<(), ModelError> {
     if let Some(types) = hf.layer_types()? {
         c.variant.layer_attention = types;
-        c.variant.sliding_window = hf.usize("sliding_window")?;
+        // transformers writes 0 for "no window".
+        c.variant.sliding_window = hf.usize("sliding_window")?.filter(|&w| w > 0);
         return Ok(());
     }
     if hf.bool("use_sliding_window")? == Some(true) {
         let from = hf.usize("max_window_layers")?.unwrap_or(c.num_layers);
-        c.variant.sliding_window = hf.usize("sliding_window")?;
+        c.variant.sliding_window = hf.usize("sliding_window")?.filter(|&w| w > 0);
         c.variant.layer_attention = (0..c.num_layers)
             .map(|l| {
                 if l >= from {
@@ -67,6 +68,7 @@ pub(crate) static FAMILY: Family = Family {
         fused: false,
         norm_offset: 0.0,
         tie_default: false,
+        moe_names: super::MLP_NAMES,
     },
     gguf: GgufLayout {
         write_as: "qwen2",

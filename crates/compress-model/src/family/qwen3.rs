@@ -37,6 +37,7 @@ pub(crate) static FAMILY: Family = Family {
         fused: false,
         norm_offset: 0.0,
         tie_default: false,
+        moe_names: super::MLP_NAMES,
     },
     gguf: GgufLayout {
         write_as: "qwen3",

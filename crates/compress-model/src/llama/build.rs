@@ -6,7 +6,9 @@ use burn::module::{Param, ParamId};
 use burn::tensor::{Device, Shape, Tensor, TensorData};
 use compress_core::linear::{CompressedLinear, DenseLinear};
 
-use super::{Attention, AttentionPrecision, Block, LlamaModel, Mlp, RmsNorm, Rope};
+use super::{
+    Attention, AttentionPrecision, Block, FeedForward, LlamaModel, Mlp, Moe, RmsNorm, Rope,
+};
 use crate::config::{LayerAttention, LlamaConfig};
 use crate::error::ModelError;
 use crate::weights::{HostTensor, Proj, WeightName, WeightSource};
@@ -45,8 +47,6 @@ impl LlamaModel {
         config.validate().map_err(ModelError::InvalidConfig)?;
         let c = &config;
         let d = c.hidden_size;
-        let q_out = c.num_heads * c.head_dim;
-        let kv_out = c.num_kv_heads * c.head_dim;
 
         let loader = Loader { source, device };
         let emb_shape = [c.vocab_size, d];
@@ -65,16 +65,9 @@ impl LlamaModel {
         };
         let mut layers = Vec::with_capacity(c.num_layers);
         for l in 0..c.num_layers {
-            let shape = |p: Proj| match p {
-                Proj::Q => [q_out, d],
-                Proj::K | Proj::V => [kv_out, d],
-                Proj::O => [d, q_out],
-                Proj::Gate | Proj::Up => [c.intermediate_size, d],
-                Proj::Down => [d, c.intermediate_size],
-            };
-            let linear = |p: Proj| -> Result<CompressedLinear, ModelError> {
-                let [out, inp] = shape(p);
-                let name = WeightName::Weight(l, p);
+            // A projection's weight (read on first use when loading lazily), with its bias.
+            let matrix = |name: WeightName| -> Result<CompressedLinear, ModelError> {
+                let [out, inp] = matrix_shape(c, name);
                 let weight = match lazy {
                     Some(shared) => {
                         drop(loader.host(name, &[out, inp])?);
@@ -82,8 +75,10 @@ impl LlamaModel {
                     }
                     None => Param::from_tensor(loader.required(name, &[out, inp])?),
                 };
-                let bias = match p {
-                    Proj::Q | Proj::K | Proj::V if c.attention_bias => {
+                let bias = match name {
+                    WeightName::Weight(_, p @ (Proj::Q | Proj::K | Proj::V))
+                        if c.attention_bias =>
+                    {
                         Some(loader.required(WeightName::Bias(l, p), &[out])?)
                     }
                     _ => None,
@@ -91,6 +86,34 @@ impl LlamaModel {
                 Ok(CompressedLinear::Dense(DenseLinear::from_param(
                     weight, bias,
                 )))
+            };
+            let linear = |p: Proj| matrix(WeightName::Weight(l, p));
+            let mlp_of = |name: &dyn Fn(Proj) -> WeightName| -> Result<Mlp, ModelError> {
+                Ok(Mlp {
+                    gate_proj: matrix(name(Proj::Gate))?,
+                    up_proj: matrix(name(Proj::Up))?,
+                    down_proj: matrix(name(Proj::Down))?,
+                    activation: c.variant.activation,
+                })
+            };
+            let mlp = match &c.variant.moe {
+                Some(m) if m.is_moe_layer(l) => FeedForward::Moe(Moe {
+                    router: matrix(WeightName::Router(l))?,
+                    experts: (0..m.num_experts as u32)
+                        .map(|e| mlp_of(&|p| WeightName::Expert(l, e, p)))
+                        .collect::<Result<_, _>>()?,
+                    shared: m
+                        .shared_expert_intermediate_size
+                        .map(|_| mlp_of(&|p| WeightName::SharedExpert(l, p)))
+                        .transpose()?,
+                    shared_gate: m
+                        .shared_expert_intermediate_size
+                        .map(|_| matrix(WeightName::SharedGate(l)))
+                        .transpose()?,
+                    top_k: m.experts_per_token,
+                    normalize: m.normalize_weights,
+                }),
+                _ => FeedForward::Dense(mlp_of(&|p| WeightName::Weight(l, p))?),
             };
             let norm = |name: WeightName, width: usize| -> Result<RmsNorm, ModelError> {
                 Ok(RmsNorm::new(
@@ -120,12 +143,7 @@ impl LlamaModel {
                 },
                 post_attn_norm: optional_norm(v.sandwich_norms, WeightName::PostAttnNorm(l), d)?,
                 ffn_norm: norm(WeightName::FfnNorm(l), d)?,
-                mlp: Mlp {
-                    gate_proj: linear(Proj::Gate)?,
-                    up_proj: linear(Proj::Up)?,
-                    down_proj: linear(Proj::Down)?,
-                    activation: v.activation,
-                },
+                mlp,
                 post_ffn_norm: optional_norm(v.sandwich_norms, WeightName::PostFfnNorm(l), d)?,
                 sliding: v.attention_of(l) == LayerAttention::Sliding,
             });
@@ -157,6 +175,36 @@ impl LlamaModel {
             mlp_folds: 0,
             embedding_source,
         })
+    }
+}
+
+/// The `[out, in]` shape `c` implies for the matrix `name`.
+///
+/// # Panics
+/// For a name that is not a matrix (norms, biases, the embedding): a bug of the caller.
+pub(crate) fn matrix_shape(c: &LlamaConfig, name: WeightName) -> [usize; 2] {
+    let d = c.hidden_size;
+    let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+    let moe = c.variant.moe.as_ref();
+    let mlp = |p: Proj, f: usize| match p {
+        Proj::Down => [d, f],
+        _ => [f, d],
+    };
+    match name {
+        WeightName::Weight(_, Proj::Q) => [q, d],
+        WeightName::Weight(_, Proj::K | Proj::V) => [kv, d],
+        WeightName::Weight(_, Proj::O) => [d, q],
+        WeightName::Weight(_, p) => mlp(p, c.intermediate_size),
+        WeightName::Router(_) => [moe.map_or(0, |m| m.num_experts), d],
+        WeightName::Expert(_, _, p) => mlp(p, moe.map_or(0, |m| m.expert_intermediate_size)),
+        WeightName::SharedExpert(_, p) => mlp(
+            p,
+            moe.and_then(|m| m.shared_expert_intermediate_size)
+                .unwrap_or(0),
+        ),
+        WeightName::SharedGate(_) => [1, d],
+        WeightName::TokenEmbedding | WeightName::Output => [c.vocab_size, d],
+        other => panic!("{other} is not a matrix"),
     }
 }
 
@@ -339,11 +387,10 @@ pub fn random_model(
         }
         fn tensor(&self, name: WeightName) -> Result<Option<HostTensor>, ModelError> {
             let c = self.config;
-            let (d, q, kv, f) = (
+            let (d, q, kv) = (
                 c.hidden_size,
                 c.num_heads * c.head_dim,
                 c.num_kv_heads * c.head_dim,
-                c.intermediate_size,
             );
             let shape = match name {
                 WeightName::TokenEmbedding | WeightName::Output => vec![c.vocab_size, d],
@@ -363,14 +410,8 @@ pub fn random_model(
                         data: vec![1.0; d],
                     }))
                 }
-                WeightName::Weight(_, p) => match p {
-                    Proj::Q => vec![q, d],
-                    Proj::K | Proj::V => vec![kv, d],
-                    Proj::O => vec![d, q],
-                    Proj::Gate | Proj::Up => vec![f, d],
-                    Proj::Down => vec![d, f],
-                },
                 WeightName::Bias(_, p) => vec![if p == Proj::Q { q } else { kv }],
+                matrix => matrix_shape(c, matrix).to_vec(),
             };
             let n: usize = shape.iter().product();
             // A per-tensor stream from a splitmix64 hash of (seed, name): deterministic and

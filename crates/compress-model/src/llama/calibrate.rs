@@ -15,16 +15,22 @@
 //! time in [`BlockWalk::finish_block`] and that memory is not held. With bf16 activation
 //! storage ([`ActivationPolicy::storage`], CPU flex backend only) the cached
 //! tensors and the block outputs are kept in bf16 and widened to f32 for each computation.
+//!
+//! A mixture-of-experts block has, after `attn_in` and `attn_out`: `moe_in` (the router, and
+//! the shared expert's gate and gate/up projections, reading the normed residual), then per
+//! expert `e` the routed stages `expert.e.in` (gate/up, reading the rows the router — already
+//! compressed — sends to `e`) and `expert.e.down` (down, reading the expert's gated
+//! activations on those rows), then `shared.down`. The routing is decided once per batch.
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use compress_core::backend::{to_bf16_storage, to_f32};
 use compress_core::kernels::dense::DensePrecision;
-use compress_core::layer_id::{LinearId, LinearKind};
+use compress_core::layer_id::{Expert, LinearId, LinearKind};
 use compress_core::linear::CompressedLinear;
 use compress_core::pipeline::{ActivationPolicy, BlockWalk, Linears, ScaleFolds, StageSpec};
 use compress_core::scaling::scale_output_rows;
 
-use super::{full_sequence, Block, LlamaModel};
+use super::{full_sequence, Block, FeedForward, LlamaModel, Moe, Routing};
 
 /// Intermediate results of one block for one calibration batch (see [`BlockWalk`]).
 #[derive(Debug)]
@@ -38,6 +44,9 @@ pub struct BlockCache {
     /// `down_proj`'s input with the count of folds into `up_proj` it was computed under
     /// (`LlamaModel::mlp_folds`): a later fold makes it stale.
     gated: Option<(Tensor<3>, usize)>,
+    /// A mixture-of-experts block's routing of this batch (decided by the router as compressed
+    /// at the `moe_in` stage).
+    routing: Option<Routing>,
 }
 
 impl BlockCache {
@@ -101,6 +110,86 @@ impl LlamaModel {
     }
 }
 
+impl LlamaModel {
+    /// The input of stage `stage` (≥ 3) of a mixture-of-experts block: an expert's gate/up
+    /// input (the normed residual's rows routed to it, as `[1, rows, hidden]`) or down input
+    /// (its gated activations on them), the shared expert's down input; with `all_tokens`,
+    /// an expert's inputs over every token instead.
+    fn moe_stage_input(
+        &self,
+        block: usize,
+        m: &Moe,
+        stage: usize,
+        c: &mut BlockCache,
+        all_tokens: bool,
+    ) -> Tensor<3> {
+        let layer = &self.layers[block];
+        let normed = layer.ffn_norm.forward(self.cached_residual(block, c));
+        let [b, t, d] = normed.dims();
+        let flat: Tensor<2> = normed.reshape([b * t, d]);
+        let as_batch = |x: Tensor<2>| {
+            let [n, w] = x.dims();
+            x.reshape([1, n, w])
+        };
+        let k = stage - 3;
+        if k >= 2 * m.experts.len() {
+            let shared = m
+                .shared
+                .as_ref()
+                .expect("the shared.down stage has a shared expert");
+            return as_batch(shared.gated(flat));
+        }
+        let expert = &m.experts[k / 2];
+        let rows = if all_tokens {
+            flat
+        } else {
+            if c.routing.is_none() {
+                c.routing = Some(m.route(&flat));
+            }
+            let (rows, _) = c.routing.as_ref().expect("set above").rows_of(k / 2);
+            let n = rows.len();
+            let idx = Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), &flat.device());
+            flat.select(0, idx)
+        };
+        if k.is_multiple_of(2) {
+            as_batch(rows)
+        } else {
+            as_batch(expert.gated(rows))
+        }
+    }
+}
+
+impl LlamaModel {
+    /// Where the router of every mixture-of-experts block sends each token of `tokens`
+    /// (one sequence): per block, `None` for a dense MLP, else the chosen experts with their
+    /// weights per token, largest first.
+    pub fn expert_routing(
+        &self,
+        tokens: &[u32],
+    ) -> Result<Vec<Option<Routing>>, crate::error::ModelError> {
+        self.check_len(tokens.len())?;
+        let device = LlamaModel::device(self);
+        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+        let t = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, tokens.len()]), &device);
+        let policy = ActivationPolicy::default();
+        let mut x = self.embed_tokens(t, &policy);
+        let mut out = Vec::with_capacity(self.layers.len());
+        for (block, layer) in self.layers.iter().enumerate() {
+            let mut cache = self.begin_block(block, x, &policy);
+            out.push(match &layer.mlp {
+                FeedForward::Moe(m) => {
+                    let normed = self.stage_input(block, 2, &mut cache);
+                    let [b, n, d] = normed.dims();
+                    Some(m.route(&normed.reshape([b * n, d])))
+                }
+                FeedForward::Dense(_) => None,
+            });
+            x = self.finish_block(block, cache);
+        }
+        Ok(out)
+    }
+}
+
 impl BlockWalk for LlamaModel {
     type Cache = BlockCache;
 
@@ -110,15 +199,52 @@ impl BlockWalk for LlamaModel {
 
     fn stages(&self, block: usize) -> Vec<StageSpec> {
         let id = |k| LinearId::block(block, k);
-        vec![
+        let mut stages = vec![
             StageSpec::new(
                 "attn_in",
                 vec![id(LinearKind::Q), id(LinearKind::K), id(LinearKind::V)],
             ),
             StageSpec::new("attn_out", vec![id(LinearKind::O)]),
-            StageSpec::new("mlp_in", vec![id(LinearKind::Gate), id(LinearKind::Up)]),
-            StageSpec::new("mlp_down", vec![id(LinearKind::Down)]),
-        ]
+        ];
+        match &self.layers[block].mlp {
+            FeedForward::Dense(_) => {
+                stages.push(StageSpec::new(
+                    "mlp_in",
+                    vec![id(LinearKind::Gate), id(LinearKind::Up)],
+                ));
+                stages.push(StageSpec::new("mlp_down", vec![id(LinearKind::Down)]));
+            }
+            FeedForward::Moe(m) => {
+                let expert = |e, k| LinearId::expert(block, e, k);
+                let mut first = vec![id(LinearKind::Router)];
+                if m.shared_gate.is_some() {
+                    first.push(expert(Expert::Shared, LinearKind::Router));
+                }
+                if m.shared.is_some() {
+                    first.push(expert(Expert::Shared, LinearKind::Gate));
+                    first.push(expert(Expert::Shared, LinearKind::Up));
+                }
+                stages.push(StageSpec::new("moe_in", first));
+                for e in 0..m.experts.len() as u32 {
+                    let r = Expert::Routed(e);
+                    stages.push(StageSpec::routed(
+                        format!("expert.{e}.in"),
+                        vec![expert(r, LinearKind::Gate), expert(r, LinearKind::Up)],
+                    ));
+                    stages.push(StageSpec::routed(
+                        format!("expert.{e}.down"),
+                        vec![expert(r, LinearKind::Down)],
+                    ));
+                }
+                if m.shared.is_some() {
+                    stages.push(StageSpec::new(
+                        "shared.down",
+                        vec![expert(Expert::Shared, LinearKind::Down)],
+                    ));
+                }
+            }
+        }
+        stages
     }
 
     fn device(&self) -> Device {
@@ -144,6 +270,7 @@ impl BlockWalk for LlamaModel {
             context: None,
             residual: None,
             gated: None,
+            routing: None,
         };
         c.x = Some(c.keep(x));
         c
@@ -151,31 +278,46 @@ impl BlockWalk for LlamaModel {
 
     fn stage_input(&self, block: usize, stage: usize, c: &mut BlockCache) -> Tensor<3> {
         let layer = &self.layers[block];
-        match stage {
-            0 => self.normed(layer, c),
-            1 => self.cached_context(block, c),
-            2 => layer.ffn_norm.forward(self.cached_residual(block, c)),
-            3 => {
+        match (stage, &layer.mlp) {
+            (0, _) => self.normed(layer, c),
+            (1, _) => self.cached_context(block, c),
+            (2, _) => layer.ffn_norm.forward(self.cached_residual(block, c)),
+            (3, FeedForward::Dense(mlp)) => {
                 let h = self.cached_residual(block, c);
-                let gated = layer.mlp.gated(layer.ffn_norm.forward(h));
+                let gated = mlp.gated(layer.ffn_norm.forward(h));
                 if c.policy.keep_intermediates {
                     c.gated = Some((c.keep(gated.clone()), self.mlp_folds));
                 }
                 gated
             }
-            _ => panic!("a decoder block has 4 stages, asked for stage {stage}"),
+            (s, FeedForward::Moe(m)) => self.moe_stage_input(block, m, s, c, false),
+            (s, _) => panic!("a dense block has 4 stages, asked for stage {s}"),
+        }
+    }
+
+    fn stage_input_all_tokens(
+        &self,
+        block: usize,
+        stage: usize,
+        c: &mut BlockCache,
+    ) -> Option<Tensor<3>> {
+        match &self.layers[block].mlp {
+            FeedForward::Moe(m) if stage >= 3 && stage < 3 + 2 * m.experts.len() => {
+                Some(self.moe_stage_input(block, m, stage, c, true))
+            }
+            _ => None,
         }
     }
 
     fn finish_block(&self, block: usize, mut c: BlockCache) -> Tensor<3> {
         let h = self.cached_residual(block, &mut c);
         let layer = &self.layers[block];
-        let mlp = match c.gated.take() {
+        let mlp = match (c.gated.take(), &layer.mlp) {
             // Computed with the same gate/up weights (no fold since), so equal to recomputing it.
-            Some((gated, folds)) if folds == self.mlp_folds => {
-                layer.mlp.down_proj.forward(to_f32(gated))
+            (Some((gated, folds)), FeedForward::Dense(m)) if folds == self.mlp_folds => {
+                m.down_proj.forward(to_f32(gated))
             }
-            _ => layer.mlp.forward(layer.ffn_norm.forward(h.clone())),
+            (_, ffn) => ffn.forward(layer.ffn_norm.forward(h.clone())),
         };
         c.keep(layer.mlp_residual(h, mlp))
     }
@@ -218,12 +360,30 @@ impl ScaleFolds for LlamaModel {
             &device,
         );
         let layer = &mut self.layers[block];
-        let norm = match stage {
-            0 => &mut layer.attn_norm,
-            2 => &mut layer.ffn_norm,
-            3 => {
+        let norm = match (stage, &mut layer.mlp) {
+            (0, _) => &mut layer.attn_norm,
+            (2, FeedForward::Dense(_)) => &mut layer.ffn_norm,
+            (3, FeedForward::Dense(m)) => {
                 self.mlp_folds += 1;
-                return scale_output_rows(&mut layer.mlp.up_proj, scales);
+                return scale_output_rows(&mut m.up_proj, scales);
+            }
+            // In a mixture of experts the normed residual feeds the router and every expert,
+            // so no single stage can take a fold into the norm; an expert's (or the shared
+            // expert's) down projection reads its own gated activations: fold into its up rows.
+            (s, FeedForward::Moe(m)) if s >= 3 => {
+                let e = s - 3;
+                let up = if e < 2 * m.experts.len() {
+                    if e % 2 == 0 {
+                        return false;
+                    }
+                    &mut m.experts[e / 2].up_proj
+                } else {
+                    match &mut m.shared {
+                        Some(shared) => &mut shared.up_proj,
+                        None => return false,
+                    }
+                };
+                return scale_output_rows(up, scales);
             }
             _ => return false,
         };

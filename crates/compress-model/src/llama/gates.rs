@@ -28,6 +28,11 @@ impl LlamaModel {
     /// Taylor importance over `windows` (token ids, each at least 2 long), one forward and
     /// backward pass per window.
     pub fn taylor_scores(&self, windows: &[Vec<u32>]) -> Result<TaylorScores, ModelError> {
+        if let Some(l) = self.layers.iter().position(|b| b.mlp.dense().is_none()) {
+            return Err(ModelError::InvalidInput(format!(
+                "layers.{l}.mlp is a mixture of experts: Taylor scores gate dense FFN neurons"
+            )));
+        }
         let device = self.device().autodiff();
         let gate = |n: usize| {
             Tensor::<1>::from_data(TensorData::new(vec![1f32; n], [n]), &device).require_grad()
@@ -35,7 +40,8 @@ impl LlamaModel {
         let ffn_gates: Vec<Tensor<1>> = self
             .layers
             .iter()
-            .map(|l| gate(l.mlp.gate_proj.out_features()))
+            .enumerate()
+            .map(|(i, _)| gate(self.ffn_width(i)))
             .collect();
         let head_gates: Vec<Tensor<1>> =
             self.layers.iter().map(|l| gate(l.attn.num_heads)).collect();

@@ -26,6 +26,36 @@ pub struct Mlp {
 }
 
 impl Mlp {
+    /// The projection of kind `kind` (gate, up or down).
+    pub fn linear(&self, kind: compress_core::layer_id::LinearKind) -> Option<&CompressedLinear> {
+        use compress_core::layer_id::LinearKind;
+        match kind {
+            LinearKind::Gate => Some(&self.gate_proj),
+            LinearKind::Up => Some(&self.up_proj),
+            LinearKind::Down => Some(&self.down_proj),
+            _ => None,
+        }
+    }
+
+    /// [`Self::linear`], to replace it.
+    pub fn linear_mut(
+        &mut self,
+        kind: compress_core::layer_id::LinearKind,
+    ) -> Option<&mut CompressedLinear> {
+        use compress_core::layer_id::LinearKind;
+        match kind {
+            LinearKind::Gate => Some(&mut self.gate_proj),
+            LinearKind::Up => Some(&mut self.up_proj),
+            LinearKind::Down => Some(&mut self.down_proj),
+            _ => None,
+        }
+    }
+
+    /// Gate, up and down, to change them in place.
+    pub fn linears_mut(&mut self) -> [&mut CompressedLinear; 3] {
+        [&mut self.gate_proj, &mut self.up_proj, &mut self.down_proj]
+    }
+
     /// Applies the MLP to `x: [..., hidden]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         self.down_proj.forward(self.gated(x))

@@ -14,6 +14,7 @@ mod cache;
 pub mod calibrate;
 mod gates;
 mod mlp;
+mod moe;
 mod nested;
 mod norm;
 pub(crate) mod rope;
@@ -24,6 +25,7 @@ pub use build::random_model;
 pub use cache::{KvCache, LayerCache};
 pub use gates::TaylorScores;
 pub use mlp::Mlp;
+pub use moe::{FeedForward, Moe, Routing};
 pub use nested::{BlockGates, PrefixWidth};
 pub use norm::RmsNorm;
 pub use rope::Rope;
@@ -31,14 +33,14 @@ pub use surgery::HeadShape;
 
 use burn::module::{Module, Param};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
-use compress_core::layer_id::{LinearId, LinearKind};
+use compress_core::layer_id::{Expert, LinearId, LinearKind};
 use compress_core::linear::CompressedLinear;
 
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
 
-/// The linears of a block, in the order the block computes them (the order of
-/// [`Block::linears`]).
+/// The linears of a dense block, in the order the block computes them (the order of
+/// [`Block::linears`] for a dense MLP).
 pub const BLOCK_LINEARS: [LinearKind; 7] = [
     LinearKind::Q,
     LinearKind::K,
@@ -60,8 +62,8 @@ pub struct Block {
     pub post_attn_norm: Option<RmsNorm>,
     /// Norm before the MLP.
     pub ffn_norm: RmsNorm,
-    /// Feed-forward network.
-    pub mlp: Mlp,
+    /// Feed-forward network: a gated MLP or a mixture of experts.
+    pub mlp: FeedForward,
     /// Norm of the MLP output before the residual add (Gemma's sandwich norms).
     pub post_ffn_norm: Option<RmsNorm>,
     /// The block attends within a sliding window (and with the local RoPE where there is one).
@@ -86,38 +88,102 @@ impl Block {
         }
     }
 
-    /// The block's linear of kind `id.kind()` (the block index of `id` is not checked).
+    /// The block's linear `id` (the block index of `id` is not checked).
     pub fn linear(&self, id: LinearId) -> Option<&CompressedLinear> {
-        if id.expert_ref().is_some() {
-            return None;
+        let a = &self.attn;
+        match (id.expert_ref(), id.kind(), &self.mlp) {
+            (None, LinearKind::Q, _) => Some(&a.q_proj),
+            (None, LinearKind::K, _) => Some(&a.k_proj),
+            (None, LinearKind::V, _) => Some(&a.v_proj),
+            (None, LinearKind::O, _) => Some(&a.o_proj),
+            (None, k, FeedForward::Dense(m)) => m.linear(k),
+            (None, LinearKind::Router, FeedForward::Moe(m)) => Some(&m.router),
+            (Some(Expert::Routed(e)), k, FeedForward::Moe(m)) => {
+                m.experts.get(e as usize)?.linear(k)
+            }
+            (Some(Expert::Shared), LinearKind::Router, FeedForward::Moe(m)) => {
+                m.shared_gate.as_ref()
+            }
+            (Some(Expert::Shared), k, FeedForward::Moe(m)) => m.shared.as_ref()?.linear(k),
+            _ => None,
         }
-        Some(match id.kind() {
-            LinearKind::Q => &self.attn.q_proj,
-            LinearKind::K => &self.attn.k_proj,
-            LinearKind::V => &self.attn.v_proj,
-            LinearKind::O => &self.attn.o_proj,
-            LinearKind::Gate => &self.mlp.gate_proj,
-            LinearKind::Up => &self.mlp.up_proj,
-            LinearKind::Down => &self.mlp.down_proj,
-            _ => return None,
-        })
     }
 
     /// [`Self::linear`], to replace it.
     pub fn linear_mut(&mut self, id: LinearId) -> Option<&mut CompressedLinear> {
-        if id.expert_ref().is_some() {
-            return None;
+        let a = &mut self.attn;
+        match (id.expert_ref(), id.kind(), &mut self.mlp) {
+            (None, LinearKind::Q, _) => Some(&mut a.q_proj),
+            (None, LinearKind::K, _) => Some(&mut a.k_proj),
+            (None, LinearKind::V, _) => Some(&mut a.v_proj),
+            (None, LinearKind::O, _) => Some(&mut a.o_proj),
+            (None, k, FeedForward::Dense(m)) => m.linear_mut(k),
+            (None, LinearKind::Router, FeedForward::Moe(m)) => Some(&mut m.router),
+            (Some(Expert::Routed(e)), k, FeedForward::Moe(m)) => {
+                m.experts.get_mut(e as usize)?.linear_mut(k)
+            }
+            (Some(Expert::Shared), LinearKind::Router, FeedForward::Moe(m)) => {
+                m.shared_gate.as_mut()
+            }
+            (Some(Expert::Shared), k, FeedForward::Moe(m)) => m.shared.as_mut()?.linear_mut(k),
+            _ => None,
         }
-        Some(match id.kind() {
-            LinearKind::Q => &mut self.attn.q_proj,
-            LinearKind::K => &mut self.attn.k_proj,
-            LinearKind::V => &mut self.attn.v_proj,
-            LinearKind::O => &mut self.attn.o_proj,
-            LinearKind::Gate => &mut self.mlp.gate_proj,
-            LinearKind::Up => &mut self.mlp.up_proj,
-            LinearKind::Down => &mut self.mlp.down_proj,
-            _ => return None,
-        })
+    }
+
+    /// The ids of the block's linears (block index `block`), in the order the block computes
+    /// them: q/k/v/o, then the MLP's gate/up/down, or the router, the shared expert's gate
+    /// (router) / gate / up / down and each expert's gate/up/down.
+    pub fn linear_ids(&self, block: usize) -> Vec<LinearId> {
+        let mut ids: Vec<LinearId> = [LinearKind::Q, LinearKind::K, LinearKind::V, LinearKind::O]
+            .map(|k| LinearId::block(block, k))
+            .to_vec();
+        let mlp = [LinearKind::Gate, LinearKind::Up, LinearKind::Down];
+        match &self.mlp {
+            FeedForward::Dense(_) => ids.extend(mlp.map(|k| LinearId::block(block, k))),
+            FeedForward::Moe(m) => {
+                ids.push(LinearId::block(block, LinearKind::Router));
+                if m.shared_gate.is_some() {
+                    ids.push(LinearId::expert(block, Expert::Shared, LinearKind::Router));
+                }
+                if m.shared.is_some() {
+                    ids.extend(mlp.map(|k| LinearId::expert(block, Expert::Shared, k)));
+                }
+                for e in 0..m.experts.len() as u32 {
+                    ids.extend(mlp.map(|k| LinearId::expert(block, Expert::Routed(e), k)));
+                }
+            }
+        }
+        ids
+    }
+
+    /// The block's linears with their ids, in [`Self::linear_ids`] order.
+    pub fn linears(&self, block: usize) -> Vec<(LinearId, &CompressedLinear)> {
+        self.linear_ids(block)
+            .into_iter()
+            .filter_map(|id| self.linear(id).map(|l| (id, l)))
+            .collect()
+    }
+
+    /// Every linear of the block, to change them in place (in [`Self::linear_ids`] order).
+    pub fn linears_mut(&mut self) -> Vec<&mut CompressedLinear> {
+        let a = &mut self.attn;
+        let mut out = vec![&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj];
+        match &mut self.mlp {
+            FeedForward::Dense(m) => out.extend(m.linears_mut()),
+            FeedForward::Moe(m) => {
+                out.push(&mut m.router);
+                if let Some(g) = &mut m.shared_gate {
+                    out.push(g);
+                }
+                if let Some(s) = &mut m.shared {
+                    out.extend(s.linears_mut());
+                }
+                for e in &mut m.experts {
+                    out.extend(e.linears_mut());
+                }
+            }
+        }
+        out
     }
 
     /// The norms a family adds to the llama block, with the names containers store them under.
@@ -133,32 +199,23 @@ impl Block {
         .collect()
     }
 
-    /// Every linear of the block, in [`BLOCK_LINEARS`] order.
-    pub fn linears(&self) -> [&CompressedLinear; 7] {
-        let (a, m) = (&self.attn, &self.mlp);
-        [
-            &a.q_proj,
-            &a.k_proj,
-            &a.v_proj,
-            &a.o_proj,
-            &m.gate_proj,
-            &m.up_proj,
-            &m.down_proj,
-        ]
+    /// The block's dense MLP, or an error naming the block for a mixture of experts (what a
+    /// structural edit of FFN neurons needs).
+    pub fn dense_mlp(&self, block: usize) -> Result<&Mlp, ModelError> {
+        self.mlp.dense().ok_or_else(|| {
+            ModelError::InvalidInput(format!(
+                "layers.{block}.mlp is a mixture of experts: FFN-neuron edits apply to dense MLPs"
+            ))
+        })
     }
 
-    /// Every linear of the block, in [`BLOCK_LINEARS`] order.
-    pub fn linears_mut(&mut self) -> [&mut CompressedLinear; 7] {
-        let (a, m) = (&mut self.attn, &mut self.mlp);
-        [
-            &mut a.q_proj,
-            &mut a.k_proj,
-            &mut a.v_proj,
-            &mut a.o_proj,
-            &mut m.gate_proj,
-            &mut m.up_proj,
-            &mut m.down_proj,
-        ]
+    /// [`Self::dense_mlp`], to change it.
+    pub fn dense_mlp_mut(&mut self, block: usize) -> Result<&mut Mlp, ModelError> {
+        self.mlp.dense_mut().ok_or_else(|| {
+            ModelError::InvalidInput(format!(
+                "layers.{block}.mlp is a mixture of experts: FFN-neuron edits apply to dense MLPs"
+            ))
+        })
     }
 
     /// `x + attn(norm(x))`, then `h + mlp(norm(h))`, for `x: [batch, seq, hidden]`.
@@ -199,12 +256,12 @@ impl Block {
         };
         let h = self.attn_residual(x, attn);
         let normed = self.ffn_norm.forward(h.clone());
-        let mlp = match gates {
-            None => self.mlp.forward(normed),
-            Some((_, ffn)) => self
-                .mlp
+        let mlp = match (gates, &self.mlp) {
+            (Some((_, ffn)), FeedForward::Dense(m)) => m
                 .down_proj
-                .forward(self.mlp.gated(normed) * ffn.clone().unsqueeze::<3>()),
+                .forward(m.gated(normed) * ffn.clone().unsqueeze::<3>()),
+            // FFN gates are per neuron of a dense MLP; callers refuse them for experts.
+            (_, ffn) => ffn.forward(normed),
         };
         self.mlp_residual(h, mlp)
     }
@@ -521,7 +578,7 @@ impl LlamaModel {
         }
     }
 
-    fn check_len(&self, len: usize) -> Result<(), ModelError> {
+    pub(crate) fn check_len(&self, len: usize) -> Result<(), ModelError> {
         let max = self.rope.max_positions();
         if len > max {
             return Err(ModelError::ContextTooLong { len, max });

@@ -96,20 +96,28 @@ impl LlamaModel {
             .collect()
     }
 
-    /// FFN width of block `block`.
+    /// FFN width of block `block`: its MLP's hidden width, or each expert's for a mixture of
+    /// experts.
     ///
     /// # Panics
     /// If `block` is out of range.
     pub fn ffn_width(&self, block: usize) -> usize {
-        self.layers[block].mlp.gate_proj.out_features()
+        match &self.layers[block].mlp {
+            super::FeedForward::Dense(m) => m.gate_proj.out_features(),
+            super::FeedForward::Moe(m) => {
+                m.experts.first().map_or(0, |e| e.gate_proj.out_features())
+            }
+        }
     }
 
-    /// FFN width of block `block`, or an error naming the missing block.
+    /// FFN width of block `block`'s dense MLP, or an error naming a missing block or a mixture
+    /// of experts (whose neurons these edits do not cut).
     pub(super) fn checked_ffn_width(&self, block: usize) -> Result<usize, ModelError> {
-        self.layers
+        let b = self
+            .layers
             .get(block)
-            .map(|b| b.mlp.gate_proj.out_features())
-            .ok_or_else(|| invalid(format!("layers.{block}.mlp: no such block")))
+            .ok_or_else(|| invalid(format!("layers.{block}.mlp: no such block")))?;
+        Ok(b.dense_mlp(block)?.gate_proj.out_features())
     }
 
     /// Keeps only the FFN neurons `keep` of block `block` (any order; kept in increasing order).
@@ -157,7 +165,7 @@ impl LlamaModel {
     /// `gate_proj` and `up_proj` and columns of `down_proj`.
     pub(super) fn cut_ffn(&mut self, block: usize, neurons: &[usize]) -> Result<(), ModelError> {
         let what = format!("layers.{block}.mlp");
-        let mlp = &mut self.layers[block].mlp;
+        let mlp = self.layers[block].dense_mlp_mut(block)?;
         cut(
             &mut mlp.gate_proj,
             Axis::Rows,
@@ -253,20 +261,7 @@ impl LlamaModel {
             .layers
             .iter()
             .map(|b| {
-                let a = &b.attn;
-                let m = &b.mlp;
-                [
-                    &a.q_proj,
-                    &a.k_proj,
-                    &a.v_proj,
-                    &a.o_proj,
-                    &m.gate_proj,
-                    &m.up_proj,
-                    &m.down_proj,
-                ]
-                .into_iter()
-                .map(lin)
-                .sum::<usize>()
+                b.linears(0).into_iter().map(|(_, l)| lin(l)).sum::<usize>()
                     + 2 * d
                     + b.variant_norms()
                         .iter()
@@ -300,8 +295,16 @@ impl LlamaModel {
                 })
                 .collect();
         }
+        if let Some(moe) = &mut self.config.variant.moe {
+            moe.dense_layers = (0..self.layers.len())
+                .filter(|&l| self.layers[l].mlp.dense().is_some())
+                .collect();
+        }
         let max = |f: &dyn Fn(&super::Block) -> usize| self.layers.iter().map(f).max().unwrap_or(0);
-        self.config.intermediate_size = max(&|b| b.mlp.gate_proj.out_features());
+        let dense_width = max(&|b| b.mlp.dense().map_or(0, |m| m.gate_proj.out_features()));
+        if dense_width > 0 {
+            self.config.intermediate_size = dense_width;
+        }
         self.config.num_heads = max(&|b| b.attn.num_heads);
         self.config.num_kv_heads = max(&|b| b.attn.num_kv_heads);
     }

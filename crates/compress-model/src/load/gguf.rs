@@ -42,9 +42,10 @@ impl GgufModel {
         self.family
     }
 
-    /// The name of the tensor `name` in the file, and for a projection stored fused (Phi-3's
-    /// `attn_qkv`, `ffn_up` holding gate and up) the rows of it that are `name`.
-    fn location(&self, name: WeightName) -> (String, Option<std::ops::Range<usize>>) {
+    /// The name of the tensor `name` in the file, and the part of it that is `name`: rows of a
+    /// projection stored fused (Phi-3's `attn_qkv`, `ffn_up` holding gate and up), or one
+    /// expert of the experts stacked along the outer dimension (`ffn_*_exps`).
+    fn location(&self, name: WeightName) -> (String, Option<Part>) {
         let c = &self.config;
         let (q, kv, f) = (
             c.num_heads * c.head_dim,
@@ -80,10 +81,17 @@ impl GgufModel {
             WeightName::QNorm(l) => (blk(l, "attn_q_norm"), None),
             WeightName::KNorm(l) => (blk(l, "attn_k_norm"), None),
             WeightName::Weight(l, p) => match fused_rows(p).filter(|_| self.family.gguf.fused) {
-                Some((stored, rows)) => (blk(l, stored), Some(rows)),
+                Some((stored, rows)) => (blk(l, stored), Some(Part::Rows(rows))),
                 None => (blk(l, proj(p)), None),
             },
             WeightName::Bias(l, p) => (format!("blk.{l}.{}.bias", proj(p)), None),
+            WeightName::Router(l) => (blk(l, "ffn_gate_inp"), None),
+            WeightName::Expert(l, e, p) => (
+                blk(l, &format!("{}_exps", proj(p))),
+                Some(Part::Expert(e as usize)),
+            ),
+            WeightName::SharedExpert(l, p) => (blk(l, &format!("{}_shexp", proj(p))), None),
+            WeightName::SharedGate(l) => (blk(l, "ffn_gate_inp_shexp"), None),
         }
     }
 
@@ -107,7 +115,8 @@ impl WeightSource for GgufModel {
     fn file_name(&self, name: WeightName) -> String {
         match self.location(name) {
             (file, None) => file,
-            (file, Some(rows)) => format!("{file} (rows {}..{})", rows.start, rows.end),
+            (file, Some(Part::Rows(rows))) => format!("{file} (rows {}..{})", rows.start, rows.end),
+            (file, Some(Part::Expert(e))) => format!("{file} (expert {e})"),
         }
     }
 
@@ -125,23 +134,49 @@ impl WeightSource for GgufModel {
         // The values are copied out: the file's pages need not stay resident (a model built
         // lazily reads a block's tensors again when the block first runs).
         self.file.release_tensor_pages(info);
-        if let Some(r) = rows {
-            let (stored_rows, cols) = match shape.as_slice() {
-                [rows, cols] => (*rows, *cols),
-                _ => (0, 0),
-            };
-            if r.end > stored_rows {
-                return Err(ModelError::ShapeMismatch {
-                    tensor: file_name,
-                    expected: vec![r.end, cols],
-                    found: shape,
-                });
+        match rows {
+            None => {}
+            Some(Part::Rows(r)) => {
+                let (stored_rows, cols) = match shape.as_slice() {
+                    [rows, cols] => (*rows, *cols),
+                    _ => (0, 0),
+                };
+                if r.end > stored_rows {
+                    return Err(ModelError::ShapeMismatch {
+                        tensor: file_name,
+                        expected: vec![r.end, cols],
+                        found: shape,
+                    });
+                }
+                data = data[r.start * cols..r.end * cols].to_vec();
+                shape = vec![r.len(), cols];
             }
-            data = data[r.start * cols..r.end * cols].to_vec();
-            shape = vec![r.len(), cols];
+            Some(Part::Expert(e)) => {
+                let [experts, rows, cols] = shape.as_slice() else {
+                    return Err(ModelError::InvalidConfig(format!(
+                        "`{file_name}` has shape {shape:?}, expected [experts, rows, columns]"
+                    )));
+                };
+                let (experts, rows, cols) = (*experts, *rows, *cols);
+                if e >= experts {
+                    return Err(ModelError::MissingTensor(format!(
+                        "expert {e} of `{file_name}` ({experts} experts)"
+                    )));
+                }
+                data = data[e * rows * cols..(e + 1) * rows * cols].to_vec();
+                shape = vec![rows, cols];
+            }
         }
         Ok(Some(HostTensor { shape, data }))
     }
+}
+
+/// The part of a stored tensor that one canonical weight is.
+enum Part {
+    /// Rows of a fused projection.
+    Rows(std::ops::Range<usize>),
+    /// One expert of experts stacked along the outermost dimension.
+    Expert(usize),
 }
 
 fn read_config(file: &GgufFile) -> Result<(&'static Family, LlamaConfig), ModelError> {

@@ -169,6 +169,12 @@ impl HfModel {
             Proj::O | Proj::Down => None,
         };
         let layer = |l: usize, rest: &str| format!("model.layers.{l}.{rest}.weight");
+        let (moe, names) = self.family.hf.moe_names;
+        let expert = |p: Proj| match p {
+            Proj::Gate => names[0],
+            Proj::Up => names[1],
+            _ => names[2],
+        };
         match name {
             WeightName::TokenEmbedding => ("model.embed_tokens.weight".into(), None),
             WeightName::OutputNorm => ("model.norm.weight".into(), None),
@@ -184,6 +190,18 @@ impl HfModel {
                 None => (layer(l, proj(p)), None),
             },
             WeightName::Bias(l, p) => (format!("model.layers.{l}.{}.bias", proj(p)), None),
+            WeightName::Router(l) => (layer(l, &format!("{moe}.gate")), None),
+            WeightName::Expert(l, e, p) => {
+                (layer(l, &format!("{moe}.experts.{e}.{}", expert(p))), None)
+            }
+            WeightName::SharedExpert(l, p) => (
+                layer(
+                    l,
+                    &format!("mlp.shared_expert.{}", proj(p).trim_start_matches("mlp.")),
+                ),
+                None,
+            ),
+            WeightName::SharedGate(l) => (layer(l, "mlp.shared_expert_gate"), None),
         }
     }
 }

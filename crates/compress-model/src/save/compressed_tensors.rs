@@ -44,7 +44,7 @@ use serde_json::{json, Value};
 use super::{head_is_tied_copy, host, rope_row_order};
 use crate::config::{Activation, RopeLayout, RopeScaling};
 use crate::error::ModelError;
-use crate::llama::{LlamaModel, RmsNorm};
+use crate::llama::{FeedForward, LlamaModel, RmsNorm};
 use crate::tokenizer::LlmTokenizer;
 use compress_core::layer_id::{LinearId, LinearKind};
 use compress_core::pipeline::BlockWalk;
@@ -240,11 +240,6 @@ fn packed_tensors(t: &mut Tensors, m: &str, parts: &[(&PackedWeight, Option<&[us
     }
 }
 
-/// The Hugging Face module path of a block linear within its layer (`self_attn.q_proj`).
-fn hf_name(id: LinearId) -> String {
-    id.name_in_block().replace("attn.", "self_attn.")
-}
-
 /// The config group arguments of `parts` written as one packed module: every part packed
 /// (without a correction term) in the same scheme (and, per tensor, the same scale). `Err(None)`
 /// for dense parts (written dense as they are), `Err(Some(why))` otherwise.
@@ -324,8 +319,12 @@ pub fn write_compressed_tensors(
         .transpose()
         .map_err(unexpressible)?;
     for (l, b) in model.layers.iter().enumerate() {
-        if (b.mlp.gate_proj.out_features(), b.attn.num_heads) != (c.intermediate_size, c.num_heads)
-        {
+        let width = model.ffn_width(l);
+        let want = match (&b.mlp, &c.variant.moe) {
+            (FeedForward::Moe(_), Some(m)) => m.expert_intermediate_size,
+            _ => c.intermediate_size,
+        };
+        if (width, b.attn.num_heads) != (want, c.num_heads) {
             return Err(ModelError::InvalidInput(format!(
                 "block {l} has a different width from the config: a Hugging Face config has one \
                  width for every block (save to the container format instead)"
@@ -443,33 +442,35 @@ pub fn write_compressed_tensors(
             };
             norm(&mut t, format!("{p}.{hf}.weight"), n, order)?;
         }
-        let modules: Vec<(String, Vec<LinearKind>)> = if family.hf.fused {
+        let id = |k| LinearId::block(l, k);
+        let modules: Vec<(String, Vec<LinearId>)> = if family.hf.fused {
             vec![
                 (
                     "self_attn.qkv_proj".into(),
-                    vec![LinearKind::Q, LinearKind::K, LinearKind::V],
+                    vec![id(LinearKind::Q), id(LinearKind::K), id(LinearKind::V)],
                 ),
-                ("self_attn.o_proj".into(), vec![LinearKind::O]),
+                ("self_attn.o_proj".into(), vec![id(LinearKind::O)]),
                 (
                     "mlp.gate_up_proj".into(),
-                    vec![LinearKind::Gate, LinearKind::Up],
+                    vec![id(LinearKind::Gate), id(LinearKind::Up)],
                 ),
-                ("mlp.down_proj".into(), vec![LinearKind::Down]),
+                ("mlp.down_proj".into(), vec![id(LinearKind::Down)]),
             ]
         } else {
             model
                 .stages(l)
                 .into_iter()
                 .flat_map(|s| s.linears)
-                .map(|id| (hf_name(id), vec![id.kind()]))
+                .map(|i| (crate::family::hf_module(family, i), vec![i]))
                 .collect()
         };
-        for (module, kinds) in modules {
-            let parts = kinds
+        for (module, ids) in modules {
+            let parts = ids
                 .iter()
-                .map(|&k| {
-                    let lin = model.expect_linear(LinearId::block(l, k));
-                    let order = k
+                .map(|&i| {
+                    let lin = model.expect_linear(i);
+                    let order = i
+                        .kind()
                         .is_rotated()
                         .then(|| {
                             rope_row_order(lin.out_features(), hd, c.rope_layout, RopeLayout::NeoX)

@@ -34,9 +34,9 @@ use crate::config::RopeScaling;
 use crate::error::ModelError;
 use crate::gguf::encode::{encode_float, encode_packed, encode_q8_0, Encoded};
 use crate::gguf::{GgmlType, GgufValue, GgufWriter};
-use crate::llama::{LlamaModel, RmsNorm};
+use crate::llama::{FeedForward, LlamaModel, RmsNorm};
 use crate::tokenizer::{GgufVocab, LlmTokenizer};
-use compress_core::layer_id::{LinearId, LinearKind};
+use compress_core::layer_id::{Expert, LinearId, LinearKind};
 use compress_core::pipeline::BlockWalk;
 
 /// Options of [`write_gguf`].
@@ -87,6 +87,55 @@ pub struct GgufReport {
     pub tensors: Vec<TensorWritten>,
     /// File size in bytes.
     pub bytes: u64,
+}
+
+/// The tensors of block `l` as llama.cpp names them: `(name, linears, stacked)`, the linears'
+/// rows stacked into one tensor (Phi-3's fused `attn_qkv` and `ffn_up` when `fused`), or the
+/// routed experts stacked as `[experts, rows, cols]` (`ffn_gate_exps` …), in `ids` order.
+fn gguf_tensors(
+    l: usize,
+    ids: &[LinearId],
+    fused: bool,
+) -> Result<Vec<(String, Vec<LinearId>, bool)>, ModelError> {
+    let id = |k| LinearId::block(l, k);
+    if fused {
+        return Ok(vec![
+            (
+                "attn_qkv".into(),
+                vec![id(LinearKind::Q), id(LinearKind::K), id(LinearKind::V)],
+                false,
+            ),
+            ("attn_output".into(), vec![id(LinearKind::O)], false),
+            (
+                "ffn_up".into(),
+                vec![id(LinearKind::Gate), id(LinearKind::Up)],
+                false,
+            ),
+            ("ffn_down".into(), vec![id(LinearKind::Down)], false),
+        ]);
+    }
+    let mut out: Vec<(String, Vec<LinearId>, bool)> = Vec::new();
+    for &i in ids {
+        let proj = gguf_proj(i.kind()).ok_or_else(|| {
+            ModelError::InvalidInput(format!("GGUF export has no tensor name for `{i}`"))
+        });
+        match (i.expert_ref(), i.kind()) {
+            (None, LinearKind::Router) => out.push(("ffn_gate_inp".into(), vec![i], false)),
+            (None, _) => out.push((proj?.into(), vec![i], false)),
+            (Some(Expert::Shared), LinearKind::Router) => {
+                out.push(("ffn_gate_inp_shexp".into(), vec![i], false))
+            }
+            (Some(Expert::Shared), _) => out.push((format!("{}_shexp", proj?), vec![i], false)),
+            (Some(Expert::Routed(_)), _) => {
+                let name = format!("{}_exps", proj?);
+                match out.iter_mut().find(|(n, _, _)| *n == name) {
+                    Some((_, group, _)) => group.push(i),
+                    None => out.push((name, vec![i], true)),
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// llama.cpp's name of a block projection (`attn_q`, …, `ffn_down`); `None` for kinds a
@@ -161,17 +210,19 @@ impl Export<'_> {
         lin: &CompressedLinear,
         order: Option<&[usize]>,
     ) -> Result<(), ModelError> {
-        self.linears(name, &[(lin, order.map(<[usize]>::to_vec))])
+        self.linears(name, &[(lin, order.map(<[usize]>::to_vec))], false)
     }
 
     /// Writes `parts` (each with an optional row order) as one tensor `{name}.weight`, their
     /// rows stacked in order (a fused projection), all in one ggml type: their common block
     /// format when every part has it, else — when [`GgufExport::fallback_dense`] allows it —
-    /// all dense.
+    /// all dense. With `stacked`, the parts (experts, all of one shape) form a 3-D tensor
+    /// `[parts, rows, cols]` (llama.cpp's `ffn_*_exps`) with the same bytes.
     fn linears(
         &mut self,
         name: &str,
         parts: &[(&CompressedLinear, Option<Vec<usize>>)],
+        stacked: bool,
     ) -> Result<(), ModelError> {
         let weight = format!("{name}.weight");
         let cols = parts.first().map_or(0, |(l, _)| l.in_features());
@@ -246,7 +297,18 @@ impl Export<'_> {
                 encode_float(&values, self.options.dense)
             }
         };
-        self.add(weight, &[rows, cols], e, None, why)
+        let shape = if stacked {
+            let per = parts.first().map_or(0, |(l, _)| l.out_features());
+            if parts.iter().any(|(l, _)| l.out_features() != per) {
+                return Err(ModelError::InvalidInput(format!(
+                    "{weight}: experts of different widths"
+                )));
+            }
+            vec![parts.len(), per, cols]
+        } else {
+            vec![rows, cols]
+        };
+        self.add(weight, &shape, e, None, why)
     }
 }
 
@@ -337,16 +399,16 @@ pub fn write_gguf(
         }
     };
     for (l, b) in model.layers.iter().enumerate() {
-        let (f, h, kv) = (
-            b.mlp.gate_proj.out_features(),
-            b.attn.num_heads,
-            b.attn.num_kv_heads,
-        );
-        if (f, h, kv) != (c.intermediate_size, c.num_heads, c.num_kv_heads) {
+        let (f, h, kv) = (model.ffn_width(l), b.attn.num_heads, b.attn.num_kv_heads);
+        let want = match (&b.mlp, &c.variant.moe) {
+            (FeedForward::Moe(_), Some(m)) => m.expert_intermediate_size,
+            _ => c.intermediate_size,
+        };
+        if (f, h, kv) != (want, c.num_heads, c.num_kv_heads) {
             return Err(ModelError::InvalidInput(format!(
-                "block {l} has FFN width {f} and {h}/{kv} heads, the model {} and {}/{}: GGUF \
+                "block {l} has FFN width {f} and {h}/{kv} heads, the model {want} and {}/{}: GGUF \
                  needs one shape for every block (save to the container format instead)",
-                c.intermediate_size, c.num_heads, c.num_kv_heads
+                c.num_heads, c.num_kv_heads
             )));
         }
     }
@@ -443,41 +505,19 @@ pub fn write_gguf(
             .flat_map(|s| s.linears)
             .collect();
         // Fused files (Phi-3): q/k/v as one `attn_qkv`, gate/up as one `ffn_up`.
-        let groups: Vec<(&str, Vec<LinearKind>)> = if family.gguf.fused {
-            vec![
-                (
-                    "attn_qkv",
-                    vec![LinearKind::Q, LinearKind::K, LinearKind::V],
-                ),
-                ("attn_output", vec![LinearKind::O]),
-                ("ffn_up", vec![LinearKind::Gate, LinearKind::Up]),
-                ("ffn_down", vec![LinearKind::Down]),
-            ]
-        } else {
-            ids.iter()
-                .map(|id| {
-                    gguf_proj(id.kind())
-                        .map(|p| (p, vec![id.kind()]))
-                        .ok_or_else(|| {
-                            ModelError::InvalidInput(format!(
-                                "GGUF export has no tensor name for `{id}`"
-                            ))
-                        })
-                })
-                .collect::<Result<_, _>>()?
-        };
-        for (proj, kinds) in groups {
-            let parts: Vec<(&CompressedLinear, Option<Vec<usize>>)> = kinds
+        let groups = gguf_tensors(l, &ids, family.gguf.fused)?;
+        for (proj, group, stacked) in groups {
+            let parts: Vec<(&CompressedLinear, Option<Vec<usize>>)> = group
                 .iter()
-                .map(|&k| {
-                    let lin = block.linear(LinearId::block(l, k)).ok_or_else(|| {
-                        ModelError::InvalidInput(format!("block {l} has no {k:?} projection"))
+                .map(|&id| {
+                    let lin = block.linear(id).ok_or_else(|| {
+                        ModelError::InvalidInput(format!("block {l} has no `{id}`"))
                     })?;
-                    Ok((lin, order(k, lin)))
+                    Ok((lin, order(id.kind(), lin)))
                 })
                 .collect::<Result<_, ModelError>>()?;
-            let gguf = blk(proj);
-            ex.linears(&gguf, &parts)?;
+            let gguf = blk(&proj);
+            ex.linears(&gguf, &parts, stacked)?;
             let biases: Vec<_> = parts
                 .iter()
                 .filter_map(|(lin, o)| lin.bias().map(|b| (b, o)))

@@ -35,6 +35,17 @@ pub fn smollm2() -> Option<PathBuf> {
     )
 }
 
+/// The Gemma 3 270M GGUF fetched by `scripts/fetch-models`, or `None` with a printed reason.
+pub fn gemma3_270m() -> Option<PathBuf> {
+    let dir = std::env::var_os("COMPRESS_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join(".cache/models"));
+    asset(
+        dir.join("gemma-3-270m-q4_k_m.gguf"),
+        "Gemma 3 270M (run scripts/fetch-models)",
+    )
+}
+
 fn asset(path: PathBuf, what: &str) -> Option<PathBuf> {
     if path.exists() {
         return Some(path);
