@@ -422,4 +422,13 @@ fn compressed_tensors_export_decompresses_to_our_weights() {
         "transformers vs compress on {} positions: max |Δlogit| {worst}",
         theirs.len()
     );
+    // Our loader reads the export back — packed symmetric and asymmetric groups (zero points
+    // unpacked along the output dimension), the dense fallback — with transformers' logits:
+    // both dequantize the same codes and f16 tensors.
+    let back = compress::model::load(&out, &m.model.device()).unwrap();
+    let reread = logits(&back.model, &ids);
+    let flat: Vec<f32> = theirs.concat();
+    let d = max_abs_diff(&reread, &flat);
+    eprintln!("our reader vs transformers on the export: max |Δlogit| {d}");
+    assert!(d < 1e-3, "our reader vs transformers: {d}");
 }

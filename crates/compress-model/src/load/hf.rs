@@ -33,6 +33,8 @@ pub struct HfModel {
     dir: PathBuf,
     family: &'static Family,
     config: LlamaConfig,
+    /// Modules stored compressed-tensors `pack-quantized`, with their schemes.
+    packed: HashMap<String, super::compressed::PackScheme>,
     bos: Option<u32>,
     eos: Option<u32>,
     shards: Vec<Shard>,
@@ -110,10 +112,13 @@ impl HfModel {
             }
             shards.push(shard);
         }
+        let groups = super::compressed::config_groups(&hf)?;
+        let packed = super::compressed::packed_modules(index.keys(), &groups);
         Ok(Self {
             dir,
             family,
             config,
+            packed,
             bos,
             eos,
             shards,
@@ -220,57 +225,29 @@ impl WeightSource for HfModel {
 
     fn tensor(&self, name: WeightName) -> Result<Option<HostTensor>, ModelError> {
         let (file_name, rows) = self.location(name);
-        let Some(&i) = self.index.get(&file_name) else {
+        let Some(HostTensor {
+            mut shape,
+            mut data,
+        }) = self.read_f32(&file_name)?
+        else {
             return Ok(None);
         };
-        let shard = &self.shards[i];
-        let info = shard
-            .metadata
-            .info(&file_name)
-            .expect("index built from this metadata");
-        let (start, end) = info.data_offsets;
-        let bytes = &shard.mmap[8 + shard.header_len + start..8 + shard.header_len + end];
-        let mut shape = info.shape.clone();
         // A slice of a fused tensor: whole rows, checked against the stored shape.
-        let bytes = match &rows {
-            None => bytes,
-            Some(r) => {
-                let (stored_rows, cols) = match shape.as_slice() {
-                    [rows, cols] => (*rows, *cols),
-                    _ => (0, 0),
-                };
-                if r.end > stored_rows {
-                    return Err(ModelError::ShapeMismatch {
-                        tensor: file_name,
-                        expected: vec![r.end, cols],
-                        found: shape,
-                    });
-                }
-                let width = bytes.len() / stored_rows.max(1);
-                shape = vec![r.len(), cols];
-                &bytes[r.start * width..r.end * width]
+        if let Some(r) = rows {
+            let (stored_rows, cols) = match shape.as_slice() {
+                [rows, cols] => (*rows, *cols),
+                _ => (0, 0),
+            };
+            if r.end > stored_rows {
+                return Err(ModelError::ShapeMismatch {
+                    tensor: file_name,
+                    expected: vec![r.end, cols],
+                    found: shape,
+                });
             }
-        };
-        let mut data: Vec<f32> = match info.dtype {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(ModelError::UnsupportedDtype {
-                    tensor: format!("{file_name} in {}", shard.path.display()),
-                    dtype: format!("{other:?}"),
-                })
-            }
-        };
+            data = data[r.start * cols..r.end * cols].to_vec();
+            shape = vec![r.len(), cols];
+        }
         let offset = self.family.hf.norm_offset;
         if offset != 0.0 && name.is_norm() {
             // Gemma's `(1 + w)` gains, added in f32 as transformers does.
@@ -278,11 +255,94 @@ impl WeightSource for HfModel {
                 *v += offset;
             }
         }
-        // The values are copied out: the file's pages need not stay resident (a model built
-        // lazily reads a block's tensors again when the block first runs), as for GGUF.
-        crate::pages::release(&shard.mmap, bytes);
         Ok(Some(HostTensor { shape, data }))
     }
+}
+
+impl HfModel {
+    /// The bytes, dtype and shape of tensor `name`, if the files hold it.
+    fn raw(&self, name: &str) -> Option<(&Shard, &[u8], Dtype, Vec<usize>)> {
+        let &i = self.index.get(name)?;
+        let shard = &self.shards[i];
+        let info = shard
+            .metadata
+            .info(name)
+            .expect("index built from this metadata");
+        let (start, end) = info.data_offsets;
+        let bytes = &shard.mmap[8 + shard.header_len + start..8 + shard.header_len + end];
+        Some((shard, bytes, info.dtype, info.shape.clone()))
+    }
+
+    /// Tensor `name` as f32 (a float tensor converted, or a `pack-quantized` module's
+    /// `{module}.weight` decompressed), with its shape; `None` if the files hold neither.
+    fn read_f32(&self, name: &str) -> Result<Option<HostTensor>, ModelError> {
+        if let Some((shard, bytes, dtype, shape)) = self.raw(name) {
+            let data = floats(bytes, dtype).ok_or_else(|| ModelError::UnsupportedDtype {
+                tensor: format!("{name} in {}", shard.path.display()),
+                dtype: format!("{dtype:?}"),
+            })?;
+            // The values are copied out: the file's pages need not stay resident (a model
+            // built lazily reads a block's tensors again when it first runs), as for GGUF.
+            crate::pages::release(&shard.mmap, bytes);
+            return Ok(Some(HostTensor { shape, data }));
+        }
+        let Some((module, scheme)) = name
+            .strip_suffix(".weight")
+            .and_then(|m| self.packed.get(m).map(|s| (m, s)))
+        else {
+            return Ok(None);
+        };
+        let part = |suffix: &str| self.raw(&format!("{module}.{suffix}"));
+        let missing = |suffix: &str| ModelError::MissingTensor(format!("{module}.{suffix}"));
+        let (_, packed, _, _) = part("weight_packed").ok_or_else(|| missing("weight_packed"))?;
+        let (_, shape_bytes, _, _) = part("weight_shape").ok_or_else(|| missing("weight_shape"))?;
+        let dims: Vec<usize> = shape_bytes
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+            .collect();
+        let [out, inp] = dims[..] else {
+            return Err(ModelError::InvalidConfig(format!(
+                "{module}.weight_shape is {dims:?}, not [out, in]"
+            )));
+        };
+        let (_, scale_bytes, scale_dtype, _) =
+            part("weight_scale").ok_or_else(|| missing("weight_scale"))?;
+        let scale =
+            floats(scale_bytes, scale_dtype).ok_or_else(|| ModelError::UnsupportedDtype {
+                tensor: format!("{module}.weight_scale"),
+                dtype: format!("{scale_dtype:?}"),
+            })?;
+        let module_data = super::compressed::PackedModule {
+            packed,
+            scale,
+            zero_point: part("weight_zero_point").map(|(_, b, _, _)| b),
+            shape: [out, inp],
+        };
+        let data = super::compressed::dequantize(module, &module_data, scheme)?;
+        Ok(Some(HostTensor {
+            shape: vec![out, inp],
+            data,
+        }))
+    }
+}
+
+/// Little-endian f32 / f16 / bf16 bytes as f32; `None` for other dtypes.
+fn floats(bytes: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
+    Some(match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        _ => return None,
+    })
 }
 
 fn open_shard(path: PathBuf) -> Result<Shard, ModelError> {

@@ -1,5 +1,6 @@
 //! Model loaders: GGUF files and Hugging Face checkpoint directories.
 
+mod compressed;
 mod gguf;
 mod hf;
 
