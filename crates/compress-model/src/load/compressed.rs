@@ -234,6 +234,24 @@ mod tests {
     }
 
     #[test]
+    fn modules_find_their_group_by_name_regex_or_class() {
+        let s = |bits| PackScheme {
+            bits,
+            symmetric: true,
+        };
+        let groups = vec![
+            (vec!["model.layers.0.mlp.down_proj".to_string()], s(8)),
+            (vec!["re:.*self_attn\\.(q|k)_proj$".to_string()], s(3)),
+            (vec!["Linear".to_string()], s(4)),
+        ];
+        let of = |m: &str| scheme_of(&groups, m).map(|s| s.bits);
+        assert_eq!(of("model.layers.0.mlp.down_proj"), Some(8));
+        assert_eq!(of("model.layers.5.self_attn.k_proj"), Some(3));
+        assert_eq!(of("model.layers.5.mlp.up_proj"), Some(4));
+        assert_eq!(scheme_of(&groups[..2], "model.layers.5.mlp.up_proj"), None);
+    }
+
+    #[test]
     fn symmetric_groups_dequantize_around_the_midpoint() {
         // One row of 4 weights, 4 bits, two groups of 2: codes 8 (0), 9 (+1), 7 (−1), 15 (+7).
         let codes = [8u32, 9, 7, 15];
