@@ -32,20 +32,7 @@ use compress::model::llama::FeedForward;
 use compress::model::{LlamaModel, LoadedModel};
 use compress::recipe::Recipe;
 
-/// Every family with a fixture: the dense ones, then the mixtures of experts.
-const FAMILIES: &[&str] = &[
-    "llama3",
-    "qwen2",
-    "mistral",
-    "qwen3",
-    "gemma2",
-    "gemma3",
-    "phi3",
-    "phi4mini",
-    "mixtral",
-    "qwen2_moe",
-    "qwen3_moe",
-];
+use common::{family_fixture as fixture, FAMILIES, MOE};
 
 /// The linears a recipe step without a filter compresses: every block linear but the routers.
 fn compressible(model: &LlamaModel) -> usize {
@@ -54,12 +41,6 @@ fn compressible(model: &LlamaModel) -> usize {
         .into_iter()
         .filter(|id| id.kind() != LinearKind::Router)
         .count()
-}
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("crates/compress-model/tests/fixtures/families")
-        .join(name)
 }
 
 struct Setup {
@@ -447,7 +428,7 @@ fn every_family_exports_compressed_tensors_that_transformers_runs() {
 #[test]
 fn experts_are_calibrated_on_their_routed_tokens() {
     use compress::core::layer_id::Expert;
-    for name in ["mixtral", "qwen2_moe", "qwen3_moe"] {
+    for &name in MOE {
         let Some(s) = setup(name) else { return };
         let moe = s.m.model.config().variant.moe.clone().unwrap();
         let tokens: usize = s.windows.iter().map(Vec::len).sum();

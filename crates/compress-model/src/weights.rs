@@ -21,6 +21,26 @@ pub struct HostTensor {
 }
 
 impl HostTensor {
+    /// Rows `r` of a `[rows, cols]` tensor (a projection inside a fused one); an error naming
+    /// `name` when the tensor is not 2-D or too short.
+    pub fn rows(self, r: std::ops::Range<usize>, name: &str) -> Result<Self, ModelError> {
+        let (stored, cols) = match self.shape.as_slice() {
+            [rows, cols] => (*rows, *cols),
+            _ => (0, 0),
+        };
+        if r.end > stored {
+            return Err(ModelError::ShapeMismatch {
+                tensor: name.to_string(),
+                expected: vec![r.end, cols],
+                found: self.shape,
+            });
+        }
+        Ok(Self {
+            shape: vec![r.len(), cols],
+            data: self.data[r.start * cols..r.end * cols].to_vec(),
+        })
+    }
+
     /// Fails with [`ModelError::NonFinite`] naming `name` and the first bad index if any value is
     /// NaN or infinite.
     pub fn check_finite(&self, name: &str) -> Result<(), ModelError> {
@@ -65,6 +85,25 @@ impl Proj {
         Proj::Up,
         Proj::Down,
     ];
+}
+
+/// Where projection `p` lies in a fused tensor (Phi-3's): q/k/v as rows `[q; k; v]` of one
+/// qkv tensor (`Ok(0)`), gate/up as rows `[gate; up]` of one gate-up tensor (`Ok(1)`); `None`
+/// for projections stored alone (o, down). The index picks the file's name for the fused tensor.
+pub(crate) fn fused_rows(c: &LlamaConfig, p: Proj) -> Option<(usize, std::ops::Range<usize>)> {
+    let (q, kv, f) = (
+        c.num_heads * c.head_dim,
+        c.num_kv_heads * c.head_dim,
+        c.intermediate_size,
+    );
+    match p {
+        Proj::Q => Some((0, 0..q)),
+        Proj::K => Some((0, q..q + kv)),
+        Proj::V => Some((0, q + kv..q + 2 * kv)),
+        Proj::Gate => Some((1, 0..f)),
+        Proj::Up => Some((1, f..2 * f)),
+        Proj::O | Proj::Down => None,
+    }
 }
 
 /// Canonical name of one tensor of a llama-family model.

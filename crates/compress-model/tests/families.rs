@@ -15,63 +15,78 @@ mod common;
 
 use std::path::PathBuf;
 
-use burn::tensor::{Int, Tensor, TensorData};
 use compress_core::backend::BackendKind;
 use compress_model::generate::{generate, GenerateOptions, Sampling};
 use compress_model::load::HfModel;
 
-/// Every family with a fixture: the dense ones, then the mixtures of experts.
-const FAMILIES: &[&str] = &[
-    "llama3",
-    "qwen2",
-    "mistral",
-    "qwen3",
-    "gemma2",
-    "gemma3",
-    "phi3",
-    "phi4mini",
-    "mixtral",
-    "qwen2_moe",
-    "qwen3_moe",
-];
-
-/// The mixture-of-experts families.
-const MOE: &[&str] = &["mixtral", "qwen2_moe", "qwen3_moe"];
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/families")
-        .join(name)
-}
+use common::{family_fixture as fixture, json_ids as ids, logits as logits_of, FAMILIES, MOE};
 
 fn reference(name: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
+/// Compares `m` with a reference file of the fixtures' format (`reference.json`,
+/// `llamacpp.json`): logits on its `tokens` within `bound(max |logit|)`, its greedy continuation
+/// and its token ids for `text`; the differences, named after `who`.
+fn compare(
+    name: &str,
+    who: &str,
+    m: &compress_model::LoadedModel,
+    r: &serde_json::Value,
+    bound: impl Fn(f32) -> f32,
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    let tokens = ids(&r["tokens"]);
+    let want: Vec<f32> = r["logits"]
+        .as_array()
         .unwrap()
         .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn logits_of(m: &compress_model::LlamaModel, tokens: &[u32]) -> Vec<f32> {
-    let device = m.device();
-    let t = Tensor::<2, Int>::from_data(
-        TensorData::new(
-            tokens.iter().map(|&x| x as i64).collect::<Vec<_>>(),
-            [1, tokens.len()],
-        ),
-        &device,
-    );
-    m.forward(t, None)
-        .unwrap()
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .unwrap()
+        .flat_map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+        })
+        .collect();
+    let got = logits_of(&m.model, &tokens);
+    assert_eq!(got.len(), want.len(), "{name}: logits shape");
+    let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let diff = common::max_abs_diff(&got, &want);
+    println!("{name}: max |Δlogit| {diff:.2e} vs {who} (max |logit| {scale:.2})");
+    if diff > bound(scale) {
+        failures.push(format!(
+            "{name}: logits differ from {who}'s by {diff} (bound {})",
+            bound(scale)
+        ));
+    }
+    let prompt = ids(&r["greedy"]["prompt"]);
+    let want_greedy = ids(&r["greedy"]["tokens"]);
+    let options = GenerateOptions {
+        max_new_tokens: want_greedy.len(),
+        sampling: Sampling::Greedy,
+        stop_token: None,
+    };
+    let out = generate(&m.model, &prompt, &options, |_| {}).unwrap();
+    if out.tokens != want_greedy {
+        failures.push(format!(
+            "{name}: greedy {:?}, {who} {want_greedy:?}",
+            out.tokens
+        ));
+    }
+    let text = r["text"].as_str().unwrap();
+    let want_ids = ids(&r["text_ids"]);
+    let bos = m
+        .tokenizer
+        .bos_id()
+        .is_some_and(|b| want_ids.first() == Some(&b));
+    let got_ids = m.tokenizer.encode(text, bos).unwrap();
+    if got_ids != want_ids {
+        failures.push(format!(
+            "{name}: tokenizer ids {got_ids:?}, {who} {want_ids:?}"
+        ));
+    }
+    failures
 }
 
 #[test]
@@ -79,60 +94,11 @@ fn every_family_matches_transformers() {
     let device = BackendKind::Flex.device().unwrap();
     let mut failures = Vec::new();
     for &name in FAMILIES {
-        let r = reference(name);
         let m =
             compress_model::load(fixture(name), &device).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let tokens = ids(&r["tokens"]);
-        let want: Vec<f32> = r["logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|row| {
-                row.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_f64().unwrap() as f32)
-            })
-            .collect();
-        let got = logits_of(&m.model, &tokens);
-        assert_eq!(got.len(), want.len(), "{name}: logits shape");
-        let scale = want.iter().fold(1f32, |a, v| a.max(v.abs()));
-        let diff = common::max_abs_diff(&got, &want);
-        println!("{name}: max |Δlogit| {diff:.2e} (max |logit| {scale:.2})");
-        if diff > 1e-3 * scale {
-            failures.push(format!(
-                "{name}: logits differ by {diff} (bound {})",
-                1e-3 * scale
-            ));
-        }
-
-        let prompt = ids(&r["greedy"]["prompt"]);
-        let want_greedy = ids(&r["greedy"]["tokens"]);
-        let options = GenerateOptions {
-            max_new_tokens: want_greedy.len(),
-            sampling: Sampling::Greedy,
-            stop_token: None,
-        };
-        let out = generate(&m.model, &prompt, &options, |_| {}).unwrap();
-        if out.tokens != want_greedy {
-            failures.push(format!(
-                "{name}: greedy {:?}, transformers {want_greedy:?}",
-                out.tokens
-            ));
-        }
-
-        let text = r["text"].as_str().unwrap();
-        let want_ids = ids(&r["text_ids"]);
-        let bos = m
-            .tokenizer
-            .bos_id()
-            .is_some_and(|b| want_ids.first() == Some(&b));
-        let got_ids = m.tokenizer.encode(text, bos).unwrap();
-        if got_ids != want_ids {
-            failures.push(format!(
-                "{name}: tokenizer ids {got_ids:?}, transformers {want_ids:?}"
-            ));
-        }
+        failures.extend(compare(name, "transformers", &m, &reference(name), |s| {
+            1e-3 * s.max(1.0)
+        }));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -230,52 +196,7 @@ fn every_family_gguf_matches_llama_cpp() {
         let r: serde_json::Value = serde_json::from_str(&text).unwrap();
         let m = compress_model::load(fixture(name).join("model.gguf"), &device)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let tokens = ids(&r["tokens"]);
-        let want: Vec<f32> = r["logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|row| {
-                row.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_f64().unwrap() as f32)
-            })
-            .collect();
-        let got = logits_of(&m.model, &tokens);
-        let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let diff = common::max_abs_diff(&got, &want);
-        let bound = 0.05 + 2e-3 * scale;
-        println!("{name} (GGUF): max |Δlogit| {diff:.2e} vs llama.cpp (max |logit| {scale:.2})");
-        if diff > bound {
-            failures.push(format!("{name}: logits differ by {diff} (bound {bound})"));
-        }
-        let prompt = ids(&r["greedy"]["prompt"]);
-        let want_greedy = ids(&r["greedy"]["tokens"]);
-        let options = GenerateOptions {
-            max_new_tokens: want_greedy.len(),
-            sampling: Sampling::Greedy,
-            stop_token: None,
-        };
-        let out = generate(&m.model, &prompt, &options, |_| {}).unwrap();
-        if out.tokens != want_greedy {
-            failures.push(format!(
-                "{name}: greedy {:?}, llama.cpp {want_greedy:?}",
-                out.tokens
-            ));
-        }
-        let want_ids = ids(&r["text_ids"]);
-        let text = r["text"].as_str().unwrap();
-        let bos = m
-            .tokenizer
-            .bos_id()
-            .is_some_and(|b| want_ids.first() == Some(&b));
-        let got_ids = m.tokenizer.encode(text, bos).unwrap();
-        if got_ids != want_ids {
-            failures.push(format!(
-                "{name}: tokenizer ids {got_ids:?}, llama.cpp {want_ids:?}"
-            ));
-        }
+        failures.extend(compare(name, "llama.cpp", &m, &r, |s| 0.05 + 2e-3 * s));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -14,16 +14,9 @@
 
 mod common;
 
+use common::json_ids as ids;
 use compress_core::backend::BackendKind;
 use compress_model::generate::{generate, GenerateOptions, Sampling};
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
 
 #[test]
 fn gemma3_270m_matches_a_float32_reference_and_llama_cpp() {

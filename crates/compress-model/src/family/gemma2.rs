@@ -4,8 +4,8 @@
 //! and a sliding window on every other layer (the even ones). GGUF files store the norms with the
 //! 1 already added.
 
-use super::{Family, GgufLayout, HfConfigJson, HfLayout};
-use crate::config::{Activation, Architecture, LayerAttention, LlamaConfig, RopeLayout};
+use super::{Family, HfConfigJson, HfLayout};
+use crate::config::{Activation, Architecture, LayerAttention, LlamaConfig};
 use crate::error::ModelError;
 use crate::gguf::{GgufFile, GgufValue};
 
@@ -199,11 +199,7 @@ pub(crate) static FAMILY: Family = Family {
         tie_default: true,
         moe_names: super::MLP_NAMES,
     },
-    gguf: GgufLayout {
-        write_as: "gemma2",
-        rope_layout: RopeLayout::NeoX,
-        fused: false,
-    },
+    gguf: super::neox_gguf("gemma2"),
     read_hf,
     read_gguf,
     gguf_keys,

@@ -4,8 +4,8 @@
 //! layers use `rope_theta` (1 000 000) and, from 4B up, linear scaling by 8.
 
 use super::gemma2::{gemma_common, gguf_common, gguf_query_scale, sliding_pattern};
-use super::{Family, GgufLayout, HfConfigJson, HfLayout};
-use crate::config::{Architecture, LlamaConfig, RopeLayout};
+use super::{Family, HfConfigJson, HfLayout};
+use crate::config::{Architecture, LlamaConfig};
 use crate::error::ModelError;
 use crate::gguf::{GgufFile, GgufValue};
 
@@ -90,11 +90,7 @@ pub(crate) static FAMILY: Family = Family {
         tie_default: true,
         moe_names: super::MLP_NAMES,
     },
-    gguf: GgufLayout {
-        write_as: "gemma3",
-        rope_layout: RopeLayout::NeoX,
-        fused: false,
-    },
+    gguf: super::neox_gguf("gemma3"),
     read_hf,
     read_gguf,
     gguf_keys,

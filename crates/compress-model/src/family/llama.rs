@@ -1,7 +1,7 @@
 //! Llama 1/2/3.x (and SmolLM, TinyLlama, llama2.c models): the baseline decoder. Llama 3.1+
 //! checkpoints scale RoPE (`rope_scaling` of type `llama3`, read with the common keys).
 
-use super::{Family, GgufLayout, HfConfigJson, HfLayout};
+use super::{Family, GgufLayout, HfConfigJson};
 use crate::config::{Architecture, LlamaConfig, RopeLayout};
 use crate::error::ModelError;
 
@@ -40,13 +40,7 @@ pub(crate) static FAMILY: Family = Family {
     name: "llama",
     hf_classes: &["LlamaForCausalLM"],
     gguf_names: &["llama"],
-    hf: HfLayout {
-        ffn_norm: "post_attention_layernorm",
-        fused: false,
-        norm_offset: 0.0,
-        tie_default: false,
-        moe_names: super::MLP_NAMES,
-    },
+    hf: super::LLAMA_HF,
     gguf: GgufLayout {
         write_as: "llama",
         rope_layout: RopeLayout::Interleaved,

@@ -1,7 +1,7 @@
 //! Mistral: llama with sliding-window attention on every layer (`sliding_window`, or none when
 //! it is `null` as in Mistral v0.2+).
 
-use super::{Family, GgufLayout, HfConfigJson, HfLayout};
+use super::{Family, GgufLayout, HfConfigJson};
 use crate::config::{Architecture, LlamaConfig, RopeLayout};
 use crate::error::ModelError;
 
@@ -29,13 +29,7 @@ pub(crate) static FAMILY: Family = Family {
     name: "mistral",
     hf_classes: &["MistralForCausalLM"],
     gguf_names: &["mistral"],
-    hf: HfLayout {
-        ffn_norm: "post_attention_layernorm",
-        fused: false,
-        norm_offset: 0.0,
-        tie_default: false,
-        moe_names: super::MLP_NAMES,
-    },
+    hf: super::LLAMA_HF,
     gguf: GgufLayout {
         write_as: "llama",
         rope_layout: RopeLayout::Interleaved,

@@ -73,6 +73,25 @@ pub(crate) fn hf_module(family: &Family, id: compress_core::layer_id::LinearId) 
 /// The MoE names of families that follow the Qwen/llama naming.
 pub(crate) const MLP_NAMES: (&str, [&str; 3]) = ("mlp", ["gate_proj", "up_proj", "down_proj"]);
 
+/// The Hugging Face layout of llama and of the families that keep it (change fields with
+/// struct update syntax).
+pub(crate) const LLAMA_HF: HfLayout = HfLayout {
+    ffn_norm: "post_attention_layernorm",
+    fused: false,
+    norm_offset: 0.0,
+    tie_default: false,
+    moe_names: MLP_NAMES,
+};
+
+/// llama.cpp's layout for the NeoX-RoPE families written under `write_as`.
+pub(crate) const fn neox_gguf(write_as: &'static str) -> GgufLayout {
+    GgufLayout {
+        write_as,
+        rope_layout: RopeLayout::NeoX,
+        fused: false,
+    }
+}
+
 /// How a family's GGUF files (llama.cpp's converter) lay out a block's tensors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GgufLayout {

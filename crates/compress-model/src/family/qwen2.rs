@@ -1,8 +1,8 @@
 //! Qwen2 / Qwen2.5: llama with biases on the q, k and v projections. Sliding windows apply only
 //! with `use_sliding_window`, to the layers from `max_window_layers` on.
 
-use super::{Family, GgufLayout, HfConfigJson, HfLayout};
-use crate::config::{Architecture, LayerAttention, LlamaConfig, RopeLayout};
+use super::{Family, HfConfigJson};
+use crate::config::{Architecture, LayerAttention, LlamaConfig};
 use crate::error::ModelError;
 
 /// The Qwen rule for sliding layers (`layer_types` when the file has it).
@@ -63,18 +63,8 @@ pub(crate) static FAMILY: Family = Family {
     name: "qwen2",
     hf_classes: &["Qwen2ForCausalLM"],
     gguf_names: &["qwen2"],
-    hf: HfLayout {
-        ffn_norm: "post_attention_layernorm",
-        fused: false,
-        norm_offset: 0.0,
-        tie_default: false,
-        moe_names: super::MLP_NAMES,
-    },
-    gguf: GgufLayout {
-        write_as: "qwen2",
-        rope_layout: RopeLayout::NeoX,
-        fused: false,
-    },
+    hf: super::LLAMA_HF,
+    gguf: super::neox_gguf("qwen2"),
     read_hf,
     read_gguf: super::gguf_rope_scaling,
     gguf_keys: super::no_gguf_keys,

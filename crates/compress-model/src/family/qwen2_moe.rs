@@ -4,8 +4,8 @@
 //! `σ(shared_expert_gate · x)`. Layers in `mlp_only_layers` (or skipped by
 //! `decoder_sparse_step`) keep a dense MLP.
 
-use super::{Family, GgufLayout, HfConfigJson, HfLayout};
-use crate::config::{Architecture, LlamaConfig, RopeLayout};
+use super::{Family, HfConfigJson};
+use crate::config::{Architecture, LlamaConfig};
 use crate::error::ModelError;
 use crate::gguf::GgufFile;
 
@@ -37,18 +37,8 @@ pub(crate) static FAMILY: Family = Family {
     name: "qwen2_moe",
     hf_classes: &["Qwen2MoeForCausalLM"],
     gguf_names: &["qwen2moe"],
-    hf: HfLayout {
-        ffn_norm: "post_attention_layernorm",
-        fused: false,
-        norm_offset: 0.0,
-        tie_default: false,
-        moe_names: super::MLP_NAMES,
-    },
-    gguf: GgufLayout {
-        write_as: "qwen2moe",
-        rope_layout: RopeLayout::NeoX,
-        fused: false,
-    },
+    hf: super::LLAMA_HF,
+    gguf: super::neox_gguf("qwen2moe"),
     read_hf,
     read_gguf,
     gguf_keys: super::moe::gguf_moe_keys,

@@ -1,8 +1,8 @@
 //! Qwen3: llama with an RMSNorm over each head's queries and keys before RoPE (`q_norm`,
 //! `k_norm`), no q/k/v bias, an explicit `head_dim`.
 
-use super::{Family, GgufLayout, HfConfigJson, HfLayout};
-use crate::config::{Architecture, LlamaConfig, RopeLayout};
+use super::{Family, HfConfigJson};
+use crate::config::{Architecture, LlamaConfig};
 use crate::error::ModelError;
 
 fn read_hf(hf: &HfConfigJson, c: &mut LlamaConfig) -> Result<(), ModelError> {
@@ -32,18 +32,8 @@ pub(crate) static FAMILY: Family = Family {
     name: "qwen3",
     hf_classes: &["Qwen3ForCausalLM"],
     gguf_names: &["qwen3"],
-    hf: HfLayout {
-        ffn_norm: "post_attention_layernorm",
-        fused: false,
-        norm_offset: 0.0,
-        tie_default: false,
-        moe_names: super::MLP_NAMES,
-    },
-    gguf: GgufLayout {
-        write_as: "qwen3",
-        rope_layout: RopeLayout::NeoX,
-        fused: false,
-    },
+    hf: super::LLAMA_HF,
+    gguf: super::neox_gguf("qwen3"),
     read_hf,
     read_gguf,
     gguf_keys: super::no_gguf_keys,

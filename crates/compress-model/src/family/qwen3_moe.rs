@@ -2,8 +2,8 @@
 //! `mlp.gate`, the chosen experts' softmax weights renormalized when `norm_topk_prob`, which
 //! llama.cpp always does).
 
-use super::{Family, GgufLayout, HfConfigJson, HfLayout};
-use crate::config::{Architecture, LlamaConfig, RopeLayout};
+use super::{Family, HfConfigJson};
+use crate::config::{Architecture, LlamaConfig};
 use crate::error::ModelError;
 use crate::gguf::GgufFile;
 
@@ -39,18 +39,8 @@ pub(crate) static FAMILY: Family = Family {
     name: "qwen3_moe",
     hf_classes: &["Qwen3MoeForCausalLM"],
     gguf_names: &["qwen3moe"],
-    hf: HfLayout {
-        ffn_norm: "post_attention_layernorm",
-        fused: false,
-        norm_offset: 0.0,
-        tie_default: false,
-        moe_names: super::MLP_NAMES,
-    },
-    gguf: GgufLayout {
-        write_as: "qwen3moe",
-        rope_layout: RopeLayout::NeoX,
-        fused: false,
-    },
+    hf: super::LLAMA_HF,
+    gguf: super::neox_gguf("qwen3moe"),
     read_hf,
     read_gguf,
     gguf_keys,

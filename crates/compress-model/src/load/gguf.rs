@@ -46,12 +46,6 @@ impl GgufModel {
     /// projection stored fused (Phi-3's `attn_qkv`, `ffn_up` holding gate and up), or one
     /// expert of the experts stacked along the outer dimension (`ffn_*_exps`).
     fn location(&self, name: WeightName) -> (String, Option<Part>) {
-        let c = &self.config;
-        let (q, kv, f) = (
-            c.num_heads * c.head_dim,
-            c.num_kv_heads * c.head_dim,
-            c.intermediate_size,
-        );
         let proj = |p: Proj| match p {
             Proj::Q => "attn_q",
             Proj::K => "attn_k",
@@ -61,13 +55,9 @@ impl GgufModel {
             Proj::Up => "ffn_up",
             Proj::Down => "ffn_down",
         };
-        let fused_rows = |p: Proj| match p {
-            Proj::Q => Some(("attn_qkv", 0..q)),
-            Proj::K => Some(("attn_qkv", q..q + kv)),
-            Proj::V => Some(("attn_qkv", q + kv..q + 2 * kv)),
-            Proj::Gate => Some(("ffn_up", 0..f)),
-            Proj::Up => Some(("ffn_up", f..2 * f)),
-            Proj::O | Proj::Down => None,
+        let fused_rows = |p: Proj| {
+            crate::weights::fused_rows(&self.config, p)
+                .map(|(t, rows)| (["attn_qkv", "ffn_up"][t], rows))
         };
         let blk = |l: usize, rest: &str| format!("blk.{l}.{rest}.weight");
         match name {
@@ -137,19 +127,7 @@ impl WeightSource for GgufModel {
         match rows {
             None => {}
             Some(Part::Rows(r)) => {
-                let (stored_rows, cols) = match shape.as_slice() {
-                    [rows, cols] => (*rows, *cols),
-                    _ => (0, 0),
-                };
-                if r.end > stored_rows {
-                    return Err(ModelError::ShapeMismatch {
-                        tensor: file_name,
-                        expected: vec![r.end, cols],
-                        found: shape,
-                    });
-                }
-                data = data[r.start * cols..r.end * cols].to_vec();
-                shape = vec![r.len(), cols];
+                return HostTensor { shape, data }.rows(r, &file_name).map(Some);
             }
             Some(Part::Expert(e)) => {
                 let [experts, rows, cols] = shape.as_slice() else {

@@ -149,13 +149,7 @@ impl HfModel {
     /// The name of the tensor `name` in the files, and for a projection stored fused
     /// (Phi-3's `qkv_proj`, `gate_up_proj`) the rows of it that are `name`.
     fn location(&self, name: WeightName) -> (String, Option<std::ops::Range<usize>>) {
-        let c = &self.config;
         let fused = self.family.hf.fused;
-        let (q, kv, f) = (
-            c.num_heads * c.head_dim,
-            c.num_kv_heads * c.head_dim,
-            c.intermediate_size,
-        );
         let proj = |p: Proj| match p {
             Proj::Q => "self_attn.q_proj",
             Proj::K => "self_attn.k_proj",
@@ -165,13 +159,9 @@ impl HfModel {
             Proj::Up => "mlp.up_proj",
             Proj::Down => "mlp.down_proj",
         };
-        let fused_rows = |p: Proj| match p {
-            Proj::Q => Some(("self_attn.qkv_proj", 0..q)),
-            Proj::K => Some(("self_attn.qkv_proj", q..q + kv)),
-            Proj::V => Some(("self_attn.qkv_proj", q + kv..q + 2 * kv)),
-            Proj::Gate => Some(("mlp.gate_up_proj", 0..f)),
-            Proj::Up => Some(("mlp.gate_up_proj", f..2 * f)),
-            Proj::O | Proj::Down => None,
+        let fused_rows = |p: Proj| {
+            crate::weights::fused_rows(&self.config, p)
+                .map(|(t, rows)| (["self_attn.qkv_proj", "mlp.gate_up_proj"][t], rows))
         };
         let layer = |l: usize, rest: &str| format!("model.layers.{l}.{rest}.weight");
         let (moe, names) = self.family.hf.moe_names;
@@ -225,37 +215,21 @@ impl WeightSource for HfModel {
 
     fn tensor(&self, name: WeightName) -> Result<Option<HostTensor>, ModelError> {
         let (file_name, rows) = self.location(name);
-        let Some(HostTensor {
-            mut shape,
-            mut data,
-        }) = self.read_f32(&file_name)?
-        else {
+        let Some(mut t) = self.read_f32(&file_name)? else {
             return Ok(None);
         };
         // A slice of a fused tensor: whole rows, checked against the stored shape.
         if let Some(r) = rows {
-            let (stored_rows, cols) = match shape.as_slice() {
-                [rows, cols] => (*rows, *cols),
-                _ => (0, 0),
-            };
-            if r.end > stored_rows {
-                return Err(ModelError::ShapeMismatch {
-                    tensor: file_name,
-                    expected: vec![r.end, cols],
-                    found: shape,
-                });
-            }
-            data = data[r.start * cols..r.end * cols].to_vec();
-            shape = vec![r.len(), cols];
+            t = t.rows(r, &file_name)?;
         }
         let offset = self.family.hf.norm_offset;
         if offset != 0.0 && name.is_norm() {
             // Gemma's `(1 + w)` gains, added in f32 as transformers does.
-            for v in &mut data {
+            for v in &mut t.data {
                 *v += offset;
             }
         }
-        Ok(Some(HostTensor { shape, data }))
+        Ok(Some(t))
     }
 }
 

@@ -319,3 +319,38 @@ pub fn python_has(modules: &str, required: bool, how: &str) -> bool {
 pub fn under_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
+
+/// Every family with a transformers-made fixture (`crates/compress-model/tests/fixtures/families`,
+/// `scripts/family-fixtures/`): the dense ones, then the mixtures of experts.
+pub const FAMILIES: &[&str] = &[
+    "llama3",
+    "qwen2",
+    "mistral",
+    "qwen3",
+    "gemma2",
+    "gemma3",
+    "phi3",
+    "phi4mini",
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+];
+
+/// The mixture-of-experts families among [`FAMILIES`].
+pub const MOE: &[&str] = &["mixtral", "qwen2_moe", "qwen3_moe"];
+
+/// The fixture directory of family `name`.
+pub fn family_fixture(name: &str) -> PathBuf {
+    workspace()
+        .join("crates/compress-model/tests/fixtures/families")
+        .join(name)
+}
+
+/// A JSON array of token ids.
+pub fn json_ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .expect("an array of token ids")
+        .iter()
+        .map(|x| x.as_u64().expect("a token id") as u32)
+        .collect()
+}
