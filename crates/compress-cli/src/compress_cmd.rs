@@ -552,6 +552,9 @@ pub(crate) fn save(
                 name: "compress".into(),
             };
             let r = write_gguf(&m.model, &m.tokenizer, path, &options).map_err(CliError::failed)?;
+            for note in &r.notes {
+                eprintln!("note: {note}");
+            }
             let fallbacks = r
                 .tensors
                 .iter()

@@ -288,3 +288,69 @@ fn moe_routing_matches_transformers() {
         }
     }
 }
+
+/// Every family's Hugging Face `tokenizer.json` converts to a GGUF vocabulary (how a checkpoint
+/// loaded from safetensors is written as GGUF) equal to what llama.cpp's converter wrote in the
+/// fixture's `model.gguf`: the same tokens, token types, model, space prefix and special ids —
+/// for the SentencePiece-style tokenizers (Mistral, Gemma) with scores derived from the merge
+/// order where llama.cpp read `tokenizer.model`'s —, and the tokenizer built from it gives
+/// the `tokenizer.json`'s and the llama.cpp vocabulary's ids on TinyStories text.
+#[test]
+fn every_family_tokenizer_converts_to_llama_cpps_vocabulary() {
+    use compress_model::tokenizer::GgufVocab;
+    use compress_model::LlmTokenizer;
+    let device = BackendKind::Flex.device().unwrap();
+    let text = common::shared("data/tinystories/val.txt")
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).take(300).collect();
+    for &name in FAMILIES {
+        let hf = compress_model::load(fixture(name), &device)
+            .unwrap()
+            .tokenizer;
+        let gguf = compress_model::load(fixture(name).join("model.gguf"), &device)
+            .unwrap()
+            .tokenizer;
+        let theirs = gguf.gguf_vocab().unwrap();
+        let ours = GgufVocab::from_hf_tokenizer(&hf).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(ours.model, theirs.model, "{name}: model");
+        assert_eq!(ours.tokens, theirs.tokens, "{name}: tokens");
+        assert_eq!(ours.token_types, theirs.token_types, "{name}: token types");
+        // llama.cpp reads `gpt-2` and `gpt2` as one pre-tokenizer.
+        let canonical = |p: &Option<String>| p.as_deref().map(|p| p.replace("gpt-2", "gpt2"));
+        assert_eq!(
+            canonical(&ours.pre),
+            canonical(&theirs.pre),
+            "{name}: pre-tokenizer"
+        );
+        assert_eq!(
+            ours.add_space_prefix.unwrap_or(true),
+            theirs.add_space_prefix.unwrap_or(true),
+            "{name}: space prefix"
+        );
+        assert_eq!(
+            (ours.bos_id, ours.eos_id),
+            (theirs.bos_id, theirs.eos_id),
+            "{name}: special ids"
+        );
+        // A byte-level BPE never emits its unknown token (llama.cpp's converter may leave it
+        // out); a SentencePiece vocabulary falls back to it.
+        if ours.model == "llama" {
+            assert_eq!(ours.unk_id, theirs.unk_id, "{name}: unknown id");
+        }
+        let rebuilt = LlmTokenizer::from_gguf_vocab(&ours).unwrap();
+        for line in lines
+            .iter()
+            .copied()
+            .chain(["Hello world!  It's 2024\n\tok"])
+        {
+            let want = hf.encode(line, false).unwrap();
+            assert_eq!(
+                rebuilt.encode(line, false).unwrap(),
+                want,
+                "{name}: {line:?}"
+            );
+            assert_eq!(gguf.encode(line, false).unwrap(), want, "{name}: {line:?}");
+        }
+    }
+}

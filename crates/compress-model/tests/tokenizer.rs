@@ -127,7 +127,6 @@ fn tokenizer_json_export_round_trips() {
 /// SmolLM2's GGUF vocabulary → `tokenizer.json` → back to a GGUF vocabulary (how a model loaded
 /// from a Hugging Face checkpoint is written as GGUF): the same tokens, merges, token types,
 /// pre-tokenizer name and special ids as the original file, and the same ids on every text.
-/// A SentencePiece-style tokenizer.json (stories260K's) is refused with the reason.
 #[test]
 fn tokenizer_json_converts_back_to_the_gguf_vocabulary() {
     use compress_model::tokenizer::GgufVocab;
@@ -157,9 +156,61 @@ fn tokenizer_json_converts_back_to_the_gguf_vocabulary() {
             "{t:?}"
         );
     }
-    if let Some(s) = stories() {
-        let spm = LlmTokenizer::from_json_str(&s.to_json().unwrap(), s.special_tokens()).unwrap();
-        let e = GgufVocab::from_hf_tokenizer(&spm).unwrap_err().to_string();
-        assert!(e.contains("SentencePiece"), "{e}");
+}
+
+/// stories260K's SentencePiece vocabulary (real scores) → `tokenizer.json` → back to a `llama`
+/// GGUF vocabulary with scores derived from the merge order: the same tokens, token types,
+/// special ids and space prefix; the derived scores rank every merged token as the original
+/// scores do; and the rebuilt tokenizer gives the original's ids on every TinyStories line.
+#[test]
+fn sentencepiece_tokenizer_json_converts_to_a_llama_vocabulary() {
+    use compress_model::tokenizer::GgufVocab;
+    let Some(tok) = stories() else { return };
+    let original = tok.gguf_vocab().unwrap().clone();
+    let hf = LlmTokenizer::from_json_str(&tok.to_json().unwrap(), tok.special_tokens()).unwrap();
+    let back = GgufVocab::from_hf_tokenizer(&hf).unwrap();
+    assert_eq!(back.model, "llama");
+    assert_eq!(back.tokens, original.tokens);
+    assert_eq!(back.token_types, original.token_types);
+    assert_eq!(
+        (back.bos_id, back.eos_id, back.unk_id),
+        (original.bos_id, original.eos_id, original.unk_id)
+    );
+    assert_eq!(back.add_space_prefix, Some(true));
+    // Merged tokens (score above the floor) keep the original order of their scores.
+    let (derived, real) = (back.scores.unwrap(), original.scores.unwrap());
+    let floor = derived.iter().copied().fold(f32::INFINITY, f32::min);
+    let mut merged: Vec<usize> = (0..derived.len()).filter(|&i| derived[i] > floor).collect();
+    assert!(merged.len() > 100, "{} merged tokens", merged.len());
+    merged.sort_by(|&a, &b| derived[b].total_cmp(&derived[a]));
+    assert!(
+        merged.windows(2).all(|w| real[w[0]] >= real[w[1]]),
+        "derived scores order merged tokens unlike the original scores"
+    );
+    let rebuilt = LlmTokenizer::from_gguf_vocab(&GgufVocab {
+        scores: Some(derived),
+        ..back
+    })
+    .unwrap();
+    let Some(path) = shared("data/tinystories/val.txt") else {
+        return;
+    };
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()).take(2000) {
+        assert_eq!(
+            rebuilt.encode(line, true).unwrap(),
+            tok.encode(line, true).unwrap(),
+            "{line:?}"
+        );
+        lines += 1;
     }
+    for t in TEXTS {
+        assert_eq!(
+            rebuilt.encode(t, true).unwrap(),
+            tok.encode(t, true).unwrap(),
+            "{t:?}"
+        );
+    }
+    assert!(lines > 100, "{lines} lines");
 }

@@ -22,6 +22,12 @@
 //!   matrix — the structured analogue of Wanda's `|W|·‖X‖` (and of FLAP's fluctuation metric
 //!   without its bias compensation).
 //!
+//! Mixtures of experts: every routed expert (and the shared expert) is an ordinary gated MLP,
+//! so it loses the same fraction of its own neurons, ranked within the expert — by activation
+//! energy over the tokens the router sends it (an expert sent no calibration token falls back
+//! to its weight norms), or by magnitude. The router is unchanged; Taylor scores gate dense
+//! MLPs only and are refused for experts.
+//!
 //! Every block loses the same number of structures, so the config stays uniform (what GGUF and
 //! other runtimes expect). Heads: when a block has `h` query heads in `kv` groups of `g`, the
 //! pruner removes either whole groups (with their key/value head) or the same number of heads
@@ -33,6 +39,7 @@
 
 use burn::tensor::Tensor;
 use compress_core::compressor::StatsRequest;
+use compress_core::layer_id::{Expert, LinearId, LinearKind};
 use compress_core::pipeline::{collect_stats, BlockWalk, BlockwiseModel, Pipeline, PipelineError};
 use compress_model::llama::TaylorScores;
 use compress_model::LlamaModel;
@@ -72,25 +79,27 @@ pub struct StructuredConfig {
 pub struct StructuredReport {
     /// Parameters before and after ([`LlamaModel::num_parameters`]).
     pub parameters: (usize, usize),
-    /// FFN neurons removed per block.
+    /// FFN neurons removed per block's dense MLP, or per routed expert of a mixture.
     pub ffn_removed: usize,
     /// Query heads removed per block (and key/value heads, when whole groups went).
     pub heads_removed: (usize, usize),
-    /// Per block, the original indices of the FFN neurons kept.
+    /// Per block, the original indices of the dense MLP's neurons kept (empty for a mixture of
+    /// experts).
     pub kept_ffn: Vec<Vec<usize>>,
+    /// Per block, each expert's kept neurons (original indices; empty for a dense block).
+    pub kept_experts: Vec<Vec<(Expert, Vec<usize>)>>,
     /// Per block, the original indices of the query heads kept.
     pub kept_heads: Vec<Vec<usize>>,
 }
 
-/// The index of the calibration stage `name` of block `block` (`attn_out`, `mlp_down`, ...).
-fn stage(model: &LlamaModel, block: usize, name: &str) -> Result<usize, PipelineError> {
+/// The index of the calibration stage whose input the linear `id` reads.
+fn stage(model: &LlamaModel, id: LinearId) -> Result<usize, PipelineError> {
+    let block = id.block_index().unwrap_or(0);
     model
         .stages(block)
         .iter()
-        .position(|s| s.name == name)
-        .ok_or_else(|| {
-            PipelineError::Config(format!("block {block} of the model has no `{name}` stage"))
-        })
+        .position(|s| s.linears.contains(&id))
+        .ok_or_else(|| PipelineError::Config(format!("no calibration stage reads {id}")))
 }
 
 /// Which query heads to keep for a block of `heads` in `kv` groups, removing about `fraction`
@@ -192,7 +201,7 @@ pub fn prune_structured(
         uses(Importance::Activation) || uses(Importance::Entropy),
     )?;
     let (mut ffn_removed, mut heads_removed) = (0, (0, 0));
-    let (mut kept_ffn, mut kept_heads) = (Vec::new(), Vec::new());
+    let (mut kept_ffn, mut kept_heads, mut kept_experts) = (Vec::new(), Vec::new(), Vec::new());
     let blocks = model.layers.len();
     for block in 0..blocks {
         // Heads first; the FFN is then ranked on the MLP input the pruned attention produces.
@@ -212,22 +221,35 @@ pub fn prune_structured(
         let after = model.head_shape(block);
         heads_removed = (shape.heads - after.heads, shape.kv_heads - after.kv_heads);
 
-        let width = model.ffn_width(block);
-        // At least one neuron stays (a fraction just below 1 can round to the whole width).
-        let remove = ((cfg.ffn_fraction * width as f64).round() as usize).min(width - 1);
-        let keep_ffn = if remove > 0 {
-            let scores = scorer.ffn(model, block, cfg.ffn_importance)?;
-            keep_top(&scores, remove)
+        let (mut dense, mut experts) = (Vec::new(), Vec::new());
+        let scores = if cfg.ffn_fraction > 0.0 {
+            scorer.ffn(model, block, cfg.ffn_importance)?
         } else {
-            (0..width).collect()
+            Vec::new()
         };
-        if remove > 0 {
-            model
-                .keep_ffn_neurons(block, &keep_ffn)
-                .map_err(|e| PipelineError::Config(e.to_string()))?;
+        for unit in model.ffn_units(block) {
+            let width = model.unit_ffn_width(block, unit).map_err(config)?;
+            // At least one neuron stays (a fraction just below 1 can round to the whole width).
+            let remove = ((cfg.ffn_fraction * width as f64).round() as usize).min(width - 1);
+            let keep = match scores.iter().find(|(u, _)| *u == unit) {
+                Some((_, sc)) if remove > 0 => keep_top(sc, remove),
+                _ => (0..width).collect(),
+            };
+            if keep.len() < width {
+                model
+                    .keep_unit_neurons(block, unit, &keep)
+                    .map_err(config)?;
+            }
+            match unit {
+                None => dense = keep,
+                Some(e) => experts.push((e, keep)),
+            }
+            if !matches!(unit, Some(Expert::Shared)) {
+                ffn_removed = remove;
+            }
         }
-        ffn_removed = remove;
-        kept_ffn.push(keep_ffn);
+        kept_ffn.push(dense);
+        kept_experts.push(experts);
         scorer.advance(model, block);
         progress(block + 1, blocks);
     }
@@ -237,6 +259,7 @@ pub fn prune_structured(
         heads_removed,
         kept_ffn,
         kept_heads,
+        kept_experts,
     })
 }
 
@@ -245,8 +268,10 @@ pub fn prune_structured(
 pub struct BlockScores {
     /// One score per query head.
     pub heads: Vec<f64>,
-    /// One score per FFN neuron.
+    /// One score per neuron of the dense MLP (empty for a mixture of experts).
     pub ffn: Vec<f64>,
+    /// One score per neuron of each expert (empty for a dense block).
+    pub experts: Vec<(Expert, Vec<f64>)>,
 }
 
 /// Scores every block's heads and FFN neurons without removing anything — the ranking behind
@@ -275,10 +300,18 @@ pub fn structure_scores(
     let blocks = model.layers.len();
     let mut out = Vec::with_capacity(blocks);
     for block in 0..blocks {
-        out.push(BlockScores {
+        let mut scores = BlockScores {
             heads: scorer.heads(model, block, head_importance)?,
-            ffn: scorer.ffn(model, block, ffn_importance)?,
-        });
+            ffn: Vec::new(),
+            experts: Vec::new(),
+        };
+        for (unit, sc) in scorer.ffn(model, block, ffn_importance)? {
+            match unit {
+                None => scores.ffn = sc,
+                Some(e) => scores.experts.push((e, sc)),
+            }
+        }
+        out.push(scores);
         scorer.advance(model, block);
         progress(block + 1, blocks);
     }
@@ -319,7 +352,7 @@ impl Scorer {
         Ok(Self {
             taylor,
             xs,
-            attn_out: stage(model, 0, "attn_out")?,
+            attn_out: stage(model, LinearId::block(0, LinearKind::O))?,
         })
     }
 
@@ -337,15 +370,16 @@ impl Scorer {
         }
     }
 
-    /// FFN neuron scores of `block` by `importance` (activation energy, Taylor, else magnitude).
+    /// Neuron scores of every gated MLP of `block` ([`LlamaModel::ffn_units`]) by `importance`
+    /// (activation energy, Taylor, else magnitude).
     fn ffn(
         &self,
         model: &LlamaModel,
         block: usize,
         importance: Importance,
-    ) -> Result<Vec<f64>, PipelineError> {
+    ) -> Result<UnitScores, PipelineError> {
         match (&self.taylor, importance) {
-            (Some(t), Importance::Taylor) => Ok(t.ffn[block].clone()),
+            (Some(t), Importance::Taylor) => Ok(vec![(None, t.ffn[block].clone())]),
             (_, Importance::Activation) => ffn_scores(model, block, &self.xs),
             _ => ffn_scores(model, block, &[]),
         }
@@ -425,37 +459,60 @@ fn head_scores(
     })
 }
 
-/// One score per FFN neuron of `block`: the activation energy `‖W_down[:, i]‖² · Σ_t h_i²` when
-/// `xs` (the block's inputs) are given, else the neuron's squared weight norm.
+/// One score per neuron of every gated MLP of `block` (the dense MLP, or each expert): the
+/// activation energy `‖W_down[:, i]‖² · Σ_t h_i²` when `xs` (the block's inputs) are given —
+/// over the tokens routed to an expert —, else the neuron's squared weight norm. An expert
+/// that no calibration token reached (all `h_i = 0`) is scored by its weight norms.
 fn ffn_scores(
     model: &LlamaModel,
     block: usize,
     xs: &[Tensor<3>],
-) -> Result<Vec<f64>, PipelineError> {
-    let mlp = model.layers[block]
-        .dense_mlp(block)
-        .map_err(|e| PipelineError::Config(e.to_string()))?;
-    let mlp_down = stage(model, block, "mlp_down")?;
-    let width = mlp.gate_proj.out_features();
-    let down = sq_cols(&host(mlp.down_proj.dense_weight()), width);
-    if !xs.is_empty() {
-        let mut caches: Vec<_> = xs
-            .iter()
-            .map(|x| model.begin_block(block, x.clone(), &Default::default()))
-            .collect();
-        let req = StatsRequest {
-            col_sq_norms: true,
-            ..StatsRequest::NONE
+) -> Result<UnitScores, PipelineError> {
+    let mut caches: Vec<_> = xs
+        .iter()
+        .map(|x| model.begin_block(block, x.clone(), &Default::default()))
+        .collect();
+    let mut out = Vec::new();
+    for unit in model.ffn_units(block) {
+        let mlp = model.layers[block].mlp_of(block, unit).map_err(config)?;
+        let width = mlp.gate_proj.out_features();
+        let down = sq_cols(&host(mlp.down_proj.dense_weight()), width);
+        let energy = if caches.is_empty() {
+            None
+        } else {
+            let down_id = match unit {
+                None => LinearId::block(block, LinearKind::Down),
+                Some(e) => LinearId::expert(block, e, LinearKind::Down),
+            };
+            let req = StatsRequest {
+                col_sq_norms: true,
+                ..StatsRequest::NONE
+            };
+            let stage = stage(model, down_id)?;
+            let h2 = collect_stats(model, block, stage, &mut caches, req)?
+                .col_sq_norms
+                .unwrap_or_default();
+            h2.iter().any(|&h| h > 0.0).then_some(h2)
         };
-        let h2 = collect_stats(model, block, mlp_down, &mut caches, req)?
-            .col_sq_norms
-            .unwrap_or_default();
-        return Ok(down.iter().zip(&h2).map(|(w, h)| w * *h as f64).collect());
+        let scores = match energy {
+            Some(h2) => down.iter().zip(&h2).map(|(w, h)| w * *h as f64).collect(),
+            None => {
+                let d = mlp.gate_proj.in_features();
+                let gate = sq_rows(&host(mlp.gate_proj.dense_weight()), d);
+                let up = sq_rows(&host(mlp.up_proj.dense_weight()), d);
+                (0..width).map(|i| gate[i] + up[i] + down[i]).collect()
+            }
+        };
+        out.push((unit, scores));
     }
-    let d = mlp.gate_proj.in_features();
-    let gate = sq_rows(&host(mlp.gate_proj.dense_weight()), d);
-    let up = sq_rows(&host(mlp.up_proj.dense_weight()), d);
-    Ok((0..width).map(|i| gate[i] + up[i] + down[i]).collect())
+    Ok(out)
+}
+
+/// One score per neuron of each gated MLP of a block, by unit (`None`: the dense MLP).
+type UnitScores = Vec<(Option<Expert>, Vec<f64>)>;
+
+fn config(e: impl std::fmt::Display) -> PipelineError {
+    PipelineError::Config(e.to_string())
 }
 
 /// ShortGPT's block influence `1 − mean_t cos(x_in, x_out)` of every block of `model` on

@@ -22,6 +22,7 @@ pub use qat::NestedBits;
 pub use slice::{quantize_nested, quantize_projections, slice, SliceReport, SliceSpec};
 pub use sort::{sort_by_activation, sort_by_importance, NestedOrder};
 
+use compress_core::layer_id::Expert;
 use compress_model::llama::PrefixWidth;
 use compress_model::LlamaModel;
 
@@ -55,7 +56,8 @@ impl Width {
 
     /// The prefix of `model` this width keeps: `round(ffn · F)` neurons and `round(heads · G)`
     /// groups (at least one of each) of blocks with `F` neurons and `G` groups. Every block
-    /// must have the same shape.
+    /// must have the same shape. In a mixture of experts `F` is each routed expert's width, and
+    /// the shared expert keeps `round(ffn · S)` of its `S` neurons.
     pub fn prefix(&self, model: &LlamaModel) -> Result<PrefixWidth, DistillError> {
         for (name, f) in [("ffn", self.ffn), ("heads", self.heads)] {
             if !(f > 0.0 && f <= 1.0) {
@@ -76,10 +78,14 @@ impl Width {
                 "layers.{b} differs in shape from layers.0: nested widths need uniform blocks"
             )));
         }
-        let count = |f: f64, n: usize| ((f * n as f64).round() as usize).clamp(1, n);
+        let count = |f: f64, n: usize| ((f * n as f64).round() as usize).clamp(1.min(n), n);
+        let shared = model
+            .unit_ffn_width(0, Some(Expert::Shared))
+            .unwrap_or_default();
         Ok(PrefixWidth {
             ffn: count(self.ffn, ffn),
             kv_groups: count(self.heads, kv),
+            shared_ffn: count(self.ffn, shared),
         })
     }
 }

@@ -1,5 +1,6 @@
 //! Post-hoc nesting: importance-sorted FFN neurons and key/value groups.
 
+use compress_core::layer_id::Expert;
 use compress_model::LlamaModel;
 use compress_prune::structured::{structure_scores, Importance};
 
@@ -8,8 +9,12 @@ use crate::error::DistillError;
 /// The permutation applied to every block: original indices in their new order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NestedOrder {
-    /// Per block, the original FFN neuron at each new position.
+    /// Per block, the dense MLP's original neuron at each new position (empty for a mixture of
+    /// experts).
     pub ffn: Vec<Vec<usize>>,
+    /// Per block, each expert's original neuron at each new position (empty for a dense
+    /// block); every expert is sorted by its own scores.
+    pub experts: Vec<Vec<(Expert, Vec<usize>)>>,
     /// Per block, the original query head at each new position.
     pub heads: Vec<Vec<usize>>,
 }
@@ -53,13 +58,23 @@ pub fn sort_by_importance(
     let mut order = NestedOrder {
         ffn: Vec::new(),
         heads: Vec::new(),
+        experts: Vec::new(),
     };
     for (b, s) in scores.iter().enumerate() {
         let f = descending(&s.ffn);
         let h = head_order(&s.heads, model.head_shape(b).kv_heads);
-        model.reorder_ffn_neurons(b, &f)?;
+        if !f.is_empty() {
+            model.reorder_ffn_neurons(b, &f)?;
+        }
+        let mut experts = Vec::with_capacity(s.experts.len());
+        for (e, sc) in &s.experts {
+            let o = descending(sc);
+            model.reorder_unit_neurons(b, Some(*e), &o)?;
+            experts.push((*e, o));
+        }
         model.reorder_heads(b, &h)?;
         order.ffn.push(f);
+        order.experts.push(experts);
         order.heads.push(h);
     }
     Ok(order)

@@ -199,23 +199,44 @@ impl Block {
         .collect()
     }
 
-    /// The block's dense MLP, or an error naming the block for a mixture of experts (what a
-    /// structural edit of FFN neurons needs).
-    pub fn dense_mlp(&self, block: usize) -> Result<&Mlp, ModelError> {
-        self.mlp.dense().ok_or_else(|| {
-            ModelError::InvalidInput(format!(
-                "layers.{block}.mlp is a mixture of experts: FFN-neuron edits apply to dense MLPs"
-            ))
-        })
+    /// The gated MLPs of the block's feed-forward layer, each named by its unit: `None` for a
+    /// dense MLP, `Some(expert)` for each routed expert (in order) and the shared one.
+    pub fn ffn_units(&self) -> Vec<Option<Expert>> {
+        match &self.mlp {
+            FeedForward::Dense(_) => vec![None],
+            FeedForward::Moe(m) => (0..m.experts.len() as u32)
+                .map(|e| Some(Expert::Routed(e)))
+                .chain(m.shared.as_ref().map(|_| Some(Expert::Shared)))
+                .collect(),
+        }
     }
 
-    /// [`Self::dense_mlp`], to change it.
-    pub fn dense_mlp_mut(&mut self, block: usize) -> Result<&mut Mlp, ModelError> {
-        self.mlp.dense_mut().ok_or_else(|| {
-            ModelError::InvalidInput(format!(
-                "layers.{block}.mlp is a mixture of experts: FFN-neuron edits apply to dense MLPs"
-            ))
-        })
+    /// The gated MLP `unit` of the block (see [`Self::ffn_units`]), or an error naming the block
+    /// and unit when the block has no such MLP.
+    pub fn mlp_of(&self, block: usize, unit: Option<Expert>) -> Result<&Mlp, ModelError> {
+        let found = match (&self.mlp, unit) {
+            (FeedForward::Dense(m), None) => Some(m),
+            (FeedForward::Moe(m), Some(Expert::Routed(e))) => m.experts.get(e as usize),
+            (FeedForward::Moe(m), Some(Expert::Shared)) => m.shared.as_ref(),
+            _ => None,
+        };
+        found.ok_or_else(|| missing_mlp(block, unit, &self.mlp))
+    }
+
+    /// [`Self::mlp_of`], to change it.
+    pub fn mlp_of_mut(
+        &mut self,
+        block: usize,
+        unit: Option<Expert>,
+    ) -> Result<&mut Mlp, ModelError> {
+        let err = missing_mlp(block, unit, &self.mlp);
+        let found = match (&mut self.mlp, unit) {
+            (FeedForward::Dense(m), None) => Some(m),
+            (FeedForward::Moe(m), Some(Expert::Routed(e))) => m.experts.get_mut(e as usize),
+            (FeedForward::Moe(m), Some(Expert::Shared)) => m.shared.as_mut(),
+            _ => None,
+        };
+        found.ok_or(err)
     }
 
     /// `x + attn(norm(x))`, then `h + mlp(norm(h))`, for `x: [batch, seq, hidden]`.
@@ -632,4 +653,26 @@ fn positions_from(offset: usize, batch: usize, seq: usize, device: &Device) -> T
     Tensor::<1, Int>::arange(offset as i64..(offset + seq) as i64, device)
         .unsqueeze_dim::<2>(0)
         .expand([batch, seq])
+}
+
+/// The error for a feed-forward unit block `block` does not have.
+fn missing_mlp(block: usize, unit: Option<Expert>, ffn: &FeedForward) -> ModelError {
+    let have = match ffn {
+        FeedForward::Dense(_) => "a dense MLP".to_string(),
+        FeedForward::Moe(m) => format!(
+            "{} routed experts{}",
+            m.experts.len(),
+            if m.shared.is_some() {
+                " and a shared one"
+            } else {
+                ""
+            }
+        ),
+    };
+    let asked = match unit {
+        None => "a dense MLP".to_string(),
+        Some(Expert::Routed(e)) => format!("routed expert {e}"),
+        Some(Expert::Shared) => "a shared expert".to_string(),
+    };
+    ModelError::InvalidInput(format!("layers.{block}.mlp has {have}, not {asked}"))
 }

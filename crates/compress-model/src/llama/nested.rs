@@ -15,6 +15,7 @@
 //!   same prefix out for real.
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use compress_core::layer_id::Expert;
 use compress_core::linear::{CompressedLinear, DenseLinear};
 
 use super::surgery::invalid;
@@ -31,13 +32,16 @@ pub struct BlockGates {
 }
 
 /// How much of every block a prefix keeps: the first `ffn` neurons and the first `kv_groups`
-/// key/value groups (with all their query heads).
+/// key/value groups (with all their query heads). In a mixture of experts every routed expert
+/// keeps its first `ffn` neurons and the shared expert its first `shared_ffn`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PrefixWidth {
-    /// FFN neurons kept per block.
+    /// FFN neurons kept per block (per routed expert in a mixture of experts).
     pub ffn: usize,
     /// Key/value groups kept per block.
     pub kv_groups: usize,
+    /// Neurons kept in a mixture's shared expert; ignored by blocks without one.
+    pub shared_ffn: usize,
 }
 
 fn check_permutation(order: &[usize], len: usize, what: &str) -> Result<(), ModelError> {
@@ -59,13 +63,24 @@ fn check_permutation(order: &[usize], len: usize, what: &str) -> Result<(), Mode
 }
 
 impl LlamaModel {
-    /// Permutes the FFN neurons of block `block`: new neuron `j` is old neuron `order[j]`. The
-    /// block computes the same function.
+    /// Permutes the FFN neurons of block `block`'s dense MLP: new neuron `j` is old neuron
+    /// `order[j]`. The block computes the same function.
     pub fn reorder_ffn_neurons(&mut self, block: usize, order: &[usize]) -> Result<(), ModelError> {
-        let what = format!("layers.{block}.mlp");
-        let width = self.checked_ffn_width(block)?;
-        check_permutation(order, width, &what)?;
-        self.cut_ffn(block, order)
+        self.reorder_unit_neurons(block, None, order)
+    }
+
+    /// Permutes the neurons of the gated MLP `unit` of block `block` (`None`: the dense MLP;
+    /// `Some(expert)`: one expert of a mixture): new neuron `j` is old neuron `order[j]`. The
+    /// block computes the same function.
+    pub fn reorder_unit_neurons(
+        &mut self,
+        block: usize,
+        unit: Option<Expert>,
+        order: &[usize],
+    ) -> Result<(), ModelError> {
+        let width = self.unit_ffn_width(block, unit)?;
+        check_permutation(order, width, &format!("layers.{block}.mlp ({unit:?})"))?;
+        self.cut_ffn(block, unit, order)
     }
 
     /// Permutes the query heads of block `block`: new head `j` is old head `order[j]`. Every run
@@ -114,6 +129,15 @@ impl LlamaModel {
                         width.ffn, width.kv_groups, s.kv_heads
                     )));
                 }
+                if let Some(u) = self.ffn_units(b).into_iter().find(|u| {
+                    let kept = if *u == Some(Expert::Shared) { width.shared_ffn } else { width.ffn };
+                    u.is_some() && self.unit_ffn_width(b, *u).is_ok_and(|w| kept < w)
+                }) {
+                    return Err(invalid(format!(
+                        "layers.{b}.mlp ({u:?}): gates nest dense MLPs; nest a mixture's experts by \
+                         sorting and slicing (keep_prefix)"
+                    )));
+                }
                 let g = s.heads / s.kv_heads;
                 Ok(BlockGates {
                     heads: ones(s.heads, width.kv_groups * g),
@@ -123,7 +147,9 @@ impl LlamaModel {
             .collect()
     }
 
-    /// Cuts the prefix `width` out of every block for real (the sliced model is smaller).
+    /// Cuts the prefix `width` out of every block for real (the sliced model is smaller): every
+    /// dense MLP and routed expert keeps its first `width.ffn` neurons, a shared expert its
+    /// first `width.shared_ffn`.
     pub fn keep_prefix(&mut self, width: PrefixWidth) -> Result<(), ModelError> {
         for b in 0..self.layers.len() {
             let s = self.head_shape(b);
@@ -132,9 +158,15 @@ impl LlamaModel {
                 let keep: Vec<usize> = (0..width.kv_groups * g).collect();
                 self.keep_heads(b, &keep)?;
             }
-            if width.ffn < self.ffn_width(b) {
-                let keep: Vec<usize> = (0..width.ffn).collect();
-                self.keep_ffn_neurons(b, &keep)?;
+            for unit in self.ffn_units(b) {
+                let kept = match unit {
+                    Some(Expert::Shared) => width.shared_ffn,
+                    _ => width.ffn,
+                };
+                if kept < self.unit_ffn_width(b, unit)? {
+                    let keep: Vec<usize> = (0..kept).collect();
+                    self.keep_unit_neurons(b, unit, &keep)?;
+                }
             }
         }
         Ok(())

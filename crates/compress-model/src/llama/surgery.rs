@@ -18,6 +18,7 @@ use compress_core::structured::{keep_indices, Axis};
 
 use super::LlamaModel;
 use crate::error::ModelError;
+use compress_core::layer_id::Expert;
 
 pub(super) fn invalid(msg: String) -> ModelError {
     ModelError::InvalidInput(msg)
@@ -110,22 +111,44 @@ impl LlamaModel {
         }
     }
 
-    /// FFN width of block `block`'s dense MLP, or an error naming a missing block or a mixture
-    /// of experts (whose neurons these edits do not cut).
-    pub(super) fn checked_ffn_width(&self, block: usize) -> Result<usize, ModelError> {
+    /// The gated MLPs of block `block` ([`super::Block::ffn_units`]); empty for a missing block.
+    pub fn ffn_units(&self, block: usize) -> Vec<Option<Expert>> {
+        self.layers
+            .get(block)
+            .map_or_else(Vec::new, |b| b.ffn_units())
+    }
+
+    /// FFN width of the gated MLP `unit` of block `block` (`None`: the dense MLP), or an error
+    /// naming a missing block or unit.
+    pub fn unit_ffn_width(&self, block: usize, unit: Option<Expert>) -> Result<usize, ModelError> {
         let b = self
             .layers
             .get(block)
             .ok_or_else(|| invalid(format!("layers.{block}.mlp: no such block")))?;
-        Ok(b.dense_mlp(block)?.gate_proj.out_features())
+        Ok(b.mlp_of(block, unit)?.gate_proj.out_features())
     }
 
-    /// Keeps only the FFN neurons `keep` of block `block` (any order; kept in increasing order).
+    /// Keeps only the FFN neurons `keep` of block `block`'s dense MLP (any order; kept in
+    /// increasing order). For the experts of a mixture, see [`Self::keep_unit_neurons`].
     pub fn keep_ffn_neurons(&mut self, block: usize, keep: &[usize]) -> Result<(), ModelError> {
-        let what = format!("layers.{block}.mlp");
-        let width = self.checked_ffn_width(block)?;
+        self.keep_unit_neurons(block, None, keep)
+    }
+
+    /// Keeps only the neurons `keep` of the gated MLP `unit` of block `block` (`None`: the dense
+    /// MLP; `Some(expert)`: one expert of a mixture). An expert is an ordinary gated MLP, so
+    /// cutting its neurons removes their terms exactly, as for a dense one; the router is
+    /// unchanged. GGUF and Hugging Face layouts need every expert of the model to keep the
+    /// same width (the config follows when they do).
+    pub fn keep_unit_neurons(
+        &mut self,
+        block: usize,
+        unit: Option<Expert>,
+        keep: &[usize],
+    ) -> Result<(), ModelError> {
+        let what = unit_path(block, unit);
+        let width = self.unit_ffn_width(block, unit)?;
         let keep = sorted_unique(keep, width, &what)?;
-        self.cut_ffn(block, &keep)?;
+        self.cut_ffn(block, unit, &keep)?;
         self.refresh_config();
         Ok(())
     }
@@ -161,29 +184,24 @@ impl LlamaModel {
         Ok(())
     }
 
-    /// Keeps (in this order) the FFN neurons `neurons` of block `block`: their rows of
-    /// `gate_proj` and `up_proj` and columns of `down_proj`.
-    pub(super) fn cut_ffn(&mut self, block: usize, neurons: &[usize]) -> Result<(), ModelError> {
-        let what = format!("layers.{block}.mlp");
-        let mlp = self.layers[block].dense_mlp_mut(block)?;
-        cut(
-            &mut mlp.gate_proj,
-            Axis::Rows,
-            neurons,
-            &format!("{what}.gate_proj"),
-        )?;
-        cut(
-            &mut mlp.up_proj,
-            Axis::Rows,
-            neurons,
-            &format!("{what}.up_proj"),
-        )?;
-        cut(
-            &mut mlp.down_proj,
-            Axis::Cols,
-            neurons,
-            &format!("{what}.down_proj"),
-        )
+    /// Keeps (in this order) the FFN neurons `neurons` of the gated MLP `unit` of block
+    /// `block`: their rows of `gate_proj` and `up_proj` and columns of `down_proj`.
+    pub(super) fn cut_ffn(
+        &mut self,
+        block: usize,
+        unit: Option<Expert>,
+        neurons: &[usize],
+    ) -> Result<(), ModelError> {
+        let what = unit_path(block, unit);
+        let mlp = self.layers[block].mlp_of_mut(block, unit)?;
+        for (lin, axis, name) in [
+            (&mut mlp.gate_proj, Axis::Rows, "gate_proj"),
+            (&mut mlp.up_proj, Axis::Rows, "up_proj"),
+            (&mut mlp.down_proj, Axis::Cols, "down_proj"),
+        ] {
+            cut(lin, axis, neurons, &format!("{what}.{name}"))?;
+        }
+        Ok(())
     }
 
     /// Keeps (in this order) the query heads `heads` and key/value heads `groups` of block
@@ -277,8 +295,8 @@ impl LlamaModel {
         self.config.vocab_size * d + blocks + d + head
     }
 
-    /// Sets the config's block count and, when every block agrees, its FFN width and head
-    /// counts (with differing blocks the config keeps the largest, and
+    /// Sets the config's block count and, when every block agrees, its FFN widths (dense,
+    /// expert and shared expert) and head counts (with differing blocks the config keeps the largest, and
     /// [`Self::num_parameters`] counts the real tensors).
     fn refresh_config(&mut self) {
         self.config.num_layers = self.layers.len();
@@ -299,6 +317,19 @@ impl LlamaModel {
             moe.dense_layers = (0..self.layers.len())
                 .filter(|&l| self.layers[l].mlp.dense().is_some())
                 .collect();
+            let widest = |f: &dyn Fn(&super::Moe) -> Option<usize>| {
+                self.layers
+                    .iter()
+                    .filter_map(|b| b.mlp.moe().and_then(f))
+                    .max()
+            };
+            if let Some(w) = widest(&|m| m.experts.iter().map(|e| e.gate_proj.out_features()).max())
+            {
+                moe.expert_intermediate_size = w;
+            }
+            if let Some(w) = widest(&|m| m.shared.as_ref().map(|e| e.gate_proj.out_features())) {
+                moe.shared_expert_intermediate_size = Some(w);
+            }
         }
         let max = |f: &dyn Fn(&super::Block) -> usize| self.layers.iter().map(f).max().unwrap_or(0);
         let dense_width = max(&|b| b.mlp.dense().map_or(0, |m| m.gate_proj.out_features()));
@@ -307,5 +338,14 @@ impl LlamaModel {
         }
         self.config.num_heads = max(&|b| b.attn.num_heads);
         self.config.num_kv_heads = max(&|b| b.attn.num_kv_heads);
+    }
+}
+
+/// The printed path of a gated MLP: `layers.{block}.mlp`, `….mlp.experts.{e}`, `….mlp.shared_expert`.
+fn unit_path(block: usize, unit: Option<Expert>) -> String {
+    match unit {
+        None => format!("layers.{block}.mlp"),
+        Some(Expert::Routed(e)) => format!("layers.{block}.mlp.experts.{e}"),
+        Some(Expert::Shared) => format!("layers.{block}.mlp.shared_expert"),
     }
 }

@@ -87,6 +87,10 @@ pub struct GgufReport {
     pub tensors: Vec<TensorWritten>,
     /// File size in bytes.
     pub bytes: u64,
+    /// What llama.cpp will run differently from the model, though its converter writes the
+    /// family this way too (a Mistral's sliding window, which the `llama` architecture does
+    /// not read). Empty when the file means exactly the model.
+    pub notes: Vec<String>,
 }
 
 /// The tensors of block `l` as llama.cpp names them: `(name, linears, stacked)`, the linears'
@@ -335,7 +339,8 @@ fn packed_encoding(lin: &CompressedLinear) -> Result<Option<Encoded>, String> {
 ///
 /// Fails, naming the block or layer, when the model cannot be expressed: blocks of different
 /// widths (after structured pruning; llama.cpp's `llama` reader expects one width), a
-/// `tokenizer.json` that does not convert (SentencePiece-style, or an unnamed pre-tokenizer), or
+/// `tokenizer.json` that does not convert (an unnamed pre-tokenizer, or a SentencePiece-style
+/// normalizer llama.cpp's `llama` vocabulary cannot express), or
 /// (without [`GgufExport::fallback_dense`]) a layer with no ggml format.
 ///
 /// ```no_run
@@ -451,6 +456,22 @@ pub fn write_gguf(
         GgufValue::F32(c.rms_norm_eps),
     );
     w.set(&key("vocab_size"), u32v(c.vocab_size));
+    let mut notes = Vec::new();
+    let sliding = (0..c.num_layers)
+        .any(|l| c.variant.attention_of(l) == crate::config::LayerAttention::Sliding);
+    if sliding
+        && !family_keys
+            .iter()
+            .any(|(k, _)| *k == "attention.sliding_window")
+    {
+        let w = c.variant.sliding_window.unwrap_or(0);
+        notes.push(format!(
+            "the sliding window of {w} tokens is not written: llama.cpp's `{arch}` architecture \
+             attends to the whole context (as llama.cpp's converter writes {} models), so the \
+             file computes this model's logits only for sequences of up to {w} tokens",
+            family.name
+        ));
+    }
     for (k, v) in family_keys {
         w.set(&key(k), v);
     }
@@ -577,6 +598,7 @@ pub fn write_gguf(
     Ok(GgufReport {
         tensors: ex.report,
         bytes,
+        notes,
     })
 }
 

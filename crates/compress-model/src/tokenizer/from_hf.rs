@@ -11,8 +11,19 @@
 //! splits it identically is the name (regexes that differ only in spelling, such as `(?i:'s)`
 //! against `'[sS]`, so still match).
 //!
-//! SentencePiece-style tokenizers (`byte_fallback`, Metaspace) would need per-token scores
-//! llama.cpp's `llama` vocabulary ranks merges by; they are refused with that reason.
+//! SentencePiece-style tokenizers (BPE with `byte_fallback`: Llama 2, Mistral, Gemma) become a
+//! `llama` vocabulary. llama.cpp ranks that vocabulary's merges by per-token scores, which a
+//! `tokenizer.json` does not carry (`convert_hf_to_gguf.py` reads them from `tokenizer.model`,
+//! and without one writes −1000 for every token, which loses the merge order). The scores are
+//! derived from the merge list instead: a token's score is `−r` for the rank `r` of the first
+//! merge that produces it, so "highest score first" is "lowest rank first" — the order
+//! Hugging Face's converter wrote the merges in from the SentencePiece scores. Tokens no merge
+//! produces (single characters, bytes, added tokens) score `−(merges + 1)`, below every merged
+//! token. Types: `<0xNN>` tokens BYTE, the unknown token UNKNOWN, special added tokens CONTROL,
+//! other added ones USER_DEFINED. `add_space_prefix` is read from the normalizer (`Prepend("▁")`)
+//! or the Metaspace pre-tokenizer's prepend scheme. The result is checked by behaviour: the
+//! tokenizer built from the converted vocabulary must split a probe text into the same ids as
+//! the `tokenizer.json` itself, or the conversion is refused.
 
 use serde_json::Value;
 
@@ -75,8 +86,9 @@ fn merge_text(m: &Value) -> Result<String, TokenizerError> {
 }
 
 impl GgufVocab {
-    /// The GGUF vocabulary of a byte-level BPE `tokenizer.json` tokenizer (see the module docs);
-    /// special ids and the BOS default come from `t`.
+    /// The GGUF vocabulary of a `tokenizer.json` tokenizer: `gpt2` for byte-level BPE, `llama`
+    /// for SentencePiece-style BPE with byte fallback (see the module docs); special ids and the
+    /// BOS default come from `t`.
     pub fn from_hf_tokenizer(t: &LlmTokenizer) -> Result<Self, TokenizerError> {
         let json: Value = serde_json::from_str(&t.to_json()?).map_err(TokenizerError::lib)?;
         let model = &json["model"];
@@ -86,12 +98,7 @@ impl GgufVocab {
                 model["type"]
             )));
         }
-        if model["byte_fallback"].as_bool() == Some(true) {
-            return Err(invalid(
-                "a SentencePiece-style tokenizer.json (BPE with byte fallback) has no per-token \
-                 scores for llama.cpp's `llama` vocabulary; save to the container instead",
-            ));
-        }
+        let spm = model["byte_fallback"].as_bool() == Some(true);
         let vocab = model["vocab"]
             .as_object()
             .ok_or_else(|| invalid("model.vocab is not an object"))?;
@@ -133,13 +140,13 @@ impl GgufVocab {
             .map(merge_text)
             .collect::<Result<Vec<_>, _>>()?;
         let special = t.special_tokens();
-        let v = GgufVocab {
+        let mut v = GgufVocab {
             model: "gpt2".into(),
-            pre: Some(pre_name(t.inner())?),
+            pre: None,
             tokens,
             scores: None,
             token_types: Some(types),
-            merges: Some(merges),
+            merges: None,
             bos_id: special.bos,
             eos_id: special.eos,
             unk_id: special.unk,
@@ -148,7 +155,101 @@ impl GgufVocab {
             add_eos: None,
             add_space_prefix: None,
         };
-        v.check()?;
+        if spm {
+            v.model = "llama".into();
+            v.pre = Some("default".into());
+            v.scores = Some(scores_from_merges(&v.tokens, &merges));
+            let types = v.token_types.as_mut().expect("set above");
+            for (i, tok) in v.tokens.iter().enumerate() {
+                if types[i] == token_type::NORMAL && is_byte_token(tok) {
+                    types[i] = token_type::BYTE;
+                }
+            }
+            if let Some(unk) = v.unk_id {
+                types[unk as usize] = token_type::UNKNOWN;
+            }
+            v.add_space_prefix = Some(space_prefix(&json));
+            v.check()?;
+            same_split(t, &v)?;
+        } else {
+            v.pre = Some(pre_name(t.inner())?);
+            v.merges = Some(merges);
+            v.check()?;
+        }
         Ok(v)
     }
+}
+
+/// `<0xNN>`: a SentencePiece byte-fallback token.
+fn is_byte_token(t: &str) -> bool {
+    let b = t.as_bytes();
+    b.len() == 6
+        && t.starts_with("<0x")
+        && t.ends_with('>')
+        && b[3..5].iter().all(u8::is_ascii_hexdigit)
+}
+
+/// SentencePiece scores from a rank-ordered merge list (see the module docs).
+fn scores_from_merges(tokens: &[String], merges: &[String]) -> Vec<f32> {
+    let ids: std::collections::HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
+    let floor = -(merges.len() as f32 + 1.0);
+    let mut scores = vec![floor; tokens.len()];
+    let mut merged = String::new();
+    for (rank, m) in merges.iter().enumerate() {
+        merged.clear();
+        merged.extend(m.splitn(2, ' '));
+        if let Some(&id) = ids.get(merged.as_str()) {
+            if scores[id] == floor {
+                scores[id] = -(rank as f32);
+            }
+        }
+    }
+    scores
+}
+
+/// Whether the SentencePiece-style `tokenizer.json` prepends `▁` to the text: a `Prepend`
+/// normalizer, or a Metaspace pre-tokenizer whose prepend scheme is not `never`.
+fn space_prefix(json: &Value) -> bool {
+    fn any(v: &Value, f: &dyn Fn(&Value) -> bool) -> bool {
+        f(v) || ["normalizers", "pretokenizers"]
+            .iter()
+            .filter_map(|k| v[*k].as_array())
+            .flatten()
+            .any(|c| any(c, f))
+    }
+    let prepend = |n: &Value| n["type"] == "Prepend" && n["prepend"] == super::spm::SPACE_MARKER;
+    let metaspace = |p: &Value| {
+        p["type"] == "Metaspace"
+            && p["prepend_scheme"].as_str().unwrap_or("always") != "never"
+            && p["add_prefix_space"].as_bool() != Some(false)
+    };
+    any(&json["normalizer"], &prepend) || any(&json["pre_tokenizer"], &metaspace)
+}
+
+/// Refuses a converted SentencePiece vocabulary whose tokenizer splits [`PROBE`] differently
+/// from the `tokenizer.json` it came from.
+fn same_split(t: &LlmTokenizer, v: &GgufVocab) -> Result<(), TokenizerError> {
+    let rebuilt = super::spm::build(v)?;
+    let ids = |tok: &tokenizers::Tokenizer| -> Result<Vec<u32>, TokenizerError> {
+        Ok(tok
+            .encode(PROBE, false)
+            .map_err(TokenizerError::lib)?
+            .get_ids()
+            .to_vec())
+    };
+    let (want, got) = (ids(t.inner())?, ids(&rebuilt)?);
+    if want != got {
+        return Err(invalid(format!(
+            "the SentencePiece vocabulary converted from this tokenizer.json splits a probe text \
+             differently ({} tokens instead of {}): its normalizer or pre-tokenizer does more than \
+             llama.cpp's `llama` vocabulary",
+            got.len(),
+            want.len()
+        )));
+    }
+    Ok(())
 }
