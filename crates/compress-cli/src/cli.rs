@@ -123,10 +123,10 @@ pub struct CompressArgs {
     #[arg(long, default_value = "../shared/data/tinystories/val.txt")]
     pub calib: PathBuf,
     /// Calibration windows [default: the recipe's; 128 for quantize/prune].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::count)]
     pub nsamples: Option<usize>,
     /// Tokens per calibration window [default: the recipe's; 128 for quantize/prune].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::count)]
     pub seqlen: Option<usize>,
     /// Calibration sampling seed [default: the recipe's; 0].
     #[arg(long)]
@@ -167,15 +167,15 @@ pub struct CompressArgs {
     #[arg(long)]
     pub eval: Option<PathBuf>,
     /// Evaluation window length.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = crate::values::count)]
     pub context: usize,
     /// Evaluate at most this many windows.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::count)]
     pub limit: Option<usize>,
     /// With --eval: compress N times with calibration seeds seed, seed + 1, …, and report the
     /// mean ± std of perplexity and KL divergence over the runs (the first run's model is the
     /// one written).
-    #[arg(long, requires = "eval", default_value_t = 1)]
+    #[arg(long, requires = "eval", default_value_t = 1, value_parser = crate::values::count)]
     pub repeat_seeds: usize,
 }
 
@@ -209,10 +209,10 @@ pub struct QuantizeArgs {
     #[arg(long, value_enum, default_value_t = QuantMethodName::Gptq)]
     pub method: QuantMethodName,
     /// Code width, 2–8.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = crate::values::bits)]
     pub bits: u8,
     /// Weights per scale (omit with --per-channel).
-    #[arg(long, default_value_t = 128, conflicts_with = "per_channel")]
+    #[arg(long, default_value_t = 128, conflicts_with = "per_channel", value_parser = crate::values::count)]
     pub group: usize,
     /// One scale per output row instead of groups.
     #[arg(long)]
@@ -251,16 +251,16 @@ pub struct PruneArgs {
     #[arg(long, value_enum, default_value_t = PruneMethodName::Sparsegpt)]
     pub method: PruneMethodName,
     /// Fraction of weights removed, in [0, 1).
-    #[arg(long, conflicts_with = "nm", required_unless_present = "nm")]
+    #[arg(long, conflicts_with = "nm", required_unless_present = "nm", value_parser = crate::values::fraction_below_one)]
     pub sparsity: Option<f64>,
     /// N:M pattern, N kept of every M (e.g. 2:4).
     #[arg(long)]
     pub nm: Option<String>,
     /// SparseGPT only: quantize the kept weights to this many bits in the same sweep.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::bits)]
     pub quantize_bits: Option<u8>,
     /// Group size of the joint quantization.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = crate::values::count)]
     pub quantize_group: usize,
     /// Only layers whose path matches this regex; default all.
     #[arg(long)]
@@ -288,13 +288,13 @@ pub struct LowrankArgs {
     #[arg(long, value_enum, default_value_t = LowRankMethodName::SvdLlm)]
     pub method: LowRankMethodName,
     /// Fraction of each layer's parameters kept, in (0, 1] (0.8 = a 20% reduction).
-    #[arg(long, conflicts_with_all = ["energy", "rank"], required_unless_present_any = ["energy", "rank"])]
+    #[arg(long, conflicts_with_all = ["energy", "rank"], required_unless_present_any = ["energy", "rank"], value_parser = crate::values::fraction_kept)]
     pub ratio: Option<f64>,
     /// Fraction of spectral energy kept, in (0, 1].
-    #[arg(long, conflicts_with = "rank")]
+    #[arg(long, conflicts_with = "rank", value_parser = crate::values::fraction_kept)]
     pub energy: Option<f64>,
     /// A fixed rank for every layer.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::count)]
     pub rank: Option<usize>,
     /// Only layers whose path matches this regex; default all.
     #[arg(long)]
@@ -304,10 +304,10 @@ pub struct LowrankArgs {
     #[arg(long, requires = "ratio")]
     pub allocate: bool,
     /// Candidate kept-parameter ratios per layer for --allocate (below 1; dense is always one).
-    #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75,0.9")]
+    #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75,0.9", value_parser = crate::values::fraction_kept)]
     pub candidates: Vec<f64>,
     /// Calibration windows the sensitivity is measured on (the first N).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = crate::values::count)]
     pub probe_samples: usize,
     /// Reuse a sensitivity measurement saved by --save-sensitivity (same method and candidates).
     #[arg(long, requires = "allocate")]
@@ -349,13 +349,13 @@ pub struct EvalArgs {
     #[arg(long, default_value = "../shared/data/tinystories/val.txt")]
     pub text: PathBuf,
     /// Window length in tokens.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = crate::values::count)]
     pub context: usize,
     /// Perplexity protocol.
     #[arg(long, value_enum, default_value_t = Protocol::All)]
     pub scoring: Protocol,
     /// Evaluate at most this many windows.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::count)]
     pub limit: Option<usize>,
     /// Comma-separated zero-shot tasks (hellaswag, arc_easy, arc_challenge, piqa, sciq, lambada).
     #[arg(long, value_delimiter = ',')]
@@ -364,10 +364,10 @@ pub struct EvalArgs {
     #[arg(long, default_value = "../shared/data/tasks")]
     pub task_dir: PathBuf,
     /// Score at most this many questions per task.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::count)]
     pub task_limit: Option<usize>,
     /// Also time greedy generation of this many tokens after the text's first 64 tokens.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::count)]
     pub speed: Option<usize>,
     /// Write everything measured, with the model's size, as one report (JSON; see
     /// `compress_eval::report`, tabulated by `cargo run --example report_table`).
@@ -399,13 +399,13 @@ pub struct GenerateArgs {
     #[arg(long, default_value = "Once upon a time")]
     pub prompt: String,
     /// Most tokens to generate.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::values::count)]
     pub max_tokens: usize,
     /// Sampling temperature; greedy decoding when absent.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::temperature)]
     pub temperature: Option<f32>,
     /// Nucleus mass kept when sampling.
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.95, value_parser = crate::values::fraction_kept_f32)]
     pub top_p: f32,
     /// Sampling seed.
     #[arg(long, default_value_t = 0)]
@@ -419,30 +419,30 @@ pub struct GenerateArgs {
 #[derive(Args, Debug)]
 pub struct SliceArgs {
     /// Fraction of every block's FFN neurons and key/value groups kept, in (0, 1].
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::values::fraction_kept)]
     pub width: f64,
     /// Fraction of FFN neurons kept, overriding --width for the FFN.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::fraction_kept)]
     pub ffn_width: Option<f64>,
     /// Fraction of key/value groups (with their query heads) kept, overriding --width.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::fraction_kept)]
     pub head_width: Option<f64>,
     /// Re-express every 8-bit projection by its top this-many bits (2–8).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::bits)]
     pub bits: Option<u8>,
     /// Store every projection of the width slice as 8-bit codes (round to nearest, asymmetric)
     /// so that --bits can slice them (a model already holding 8-bit codes needs no flag).
     #[arg(long)]
     pub nest_bits: bool,
     /// Group size of --nest-bits.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = crate::values::count)]
     pub nest_group: usize,
     /// First sort neurons and key/value groups by activation importance on --calib (post-hoc
     /// nesting of a model that was not trained nested).
     #[arg(long)]
     pub sort: bool,
     /// Calibration windows for --sort.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = crate::values::count)]
     pub sort_samples: usize,
     /// Calibration, output and evaluation (--eval compares the slice with the input model).
     #[command(flatten)]

@@ -25,6 +25,7 @@ pub mod generate_cmd;
 pub mod inspect;
 pub mod progress;
 pub mod slice_cmd;
+pub mod values;
 
 use std::path::Path;
 
@@ -62,7 +63,8 @@ pub fn input_nesting(
 
 /// Reads a text file, naming it in the error.
 pub fn read_text(path: &Path) -> CliResult<String> {
-    std::fs::read_to_string(path).map_err(|e| CliError::input(format!("{}: {e}", path.display())))
+    compress::core::input::read_text(path, compress::core::input::TEXT_LIMIT)
+        .map_err(|e| CliError::input(format!("{}: {e}", path.display())))
 }
 
 /// Prints `value` as one line of JSON.

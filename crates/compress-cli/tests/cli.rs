@@ -480,7 +480,8 @@ fn slice_writes_smaller_models() {
         s(&dir.path().join("x")),
     ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("width.ffn"));
+    // Refused by the flag's parser, with the accepted range.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(0, 1]"));
 }
 
 /// The command-line block of the workspace README runs as written (in a scratch directory laid
@@ -529,4 +530,30 @@ fn readme_command_line_examples_run() {
         );
     }
     assert!(root.join("r.safetensors").exists() && root.join("p.gguf").exists());
+}
+
+/// Numeric flags are checked when the command line is parsed: NaN, infinities, zero, negative
+/// and out-of-range values exit with the usage code (2) naming the accepted range, before any
+/// model is loaded.
+#[test]
+fn bad_numeric_flags_are_usage_errors() {
+    for (args, range) in [
+        (vec!["generate", "--temperature", "NaN"], "finite"),
+        (vec!["generate", "--temperature=-1"], "(0, 100]"),
+        (vec!["generate", "--top-p", "inf"], "finite"),
+        (vec!["generate", "--max-tokens", "0"], "from 1"),
+        (vec!["quantize", "--bits", "9", "--output", "x"], "2 to 8"),
+        (vec!["quantize", "--group", "0", "--output", "x"], "from 1"),
+        (
+            vec!["prune", "--sparsity", "1.5", "--output", "x"],
+            "[0, 1)",
+        ),
+        (vec!["lowrank", "--ratio", "NaN", "--output", "x"], "finite"),
+        (vec!["slice", "--width", "0", "--output", "x"], "(0, 1]"),
+    ] {
+        let out = compress(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(range), "{args:?}: {err}");
+    }
 }

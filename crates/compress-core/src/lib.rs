@@ -50,6 +50,7 @@ pub mod backend;
 pub mod calibration;
 pub mod compressor;
 mod factored;
+pub mod input;
 mod kernel_view;
 pub mod kquant;
 pub mod layer_id;

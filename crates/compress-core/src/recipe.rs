@@ -254,7 +254,7 @@ impl<M: StepMethod + Serialize + DeserializeOwned> Recipe<M> {
     /// Reads, parses and validates a recipe file.
     pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self, RecipeError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
+        let text = crate::input::read_text(path, crate::input::TEXT_LIMIT)
             .map_err(|e| RecipeError::Parse(format!("{}: {e}", path.display())))?;
         Self::from_toml(&text).map_err(|e| match e {
             RecipeError::Parse(m) => RecipeError::Parse(format!("{}: {m}", path.display())),

@@ -246,6 +246,13 @@ pub struct LlamaConfig {
 impl LlamaConfig {
     /// Checks the relations the decoder relies on; returns a message naming the field at fault.
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_sizes()?;
+        self.validate_relations()
+    }
+
+    /// Every size positive and within [`Self::validate_bounds`]'s limits: what loaders check
+    /// before anything is sized from the config.
+    pub(crate) fn validate_sizes(&self) -> Result<(), String> {
         let positive = [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
@@ -261,6 +268,10 @@ impl LlamaConfig {
                 return Err(format!("{name} must be positive"));
             }
         }
+        self.validate_bounds()
+    }
+
+    fn validate_relations(&self) -> Result<(), String> {
         if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(format!(
                 "num_heads ({}) must be a multiple of num_kv_heads ({})",
@@ -286,6 +297,46 @@ impl LlamaConfig {
             ));
         }
         self.validate_variant()
+    }
+
+    /// Upper bounds on every size (generous: several times the largest published models), so
+    /// that sizes computed from them — `vocab · hidden`, experts × FFN × layers, a parameter
+    /// count — fit in 64 bits and a hostile file cannot make a loader allocate or loop from a
+    /// declared number alone.
+    fn validate_bounds(&self) -> Result<(), String> {
+        let mut bounded = vec![
+            ("vocab_size", self.vocab_size, 1usize << 24),
+            ("hidden_size", self.hidden_size, 1 << 17),
+            ("intermediate_size", self.intermediate_size, 1 << 19),
+            ("num_layers", self.num_layers, 1 << 10),
+            ("num_heads", self.num_heads, 1 << 10),
+            ("num_kv_heads", self.num_kv_heads, 1 << 10),
+            ("head_dim", self.head_dim, 1 << 11),
+            ("max_seq_len", self.max_seq_len, 1 << 31),
+        ];
+        if let Some(m) = &self.variant.moe {
+            bounded.push(("num_experts", m.num_experts, 1 << 10));
+            bounded.push(("experts_per_token", m.experts_per_token, m.num_experts));
+            bounded.push((
+                "expert_intermediate_size",
+                m.expert_intermediate_size,
+                1 << 19,
+            ));
+            if let Some(f) = m.shared_expert_intermediate_size {
+                bounded.push(("shared_expert_intermediate_size", f, 1 << 19));
+            }
+        }
+        if let Some(w) = self.variant.sliding_window {
+            bounded.push(("sliding_window", w, 1 << 31));
+        }
+        for (name, v, max) in bounded {
+            if v > max {
+                return Err(format!(
+                    "{name} = {v} is larger than this crate accepts ({max})"
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_variant(&self) -> Result<(), String> {

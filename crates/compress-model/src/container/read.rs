@@ -31,7 +31,7 @@ use compress_core::layer_id::{Expert, LinearId, LinearKind};
 /// Whether `path` is a container: a safetensors file whose metadata has the `compress` key.
 /// Reads only the header; `false` for anything unreadable.
 pub fn is_container(path: &Path) -> bool {
-    let Ok(file) = std::fs::File::open(path) else {
+    let Ok(file) = compress_core::input::open_regular(path) else {
         return false;
     };
     // SAFETY: read-only map; the file is not modified while mapped by this function.
@@ -50,7 +50,7 @@ pub fn read_header(path: &Path) -> Result<Header, ModelError> {
         path: path.to_path_buf(),
         source,
     };
-    let file = std::fs::File::open(path).map_err(io)?;
+    let file = compress_core::input::open_regular(path).map_err(io)?;
     // SAFETY: read-only map, only the header is parsed.
     let map = unsafe { Mmap::map(&file) }.map_err(io)?;
     let (_, metadata) = SafeTensors::read_metadata(&map).map_err(|e| ModelError::Safetensors {
@@ -156,6 +156,31 @@ impl Reader<'_> {
         SparsityMask::from_words(out, inp, words).map_err(|e| self.err(format!("`{name}`: {e}")))
     }
 
+    /// A dense layer's mask only prunes weights that are zero (what every pruner writes): a
+    /// mask over non-zero weights would change the layer's function depending on which path
+    /// (masked dense product or kernel) runs it.
+    fn check_masked_zero(
+        &self,
+        path: &str,
+        l: &DenseLinear,
+        mask: &SparsityMask,
+    ) -> Result<(), ModelError> {
+        let w = l.weight.val().into_data();
+        let w = w
+            .as_slice::<f32>()
+            .map_err(|e| self.err(format!("`{path}.weight`: {e:?}")))?;
+        if let Some(i) = (0..w.len()).find(|&i| !mask.is_kept_flat(i) && w[i] != 0.0) {
+            let cols = mask.shape()[1];
+            return Err(self.err(format!(
+                "`{path}.mask` prunes non-zero weights (first at row {}, column {}: {})",
+                i / cols,
+                i % cols,
+                w[i]
+            )));
+        }
+        Ok(())
+    }
+
     /// Output width of a stored layer, from the tensor that states it.
     fn out_features(&self, path: &str) -> Result<usize, ModelError> {
         let first = |name: String| -> Result<usize, ModelError> {
@@ -190,7 +215,9 @@ impl Reader<'_> {
                     bias_of(*bias)?,
                 );
                 if *mask {
-                    l.mask = Some(Arc::new(self.mask(&format!("{path}.mask"), [out, inp])?));
+                    let mask = self.mask(&format!("{path}.mask"), [out, inp])?;
+                    self.check_masked_zero(path, &l, &mask)?;
+                    l.mask = Some(Arc::new(mask));
                 }
                 CompressedLinear::Dense(l)
             }
@@ -333,7 +360,7 @@ pub fn read_container(path: &Path, device: &Device) -> Result<LoadedModel, Model
         path: path.to_path_buf(),
         source,
     };
-    let file = std::fs::File::open(path).map_err(io)?;
+    let file = compress_core::input::open_regular(path).map_err(io)?;
     // SAFETY: read-only map; like every mmap-based loader we assume the file is not truncated
     // by another process while it is being read.
     let map = unsafe { Mmap::map(&file) }.map_err(io)?;
@@ -361,6 +388,19 @@ pub fn read_container(path: &Path, device: &Device) -> Result<LoadedModel, Model
             "container version {} is newer than this build reads ({VERSION}); upgrade compress",
             header.version
         )));
+    }
+    if header.version == 0 {
+        return Err(r.err("container version 0 does not exist (versions start at 1)".into()));
+    }
+    if let Some(n) = &header.nesting {
+        n.validate().map_err(|e| r.err(format!("nesting: {e}")))?;
+    }
+    if header.tied_head {
+        if let Some(name) = r.st.names().into_iter().find(|n| n.starts_with("lm_head.")) {
+            return Err(r.err(format!(
+                "the header ties the head to the embedding, but the file stores `{name}`"
+            )));
+        }
     }
     verify_checksums(&r)?;
     let c = header.config.clone();
@@ -459,6 +499,7 @@ pub fn read_container(path: &Path, device: &Device) -> Result<LoadedModel, Model
         r.linear("lm_head", c.vocab_size, d)?
     };
     let tokenizer = r.tokenizer()?;
+    crate::load::check_vocabulary(&tokenizer, c.vocab_size, false, "the container")?;
     let (rope, rope_local) = ropes(&c, device);
     let model = LlamaModel {
         embedding: Param::from_tensor(embedding),

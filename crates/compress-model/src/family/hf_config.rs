@@ -167,7 +167,9 @@ impl HfConfigJson {
             num_layers: self.required_usize("num_hidden_layers")?,
             num_heads: heads,
             num_kv_heads: self.usize("num_key_value_heads")?.unwrap_or(heads),
-            head_dim: self.usize("head_dim")?.unwrap_or(hidden / heads),
+            head_dim: self
+                .usize("head_dim")?
+                .unwrap_or(hidden.checked_div(heads).unwrap_or(0)),
             rms_norm_eps: self.f32("rms_norm_eps")?.unwrap_or(1e-6),
             rope_theta: theta.unwrap_or(10_000.0),
             rope_layout: RopeLayout::NeoX,
@@ -190,6 +192,7 @@ impl HfConfigJson {
             // would, which this decoder does not switch to.
             c.max_seq_len = c.max_seq_len.min(*original_max_position_embeddings);
         }
+        c.validate_sizes().map_err(ModelError::InvalidConfig)?;
         (family.read_hf)(self, &mut c)?;
         Ok(c)
     }

@@ -1,7 +1,6 @@
 //! [`GgufFile`]: an opened, validated GGUF file.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::ops::Deref;
 use std::path::Path;
 
@@ -60,7 +59,7 @@ impl GgufFile {
             path: path.to_path_buf(),
             source,
         };
-        let file = File::open(path).map_err(io_err)?;
+        let file = compress_core::input::open_regular(path).map_err(io_err)?;
         // SAFETY: the map is read-only and only ever read through bounds-checked
         // slices; the documented contract is that the file is not modified while mapped.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err)?;

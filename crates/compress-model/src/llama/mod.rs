@@ -599,10 +599,16 @@ impl LlamaModel {
         }
     }
 
+    /// Refuses sequences past the context, and grows the RoPE tables to cover positions
+    /// `0..len` (every entry point that runs tokens calls this first).
     pub(crate) fn check_len(&self, len: usize) -> Result<(), ModelError> {
         let max = self.rope.max_positions();
         if len > max {
             return Err(ModelError::ContextTooLong { len, max });
+        }
+        self.rope.ensure(len);
+        if let Some(local) = &self.rope_local {
+            local.ensure(len);
         }
         Ok(())
     }

@@ -5,7 +5,10 @@
 //! [`RopeLayout`]. With partial rotary embeddings (Phi-4-mini) only the first `rotary_dims`
 //! dimensions of a head are rotated (paired within them) and the rest pass through. Frequency
 //! scaling ([`RopeScaling`]) rewrites the inverse frequencies and may scale cos/sin. The tables
-//! are computed once, in f64, for every position up to the model's context, then stored as f32.
+//! are computed in f64 and stored as f32, for the positions actually used: they start empty and
+//! grow (at least doubling, never past the model's context) when a longer sequence arrives
+//! ([`Rope::ensure`]), so a file declaring a context of 10⁸ positions costs nothing until such
+//! positions are run.
 
 use std::f64::consts::PI;
 
@@ -14,21 +17,39 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::config::{RopeLayout, RopeScaling};
 
-/// Precomputed RoPE tables for one head width.
+/// RoPE tables for one head width, grown on demand up to the model's context.
 #[derive(Module, Debug)]
 pub struct Rope {
-    /// `cos θ_i(p)`, `[max_positions, rotary_dims / 2]`.
-    cos: Tensor<2>,
-    /// `sin θ_i(p)`, `[max_positions, rotary_dims / 2]`.
-    sin: Tensor<2>,
     #[module(skip)]
     layout: RopeLayout,
     /// Width of a head (`rotary_dims` of them rotated).
     #[module(skip)]
     head_dim: usize,
-    /// The same tables on the host (`cos`, `sin`), for compress-kernels' fused CPU rotation.
+    /// Rotated dimensions of a head.
     #[module(skip)]
-    host: std::sync::Arc<(Vec<f32>, Vec<f32>)>,
+    rotary_dims: usize,
+    /// The model's context: positions must stay below it.
+    #[module(skip)]
+    max_positions: usize,
+    /// `ω_i` of the pairs and the cos/sin scale.
+    #[module(skip)]
+    frequencies: std::sync::Arc<(Vec<f64>, f64)>,
+    #[module(skip)]
+    device: Device,
+    /// The tables built so far, shared by clones of the model.
+    #[module(skip)]
+    tables: std::sync::Arc<std::sync::RwLock<std::sync::Arc<Tables>>>,
+}
+
+/// `cos θ_i(p)` and `sin θ_i(p)` for positions `0..len`, `[len, rotary_dims / 2]`, on the host
+/// (for compress-kernels' fused CPU rotation) and on the device.
+#[derive(Debug)]
+struct Tables {
+    len: usize,
+    cos_host: Vec<f32>,
+    sin_host: Vec<f32>,
+    cos: Option<Tensor<2>>,
+    sin: Option<Tensor<2>>,
 }
 
 /// The inverse frequencies `ω_i` of pairs `0..rotary_dims/2` and the cos/sin scale, for `base`
@@ -253,8 +274,9 @@ impl Rope {
         )
     }
 
-    /// Tables for `max_positions` positions of heads of width `head_dim` whose first
-    /// `rotary_dims` dimensions are rotated, with frequencies scaled by `scaling`.
+    /// Tables for up to `max_positions` positions of heads of width `head_dim` whose first
+    /// `rotary_dims` dimensions are rotated, with frequencies scaled by `scaling`; nothing is
+    /// computed until positions are used ([`Self::ensure`]).
     pub fn with_scaling(
         head_dim: usize,
         rotary_dims: usize,
@@ -264,24 +286,75 @@ impl Rope {
         layout: RopeLayout,
         device: &Device,
     ) -> Self {
-        let half = rotary_dims / 2;
-        let (inv_freq, scale) = inverse_frequencies(rotary_dims, base, scaling);
-        let mut cos = Vec::with_capacity(max_positions * half);
-        let mut sin = Vec::with_capacity(max_positions * half);
-        for p in 0..max_positions {
-            for &w in &inv_freq {
-                let angle = p as f64 * w;
-                cos.push((angle.cos() * scale) as f32);
-                sin.push((angle.sin() * scale) as f32);
-            }
-        }
+        let tables = Tables {
+            len: 0,
+            cos_host: Vec::new(),
+            sin_host: Vec::new(),
+            cos: None,
+            sin: None,
+        };
         Self {
-            cos: Tensor::from_data(TensorData::new(cos.clone(), [max_positions, half]), device),
-            sin: Tensor::from_data(TensorData::new(sin.clone(), [max_positions, half]), device),
             layout,
             head_dim,
-            host: std::sync::Arc::new((cos, sin)),
+            rotary_dims,
+            max_positions,
+            frequencies: std::sync::Arc::new(inverse_frequencies(rotary_dims, base, scaling)),
+            device: device.clone(),
+            tables: std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(tables))),
         }
+    }
+
+    /// Makes the tables cover positions `0..len` (at most [`Self::max_positions`]): grown to at
+    /// least twice their size, and at least 256 positions, so a generation loop grows them
+    /// O(log n) times.
+    pub fn ensure(&self, len: usize) {
+        let len = len.min(self.max_positions);
+        if self.current().len >= len {
+            return;
+        }
+        let mut guard = self.tables.write().unwrap_or_else(|e| e.into_inner());
+        let old = guard.clone();
+        if old.len >= len {
+            return;
+        }
+        let new_len = len.max(2 * old.len).max(256).min(self.max_positions);
+        let (inv_freq, scale) = &*self.frequencies;
+        let half = self.rotary_dims / 2;
+        let mut cos_host = Vec::with_capacity(new_len * half);
+        let mut sin_host = Vec::with_capacity(new_len * half);
+        cos_host.extend_from_slice(&old.cos_host);
+        sin_host.extend_from_slice(&old.sin_host);
+        for p in old.len..new_len {
+            for &w in inv_freq {
+                let angle = p as f64 * w;
+                cos_host.push((angle.cos() * scale) as f32);
+                sin_host.push((angle.sin() * scale) as f32);
+            }
+        }
+        let tensor = |v: &[f32]| {
+            Tensor::<2>::from_data(TensorData::new(v.to_vec(), [new_len, half]), &self.device)
+        };
+        *guard = std::sync::Arc::new(Tables {
+            len: new_len,
+            cos: Some(tensor(&cos_host)),
+            sin: Some(tensor(&sin_host)),
+            cos_host,
+            sin_host,
+        });
+    }
+
+    /// The tables as built so far.
+    fn current(&self) -> std::sync::Arc<Tables> {
+        self.tables
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The tables, grown to cover positions below `end`.
+    fn covering(&self, end: usize) -> std::sync::Arc<Tables> {
+        self.ensure(end);
+        self.current()
     }
 
     /// Rotates host `x` of `[tokens, heads, head_dim]` into `out` (same shape), token `t` at
@@ -293,12 +366,13 @@ impl Rope {
         heads: usize,
         positions: &[usize],
     ) -> Result<(), compress_core::kernels::KernelError> {
-        let rotary = 2 * self.cos.dims()[1];
+        let rotary = self.rotary_dims;
         let pairs = match self.layout {
             RopeLayout::NeoX => compress_core::kernels::rope::RopePairs::Halves,
             RopeLayout::Interleaved => compress_core::kernels::rope::RopePairs::Adjacent,
         };
-        let (cos, sin) = &*self.host;
+        let tables = self.covering(positions.iter().max().map_or(0, |&p| p + 1));
+        let (cos, sin) = (&tables.cos_host, &tables.sin_host);
         if rotary == self.head_dim {
             return compress_core::kernels::rope::rope(
                 x, out, heads, rotary, positions, cos, sin, pairs,
@@ -337,16 +411,18 @@ impl Rope {
         Ok(())
     }
 
-    /// Number of positions the tables cover.
+    /// The model's context: the number of positions the tables may cover.
     pub fn max_positions(&self) -> usize {
-        self.cos.dims()[0]
+        self.max_positions
     }
 
     /// Rotates `x: [batch, heads, seq, head_dim]` whose token `t` of batch row `b` sits at position
     /// `positions[b, t]` (`positions: [batch, seq]`, each below [`Self::max_positions`]).
+    /// Positions `0..seq` are covered here; later ones (a KV-cached continuation) must have been
+    /// covered with [`Self::ensure`], which the model's entry points do.
     pub fn apply(&self, x: Tensor<4>, positions: Tensor<2, Int>) -> Tensor<4> {
         let [b, h, t, d] = x.dims();
-        let rotary = 2 * self.cos.dims()[1];
+        let rotary = self.rotary_dims;
         if rotary < d {
             let kept = x.clone().narrow(3, rotary, d - rotary);
             let rotated = self.apply(x.narrow(3, 0, rotary), positions);
@@ -354,12 +430,14 @@ impl Rope {
         }
         let half = d / 2;
         let flat = positions.reshape([b * t]);
-        let cos = self
-            .cos
-            .clone()
-            .select(0, flat.clone())
-            .reshape([b, 1, t, half]);
-        let sin = self.sin.clone().select(0, flat).reshape([b, 1, t, half]);
+        // Full sequences sit at positions `0..t`; a cached continuation's positions were
+        // covered by the model's entry point.
+        let tables = self.covering(t.max(1));
+        let (Some(cos), Some(sin)) = (&tables.cos, &tables.sin) else {
+            unreachable!("tables covering at least one position are built");
+        };
+        let cos = cos.clone().select(0, flat.clone()).reshape([b, 1, t, half]);
+        let sin = sin.clone().select(0, flat).reshape([b, 1, t, half]);
         match self.layout {
             RopeLayout::NeoX => {
                 let x0 = x.clone().narrow(3, 0, half);

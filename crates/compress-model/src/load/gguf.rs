@@ -218,9 +218,38 @@ fn read_config(file: &GgufFile) -> Result<(&'static Family, LlamaConfig), ModelE
             ..Variant::default()
         },
     };
+    config.validate_sizes().map_err(ModelError::InvalidConfig)?;
+    check_block_count(file, config.num_layers)?;
     (family.read_gguf)(file, &prefix, &mut config)?;
     read_rope_factors(file, &prefix, &mut config)?;
     Ok((family, config))
+}
+
+/// `block_count` must be the number of blocks the file holds tensors for (`blk.N.*`): fewer
+/// would silently drop blocks, more would fail later on a missing tensor after sizing the model
+/// from the declared number.
+fn check_block_count(file: &GgufFile, declared: usize) -> Result<(), ModelError> {
+    let present = file
+        .tensors()
+        .iter()
+        .filter_map(|t| {
+            t.name
+                .strip_prefix("blk.")?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .max()
+        .map_or(0, |b| b + 1);
+    if present != declared {
+        return Err(ModelError::InvalidConfig(format!(
+            "block_count = {declared}, but the file holds tensors for {present} blocks \
+             (blk.0 … blk.{})",
+            present.saturating_sub(1)
+        )));
+    }
+    Ok(())
 }
 
 /// Per-dimension RoPE factors stored as tensors: `rope_freqs.weight` (Llama 3.1's rule, as

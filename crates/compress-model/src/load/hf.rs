@@ -8,7 +8,6 @@
 //! the decoder sees one layout.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use crate::config::LlamaConfig;
@@ -47,9 +46,12 @@ impl HfModel {
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, ModelError> {
         let dir = dir.as_ref().to_path_buf();
         let config_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path).map_err(|source| ModelError::Io {
-            path: config_path.clone(),
-            source,
+        let limit = compress_core::input::CONFIG_LIMIT;
+        let text = compress_core::input::read_text(&config_path, limit).map_err(|source| {
+            ModelError::Io {
+                path: config_path.clone(),
+                source,
+            }
         })?;
         let hf = HfConfigJson::parse(&text).map_err(|message| ModelError::Json {
             path: config_path.clone(),
@@ -70,9 +72,11 @@ impl HfModel {
 
         let index_path = dir.join("model.safetensors.index.json");
         let files: Vec<String> = if index_path.exists() {
-            let text = std::fs::read_to_string(&index_path).map_err(|source| ModelError::Io {
-                path: index_path.clone(),
-                source,
+            let text = compress_core::input::read_text(&index_path, limit).map_err(|source| {
+                ModelError::Io {
+                    path: index_path.clone(),
+                    source,
+                }
             })?;
             let json: serde_json::Value =
                 serde_json::from_str(&text).map_err(|e| ModelError::Json {
@@ -114,7 +118,7 @@ impl HfModel {
         }
         let groups = super::compressed::config_groups(&hf)?;
         let packed = super::compressed::packed_modules(index.keys(), &groups);
-        Ok(Self {
+        let model = Self {
             dir,
             family,
             config,
@@ -123,7 +127,30 @@ impl HfModel {
             eos,
             shards,
             index,
-        })
+        };
+        model.check_block_count()?;
+        Ok(model)
+    }
+
+    /// `num_hidden_layers` must be the number of blocks the checkpoint holds: the last declared
+    /// block's attention norm is there and the next block's is not (fewer declared blocks
+    /// would silently drop tensors).
+    fn check_block_count(&self) -> Result<(), ModelError> {
+        let n = self.config.num_layers;
+        let has = |l: usize| {
+            let (name, _) = self.location(WeightName::AttnNorm(l));
+            self.index.contains_key(&name)
+        };
+        if has(n) {
+            let more = (n..n + 1024).take_while(|&l| has(l)).count();
+            return Err(ModelError::InvalidConfig(format!(
+                "num_hidden_layers = {n}, but the checkpoint holds {} more blocks' tensors \
+                 (from {})",
+                more,
+                self.location(WeightName::AttnNorm(n)).0
+            )));
+        }
+        Ok(())
     }
 
     /// The tokenizer from `tokenizer.json` in the checkpoint directory, with BOS/EOS ids taken
@@ -320,7 +347,7 @@ fn floats(bytes: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
 }
 
 fn open_shard(path: PathBuf) -> Result<Shard, ModelError> {
-    let file = File::open(&path).map_err(|source| ModelError::Io {
+    let file = compress_core::input::open_regular(&path).map_err(|source| ModelError::Io {
         path: path.clone(),
         source,
     })?;

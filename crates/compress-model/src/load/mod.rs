@@ -1,9 +1,11 @@
 //! Model loaders: GGUF files and Hugging Face checkpoint directories.
 
 mod compressed;
+mod detect;
 mod gguf;
 mod hf;
 
+pub use detect::{detect_format, ModelFormat};
 pub use gguf::GgufModel;
 pub use hf::HfModel;
 
@@ -26,7 +28,8 @@ pub struct LoadedModel {
 }
 
 /// Loads a model onto `device` from a GGUF file, a `compress` container
-/// ([`crate::container`]) or a Hugging Face checkpoint directory.
+/// ([`crate::container`]) or a Hugging Face checkpoint directory, told apart by
+/// [`detect_format`] (a path that is none of them is refused with what it holds).
 ///
 /// ```no_run
 /// # fn main() -> Result<(), compress_model::ModelError> {
@@ -37,36 +40,83 @@ pub struct LoadedModel {
 /// ```
 pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<LoadedModel, ModelError> {
     let path = path.as_ref();
-    if path.is_dir() {
-        let source = HfModel::open(path)?;
-        let tokenizer = source.tokenizer()?;
-        LoadedModel::from_source(Arc::new(source), tokenizer, device)
-    } else if crate::container::is_container(path) {
-        crate::container::read_container(path, device)
-    } else {
-        let source = GgufModel::open(path)?;
-        let tokenizer = source.tokenizer()?;
-        LoadedModel::from_source(Arc::new(source), tokenizer, device)
+    match detect_format(path)? {
+        ModelFormat::HfDirectory => {
+            let source = HfModel::open(path)?;
+            let tokenizer = source.tokenizer()?;
+            LoadedModel::from_source(Arc::new(source), tokenizer, false, device)
+        }
+        ModelFormat::Container => crate::container::read_container(path, device),
+        ModelFormat::Gguf => {
+            let source = GgufModel::open(path)?;
+            let tokenizer = source.tokenizer()?;
+            LoadedModel::from_source(Arc::new(source), tokenizer, true, device)
+        }
     }
+}
+
+/// Checks a tokenizer against the embedding it feeds: no id the tokenizer can produce (and no
+/// special id) indexes past the `vocab_size` embedding rows; with `exact` (GGUF, whose
+/// vocabulary llama.cpp requires to match the embedding row for row) the sizes must be equal.
+/// A Hugging Face checkpoint may pad its embedding beyond the tokenizer (Qwen2 does).
+pub(crate) fn check_vocabulary(
+    tokenizer: &LlmTokenizer,
+    vocab_size: usize,
+    exact: bool,
+    what: &str,
+) -> Result<(), ModelError> {
+    let n = tokenizer.vocab_size();
+    if n > vocab_size || (exact && n != vocab_size) {
+        return Err(ModelError::InvalidConfig(format!(
+            "{what}: the tokenizer has {n} tokens, the embedding {vocab_size} rows{}",
+            if n > vocab_size {
+                ": ids past the embedding would index outside it"
+            } else {
+                " (a GGUF vocabulary matches the embedding row for row)"
+            }
+        )));
+    }
+    let s = tokenizer.special_tokens();
+    for (name, id) in [
+        ("bos", s.bos),
+        ("eos", s.eos),
+        ("unk", s.unk),
+        ("pad", s.pad),
+    ] {
+        if let Some(id) = id.filter(|&id| id as usize >= n) {
+            return Err(ModelError::InvalidConfig(format!(
+                "{what}: the {name} token id {id} is past the tokenizer's {n} tokens"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Loads a GGUF file held in memory (for example one embedded with `include_bytes!`).
 pub fn load_gguf_bytes(bytes: Vec<u8>, device: &Device) -> Result<LoadedModel, ModelError> {
     let source = GgufModel::from_file(crate::gguf::GgufFile::from_bytes(bytes)?)?;
     let tokenizer = source.tokenizer()?;
-    LoadedModel::from_source(Arc::new(source), tokenizer, device)
+    LoadedModel::from_source(Arc::new(source), tokenizer, true, device)
 }
 
 impl LoadedModel {
     /// The blocks' projection weights stay in `source` (a GGUF's memory map, a checkpoint's
     /// safetensors maps) until a product first reads them ([`LlamaModel::from_shared_source`]):
     /// a model is resident only as far as it has been run, which is what lets the calibration
-    /// pipeline hold about one uncompressed block at a time.
+    /// pipeline hold about one uncompressed block at a time. The tokenizer is checked against
+    /// the embedding first ([`check_vocabulary`]; `exact` for GGUF).
     fn from_source(
         source: Arc<dyn WeightSource + Send + Sync>,
         tokenizer: LlmTokenizer,
+        exact: bool,
         device: &Device,
     ) -> Result<Self, ModelError> {
+        let what = if exact {
+            "the GGUF file"
+        } else {
+            "the checkpoint"
+        };
+        check_vocabulary(&tokenizer, source.config().vocab_size, exact, what)?;
         Ok(LoadedModel {
             model: LlamaModel::from_shared_source(source, device)?,
             tokenizer,

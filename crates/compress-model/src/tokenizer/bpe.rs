@@ -83,6 +83,12 @@ pub fn build(vocab: &GgufVocab) -> Result<Tokenizer, TokenizerError> {
         merges.push((l.to_string(), r.to_string()));
     }
     let map = vocab.vocab_map()?;
+    let known: std::collections::HashSet<&str> = vocab.tokens.iter().map(String::as_str).collect();
+    super::merges::check_merges(
+        &known,
+        merges.iter().map(|(l, r)| (l.as_str(), r.as_str())),
+        "",
+    )?;
     let pre = pre_tokenizer(vocab.pre.as_deref())?;
     let ignore_merges = matches!(
         vocab.pre.as_deref(),

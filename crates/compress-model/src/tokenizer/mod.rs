@@ -26,6 +26,7 @@
 
 pub mod bpe;
 mod from_hf;
+pub mod merges;
 pub mod spm;
 
 use std::path::Path;
@@ -258,7 +259,9 @@ impl LlmTokenizer {
     /// with [`LlmTokenizer::with_special_ids`] when the model's `config.json` says otherwise.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, TokenizerError> {
         let path = path.as_ref();
-        let inner = tokenizers::Tokenizer::from_file(path)
+        let text = compress_core::input::read_text(path, compress_core::input::TEXT_LIMIT)
+            .map_err(|e| TokenizerError::Library(format!("{}: {e}", path.display())))?;
+        let inner = parse_tokenizer_json(&text)
             .map_err(|e| TokenizerError::Library(format!("{}: {e}", path.display())))?;
         Ok(Self::from_tokenizer(inner))
     }
@@ -283,7 +286,7 @@ impl LlmTokenizer {
     /// A tokenizer from the text of a `tokenizer.json` and explicit special tokens (how the
     /// container format stores a Hugging Face tokenizer).
     pub fn from_json_str(json: &str, special: SpecialTokens) -> Result<Self, TokenizerError> {
-        let inner: tokenizers::Tokenizer = json.parse().map_err(TokenizerError::lib)?;
+        let inner = parse_tokenizer_json(json)?;
         let mut t = Self::from_tokenizer(inner);
         t.bos = special.bos;
         t.eos = special.eos;
@@ -387,6 +390,41 @@ impl LlmTokenizer {
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
+}
+
+/// Parses `tokenizer.json` text, first checking a BPE model's merges ([`merges::check_merges`]:
+/// the `tokenizers` crate panics on merges whose concatenation is not a token) and containing
+/// any other panic of the crate as an error, so none crosses this library's boundary.
+fn parse_tokenizer_json(text: &str) -> Result<tokenizers::Tokenizer, TokenizerError> {
+    let json: serde_json::Value = serde_json::from_str(text).map_err(TokenizerError::lib)?;
+    let model = &json["model"];
+    if model["type"] == "BPE" {
+        let vocab: std::collections::HashSet<&str> = model["vocab"]
+            .as_object()
+            .map(|v| v.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        let pairs: Vec<(&str, &str)> = model["merges"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|m| match m {
+                        serde_json::Value::String(s) => s.split_once(' '),
+                        serde_json::Value::Array(p) => {
+                            Some((p.first()?.as_str()?, p.get(1)?.as_str()?))
+                        }
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let prefix = model["continuing_subword_prefix"].as_str().unwrap_or("");
+        merges::check_merges(&vocab, pairs, prefix)?;
+    }
+    std::panic::catch_unwind(|| text.parse::<tokenizers::Tokenizer>())
+        .map_err(|_| {
+            TokenizerError::Library("the tokenizers crate failed on this tokenizer.json".into())
+        })?
+        .map_err(TokenizerError::lib)
 }
 
 #[cfg(test)]

@@ -12,8 +12,6 @@
 //! the same choices as the score-driven loop. Text is normalized the way llama.cpp does it:
 //! a leading space (when `add_space_prefix`, the default) and every space replaced by `▁`.
 
-use std::collections::HashMap;
-
 use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::fuse::Fuse;
 use tokenizers::decoders::sequence::Sequence as DecoderSequence;
@@ -27,28 +25,24 @@ use super::{GgufVocab, TokenizerError};
 /// The SentencePiece word-boundary marker that stands for a space.
 pub const SPACE_MARKER: &str = "\u{2581}";
 
-/// Derives the rank-ordered merge list from SentencePiece scores (see the module docs).
-pub fn merges_from_scores(tokens: &[String], scores: &[f32]) -> Vec<(String, String)> {
-    let ids: HashMap<&str, usize> = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.as_str(), i))
-        .collect();
-    // (score of the merged token, merged id, left id, left, right)
-    let mut merges: Vec<(f32, usize, usize, &str, &str)> = Vec::new();
-    for (id, piece) in tokens.iter().enumerate() {
-        for (split, _) in piece.char_indices().skip(1) {
-            let (l, r) = piece.split_at(split);
-            if let (Some(&li), Some(_)) = (ids.get(l), ids.get(r)) {
-                merges.push((scores[id], id, li, l, r));
-            }
-        }
-    }
-    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-    merges
+/// Derives the rank-ordered merge list from SentencePiece scores (see the module docs), in
+/// time linear in the vocabulary's bytes ([`super::merges::spm_merges`]).
+pub fn merges_from_scores(
+    tokens: &[String],
+    scores: &[f32],
+) -> Result<Vec<(String, String)>, TokenizerError> {
+    let mut merges = super::merges::spm_merges(tokens)?;
+    // By the merged token's score (highest first), then its id, then the left half's id.
+    merges.sort_by(|a, b| {
+        scores[b.0]
+            .total_cmp(&scores[a.0])
+            .then(a.0.cmp(&b.0))
+            .then(a.1.cmp(&b.1))
+    });
+    Ok(merges
         .into_iter()
-        .map(|(_, _, _, l, r)| (l.to_string(), r.to_string()))
-        .collect()
+        .map(|(_, _, l, r)| (l.to_string(), r.to_string()))
+        .collect())
 }
 
 /// Builds the tokenizer for a SentencePiece-BPE GGUF vocabulary.
@@ -58,7 +52,7 @@ pub fn build(vocab: &GgufVocab) -> Result<Tokenizer, TokenizerError> {
         TokenizerError::InvalidVocab("a `llama` vocabulary needs `tokenizer.ggml.scores`".into())
     })?;
     let map = vocab.vocab_map()?;
-    let merges = merges_from_scores(&vocab.tokens, scores);
+    let merges = merges_from_scores(&vocab.tokens, scores)?;
     let mut builder = BPE::builder()
         .vocab_and_merges(map, merges)
         .byte_fallback(true)
@@ -101,7 +95,7 @@ mod tests {
             .map(|s| s.to_string())
             .collect();
         let scores = [0.0, 0.0, 0.0, -3.0, -1.0, -2.0];
-        let m = merges_from_scores(&tokens, &scores);
+        let m = merges_from_scores(&tokens, &scores).unwrap();
         let pairs: Vec<(&str, &str)> = m.iter().map(|(l, r)| (l.as_str(), r.as_str())).collect();
         assert_eq!(
             pairs,
@@ -112,7 +106,7 @@ mod tests {
     #[test]
     fn multibyte_pieces_split_on_char_boundaries() {
         let tokens: Vec<String> = ["é", "▁", "▁é"].iter().map(|s| s.to_string()).collect();
-        let m = merges_from_scores(&tokens, &[0.0, 0.0, -1.0]);
+        let m = merges_from_scores(&tokens, &[0.0, 0.0, -1.0]).unwrap();
         assert_eq!(m, vec![("▁".to_string(), "é".to_string())]);
     }
 }
