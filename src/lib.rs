@@ -45,6 +45,7 @@ pub use compress_model as model;
 pub use compress_prune as prune;
 pub use compress_quant as quant;
 
+pub mod fuzz;
 pub mod recipe;
 
 /// The README's examples, compiled as doctests.

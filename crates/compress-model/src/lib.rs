@@ -37,6 +37,7 @@ pub mod config;
 pub mod container;
 pub mod error;
 pub mod family;
+pub mod fuzz;
 pub mod generate;
 pub mod gguf;
 pub mod llama;
@@ -49,7 +50,7 @@ pub mod weights;
 pub use config::{Architecture, LlamaConfig, RopeLayout};
 pub use error::ModelError;
 pub use llama::LlamaModel;
-pub use load::{load, LoadedModel};
+pub use load::{load, load_with, LoadOptions, LoadedModel};
 pub use tokenizer::LlmTokenizer;
 
 /// The README's examples, compiled as doctests.

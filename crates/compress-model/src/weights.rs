@@ -192,4 +192,11 @@ pub trait WeightSource {
     fn file_name(&self, name: WeightName) -> String {
         name.to_string()
     }
+
+    /// Tensors the file holds that no [`Self::tensor`] call has read so far, by file name
+    /// (sorted); after a model is built from the source, what it does not use. Sources that do
+    /// not track reads report none.
+    fn unread_tensors(&self) -> Vec<String> {
+        Vec::new()
+    }
 }

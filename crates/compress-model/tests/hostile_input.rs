@@ -346,3 +346,43 @@ fn a_mask_over_non_zero_weights_is_refused() {
         "{e}"
     );
 }
+
+/// A tensor the model does not read (here a bias on one block's query projection while the
+/// others have none, so the config says "no biases") is an error by default; the documented
+/// opt-out loads the file.
+#[test]
+fn tensors_the_model_does_not_use_are_refused_by_default() {
+    use compress_model::gguf::GgmlType;
+    let Some(src) = stories() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let f = GgufFile::open(&src).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in f.metadata() {
+        w.set(k, v.clone());
+    }
+    for t in f.tensors() {
+        let shape: Vec<usize> = t.shape_row_major().iter().map(|&d| d as usize).collect();
+        w.add_tensor(t.name(), &shape, t.ggml_type(), f.tensor_bytes(t).to_vec())
+            .unwrap();
+    }
+    let rows = f.tensor("blk.2.attn_q.weight").unwrap().shape_row_major()[0] as usize;
+    w.add_tensor(
+        "blk.2.attn_q.bias",
+        &[rows],
+        GgmlType::F32,
+        vec![0; 4 * rows],
+    )
+    .unwrap();
+    let p = dir.path().join("extra.gguf");
+    w.write(&p).unwrap();
+    let device = BackendKind::Flex.device().unwrap();
+    let e = compress_model::load(&p, &device).err().unwrap().to_string();
+    assert!(
+        e.contains("blk.2.attn_q.bias") && e.contains("does not use"),
+        "{e}"
+    );
+    let options = compress_model::LoadOptions {
+        allow_unused_tensors: true,
+    };
+    assert!(compress_model::load_with(&p, &device, &options).is_ok());
+}

@@ -43,7 +43,7 @@
 //! # Ok(()) }
 //! ```
 
-mod read;
+pub(crate) mod read;
 mod write;
 
 use std::collections::BTreeMap;

@@ -364,12 +364,21 @@ pub fn read_container(path: &Path, device: &Device) -> Result<LoadedModel, Model
     // SAFETY: read-only map; like every mmap-based loader we assume the file is not truncated
     // by another process while it is being read.
     let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+    read_container_bytes(path, &map, device)
+}
+
+/// [`read_container`] over the file's bytes (`path` names it in messages).
+pub(crate) fn read_container_bytes(
+    path: &Path,
+    map: &[u8],
+    device: &Device,
+) -> Result<LoadedModel, ModelError> {
     let st_err = |what: &str, e: safetensors::SafeTensorError| ModelError::Safetensors {
         path: path.to_path_buf(),
         message: format!("{what}: {e} (the file is truncated or corrupt)"),
     };
-    let (_, metadata) = SafeTensors::read_metadata(&map).map_err(|e| st_err("header", e))?;
-    let st = SafeTensors::deserialize(&map).map_err(|e| st_err("layout", e))?;
+    let (_, metadata) = SafeTensors::read_metadata(map).map_err(|e| st_err("header", e))?;
+    let st = SafeTensors::deserialize(map).map_err(|e| st_err("layout", e))?;
     let header = parse_header(path, &metadata)?;
     let r = Reader {
         path,

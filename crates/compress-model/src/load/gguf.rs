@@ -18,6 +18,8 @@ pub struct GgufModel {
     file: GgufFile,
     family: &'static Family,
     config: LlamaConfig,
+    /// Names of the tensors read so far ([`WeightSource::unread_tensors`]).
+    read: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl GgufModel {
@@ -30,10 +32,20 @@ impl GgufModel {
     /// Reads the config of an already parsed file.
     pub fn from_file(file: GgufFile) -> Result<Self, ModelError> {
         let (family, config) = read_config(&file)?;
+        // RoPE factor tensors are read with the config.
+        let read = [
+            "rope_freqs.weight",
+            "rope_factors_short.weight",
+            "rope_factors_long.weight",
+        ]
+        .into_iter()
+        .map(str::to_string)
+        .collect();
         Ok(Self {
             file,
             family,
             config,
+            read: std::sync::Mutex::new(read),
         })
     }
 
@@ -110,11 +122,28 @@ impl WeightSource for GgufModel {
         }
     }
 
+    fn unread_tensors(&self) -> Vec<String> {
+        let read = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        let mut unread: Vec<String> = self
+            .file
+            .tensors()
+            .iter()
+            .map(|t| t.name().to_string())
+            .filter(|n| !read.contains(n))
+            .collect();
+        unread.sort();
+        unread
+    }
+
     fn tensor(&self, name: WeightName) -> Result<Option<HostTensor>, ModelError> {
         let (file_name, rows) = self.location(name);
         let Some(info) = self.file.tensor(&file_name) else {
             return Ok(None);
         };
+        self.read
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(file_name.clone());
         let mut shape: Vec<usize> = info
             .shape_row_major()
             .into_iter()

@@ -39,18 +39,37 @@ pub struct LoadedModel {
 /// # Ok(()) }
 /// ```
 pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<LoadedModel, ModelError> {
+    load_with(path, device, &LoadOptions::default())
+}
+
+/// How strict [`load_with`] is. The default is strict.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Load a GGUF file that holds tensors the model does not read (by default an error: they
+    /// mean a block count, architecture or feature the config does not describe, and ignoring
+    /// them runs a different model than the file's author meant). Useful for files carrying
+    /// extra tensors for other runtimes.
+    pub allow_unused_tensors: bool,
+}
+
+/// [`load`] with `options`.
+pub fn load_with(
+    path: impl AsRef<Path>,
+    device: &Device,
+    options: &LoadOptions,
+) -> Result<LoadedModel, ModelError> {
     let path = path.as_ref();
     match detect_format(path)? {
         ModelFormat::HfDirectory => {
             let source = HfModel::open(path)?;
             let tokenizer = source.tokenizer()?;
-            LoadedModel::from_source(Arc::new(source), tokenizer, false, device)
+            LoadedModel::from_source(Arc::new(source), tokenizer, false, options, device)
         }
         ModelFormat::Container => crate::container::read_container(path, device),
         ModelFormat::Gguf => {
             let source = GgufModel::open(path)?;
             let tokenizer = source.tokenizer()?;
-            LoadedModel::from_source(Arc::new(source), tokenizer, true, device)
+            LoadedModel::from_source(Arc::new(source), tokenizer, true, options, device)
         }
     }
 }
@@ -96,7 +115,13 @@ pub(crate) fn check_vocabulary(
 pub fn load_gguf_bytes(bytes: Vec<u8>, device: &Device) -> Result<LoadedModel, ModelError> {
     let source = GgufModel::from_file(crate::gguf::GgufFile::from_bytes(bytes)?)?;
     let tokenizer = source.tokenizer()?;
-    LoadedModel::from_source(Arc::new(source), tokenizer, true, device)
+    LoadedModel::from_source(
+        Arc::new(source),
+        tokenizer,
+        true,
+        &LoadOptions::default(),
+        device,
+    )
 }
 
 impl LoadedModel {
@@ -109,6 +134,7 @@ impl LoadedModel {
         source: Arc<dyn WeightSource + Send + Sync>,
         tokenizer: LlmTokenizer,
         exact: bool,
+        options: &LoadOptions,
         device: &Device,
     ) -> Result<Self, ModelError> {
         let what = if exact {
@@ -117,9 +143,23 @@ impl LoadedModel {
             "the checkpoint"
         };
         check_vocabulary(&tokenizer, source.config().vocab_size, exact, what)?;
-        Ok(LoadedModel {
-            model: LlamaModel::from_shared_source(source, device)?,
-            tokenizer,
-        })
+        let model = LlamaModel::from_shared_source(source.clone(), device)?;
+        let unread = source.unread_tensors();
+        if !unread.is_empty() && !options.allow_unused_tensors {
+            return Err(ModelError::InvalidInput(format!(
+                "{what} holds {} tensors the model does not use ({}{}): a block count, \
+                 architecture or feature the config does not describe (load with \
+                 `LoadOptions::allow_unused_tensors` to ignore them)",
+                unread.len(),
+                unread
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if unread.len() > 5 { ", …" } else { "" }
+            )));
+        }
+        Ok(LoadedModel { model, tokenizer })
     }
 }

@@ -1,0 +1,6 @@
+//! Fuzz target: `compress_model::fuzz::tokenizer_json` (see that function). Run with `scripts/fuzz`.
+fn main() {
+    afl::fuzz!(|data: &[u8]| {
+        compress_model::fuzz::tokenizer_json(data);
+    });
+}
