@@ -26,26 +26,25 @@ fn stories() -> Option<PathBuf> {
     common::shared("models/stories260K.gguf")
 }
 
-/// stories260K rewritten with `edit` applied to its metadata (and its tensors kept, except
-/// those `keep` refuses).
+/// stories260K's metadata and tensors copied into a new file, then `edit` applied to it (set a
+/// key, add a tensor; the source file is passed for reference).
 fn rewritten(
     src: &Path,
     dir: &Path,
     name: &str,
-    edit: impl Fn(&mut GgufWriter),
-    keep: impl Fn(&str) -> bool,
+    edit: impl Fn(&mut GgufWriter, &GgufFile),
 ) -> PathBuf {
     let f = GgufFile::open(src).unwrap();
     let mut w = GgufWriter::new();
     for (k, v) in f.metadata() {
         w.set(k, v.clone());
     }
-    edit(&mut w);
-    for t in f.tensors().iter().filter(|t| keep(t.name())) {
+    for t in f.tensors() {
         let shape: Vec<usize> = t.shape_row_major().iter().map(|&d| d as usize).collect();
         w.add_tensor(t.name(), &shape, t.ggml_type(), f.tensor_bytes(t).to_vec())
             .unwrap();
     }
+    edit(&mut w, &f);
     let out = dir.join(name);
     w.write(&out).unwrap();
     out
@@ -65,16 +64,11 @@ fn declared_sizes_are_checked_before_anything_is_sized_from_them() {
     let Some(src) = stories() else { return };
     let dir = tempfile::tempdir().unwrap();
     let key = |k: &str| format!("llama.{k}");
-    let all = |_: &str| true;
 
     // A context of 10⁸ positions: loads, and the RoPE tables are built for the positions run.
-    let p = rewritten(
-        &src,
-        dir.path(),
-        "ctx.gguf",
-        |w| w.set(&key("context_length"), GgufValue::U32(100_000_000)),
-        all,
-    );
+    let p = rewritten(&src, dir.path(), "ctx.gguf", |w, _| {
+        w.set(&key("context_length"), GgufValue::U32(100_000_000))
+    });
     let (m, peak) = load_measured(&p);
     let m = m.unwrap();
     assert_eq!(m.model.config().max_seq_len, 100_000_000);
@@ -102,13 +96,9 @@ fn declared_sizes_are_checked_before_anything_is_sized_from_them() {
             "intermediate_size",
         ),
     ] {
-        let p = rewritten(
-            &src,
-            dir.path(),
-            "big.gguf",
-            |w| w.set(&key(k), v.clone()),
-            all,
-        );
+        let p = rewritten(&src, dir.path(), "big.gguf", |w, _| {
+            w.set(&key(k), v.clone())
+        });
         let (r, peak) = load_measured(&p);
         let e = r.err().unwrap_or_else(|| panic!("{k} = {v:?} loaded"));
         assert!(
@@ -127,26 +117,18 @@ fn block_count_must_match_the_blocks_present() {
     let Some(src) = stories() else { return };
     let dir = tempfile::tempdir().unwrap();
     // Fewer blocks declared than present: the rest would be silently ignored.
-    let p = rewritten(
-        &src,
-        dir.path(),
-        "fewer.gguf",
-        |w| w.set("llama.block_count", GgufValue::U32(3)),
-        |_| true,
-    );
+    let p = rewritten(&src, dir.path(), "fewer.gguf", |w, _| {
+        w.set("llama.block_count", GgufValue::U32(3))
+    });
     let e = load_measured(&p).0.err().unwrap().to_string();
     assert!(
         e.contains("block_count = 3") && e.contains("5 blocks"),
         "{e}"
     );
     // More declared than present.
-    let p = rewritten(
-        &src,
-        dir.path(),
-        "more.gguf",
-        |w| w.set("llama.block_count", GgufValue::U32(7)),
-        |_| true,
-    );
+    let p = rewritten(&src, dir.path(), "more.gguf", |w, _| {
+        w.set("llama.block_count", GgufValue::U32(7))
+    });
     let e = load_measured(&p).0.err().unwrap().to_string();
     assert!(
         e.contains("block_count = 7") && e.contains("5 blocks"),
@@ -355,26 +337,16 @@ fn tensors_the_model_does_not_use_are_refused_by_default() {
     use compress_model::gguf::GgmlType;
     let Some(src) = stories() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let f = GgufFile::open(&src).unwrap();
-    let mut w = GgufWriter::new();
-    for (k, v) in f.metadata() {
-        w.set(k, v.clone());
-    }
-    for t in f.tensors() {
-        let shape: Vec<usize> = t.shape_row_major().iter().map(|&d| d as usize).collect();
-        w.add_tensor(t.name(), &shape, t.ggml_type(), f.tensor_bytes(t).to_vec())
-            .unwrap();
-    }
-    let rows = f.tensor("blk.2.attn_q.weight").unwrap().shape_row_major()[0] as usize;
-    w.add_tensor(
-        "blk.2.attn_q.bias",
-        &[rows],
-        GgmlType::F32,
-        vec![0; 4 * rows],
-    )
-    .unwrap();
-    let p = dir.path().join("extra.gguf");
-    w.write(&p).unwrap();
+    let p = rewritten(&src, dir.path(), "extra.gguf", |w, f| {
+        let rows = f.tensor("blk.2.attn_q.weight").unwrap().shape_row_major()[0] as usize;
+        w.add_tensor(
+            "blk.2.attn_q.bias",
+            &[rows],
+            GgmlType::F32,
+            vec![0; 4 * rows],
+        )
+        .unwrap();
+    });
     let device = BackendKind::Flex.device().unwrap();
     let e = compress_model::load(&p, &device).err().unwrap().to_string();
     assert!(
