@@ -358,3 +358,25 @@ fn tensors_the_model_does_not_use_are_refused_by_default() {
     };
     assert!(compress_model::load_with(&p, &device, &options).is_ok());
 }
+
+/// Found by fuzzing (`fuzz/regressions/tokenizer_json/`): a `tokenizer.json` whose
+/// single-sequence template names sequence `B` made the `tokenizers` crate index out of bounds
+/// when encoding. It is refused when the tokenizer is built, naming the template.
+#[test]
+fn a_template_naming_a_missing_sequence_is_refused() {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/regressions/tokenizer_json/template-names-sequence-b.json");
+    let text = std::fs::read_to_string(path).unwrap();
+    let special = compress_model::tokenizer::SpecialTokens {
+        bos: None,
+        eos: None,
+        unk: None,
+        pad: None,
+        add_bos: false,
+    };
+    let e = compress_model::LlmTokenizer::from_json_str(&text, special)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("single template names sequence `B`"), "{e}");
+}

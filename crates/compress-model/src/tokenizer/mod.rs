@@ -328,9 +328,12 @@ impl LlmTokenizer {
     /// Encodes `text` into token ids, prepending BOS when `add_bos` is true and the vocabulary
     /// has one. Special tokens written in the text (`<|im_start|>`) are matched verbatim.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>, TokenizerError> {
-        let enc = self
-            .inner
-            .encode(text, false)
+        // A panic inside the `tokenizers` crate (a tokenizer.json it accepted but cannot run)
+        // is an error here, not a crash of the caller.
+        let enc = std::panic::catch_unwind(|| self.inner.encode(text, false))
+            .map_err(|_| {
+                TokenizerError::Library("the tokenizers crate failed on this text".into())
+            })?
             .map_err(TokenizerError::lib)?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
         if add_bos {
@@ -347,7 +350,11 @@ impl LlmTokenizer {
         if let Some(&id) = ids.iter().find(|&&id| id as usize >= n) {
             return Err(TokenizerError::IdOutOfRange { id, vocab_size: n });
         }
-        self.inner.decode(ids, true).map_err(TokenizerError::lib)
+        std::panic::catch_unwind(|| self.inner.decode(ids, true))
+            .map_err(|_| {
+                TokenizerError::Library("the tokenizers crate failed on these ids".into())
+            })?
+            .map_err(TokenizerError::lib)
     }
 
     /// The vocabulary string of one token (`▁the`, `Ġthe`, `<0x0A>`), if `id` is in range.
@@ -392,6 +399,46 @@ impl LlmTokenizer {
     }
 }
 
+/// Checks a `TemplateProcessing` post-processor (also inside a `Sequence` of them): the
+/// single-sequence template may only name sequence `A`, the pair template `A` and `B`, and every
+/// special token a template names must be defined — the `tokenizers` crate indexes out of
+/// bounds otherwise, at encode time.
+fn check_templates(p: &serde_json::Value) -> Result<(), TokenizerError> {
+    let bad = |m: String| TokenizerError::InvalidVocab(format!("post_processor: {m}"));
+    match p["type"].as_str() {
+        Some("Sequence") => {
+            for q in p["processors"].as_array().into_iter().flatten() {
+                check_templates(q)?;
+            }
+        }
+        Some("TemplateProcessing") => {
+            let specials = &p["special_tokens"];
+            for (which, allowed) in [("single", &["A"][..]), ("pair", &["A", "B"][..])] {
+                for piece in p[which].as_array().into_iter().flatten() {
+                    if let Some(id) = piece["Sequence"]["id"].as_str() {
+                        if !allowed.contains(&id) {
+                            return Err(bad(format!(
+                                "the {which} template names sequence `{id}` (it has {})",
+                                allowed.join(" and ")
+                            )));
+                        }
+                    }
+                    if let Some(id) = piece["SpecialToken"]["id"].as_str() {
+                        let ids = specials[id]["ids"].as_array();
+                        if ids.is_none_or(|v| v.is_empty()) {
+                            return Err(bad(format!(
+                                "the {which} template names the undefined special token `{id}`"
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// Parses `tokenizer.json` text, first checking a BPE model's merges ([`merges::check_merges`]:
 /// the `tokenizers` crate panics on merges whose concatenation is not a token) and containing
 /// any other panic of the crate as an error, so none crosses this library's boundary.
@@ -420,6 +467,7 @@ fn parse_tokenizer_json(text: &str) -> Result<tokenizers::Tokenizer, TokenizerEr
         let prefix = model["continuing_subword_prefix"].as_str().unwrap_or("");
         merges::check_merges(&vocab, pairs, prefix)?;
     }
+    check_templates(&json["post_processor"])?;
     std::panic::catch_unwind(|| text.parse::<tokenizers::Tokenizer>())
         .map_err(|_| {
             TokenizerError::Library("the tokenizers crate failed on this tokenizer.json".into())
