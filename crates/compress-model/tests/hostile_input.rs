@@ -22,6 +22,13 @@ static ALLOC: CountingAllocator = CountingAllocator;
 /// 10⁸ positions would take gigabytes.
 const LOAD_BOUND: usize = 64 << 20;
 
+/// Tests of this binary run one at a time: the heap counter is process-wide, so a measured
+/// load must not overlap another test's allocations.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn stories() -> Option<PathBuf> {
     common::shared("models/stories260K.gguf")
 }
@@ -72,6 +79,7 @@ fn load_measured(path: &Path) -> (Result<compress_model::LoadedModel, ModelError
 
 #[test]
 fn declared_sizes_are_checked_before_anything_is_sized_from_them() {
+    let _serial = serial();
     let Some(src) = stories() else { return };
     let dir = tempfile::tempdir().unwrap();
     let key = |k: &str| format!("llama.{k}");
@@ -125,6 +133,7 @@ fn declared_sizes_are_checked_before_anything_is_sized_from_them() {
 
 #[test]
 fn block_count_must_match_the_blocks_present() {
+    let _serial = serial();
     let Some(src) = stories() else { return };
     let dir = tempfile::tempdir().unwrap();
     // Fewer blocks declared than present: the rest would be silently ignored.
@@ -149,6 +158,7 @@ fn block_count_must_match_the_blocks_present() {
 
 #[test]
 fn files_are_told_apart_and_special_files_refused() {
+    let _serial = serial();
     let Some(src) = stories() else { return };
     let dir = tempfile::tempdir().unwrap();
     let device = BackendKind::Flex.device().unwrap();
@@ -187,6 +197,7 @@ fn files_are_told_apart_and_special_files_refused() {
 
 #[test]
 fn vocabularies_with_impossible_merges_are_errors_not_panics() {
+    let _serial = serial();
     use compress_model::tokenizer::GgufVocab;
     use compress_model::LlmTokenizer;
     let tokens: Vec<String> = ["a", "b", "ab"].iter().map(|s| s.to_string()).collect();
@@ -233,6 +244,7 @@ fn vocabularies_with_impossible_merges_are_errors_not_panics() {
 /// rewritten).
 #[test]
 fn container_headers_are_checked_field_by_field() {
+    let _serial = serial();
     use serde_json::{json, Value};
     let Some(src) = stories() else { return };
     let device = BackendKind::Flex.device().unwrap();
@@ -308,6 +320,7 @@ fn container_headers_are_checked_field_by_field() {
 /// A dense layer's stored mask may only prune zero weights.
 #[test]
 fn a_mask_over_non_zero_weights_is_refused() {
+    let _serial = serial();
     use compress_core::linear::CompressedLinear;
     use compress_core::sparsity::SparsityMask;
     let Some(src) = stories() else { return };
@@ -339,6 +352,7 @@ fn a_mask_over_non_zero_weights_is_refused() {
 /// opt-out loads the file.
 #[test]
 fn tensors_the_model_does_not_use_are_refused_by_default() {
+    let _serial = serial();
     use compress_model::gguf::GgmlType;
     let Some(src) = stories() else { return };
     let dir = tempfile::tempdir().unwrap();
@@ -369,6 +383,7 @@ fn tensors_the_model_does_not_use_are_refused_by_default() {
 /// when encoding. It is refused when the tokenizer is built, naming the template.
 #[test]
 fn a_template_naming_a_missing_sequence_is_refused() {
+    let _serial = serial();
     let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../fuzz/regressions/tokenizer_json/template-names-sequence-b.json");
     let text = std::fs::read_to_string(path).unwrap();
