@@ -58,14 +58,7 @@ pub fn tokenizer_json(data: &[u8]) -> bool {
     let Ok(text) = std::str::from_utf8(data) else {
         return false;
     };
-    let special = crate::tokenizer::SpecialTokens {
-        bos: None,
-        eos: None,
-        unk: None,
-        pad: None,
-        add_bos: false,
-    };
-    let Ok(t) = crate::LlmTokenizer::from_json_str(text, special) else {
+    let Ok(t) = crate::LlmTokenizer::from_json_str(text, Default::default()) else {
         return false;
     };
     let Ok(ids) = t.encode("Hello wörld 123!", false) else {

@@ -57,17 +57,6 @@ fn rewritten(
     out
 }
 
-/// Special tokens of a bare tokenizer.json: none, and no BOS by default.
-fn no_special_tokens() -> compress_model::tokenizer::SpecialTokens {
-    compress_model::tokenizer::SpecialTokens {
-        bos: None,
-        eos: None,
-        unk: None,
-        pad: None,
-        add_bos: false,
-    }
-}
-
 /// Loads `path` on flex, returning the result and the peak heap growth during the load.
 fn load_measured(path: &Path) -> (Result<compress_model::LoadedModel, ModelError>, usize) {
     let device = BackendKind::Flex.device().unwrap();
@@ -219,7 +208,7 @@ fn vocabularies_with_impossible_merges_are_errors_not_panics() {
         "model":{"type":"BPE","dropout":null,"unk_token":null,"continuing_subword_prefix":null,
         "end_of_word_suffix":null,"fuse_unk":false,"byte_fallback":false,"ignore_merges":false,
         "vocab":{"a":0,"b":1,"ab":2},"merges":[["ab","ab"]]}}"#;
-    let special = no_special_tokens();
+    let special = Default::default();
     let e = LlmTokenizer::from_json_str(json, special)
         .err()
         .unwrap()
@@ -387,7 +376,7 @@ fn a_template_naming_a_missing_sequence_is_refused() {
     let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../fuzz/regressions/tokenizer_json/template-names-sequence-b.json");
     let text = std::fs::read_to_string(path).unwrap();
-    let special = no_special_tokens();
+    let special = Default::default();
     let e = compress_model::LlmTokenizer::from_json_str(&text, special)
         .err()
         .unwrap()

@@ -308,14 +308,24 @@ impl Rope {
     /// least twice their size, and at least 256 positions, so a generation loop grows them
     /// O(log n) times.
     pub fn ensure(&self, len: usize) {
-        let len = len.min(self.max_positions);
-        if self.current().len >= len {
-            return;
+        self.covering(len);
+    }
+
+    /// The tables, grown to cover positions below `end` ([`Self::ensure`]).
+    fn covering(&self, end: usize) -> std::sync::Arc<Tables> {
+        let len = end.min(self.max_positions);
+        let current = self
+            .tables
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if current.len >= len {
+            return current;
         }
         let mut guard = self.tables.write().unwrap_or_else(|e| e.into_inner());
         let old = guard.clone();
         if old.len >= len {
-            return;
+            return old;
         }
         let new_len = len.max(2 * old.len).max(256).min(self.max_positions);
         let (inv_freq, scale) = &*self.frequencies;
@@ -334,27 +344,15 @@ impl Rope {
         let tensor = |v: &[f32]| {
             Tensor::<2>::from_data(TensorData::new(v.to_vec(), [new_len, half]), &self.device)
         };
-        *guard = std::sync::Arc::new(Tables {
+        let grown = std::sync::Arc::new(Tables {
             len: new_len,
             cos: Some(tensor(&cos_host)),
             sin: Some(tensor(&sin_host)),
             cos_host,
             sin_host,
         });
-    }
-
-    /// The tables as built so far.
-    fn current(&self) -> std::sync::Arc<Tables> {
-        self.tables
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// The tables, grown to cover positions below `end`.
-    fn covering(&self, end: usize) -> std::sync::Arc<Tables> {
-        self.ensure(end);
-        self.current()
+        *guard = grown.clone();
+        grown
     }
 
     /// Rotates host `x` of `[tokens, heads, head_dim]` into `out` (same shape), token `t` at

@@ -53,34 +53,36 @@ pub fn check_merges<'a>(
     Ok(())
 }
 
-/// A byte trie: `edges[(node, byte)] = child`, `token[node]` = whether a token ends there.
+/// A byte trie: `edges[(node, byte)] = child`, `token[node]` = the id of the token ending
+/// there, if one does.
 struct Trie {
     edges: HashMap<(u32, u8), u32>,
-    terminal: Vec<bool>,
+    token: Vec<Option<u32>>,
 }
 
 impl Trie {
-    fn new<'a>(words: impl Iterator<Item = Box<dyn Iterator<Item = u8> + 'a>>) -> Self {
+    /// The trie of `words` (each a token's bytes, in id order).
+    fn new<W: IntoIterator<Item = u8>>(words: impl Iterator<Item = W>) -> Self {
         let mut t = Trie {
             edges: HashMap::new(),
-            terminal: vec![false],
+            token: vec![None],
         };
-        for word in words {
+        for (id, word) in words.enumerate() {
             let mut node = 0u32;
             for b in word {
-                let next = t.terminal.len() as u32;
-                node = *t.edges.entry((node, b)).or_insert_with(|| next);
+                let next = t.token.len() as u32;
+                node = *t.edges.entry((node, b)).or_insert(next);
                 if node == next {
-                    t.terminal.push(false);
+                    t.token.push(None);
                 }
             }
-            t.terminal[node as usize] = true;
+            t.token[node as usize] = Some(id as u32);
         }
         t
     }
 
-    /// The lengths `k` (in `1..bytes.len()`) of the token prefixes of `bytes`.
-    fn prefixes(&self, bytes: impl Iterator<Item = u8>, out: &mut Vec<usize>) {
+    /// The prefixes of `bytes` that are tokens, as `(length, id)` by increasing length.
+    fn prefixes(&self, bytes: impl Iterator<Item = u8>, out: &mut Vec<(usize, u32)>) {
         out.clear();
         let mut node = 0u32;
         for (k, b) in bytes.enumerate() {
@@ -88,8 +90,8 @@ impl Trie {
                 Some(&n) => node = n,
                 None => return,
             }
-            if self.terminal[node as usize] {
-                out.push(k + 1);
+            if let Some(id) = self.token[node as usize] {
+                out.push((k + 1, id));
             }
         }
     }
@@ -99,21 +101,8 @@ impl Trie {
 /// (see the module docs), refusing a vocabulary whose merge strings would exceed
 /// [`MERGE_BYTES_LIMIT`].
 pub fn spm_merges(tokens: &[String]) -> Result<Vec<(usize, usize, &str, &str)>, TokenizerError> {
-    let ids: HashMap<&str, usize> = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.as_str(), i))
-        .collect();
-    let forward = Trie::new(
-        tokens
-            .iter()
-            .map(|t| Box::new(t.bytes()) as Box<dyn Iterator<Item = u8>>),
-    );
-    let backward = Trie::new(
-        tokens
-            .iter()
-            .map(|t| Box::new(t.bytes().rev()) as Box<dyn Iterator<Item = u8>>),
-    );
+    let forward = Trie::new(tokens.iter().map(|t| t.bytes()));
+    let backward = Trie::new(tokens.iter().map(|t| t.bytes().rev()));
     let (mut pre, mut suf) = (Vec::new(), Vec::new());
     let mut splits = Vec::new();
     let mut bytes = 0usize;
@@ -121,9 +110,9 @@ pub fn spm_merges(tokens: &[String]) -> Result<Vec<(usize, usize, &str, &str)>, 
         let n = piece.len();
         forward.prefixes(piece.bytes(), &mut pre);
         backward.prefixes(piece.bytes().rev(), &mut suf);
-        let suffixes: HashSet<usize> = suf.iter().copied().collect();
-        for &k in &pre {
-            if k < n && suffixes.contains(&(n - k)) && piece.is_char_boundary(k) {
+        for &(k, left) in &pre {
+            let is_suffix = suf.binary_search_by_key(&(n - k), |&(len, _)| len).is_ok();
+            if k < n && is_suffix && piece.is_char_boundary(k) {
                 let (l, r) = piece.split_at(k);
                 bytes += n;
                 if bytes > MERGE_BYTES_LIMIT {
@@ -133,7 +122,7 @@ pub fn spm_merges(tokens: &[String]) -> Result<Vec<(usize, usize, &str, &str)>, 
                         tokens.len()
                     )));
                 }
-                splits.push((id, ids[l], l, r));
+                splits.push((id, left as usize, l, r));
             }
         }
     }

@@ -191,8 +191,9 @@ impl GgufVocab {
     }
 }
 
-/// The special-token ids of a tokenizer and whether BOS is prepended by default.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// The special-token ids of a tokenizer and whether BOS is prepended by default (`Default`:
+/// none, and no BOS).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SpecialTokens {
     /// Beginning-of-sequence id.
     pub bos: Option<u32>,
